@@ -1,0 +1,30 @@
+# VENV may live outside the clone (CI keys it by a hash of setup.py so clones share one
+# 5 GB torch install); the project itself is always installed editable from this clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GRIDRUN := $(VENV)/bin/gridrun
+PYTHON ?= python3
+
+.PHONY: install test demo bench clean
+
+$(VENV)/.deps-installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.deps-installed
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(GRIDRUN) launch grids/smoke.yaml
+	$(GRIDRUN) report smoke
+
+bench: install
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info

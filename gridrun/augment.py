@@ -1,0 +1,159 @@
+"""Batched on-device augmentation: per-sample random parameters, one grid_sample per batch.
+
+A policy is a `+`-joined list of named ops, e.g. "rotate+affine+jitter". Geometric ops
+(rotate, affine, elastic) are fused into a single sampling grid; `jitter` acts on intensities;
+`align` (deskew by image moments) is preprocessing applied once to every split, not per batch.
+Images are float in [0, 1], shape (N, 1, H, W); augmentation runs before normalisation so
+that padding is background (0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from . import GridrunError
+
+OPS = ("none", "rotate", "affine", "jitter", "elastic", "align")
+
+
+@dataclass
+class AugParams:
+    """Strengths of each op; 0 turns an op into the identity."""
+
+    rotate_deg: float = 10.0     # rotate: angle ~ U(-d, d), degrees
+    affine_deg: float = 5.0      # affine: its own rotation, degrees
+    translate: float = 0.1       # affine: shift ~ U(-t, t) as a fraction of the image side
+    scale: float = 0.1           # affine: zoom ~ U(1-s, 1+s)
+    shear_deg: float = 5.0       # affine: shear angle ~ U(-d, d), degrees
+    brightness: float = 0.2      # jitter: intensity * U(1-b, 1+b)
+    contrast: float = 0.2        # jitter: (x - mean) * U(1-c, 1+c) + mean
+    elastic_alpha: float = 34.0  # elastic: displacement scale, pixels (Simard et al. 2003)
+    elastic_sigma: float = 4.0   # elastic: smoothing of the displacement field, pixels
+
+
+def parse_policy(policy: str) -> tuple[str, ...]:
+    """'rotate+jitter' -> ('rotate', 'jitter'); unknown names are one clear error."""
+    ops = tuple(p.strip() for p in str(policy).split("+") if p.strip())
+    bad = [p for p in ops if p not in OPS]
+    if bad or not ops:
+        raise GridrunError(f"unknown augmentation {bad[0] if bad else repr(policy)!r} in policy {policy!r}: "
+                           f"use names from {', '.join(OPS)} joined with '+'")
+    return tuple(p for p in ops if p != "none")
+
+
+def make_params(overrides: dict | None) -> AugParams:
+    names = {f.name for f in fields(AugParams)}
+    bad = sorted(set(overrides or {}) - names)
+    if bad:
+        raise GridrunError(f"unknown augmentation strength {bad[0]!r}: valid are {', '.join(sorted(names))}")
+    params = AugParams(**(overrides or {}))
+    for k, v in vars(params).items():
+        if not isinstance(v, (int, float)) or v < 0 or (k == "elastic_sigma" and v == 0):
+            raise GridrunError(f"augmentation strength {k}={v!r} must be a number >= 0 (elastic_sigma > 0)")
+    return params
+
+
+def _uniform(n: int, half_width: float, gen, device) -> torch.Tensor:
+    return (torch.rand(n, device=device, generator=gen) * 2 - 1) * half_width
+
+
+class Augment:
+    """Callable applying a policy to a batch: `x = Augment('rotate+jitter')(x, gen)`."""
+
+    def __init__(self, policy: str = "none", params: AugParams | dict | None = None):
+        self.ops = parse_policy(policy)
+        self.p = params if isinstance(params, AugParams) else make_params(params)
+        self._kernels: dict = {}
+
+    @property
+    def align(self) -> bool:
+        return "align" in self.ops
+
+    def _theta(self, n, gen, device) -> torch.Tensor | None:
+        """Per-sample 2x3 affine matrices (output -> input coordinates), or None for identity."""
+        p, angle = self.p, torch.zeros(n, device=device)
+        mats, shift = torch.eye(2, device=device).expand(n, 2, 2), torch.zeros(n, 2, device=device)
+        used = False
+        if "rotate" in self.ops and p.rotate_deg > 0:
+            angle = angle + _uniform(n, math.radians(p.rotate_deg), gen, device)
+            used = True
+        if "affine" in self.ops and (p.affine_deg or p.translate or p.scale or p.shear_deg):
+            angle = angle + _uniform(n, math.radians(p.affine_deg), gen, device)
+            zoom = 1 + _uniform(n, p.scale, gen, device)
+            shear = torch.tan(_uniform(n, math.radians(p.shear_deg), gen, device))
+            sh = torch.zeros(n, 2, 2, device=device)
+            sh[:, 0, 0], sh[:, 0, 1], sh[:, 1, 1] = 1, shear, 1
+            mats = sh / zoom[:, None, None]  # sampling at 1/zoom enlarges the digit by zoom
+            shift = torch.stack([_uniform(n, 2 * p.translate, gen, device) for _ in range(2)], 1)
+            used = True
+        if not used:
+            return None
+        c, s = torch.cos(angle), torch.sin(angle)
+        rot = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+        return torch.cat([rot @ mats, shift[:, :, None]], 2)
+
+    def _gauss(self, device) -> torch.Tensor:
+        key = (str(device), self.p.elastic_sigma)
+        if key not in self._kernels:
+            sigma = self.p.elastic_sigma
+            r = int(math.ceil(3 * sigma))
+            k = torch.exp(-torch.arange(-r, r + 1, device=device, dtype=torch.float32) ** 2 / (2 * sigma**2))
+            self._kernels[key] = k / k.sum()
+        return self._kernels[key]
+
+    def _elastic(self, n, h, w, gen, device) -> torch.Tensor:
+        """Smoothed random displacement field (n, h, w, 2) in grid_sample's [-1, 1] units."""
+        field = torch.rand(n * 2, 1, h, w, device=device, generator=gen) * 2 - 1
+        k = self._gauss(device)
+        pad = len(k) // 2
+        field = F.conv2d(F.pad(field, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+        field = F.conv2d(F.pad(field, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
+        field = field.view(n, 2, h, w).permute(0, 2, 3, 1) * self.p.elastic_alpha
+        return field * torch.tensor([2 / w, 2 / h], device=device)  # pixels -> normalised units
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        theta = self._theta(n, gen, x.device)
+        elastic = "elastic" in self.ops and self.p.elastic_alpha > 0
+        if theta is not None or elastic:
+            if theta is None:
+                theta = torch.eye(2, 3, device=x.device).expand(n, 2, 3)
+            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+            if elastic:
+                grid = grid + self._elastic(n, h, w, gen, x.device).to(x.dtype)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if "jitter" in self.ops and (self.p.brightness or self.p.contrast):
+            b = 1 + _uniform(n, self.p.brightness, gen, x.device).view(n, 1, 1, 1)
+            c = 1 + _uniform(n, self.p.contrast, gen, x.device).view(n, 1, 1, 1)
+            mean = x.mean((1, 2, 3), keepdim=True)
+            x = ((x - mean) * c + mean) * b
+            x = x.clamp(0, 1)
+        return x
+
+
+def deskew(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Straighten slanted digits: shear each image so its second-moment skew is zero and
+    centre it on its centre of mass (the classic MNIST 'deskewing')."""
+    out = []
+    for xb in x.split(chunk):
+        n, _, h, w = xb.shape
+        img = xb[:, 0].float()
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device)  # pixel centres, normalised
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device)
+        total = img.sum((1, 2)).clamp_min(1e-6)
+        cy = (img.sum(2) * ys).sum(1) / total
+        cx = (img.sum(1) * xs).sum(1) / total
+        dy, dx = ys.view(1, h, 1) - cy.view(n, 1, 1), xs.view(1, 1, w) - cx.view(n, 1, 1)
+        var_y = (img * dy**2).sum((1, 2)) / total
+        cov = (img * dy * dx).sum((1, 2)) / total
+        alpha = torch.where(var_y > 1e-6, cov / var_y.clamp_min(1e-6), torch.zeros_like(var_y))
+        # Output (u, v) samples input (u + alpha * v + cx, v + cy): removes the x-on-y slope.
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = 1, alpha, cx
+        theta[:, 1, 1], theta[:, 1, 2] = 1, cy
+        grid = F.affine_grid(theta, list(xb.shape), align_corners=False)
+        out.append(F.grid_sample(xb.float(), grid, align_corners=False).to(xb.dtype))
+    return torch.cat(out) if out else x

@@ -1,0 +1,197 @@
+"""MNIST IDX files: find, verify, download, split (stratified), put on a device."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import GridrunError
+
+# name -> (magic, shape of the canonical file, MD5 of the decompressed canonical file)
+FILES = {
+    "train_images": ("train-images-idx3-ubyte", 2051, (60000, 28, 28), "6bbc9ace898e44ae57da46a324031adb"),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, (60000,), "a25bea736e30d166cdddb491f175f624"),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, (10000, 28, 28), "2646ac647ad5339dbf082846283269ea"),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, (10000,), "27ae3e4e09519cfbb04c329615203637"),
+}
+ENV_VAR = "GRIDRUN_DATA"
+CACHE_DIR = Path("~/.cache/gridrun/mnist").expanduser()
+FIX = f"set {ENV_VAR} to a folder holding the four MNIST IDX files (.gz or raw) or pass --data-dir"
+
+
+class DataError(GridrunError):
+    """A missing, corrupt or undownloadable data file."""
+
+
+def search_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The places looked in, in order: --data-dir, $GRIDRUN_DATA, the cache."""
+    dirs = []
+    if data_dir:
+        dirs.append(("--data-dir", Path(data_dir).expanduser()))
+    if os.environ.get(ENV_VAR):
+        dirs.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR]).expanduser()))
+    dirs.append(("cache", CACHE_DIR))
+    return dirs
+
+
+def _candidates(folder: Path, base: str) -> list[Path]:
+    # torchvision's download layout (MNIST/raw/) is accepted too, so a cache it filled works.
+    return [d / (base + ext) for d in (folder, folder / "MNIST" / "raw") for ext in ("", ".gz")]
+
+
+def find_files(data_dir=None, download: bool | None = None) -> dict[str, Path]:
+    """Path of each of the four files, from the first place that holds all four."""
+    places = search_dirs(data_dir)
+    for _, folder in places:
+        found = {}
+        for key, (base, *_rest) in FILES.items():
+            hit = next((p for p in _candidates(folder, base) if p.is_file()), None)
+            if hit is None:
+                break
+            found[key] = hit
+        if len(found) == len(FILES):
+            return found
+    if data_dir or os.environ.get(ENV_VAR):
+        # The user named a folder: say which file it lacks rather than silently downloading.
+        label, folder = places[0]
+        missing = [b for b, *_ in FILES.values() if not any(p.is_file() for p in _candidates(folder, b))]
+        where = ", ".join(f"{lbl}={d}" for lbl, d in places)
+        raise DataError(f"MNIST file {missing[0] if missing else '?'}[.gz] not found in {label}={folder} "
+                        f"(looked in {where}): {FIX}")
+    if download is None:
+        download = os.environ.get("GRIDRUN_NO_DOWNLOAD", "") in ("", "0")
+    if download:
+        return _download()
+    raise DataError(f"MNIST files not found in {CACHE_DIR} and downloading is off (GRIDRUN_NO_DOWNLOAD): {FIX}")
+
+
+def _download() -> dict[str, Path]:
+    """Fetch MNIST into the cache with torchvision; one line on failure."""
+    try:
+        from torchvision.datasets import MNIST
+
+        MNIST(str(CACHE_DIR), train=True, download=True)
+        MNIST(str(CACHE_DIR), train=False, download=True)
+    except Exception as e:  # no network, a proxy, a full disk: all end the same way
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"MNIST not found locally and the download to {CACHE_DIR} failed ({msg}): {FIX}") from None
+    return find_files(download=False)
+
+
+def read_idx(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """Read one IDX file (.gz or raw) into a uint8 array, checking header, size and, for the
+    canonical files, the MD5 of the decompressed bytes."""
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"MNIST file {path} is unreadable or corrupt ({e}): replace it; {FIX}") from None
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or raw[3] not in (1, 3):
+        raise DataError(f"MNIST file {path} is not a uint8 IDX file (bad header): replace it; {FIX}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(raw) != offset + int(np.prod(shape)):
+        raise DataError(f"MNIST file {path} is truncated or padded: header says {shape}, "
+                        f"{len(raw) - offset} bytes of data follow: replace it; {FIX}")
+    if key is not None:
+        _base, magic, canon_shape, md5 = FILES[key]
+        if int.from_bytes(raw[:4], "big") != magic:
+            raise DataError(f"MNIST file {path} has the wrong kind of IDX data for {_base}: replace it; {FIX}")
+        # Checksums are for the canonical files; smaller IDX files (subsets, test fixtures) get
+        # the structural checks above only.
+        if shape == canon_shape and hashlib.md5(raw).hexdigest() != md5:
+            raise DataError(f"MNIST file {path} fails its MD5 check (corrupt download?): delete it "
+                            f"and download again, or {FIX}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+@lru_cache(maxsize=4)
+def _load_arrays(paths: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
+    arrays = {key: read_idx(p, key) for key, p in paths}
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"MNIST {split} files disagree: {n_img} images but {n_lab} labels: {FIX}")
+    return arrays
+
+
+def load_arrays(data_dir=None) -> dict[str, np.ndarray]:
+    """The four arrays as uint8 numpy, read once per process per folder."""
+    files = find_files(data_dir)
+    return _load_arrays(tuple(sorted((k, str(p)) for k, p in files.items())))
+
+
+def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, taken) where `taken` has n_take items in class proportions."""
+    n = len(labels)
+    if not 0 <= n_take <= n:
+        raise DataError(f"cannot take {n_take} of {n} images: choose a size between 0 and {n}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n_take / n
+    take = np.floor(quota).astype(int)
+    # Largest-remainder rounding so the total is exactly n_take.
+    for i in np.argsort(-(quota - take))[: n_take - take.sum()]:
+        take[i] += 1
+    taken, rest = [], []
+    for c, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        taken.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(taken))
+
+
+@dataclass
+class Splits:
+    """Images as float [0, 1] of shape (N, 1, 28, 28) and int64 labels, all on one device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: float  # of the training split, for normalisation
+    std: float
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, split_seed: int = 0,
+                device: str | torch.device = "cpu") -> Splits:
+    """Train/validation/test on `device`. The validation split depends only on split_seed, never
+    on the trial seed; `subset` then draws that many training images (also stratified)."""
+    a = load_arrays(data_dir)
+    train_idx, val_idx = stratified_split(a["train_labels"], val_size, split_seed)
+    if subset is not None and subset < len(train_idx):
+        _, pick = stratified_split(a["train_labels"][train_idx], subset, split_seed + 1)
+        train_idx = train_idx[pick]
+
+    def put(images, labels, idx=None):
+        if idx is not None:
+            images, labels = images[idx], labels[idx]
+        x = torch.from_numpy(np.array(images)).to(device).unsqueeze(1).float().div_(255)
+        return x, torch.from_numpy(labels.astype(np.int64)).to(device)
+
+    train_x, train_y = put(a["train_images"], a["train_labels"], train_idx)
+    val_x, val_y = put(a["train_images"], a["train_labels"], val_idx)
+    test_x, test_y = put(a["test_images"], a["test_labels"])
+    return Splits(train_x, train_y, val_x, val_y, test_x, test_y,
+                  mean=float(train_x.mean()), std=float(train_x.std()))
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip when the name ends in .gz); for tests and subsets."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(data, compresslevel=1) if path.suffix == ".gz" else data)

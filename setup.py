@@ -1,0 +1,23 @@
+"""gridrun: run grids of small deep-learning experiments on Ray Tune, report them honestly."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gridrun",
+    version="0.1.0",
+    description="YAML grids of PyTorch trials on Ray Tune, packed onto GPUs; honest reports.",
+    packages=find_packages(include=["gridrun", "gridrun.*"]),
+    package_data={"gridrun": ["models/golden_params.json"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "ray[tune]>=2.40",
+        "pandas",
+        "tabulate",
+        "tensorboard",
+        "pyyaml",
+        "matplotlib",  # report plots (PNG, Agg backend)
+    ],
+    extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={"console_scripts": ["gridrun=gridrun.cli:main"]},
+)

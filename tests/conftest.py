@@ -1,0 +1,48 @@
+"""Shared fixtures: small generated IDX files (no MNIST needed), one Ray for the whole run."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gridrun.data import write_idx
+
+os.environ["GRIDRUN_NO_DOWNLOAD"] = "1"  # tests never touch the network
+MNIST_DIR = os.environ.get("GRIDRUN_DATA")
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 'digits': class k is a bright 6x6 block at one of ten places, jittered,
+    on faint noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(y):
+        r = 4 + 12 * (k // 5) + rng.integers(-1, 2)
+        c = 1 + 5 * (k % 5) + rng.integers(0, 2)
+        x[i, r:r + 6, c:c + 6] = 255
+    return x, y
+
+
+def make_data_dir(folder: Path, n_train=1200, n_test=400, gz=True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    xtr, ytr = synthetic_digits(n_train, 0)
+    xte, yte = synthetic_digits(n_test, 1)
+    write_idx(folder / f"train-images-idx3-ubyte{ext}", xtr)
+    write_idx(folder / f"train-labels-idx1-ubyte{ext}", ytr)
+    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", xte)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", yte)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
+        pytest.skip("GRIDRUN_DATA is not set to the MNIST folder (CI sets it to ../shared/data/mnist)")
+    return Path(MNIST_DIR)

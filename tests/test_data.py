@@ -1,0 +1,86 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from gridrun import GridrunError
+from gridrun.cli import main
+from gridrun.data import DataError, find_files, load_splits, read_idx, stratified_split, write_idx
+from conftest import make_data_dir, synthetic_digits
+
+
+@pytest.mark.parametrize("ext", [".gz", ""])
+def test_idx_roundtrip_gz_and_raw(tmp_path, ext):
+    x, y = synthetic_digits(50, 3)
+    write_idx(tmp_path / f"img{ext}", x)
+    write_idx(tmp_path / f"lab{ext}", y)
+    assert np.array_equal(read_idx(tmp_path / f"img{ext}"), x)
+    assert np.array_equal(read_idx(tmp_path / f"lab{ext}"), y)
+
+
+def test_find_prefers_data_dir_and_accepts_raw(tmp_path, monkeypatch):
+    raw = make_data_dir(tmp_path / "raw", gz=False)
+    monkeypatch.setenv("GRIDRUN_DATA", str(tmp_path / "elsewhere"))
+    files = find_files(raw)
+    assert all(p.parent == raw and p.suffix != ".gz" for p in files.values())
+
+
+def test_missing_folder_names_file_and_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIDRUN_DATA", str(tmp_path / "nope"))
+    with pytest.raises(DataError) as e:
+        find_files()
+    msg = str(e.value)
+    assert "train-images-idx3-ubyte" in msg and "GRIDRUN_DATA" in msg and str(tmp_path / "nope") in msg
+    assert "\n" not in msg
+
+
+def test_truncated_and_bad_gzip_are_clear(tmp_path):
+    d = make_data_dir(tmp_path / "d")
+    f = d / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(f.read_bytes())
+    f.write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(f, "train_images")
+    f.write_bytes(b"not a gzip file at all")
+    with pytest.raises(DataError, match="corrupt"):
+        read_idx(f, "train_images")
+
+
+def test_md5_checked_for_canonical_shape(tmp_path):
+    # A labels file with the canonical shape but wrong content fails its checksum.
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(10000, np.uint8))
+    with pytest.raises(DataError, match="MD5"):
+        read_idx(tmp_path / "t10k-labels-idx1-ubyte", "test_labels")
+
+
+def test_stratified_split_keeps_class_proportions():
+    labels = np.repeat(np.arange(10), [100 + 10 * k for k in range(10)])
+    rest, taken = stratified_split(labels, 145, seed=0)
+    assert len(taken) == 145 and len(set(rest) & set(taken)) == 0 and len(rest) + 145 == len(labels)
+    counts = np.bincount(labels[taken], minlength=10)
+    expected = 145 * np.bincount(labels) / len(labels)
+    assert np.all(np.abs(counts - expected) <= 1)
+    # Same seed, same split; the trial seed plays no part.
+    assert np.array_equal(stratified_split(labels, 145, seed=0)[1], taken)
+
+
+def test_load_splits_sizes_subset_and_val_zero(synth_dir):
+    s = load_splits(synth_dir, val_size=200, subset=500)
+    assert (len(s.train_y), len(s.val_y), len(s.test_y)) == (500, 200, 400)
+    assert s.train_x.shape == (500, 1, 28, 28) and s.train_x.dtype.is_floating_point
+    assert 0 <= float(s.train_x.min()) and float(s.train_x.max()) <= 1
+    s0 = load_splits(synth_dir, val_size=0)
+    assert len(s0.val_y) == 0 and len(s0.train_y) == 1200
+
+
+def test_cli_missing_and_corrupt_data_exit_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GRIDRUN_DATA", raising=False)
+    monkeypatch.setattr("gridrun.data.CACHE_DIR", tmp_path / "cache")
+    assert main(["train", "--epochs", "1", "--data-dir", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not found" in err and "--data-dir" in err
+    d = make_data_dir(tmp_path / "bad")
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    assert main(["train", "--epochs", "1", "--data-dir", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "t10k-labels-idx1-ubyte.gz" in err

@@ -1,0 +1,48 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gridrun import GridrunError
+from gridrun.models import count_params, create_model, list_models, model_family
+
+GOLDEN = Path(__file__).resolve().parent.parent / "gridrun" / "models" / "golden_params.json"
+STUDY = {"vanilla": 9186, "dropout": 9178, "gap_transition_fc": 9320, "gap_transition": 9210,
+         "two_maxpool": 6290, "one_maxpool": 6290}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(4, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    out.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_golden_param_counts():
+    golden = json.loads(GOLDEN.read_text())
+    assert golden == {n: count_params(n) for n in list_models()}, \
+        "param counts changed: if on purpose, regenerate with `python -m gridrun.models.golden`"
+
+
+@pytest.mark.parametrize("name,study", STUDY.items())
+def test_tiny_nets_match_the_study(name, study):
+    assert abs(count_params(name) - study) / study <= 0.03
+
+
+def test_own_net_under_8k():
+    assert count_params("tinynet_7k") < 8000
+
+
+def test_registry_errors_and_listing():
+    with pytest.raises(GridrunError, match="valid models are .*vanilla"):
+        create_model("no_such_net")
+    with pytest.raises(GridrunError, match="takes no argument 'width'"):
+        create_model("vanilla", width=3)
+    assert "one_maxpool" in list_models("*maxpool") and "vanilla" not in list_models("*maxpool")
+    assert model_family("vanilla") == "tiny"
