@@ -8,7 +8,7 @@ Files written to config.out_dir (when set):
   model.pt           final weights (state_dict)
   logits_val.npy, logits_test.npy   float16 (N, 10) logits of the final model
   labels_val.npy, labels_test.npy   uint8 labels they were scored against
-  result.json        status ("ok" | "diverged at epoch k") and final metrics
+  summary.json       status ("ok" | "diverged at epoch k") and final metrics
 """
 from __future__ import annotations
 
@@ -41,11 +41,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def model_build_kwargs(model: str, dropout: float | None, model_args: dict) -> dict:
+    """The factory's keyword arguments: model_args plus dropout where the model takes one."""
+    kw = dict(model_args)
+    if dropout is not None and "dropout" in model_kwargs(model):
+        kw["dropout"] = dropout
+    return kw
+
+
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    kw = dict(cfg.model_args)
-    if cfg.dropout is not None and "dropout" in model_kwargs(cfg.model):
-        kw["dropout"] = cfg.dropout
-    return create_model(cfg.model, **kw)
+    return create_model(cfg.model, **model_build_kwargs(cfg.model, cfg.dropout, cfg.model_args))
 
 
 @torch.no_grad()
@@ -99,7 +104,7 @@ def _seed_all(seed: int) -> torch.Generator:
 class _Writer:
     """Files of one trial; every method is a no-op when there is no out_dir."""
 
-    def __init__(self, out_dir: str | None, resume: bool):
+    def __init__(self, out_dir: str | None, history: list[dict]):
         self.dir = Path(out_dir) if out_dir else None
         self.tb = None
         if self.dir:
@@ -107,9 +112,12 @@ class _Writer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.dir))
-            if not resume or not (self.dir / "metrics.csv").exists():
-                with open(self.dir / "metrics.csv", "w", newline="") as f:
-                    csv.writer(f).writerow(EPOCH_FIELDS)
+            # Rewritten from the resumed history, so a trial resumed on another node (empty
+            # folder) or after a crash mid-epoch still has exactly one row per epoch.
+            with open(self.dir / "metrics.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(EPOCH_FIELDS)
+                w.writerows([m.get(k) for k in EPOCH_FIELDS] for m in history)
 
     def epoch(self, m: dict) -> None:
         if not self.dir:
@@ -139,10 +147,11 @@ class _Writer:
             self.tb.close()
 
 
-def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = None) -> dict:
-    """Train one config. `on_epoch(metrics, state_path)` is called after every epoch (state_path
-    is the resumable state file, or None without out_dir). `resume_from` names a state.pt to
-    continue from. Returns {"status", "epochs", "final", "params", ...}."""
+def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = None,
+          state_dir: str | None = None) -> dict:
+    """Train one config. `on_epoch(metrics, state_path)` is called after every epoch; state_path
+    is the resumable state file in `state_dir` (default out_dir; None when neither is set).
+    `resume_from` names a state.pt to continue from. Returns {"status", "epochs", "final", ...}."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -180,7 +189,8 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
         dgen.set_state(state["dgen"].cpu())
         history, start_epoch = state["history"], state["epoch"] + 1
 
-    writer = _Writer(cfg.out_dir, resume=bool(resume_from))
+    writer = _Writer(cfg.out_dir, history)
+    state_dir = Path(state_dir or cfg.out_dir) if (state_dir or cfg.out_dir) else None
     meta = {"params": n_params, "device": str(device), "torch": torch.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(), "n_train": n_train,
             "n_val": len(splits.val_y), "n_test": len(splits.test_y)}
@@ -227,11 +237,13 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
              "seconds": round(seconds, 3), "images_per_s": round(n_train / seconds, 1)}
         history.append(m)
         writer.epoch(m)
-        if writer.dir:
-            state_path = str(writer.dir / "state.pt")
-            writer.save("state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict() if sched is not None else None,
-                                     "dgen": dgen.get_state(), "history": history, "epoch": epoch})
+        if state_dir:
+            state_path = str(state_dir / "state.pt")
+            state_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else None,
+                        "dgen": dgen.get_state(), "history": history, "epoch": epoch}, state_path + ".tmp")
+            os.replace(state_path + ".tmp", state_path)
         if on_epoch is not None:
             on_epoch(m, state_path)
 
@@ -245,6 +257,6 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
         writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
         writer.save("labels_test.npy", splits.test_y.to(torch.uint8).cpu().numpy())
         writer.save("model.pt", model.state_dict())
-    writer.save("result.json", {k: v for k, v in result.items() if k != "history"})
+    writer.save("summary.json", {k: v for k, v in result.items() if k != "history"})
     writer.close()
     return result

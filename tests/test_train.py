@@ -20,7 +20,7 @@ def test_learns_and_writes_every_file(synth_dir, tmp_path):
     assert res["status"] == "ok" and [m["epoch"] for m, _ in seen] == [1, 2]
     assert res["final"]["test_acc"] > 0.6 and res["final"]["val_acc"] > 0.6  # chance is 0.1
     for name in ("config.json", "metrics.csv", "state.pt", "model.pt", "logits_val.npy", "logits_test.npy",
-                 "labels_val.npy", "labels_test.npy", "result.json"):
+                 "labels_val.npy", "labels_test.npy", "summary.json"):
         assert (out / name).is_file(), name
     assert list(out.glob("events.out.tfevents.*"))
     test_logits = np.load(out / "logits_test.npy")
@@ -54,7 +54,7 @@ def test_divergence_stops_the_trial(synth_dir, tmp_path):
     res = train({**FAST, "epochs": 3, "optimizer": "sgd", "lr": 1e12, "scheduler": "none",
                  "data_dir": str(synth_dir), "out_dir": str(tmp_path / "d")})
     assert res["status"].startswith("diverged at epoch")
-    assert json.loads((tmp_path / "d" / "result.json").read_text())["status"] == res["status"]
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == res["status"]
 
 
 def test_seed_makes_runs_repeatable(synth_dir):
