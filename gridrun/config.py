@@ -63,6 +63,7 @@ class TrainConfig:
         def bad(name, why):
             raise ConfigError(f"config {name}={getattr(self, name)!r}: {why}")
 
+        self._check_types()
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}: valid models are {', '.join(list_models())}")
         if not self.lr > 0:
@@ -91,8 +92,24 @@ class TrainConfig:
             bad("gpu_memory_fraction", "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "use auto, cpu, cuda or cuda:N")
-        parse_policy(self.augment)
-        make_params(self.aug)
+        try:
+            parse_policy(self.augment)
+            make_params(self.aug)
+        except GridrunError as e:
+            raise ConfigError(str(e)) from None
+
+    def _check_types(self) -> None:
+        """Each value has its field's type (an int passes for a float), before range checks."""
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            hint = str(f.type)
+            if v is None and "None" in hint:
+                continue
+            want = next(k for k in kinds if hint.startswith(k))
+            ok = isinstance(v, kinds[want]) and not (isinstance(v, bool) and want in ("int", "float"))
+            if not ok:
+                raise ConfigError(f"config {f.name}={v!r}: must be {'a number' if want == 'float' else 'a ' + want}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -257,6 +257,7 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
         writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
         writer.save("labels_test.npy", splits.test_y.to(torch.uint8).cpu().numpy())
         writer.save("model.pt", model.state_dict())
-    writer.save("summary.json", {k: v for k, v in result.items() if k != "history"})
+    writer.save("summary.json", {**{k: v for k, v in result.items() if k != "history"},
+                                 "finished_at": time.time(), "pid": os.getpid()})
     writer.close()
     return result

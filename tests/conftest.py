@@ -46,3 +46,27 @@ def mnist_dir() -> Path:
     if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
         pytest.skip("GRIDRUN_DATA is not set to the MNIST folder (CI sets it to ../shared/data/mnist)")
     return Path(MNIST_DIR)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole run: 2 CPUs and one logical GPU (tests have no real one)."""
+    import gridrun.launch  # noqa: F401  (sets Ray's environment before ray is imported)
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def write_spec(path: Path, data_dir: Path, **over) -> Path:
+    """A small grid on synthetic data: 2 models x 2 seeds unless overridden."""
+    import yaml
+
+    spec = {"name": path.stem, "data": {"val_size": 200, "subset": 600, "data_dir": str(data_dir)},
+            "base": {"epochs": 2, "batch_size": 50, "lr": 0.01, "scheduler": "onecycle"},
+            "grid": {"model": ["tinynet_7k", "chaos_net"]}, "seeds": 2,
+            "resources": {"cpu": 1, "gpu": 0.5}, "retries": 1}
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -1,0 +1,43 @@
+"""chaos_net: a small working net that can be told to crash, for testing retries and failures."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ._registry import register_model
+
+
+class ChaosNet(nn.Module):
+    """Conv + GAP + linear; raises RuntimeError after `fail_after` training steps when
+    fail='always', or once per marker file when fail='once' (the marker records the crash)."""
+
+    def __init__(self, fail: str = "never", fail_after: int = 0, marker: str | None = None):
+        super().__init__()
+        if fail not in ("never", "once", "always") or (fail == "once" and not marker):
+            raise ValueError("fail is never|once|always, and 'once' needs a marker path")
+        self.fail, self.fail_after, self.marker, self.steps = fail, fail_after, marker, 0
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.steps += 1
+            if self.steps > self.fail_after and self._should_fail():
+                raise RuntimeError(f"chaos_net: injected failure after {self.fail_after} steps")
+        return self.fc(self.body(x))
+
+    def _should_fail(self) -> bool:
+        if self.fail == "always":
+            return True
+        if self.fail == "once" and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            return True
+        return False
+
+
+@register_model
+def chaos_net(fail: str = "never", fail_after: int = 0, marker: str | None = None) -> nn.Module:
+    return ChaosNet(fail, fail_after, marker)
