@@ -259,9 +259,9 @@ def _check_existing(exp_dir: str, spec_path: str, trials: list[dict], local: boo
     if not local:
         return
     manifest = Path(exp_dir) / "gridrun_trials.json"
-    current = [t["train"] for t in trials]
+    current = [{k: t[k] for k in ("name", "axes", "params", "train")} for t in trials]
     if manifest.exists():
-        if json.loads(manifest.read_text()) != current:
+        if [t.get("train") for t in json.loads(manifest.read_text())] != [t["train"] for t in current]:
             raise SpecError(f"{exp_dir} holds an experiment from a different grid than {spec_path}: "
                             f"launch with --name NEW, or delete that folder to start over")
     else:

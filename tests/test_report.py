@@ -1,0 +1,144 @@
+"""gridrun report on fabricated experiment folders with known answers."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gridrun import GridrunError
+from gridrun.cli import main
+from gridrun.report import load_experiment, majority_vote, rank_by_validation, report
+
+N = 30
+LABELS = np.arange(N) % 10
+
+
+def logits_for(pred: np.ndarray, conf: float = 4.0) -> np.ndarray:
+    out = np.zeros((len(pred), 10), np.float16)
+    out[np.arange(len(pred)), pred] = conf
+    return out
+
+
+def fake_trial(exp: Path, name: str, test_pred, val_acc: float, model="m", seed=0, params=1000,
+               status="ok", epochs=2, write_logits=True, test_conf=4.0):
+    d = exp / name
+    d.mkdir(parents=True)
+    cfg = {"model": model, "seed": seed, "epochs": epochs, "batch_size": 64, "scheduler": "none",
+           "augment": "none", "data_dir": str(exp / "no-data-here"), "_meta": {"params": params}}
+    (d / "config.json").write_text(json.dumps(cfg))
+    test_acc = float((np.asarray(test_pred) == LABELS).mean())
+    with open(d / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "seconds",
+                    "images_per_s"])
+        for e in range(1, epochs + 1):
+            w.writerow([e, 0.1, 0.9, 0.2, val_acc, test_acc, 0.01, 1.0, 100.0])
+    (d / "summary.json").write_text(json.dumps({"status": status, "params": params}))
+    if write_logits:
+        np.save(d / "logits_test.npy", logits_for(np.asarray(test_pred), test_conf))
+        np.save(d / "logits_val.npy", logits_for(LABELS))
+        np.save(d / "labels_test.npy", LABELS.astype(np.uint8))
+        np.save(d / "labels_val.npy", LABELS.astype(np.uint8))
+    return d
+
+
+def wrong_on(idx) -> np.ndarray:
+    pred = LABELS.copy()
+    pred[list(idx)] = (pred[list(idx)] + 1) % 10
+    return pred
+
+
+def test_three_models_wrong_on_different_images_vote_to_100(tmp_path):
+    exp = tmp_path / "vote"
+    for i, wrong in enumerate([range(0, 5), range(5, 10), range(10, 15)]):
+        fake_trial(exp, f"t{i}", wrong_on(wrong), val_acc=0.9 - 0.01 * i, model=f"m{i}")
+    text = (report([str(exp)], reports_dir=str(tmp_path / "rep"), echo=lambda _: None)[0]).read_text()
+    assert "Top 3 by validation: **100.00%**" in text
+    assert "mean single run: 83.33" in text
+
+
+def test_ties_go_to_larger_summed_softmax():
+    a = np.zeros((1, 10), np.float32); a[0, 3] = 5.0  # confident 3
+    b = np.zeros((1, 10), np.float32); b[0, 7] = 1.0  # hesitant 7
+    assert majority_vote([a, b])[0] == 3
+    assert majority_vote([b, a])[0] == 3  # order does not matter
+    c = np.zeros((1, 10), np.float32); c[0, 7] = 0.5
+    assert majority_vote([a, b, c])[0] == 7  # two votes beat one confident vote
+
+
+def test_selection_ignores_test_accuracy(tmp_path):
+    exp = tmp_path / "sel"
+    fake_trial(exp, "best_on_test", LABELS, val_acc=0.80)            # 100% test, worst val
+    fake_trial(exp, "best_on_val", wrong_on(range(6)), val_acc=0.95)  # 80% test, best val
+    fake_trial(exp, "middle", wrong_on(range(3)), val_acc=0.90)
+    e = load_experiment(exp)
+    assert [t.name for t in rank_by_validation(e.trials)] == ["best_on_val", "middle", "best_on_test"]
+    text = report([str(exp)], top_k=1, reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "Top 1 by validation: **80.00%**" in text and "members: best_on_val)" in text
+    assert "best single run by validation: best_on_val" in text
+
+
+def test_half_finished_experiment_reports_what_finished(tmp_path):
+    exp = tmp_path / "half"
+    fake_trial(exp, "0000_done", LABELS, val_acc=0.9)
+    running = exp / "0001_running"
+    running.mkdir()
+    (running / "config.json").write_text(json.dumps({"model": "m", "seed": 1, "epochs": 5}))
+    (running / "metrics.csv").write_text("epoch,val_acc\n1,0.5\n")
+    failed = exp / "0002_failed"
+    failed.mkdir()
+    (failed / "config.json").write_text(json.dumps({"model": "m", "seed": 2}))
+    (failed / "error.txt").write_text("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n")
+    fake_trial(exp, "0003_diverged", LABELS, val_acc=0.1, status="diverged at epoch 2", write_logits=False)
+    (exp / "gridrun_trials.json").write_text(json.dumps(
+        [{"name": n, "train": {"model": "m"}} for n in ("0000_done", "0001_running", "0002_failed",
+                                                        "0003_diverged", "0004_pending")]))
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "5 trials; 1 diverged, 1 failed, 1 finished, 1 pending, 1 unfinished" in text
+    assert "| 0001_running  | unfinished | epoch 1 of 5" in text
+    assert "RuntimeError: boom" in text and "diverged at epoch 2" in text and "0004_pending" in text
+    assert "100.00 (n=1)" in text  # the finished trial is in the table
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_bad_logits_reported_and_rest_still_comes(tmp_path, damage):
+    exp = tmp_path / "bad"
+    fake_trial(exp, "good", LABELS, val_acc=0.9)
+    d = fake_trial(exp, "hurt", LABELS, val_acc=0.95)
+    if damage == "missing":
+        (d / "logits_test.npy").unlink()
+    else:
+        raw = (d / "logits_test.npy").read_bytes()
+        (d / "logits_test.npy").write_bytes(raw[: len(raw) // 2])
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "| hurt    | broken   | finished, but its logits/labels are missing or truncated" in text
+    assert "members: good)" in text  # the ensemble and tables come from the rest
+
+
+def test_reported_accuracy_must_match_the_logits(tmp_path):
+    exp = tmp_path / "lie"
+    d = fake_trial(exp, "liar", wrong_on(range(10)), val_acc=0.9)
+    rows = (d / "metrics.csv").read_text().replace(",0.6666666666666666,", ",0.99,")
+    (d / "metrics.csv").write_text(rows)
+    e = load_experiment(exp)
+    assert e.trials[0].status == "broken" and "reported test acc 0.99" in e.trials[0].reason
+
+
+def test_rerun_gives_the_same_report(tmp_path):
+    exp = tmp_path / "same"
+    for i in range(3):
+        fake_trial(exp, f"t{i}", wrong_on(range(i)), val_acc=0.9 + 0.01 * i, seed=i)
+    out = tmp_path / "r"
+    first = report([str(exp)], reports_dir=str(out), echo=lambda _: None)[0]
+    md, csv_text, png = first.read_text(), first.with_suffix(".csv").read_text(), (out / "same_params.png").read_bytes()
+    report([str(exp)], reports_dir=str(out), echo=lambda _: None)
+    assert first.read_text() == md and first.with_suffix(".csv").read_text() == csv_text
+    assert (out / "same_params.png").read_bytes() == png
+    assert "99.00 ± 1.00 (n=3)" not in md and "96.67 ± 3.33 (n=3)" in md  # mean ± sample std over seeds
+
+
+def test_cli_report_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", "nope", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no experiment 'nope'" in err and "\n" not in err
