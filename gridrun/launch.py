@@ -173,7 +173,7 @@ def _error_line(trial) -> str:
 
 
 def launch(spec_path: str, dry_run: bool = False, address: str | None = None, name: str | None = None,
-           storage: str | None = None, max_concurrent: int | None = None, out=print) -> int:
+           storage: str | None = None, max_concurrent: int | None = None, fresh: bool = False, out=print) -> int:
     """Run (or resume) a grid; returns the process exit code (1 when any trial failed)."""
     spec, trials = load_trials(spec_path)
     name = name or spec.name
@@ -195,6 +195,12 @@ def launch(spec_path: str, dry_run: bool = False, address: str | None = None, na
         _plan(spec, trials, cpus, gpus, out)
         return 0
 
+    if fresh and local_storage and os.path.exists(exp_dir):
+        k = 1
+        while os.path.exists(f"{exp_dir}.prev-{k}"):
+            k += 1
+        os.rename(exp_dir, f"{exp_dir}.prev-{k}")  # start over, but never delete results
+        out(f"--fresh: the previous experiment is kept as {exp_dir}.prev-{k}")
     _check_existing(exp_dir, spec_path, trials, local_storage)
     ray = _connect(address)
     from ray import tune
@@ -301,7 +307,10 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
     p.add_argument("--storage", default=None, help="results root every node sees (default runs/)")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
-    p.set_defaults(func=lambda a: launch(a.spec, a.dry_run, a.address, a.name, a.storage, a.max_concurrent))
+    p.add_argument("--fresh", action="store_true",
+                   help="start over instead of resuming (the old folder is kept as NAME.prev-N)")
+    p.set_defaults(func=lambda a: launch(a.spec, a.dry_run, a.address, a.name, a.storage, a.max_concurrent,
+                                         a.fresh))
 
     p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/)")
     p.add_argument("name", nargs="?", default=None)

@@ -46,3 +46,20 @@ def test_registry_errors_and_listing():
         create_model("vanilla", width=3)
     assert "one_maxpool" in list_models("*maxpool") and "vanilla" not in list_models("*maxpool")
     assert model_family("vanilla") == "tiny"
+
+
+def test_resnet_depth_must_be_6n_plus_2():
+    assert count_params("resnet", depth=32) == count_params("resnet32")
+    for bad in (21, 8, 116):
+        with pytest.raises(GridrunError, match=r"depth .* is not 6n\+2 .*valid depths: 20, 26, 32"):
+            create_model("resnet", depth=bad)
+    with pytest.raises(GridrunError, match="6n\\+4"):
+        create_model("wide_resnet", depth=14)
+
+
+def test_every_family_of_the_zoo_is_registered():
+    fams = {model_family(n) for n in list_models()}
+    assert {"tiny", "vgg", "resnet", "preact_resnet", "wide_resnet", "inception"} <= fams
+    for name in ("vgg", "vgg_allconv", "vgg_inception", "resnet20", "resnet32", "preact_resnet20",
+                 "wide_resnet14", "inception_v4", "inception_v4_light"):
+        assert name in list_models()

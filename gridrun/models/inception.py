@@ -1,0 +1,111 @@
+"""Inception-v4 (Szegedy et al. 2016) scaled to 28x28, and the study's lightweight variant.
+
+The paper's stem, Inception-A/B/C blocks and Reduction-A/B, with every width multiplied by
+`width` and (a, b, c) blocks of each kind (the paper: 4, 7, 3). The stem's first conv has
+stride 1 and its last reduction is dropped, so the grid is 28 -> 14 (A) -> 7 (B) -> 4 (C).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._registry import register_model
+from .vgg import conv_bn
+
+
+class Branches(nn.Module):
+    """Parallel branches over one input, concatenated on channels."""
+
+    def __init__(self, *branches):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Sequential(*b) if isinstance(b, (list, tuple)) else b for b in branches)
+
+    def forward(self, x):
+        return torch.cat([b(x) for b in self.branches], 1)
+
+
+def _stem(w):
+    c = lambda n: max(8, int(n * w))  # noqa: E731 - a width scaler, read as c(paper's width)
+    return nn.Sequential(
+        conv_bn(1, c(32)), conv_bn(c(32), c(32)), conv_bn(c(32), c(64)),
+        Branches([nn.MaxPool2d(3, 2, 1)], [conv_bn(c(64), c(96), 3, 2)]),                      # 28 -> 14
+        Branches([conv_bn(c(64) + c(96), c(64), 1), conv_bn(c(64), c(96))],
+                 [conv_bn(c(64) + c(96), c(64), 1), conv_bn(c(64), c(64), (7, 1)), conv_bn(c(64), c(64), (1, 7)),
+                  conv_bn(c(64), c(96))]),
+    ), 2 * c(96)
+
+
+def _block_a(cin, c):
+    return Branches([nn.AvgPool2d(3, 1, 1), conv_bn(cin, c(96), 1)], [conv_bn(cin, c(96), 1)],
+                    [conv_bn(cin, c(64), 1), conv_bn(c(64), c(96))],
+                    [conv_bn(cin, c(64), 1), conv_bn(c(64), c(96)), conv_bn(c(96), c(96))]), 4 * c(96)
+
+
+def _reduction_a(cin, c):
+    return Branches([nn.MaxPool2d(3, 2, 1)], [conv_bn(cin, c(384), 3, 2)],
+                    [conv_bn(cin, c(192), 1), conv_bn(c(192), c(224)), conv_bn(c(224), c(256), 3, 2)]), \
+        cin + c(384) + c(256)
+
+
+def _block_b(cin, c):
+    return Branches([nn.AvgPool2d(3, 1, 1), conv_bn(cin, c(128), 1)], [conv_bn(cin, c(384), 1)],
+                    [conv_bn(cin, c(192), 1), conv_bn(c(192), c(224), (1, 7)), conv_bn(c(224), c(256), (7, 1))],
+                    [conv_bn(cin, c(192), 1), conv_bn(c(192), c(192), (7, 1)), conv_bn(c(192), c(224), (1, 7)),
+                     conv_bn(c(224), c(224), (7, 1)), conv_bn(c(224), c(256), (1, 7))]), \
+        c(128) + c(384) + 2 * c(256)
+
+
+def _reduction_b(cin, c):
+    return Branches([nn.MaxPool2d(3, 2, 1)], [conv_bn(cin, c(192), 1), conv_bn(c(192), c(192), 3, 2)],
+                    [conv_bn(cin, c(256), 1), conv_bn(c(256), c(256), (1, 7)), conv_bn(c(256), c(320), (7, 1)),
+                     conv_bn(c(320), c(320), 3, 2)]), cin + c(192) + c(320)
+
+
+class _SplitC(nn.Module):
+    """Inception-C's forked tail: one input, a 1x3 and a 3x1 conv side by side."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.a, self.b = conv_bn(cin, cout, (1, 3)), conv_bn(cin, cout, (3, 1))
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
+def _block_c(cin, c):
+    return Branches([nn.AvgPool2d(3, 1, 1), conv_bn(cin, c(256), 1)], [conv_bn(cin, c(256), 1)],
+                    [conv_bn(cin, c(384), 1), _SplitC(c(384), c(256))],
+                    [conv_bn(cin, c(384), 1), conv_bn(c(384), c(448), (3, 1)), conv_bn(c(448), c(512), (1, 3)),
+                     _SplitC(c(512), c(256))]), 6 * c(256)
+
+
+class InceptionV4(nn.Module):
+    def __init__(self, width: float = 0.25, blocks=(4, 7, 3), dropout: float = 0.2):
+        super().__init__()
+        c = lambda n: max(8, int(n * width))  # noqa: E731
+        stem, ch = _stem(width)
+        layers = [stem]
+        for make, count, reduce in ((_block_a, blocks[0], _reduction_a), (_block_b, blocks[1], _reduction_b),
+                                    (_block_c, blocks[2], None)):
+            for _ in range(count):
+                block, ch = make(ch, c)
+                layers.append(block)
+            if reduce is not None:
+                block, ch = reduce(ch, c)
+                layers.append(block)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(ch, 10))
+
+    def forward(self, x):  # (N, 1, 28, 28) -> (N, 10)
+        return self.head(self.features(x))
+
+
+@register_model
+def inception_v4(width: float = 0.25, dropout: float = 0.2) -> nn.Module:
+    return InceptionV4(width, (4, 7, 3), dropout)
+
+
+@register_model
+def inception_v4_light(width: float = 0.125, dropout: float = 0.2) -> nn.Module:
+    """The study's lightweight Inception: an eighth of the widths, one or two blocks a kind."""
+    return InceptionV4(width, (1, 2, 1), dropout)
