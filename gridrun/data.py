@@ -166,10 +166,11 @@ class Splits:
 
 
 def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, split_seed: int = 0,
-                device: str | torch.device = "cpu") -> Splits:
+                device: str | torch.device = "cpu", arrays: dict | None = None) -> Splits:
     """Train/validation/test on `device`. The validation split depends only on split_seed, never
-    on the trial seed; `subset` then draws that many training images (also stratified)."""
-    a = load_arrays(data_dir)
+    on the trial seed; `subset` then draws that many training images (also stratified).
+    `arrays` (from load_arrays, e.g. shipped by Ray) replaces reading the files."""
+    a = arrays if arrays is not None else load_arrays(data_dir)
     train_idx, val_idx = stratified_split(a["train_labels"], val_size, split_seed)
     if subset is not None and subset < len(train_idx):
         _, pick = stratified_split(a["train_labels"][train_idx], subset, split_seed + 1)

@@ -22,8 +22,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 # ---------------------------------------------------------------- inside a trial (a Ray worker)
 
-def run_trial(config: dict) -> None:
-    """One Tune trial: train, reporting metrics and a checkpoint every epoch."""
+def run_trial(config: dict, mnist: dict | None = None) -> None:
+    """One Tune trial: train, reporting metrics and a checkpoint every epoch. `mnist` holds the
+    four arrays, verified once by the driver and shipped through Ray's object store."""
     from ray import tune
 
     from .train import train
@@ -49,7 +50,8 @@ def run_trial(config: dict) -> None:
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
-        result = train(cfg, on_epoch=on_epoch, resume_from=resume, state_dir=os.path.join(work, "state"))
+        result = train(cfg, on_epoch=on_epoch, resume_from=resume, state_dir=os.path.join(work, "state"),
+                       arrays=mnist)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(cfg["out_dir"], "node.json").write_text(json.dumps({"node_id": node, "host": os.uname().nodename}))
@@ -100,10 +102,16 @@ def _connect(address: str | None, quiet: bool = True):
     return ray
 
 
-def _cluster_line(ray) -> str:
+def _cluster_line(ray, per_node: bool = False) -> str:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     res = ray.cluster_resources()
-    return f"cluster: {len(nodes)} node(s), {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s)"
+    line = f"cluster: {len(nodes)} node(s), {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s)"
+    if per_node:
+        for n in nodes:
+            r = n.get("Resources", {})
+            line += (f"\n  node {n['NodeID'][:12]} at {n.get('NodeManagerAddress')}: {r.get('CPU', 0):g} CPU(s), "
+                     f"{r.get('GPU', 0):g} GPU(s)")
+    return line
 
 
 class _Progress:
@@ -184,7 +192,7 @@ def launch(spec_path: str, dry_run: bool = False, address: str | None = None, na
     if dry_run:
         if address:
             ray = _connect(address)
-            out(_cluster_line(ray))
+            out(_cluster_line(ray, per_node=True))
             res = ray.cluster_resources()
             cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
         else:
@@ -217,7 +225,16 @@ def launch(spec_path: str, dry_run: bool = False, address: str | None = None, na
             t["train"]["gpu_memory_fraction"] = None
     out(f"{_cluster_line(ray)}; {len(trials)} trials -> {exp_dir}")
 
-    trainable = tune.with_resources(run_trial, resources)
+    # The driver reads and checks MNIST once; Ray ships the arrays to each node's object store,
+    # so a trial finds its data whatever that node's disk holds (about 55 MB per node).
+    from .data import load_arrays
+
+    data_dirs = {t["train"]["data_dir"] for t in trials}
+    if len(data_dirs) > 1:
+        raise SpecError(f"{spec_path}: trials name different data_dir values ({', '.join(map(str, data_dirs))}): "
+                        f"set it once under data:")
+    mnist = load_arrays(data_dirs.pop())
+    trainable = tune.with_resources(tune.with_parameters(run_trial, mnist=mnist), resources)
     run_config = tune.RunConfig(
         name=name, storage_path=os.path.dirname(exp_dir) if local_storage else storage.rstrip("/"),
         verbose=0, log_to_file=True,

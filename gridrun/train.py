@@ -148,10 +148,11 @@ class _Writer:
 
 
 def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = None,
-          state_dir: str | None = None) -> dict:
+          state_dir: str | None = None, arrays: dict | None = None) -> dict:
     """Train one config. `on_epoch(metrics, state_path)` is called after every epoch; state_path
     is the resumable state file in `state_dir` (default out_dir; None when neither is set).
-    `resume_from` names a state.pt to continue from. Returns {"status", "epochs", "final", ...}."""
+    `resume_from` names a state.pt to continue from; `arrays` are MNIST arrays already in memory
+    (load_arrays), used instead of reading files. Returns {"status", "epochs", "final", ...}."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -162,7 +163,7 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
     gen = _seed_all(cfg.seed)
     dgen = torch.Generator(device=device).manual_seed(cfg.seed)  # batch order + augmentation
 
-    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device)
+    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays)
     aug = Augment(cfg.augment, cfg.aug)
     if aug.align:  # deskewing is preprocessing: the same for train, validation and test
         splits.train_x, splits.val_x, splits.test_x = (deskew(splits.train_x), deskew(splits.val_x),
