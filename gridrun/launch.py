@@ -294,17 +294,23 @@ def _check_existing(exp_dir: str, spec_path: str, trials: list[dict], local: boo
 
 
 def _summarize(grid, n: int, seconds: float, exp_dir: str, out) -> int:
-    failed = diverged = ok = 0
+    counts = {"finished": 0, "diverged": 0, "failed": 0, "unfinished": 0}
     for r in grid:
+        m = r.metrics or {}
         if r.error is not None:
-            failed += 1
-        elif str((r.metrics or {}).get("status", "")).startswith("diverged"):
-            diverged += 1
-        else:
-            ok += 1
-    out(f"{exp_dir}: {n} trials in {seconds:.0f}s: {ok} finished, {diverged} diverged, {failed} failed"
-        + (" (see the [failed] lines above; rerun the same command to retry them)" if failed else ""))
-    return 1 if failed else 0
+            counts["failed"] += 1
+        elif str(m.get("status", "")).startswith("diverged"):
+            counts["diverged"] += 1
+        elif m.get("done") and m.get("epoch", 0) >= ((r.config or {}).get("trial", {}).get("train", {}).get("epochs", 0)):
+            counts["finished"] += 1
+        else:  # stopped early by ASHA, or interrupted
+            counts["unfinished"] += 1
+    words = f"{counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} failed"
+    if counts["unfinished"]:
+        words += f", {counts['unfinished']} stopped early or unfinished"
+    out(f"{exp_dir}: {n} trials in {seconds:.0f}s: {words}"
+        + (" (see the [failed] lines above; rerun the same command to retry them)" if counts["failed"] else ""))
+    return 1 if counts["failed"] else 0
 
 
 def tensorboard(name: str | None, storage: str = "runs", port: int = 6006) -> int:

@@ -331,34 +331,35 @@ def _plots(exp: Experiment, rows: list[dict], out_md: Path) -> list[str]:
                     color=colors[str(m0.config.get("model"))], capsize=3, alpha=0.8)
     for m in models:
         ax.plot([], [], "o", color=colors[m], label=m)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("test accuracy, % (mean ± std over seeds)")
-    ax.set_title(f"{exp.name}: test accuracy against parameters (one point per config)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    p1 = out_md.with_name(out_md.stem + "_params.png")
-    fig.tight_layout()
-    fig.savefig(p1, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    names.append(p1.name)
+    names.append(_finish(plt, fig, ax, "parameters", "test accuracy, % (mean ± std over seeds)",
+                         f"{exp.name}: test accuracy against parameters (one point per config)",
+                         out_md.with_name(out_md.stem + "_params.png")))
 
-    ranked_groups = sorted(groups.values(), key=lambda g: -np.mean([t.final["val_acc"] for t in g]))[:5]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for g in ranked_groups:
-        n_ep = min(len(t.history) for t in g)
-        curve = 100 * np.mean([[h["val_acc"] for h in t.history[:n_ep]] for t in g], axis=0)
-        ax.plot(range(1, n_ep + 1), curve, marker=".", label=f"{g[0].name.split('_s')[0]} (n={len(g)})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy, %")
-    ax.set_title(f"{exp.name}: validation curves of the best configs (by validation)")
+    with_val = [g for g in groups.values() if all(t.final.get("val_acc") is not None for t in g)]
+    ranked_groups = sorted(with_val, key=lambda g: -np.mean([t.final["val_acc"] for t in g]))[:5]
+    if ranked_groups:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for g in ranked_groups:
+            n_ep = min(len(t.history) for t in g)
+            curve = 100 * np.mean([[h["val_acc"] for h in t.history[:n_ep]] for t in g], axis=0)
+            ax.plot(range(1, n_ep + 1), curve, marker=".", label=f"{g[0].name.rsplit('_s', 1)[0]} (n={len(g)})")
+        names.append(_finish(plt, fig, ax, "epoch", "validation accuracy, %",
+                             f"{exp.name}: validation curves of the best configs (by validation)",
+                             out_md.with_name(out_md.stem + "_curves.png")))
+    return names
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
+    """Label, save (no timestamp in the PNG, so reruns give the same bytes), close."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    p2 = out_md.with_name(out_md.stem + "_curves.png")
     fig.tight_layout()
-    fig.savefig(p2, dpi=110, metadata={"Software": None})
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
-    names.append(p2.name)
-    return names
+    return path.name
 
 
 def write_csv(exp: Experiment, path: Path) -> None:
