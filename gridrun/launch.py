@@ -238,6 +238,10 @@ def launch(spec_path: str, dry_run: bool = False, address: str | None = None, na
     run_config = tune.RunConfig(
         name=name, storage_path=os.path.dirname(exp_dir) if local_storage else storage.rstrip("/"),
         verbose=0, log_to_file=True,
+        # Trial files (metrics, TensorBoard, logits) go to storage at every epoch's checkpoint,
+        # from whichever node ran the trial: live reports and TensorBoard, and nothing left
+        # behind on a node that dies. (Ray 2.60 syncs no artifacts by default.)
+        sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         callbacks=[_Progress(len(trials), out).callback, *_loggers()],

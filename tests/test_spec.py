@@ -107,3 +107,13 @@ def test_bad_yaml_and_missing_file(tmp_path, capsys):
     (tmp_path / "over.yaml").write_text(yaml.safe_dump({**GOOD, "constraints": {"max_params": 100}}))
     assert main(["launch", str(tmp_path / "over.yaml")]) == 2  # refused before Ray starts
     assert "max_params" in capsys.readouterr().err
+
+
+def test_early_stop_and_dry_run_plan_for_gpus(tmp_path, capsys):
+    spec = parse({**GOOD, "early_stop": {"grace_period": 2}})
+    assert spec.early_stop.grace_period == 2 and spec.early_stop.reduction_factor == 3
+    from gridrun.launch import _plan
+
+    lines = []
+    _plan(spec, expand(spec), cpus=16, gpus=2, out=lines.append)
+    assert lines[-1].endswith("4 trial(s) per GPU; 2 GPU(s), 16 CPU(s) -> 8 trial(s) at once")

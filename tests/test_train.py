@@ -42,11 +42,12 @@ def test_resume_continues_from_state(synth_dir, tmp_path):
     assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
 
 
-@pytest.mark.parametrize("opt,sched", [("sgd", "step"), ("adamw", "plateau"), ("adam", "cosine"),
-                                       ("sgd", "none")])
-def test_optimizers_and_schedulers_run(synth_dir, opt, sched):
+@pytest.mark.parametrize("opt,sched,aug", [("sgd", "step", "align"), ("adamw", "plateau", "elastic+jitter"),
+                                           ("adam", "cosine", "rotate+affine"), ("sgd", "none", "none")])
+def test_optimizers_schedulers_and_policies_run(synth_dir, opt, sched, aug):
     res = train({**FAST, "epochs": 1, "optimizer": opt, "scheduler": sched, "nesterov": opt == "sgd",
-                 "weight_decay": 1e-4, "label_smoothing": 0.1, "data_dir": str(synth_dir), "subset": 300})
+                 "weight_decay": 1e-4, "label_smoothing": 0.1, "data_dir": str(synth_dir), "subset": 300,
+                 "augment": aug})
     assert res["status"] == "ok" and np.isfinite(res["final"]["train_loss"])
 
 
