@@ -272,7 +272,13 @@ def launch(spec_path: str, dry_run: bool = False, address: str | None = None, na
     except KeyboardInterrupt:
         out(f"interrupted: run the same command again to resume {exp_dir}")
         return 130
-    return _summarize(grid, len(trials), time.time() - t0, exp_dir, out)
+    code = _summarize(grid, len(trials), time.time() - t0, exp_dir, out)
+    if local_storage:  # the report quotes how and where the grid ran
+        with open(os.path.join(exp_dir, "gridrun_launches.jsonl"), "a") as f:
+            f.write(json.dumps({"command": " ".join(["gridrun", *sys.argv[1:]]) if sys.argv[0].endswith("gridrun")
+                                else f"launch({spec_path!r})", "cluster": _cluster_line(ray),
+                                "wall_s": round(time.time() - t0, 1), "exit": code}) + "\n")
+    return code
 
 
 def _loggers():

@@ -342,11 +342,19 @@ def _plots(exp: Experiment, rows: list[dict], out_md: Path) -> list[str]:
         for g in ranked_groups:
             n_ep = min(len(t.history) for t in g)
             curve = 100 * np.mean([[h["val_acc"] for h in t.history[:n_ep]] for t in g], axis=0)
-            ax.plot(range(1, n_ep + 1), curve, marker=".", label=f"{g[0].name.rsplit('_s', 1)[0]} (n={len(g)})")
+            ax.plot(range(1, n_ep + 1), curve, marker=".", label=f"{_label(g[0], groups)} (n={len(g)})")
         names.append(_finish(plt, fig, ax, "epoch", "validation accuracy, %",
                              f"{exp.name}: validation curves of the best configs (by validation)",
                              out_md.with_name(out_md.stem + "_curves.png")))
     return names
+
+
+def _label(t: Trial, groups: dict) -> str:
+    """A config's model plus the fields in which configs differ."""
+    cfgs = [g[0].config for g in groups.values()]
+    keys = sorted(k for k in t.config if k not in NOT_CONFIG and k != "model"
+                  and len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1)
+    return ", ".join([str(t.config.get("model"))] + [f"{k}={t.config.get(k)}" for k in keys])
 
 
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
@@ -391,6 +399,7 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
               + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".", "",
               "Configs are compared by mean validation accuracy (bold: the best config of each model); "
               "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.", ""]
+    lines += _conditions(exp)
     rows, varying, cons_line = config_table(exp)
     if rows:
         df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
@@ -438,6 +447,30 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
                   f"{exp.label_source} and agrees with what the trial reported (to {AGREE_TOL:.0e}). "
                   f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""]
     return "\n".join(lines)
+
+
+def _conditions(exp: Experiment) -> list[str]:
+    """Where and how the trials ran, from what they recorded."""
+    metas = []
+    for t in exp.trials:
+        if t.dir is not None and (t.dir / "config.json").exists():
+            try:
+                metas.append(json.loads((t.dir / "config.json").read_text()).get("_meta", {}))
+            except ValueError:
+                pass
+    out = []
+    if metas:
+        devs = sorted({f"{m.get('device')} ({m.get('threads')} threads)" for m in metas})
+        out.append(f"Ran on {', '.join(devs)}; torch {', '.join(sorted({str(m.get('torch')) for m in metas}))}.")
+    launches = exp.dir / "gridrun_launches.jsonl"
+    if launches.exists():
+        runs = [json.loads(l) for l in launches.read_text().splitlines() if l.strip()]
+        if runs:
+            last = runs[-1]
+            total = sum(r.get("wall_s", 0) for r in runs)
+            out.append(f"Launched with `{last['command']}` on {last['cluster']}; wall time "
+                       f"{total:.0f} s over {len(runs)} launch(es).")
+    return [" ".join(out), ""] if out else []
 
 
 def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
