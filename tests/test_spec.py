@@ -114,6 +114,7 @@ def test_early_stop_and_dry_run_plan_for_gpus(tmp_path, capsys):
     assert spec.early_stop.grace_period == 2 and spec.early_stop.reduction_factor == 3
     from gridrun.launch import _plan
 
-    lines = []
-    _plan(spec, expand(spec), cpus=16, gpus=2, out=lines.append)
+    lines, trials = [], expand(spec)
+    check_budget(spec, trials)
+    _plan(spec, trials, cpus=16, gpus=2, out=lines.append)
     assert lines[-1].endswith("4 trial(s) per GPU; 2 GPU(s), 16 CPU(s) -> 8 trial(s) at once")
