@@ -50,16 +50,17 @@ def test_grid_spreads_over_two_nodes_and_survives_losing_one(cluster, synth_dir,
     proc = subprocess.Popen([sys.executable, "-m", "gridrun.cli", "launch", str(spec), "--address", c.address,
                              "--storage", str(storage)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = storage / "multi"
+    # Wait until the second node has finished one trial and is running another, then kill it.
     lost_trial = None
     deadline = time.time() + 300
     while lost_trial is None and time.time() < deadline and proc.poll() is None:
-        for d in exp.glob("0*"):
-            rs = results(d)
-            if rs and rs[-1].get("node_id") == worker.node_id and not (d / "summary.json").exists():
-                lost_trial = d
-                break
-        time.sleep(0.2)
-    assert lost_trial is not None, "no trial was seen running on the second node"
+        on_worker = [d for d in exp.glob("0*") if results(d) and results(d)[-1].get("node_id") == worker.node_id]
+        finished_there = [d for d in on_worker if (d / "summary.json").exists()]
+        running_there = [d for d in on_worker if not (d / "summary.json").exists()]
+        if finished_there and running_there:
+            lost_trial = running_there[0]
+        time.sleep(0.1)
+    assert lost_trial is not None, "no trial was seen finishing and then running on the second node"
     c.remove_node(worker)  # the node dies under its trial
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
@@ -70,6 +71,7 @@ def test_grid_spreads_over_two_nodes_and_survives_losing_one(cluster, synth_dir,
     nodes = {d.name: [r["node_id"] for r in results(d)] for d in trials}
     print("node of each epoch, per trial:", {k: [n[:8] for n in v] for k, v in nodes.items()})
     assert {head_id, worker.node_id} <= {n for v in nodes.values() for n in v}  # both nodes worked
+    assert any(set(v) == {worker.node_id} for v in nodes.values())  # a trial ran wholly on the second node
     lost = results(lost_trial)
     on_head = [r["epoch"] for r in lost if r["node_id"] == head_id]
     assert on_head and min(on_head) > 1  # resumed on the head from a checkpoint, not restarted
