@@ -228,8 +228,11 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
         if not math.isfinite(train_loss):
             status = f"diverged at epoch {epoch}"
             break
-        val_loss, val_acc = evaluate(infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast), splits.val_y)
-        _, test_acc = evaluate(infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast), splits.test_y)
+        # Kept: the last epoch's logits are the ones saved, so they are scored exactly once.
+        val_logits = infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast)
+        test_logits = infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast)
+        val_loss, val_acc = evaluate(val_logits, splits.val_y)
+        _, test_acc = evaluate(test_logits, splits.test_y)
         lr = opt.param_groups[0]["lr"]
         if sched is not None and not per_batch:
             sched.step(val_loss) if cfg.scheduler == "plateau" else sched.step()
@@ -251,8 +254,9 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
     result = {"status": status, "epochs": len(history), "params": n_params,
               "final": history[-1] if history else None, "history": history, **meta}
     if status == "ok":
-        val_logits = infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast)
-        test_logits = infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast)
+        if start_epoch > cfg.epochs:  # resumed after the last epoch: nothing above scored the model
+            val_logits = infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast)
+            test_logits = infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast)
         writer.save("logits_val.npy", val_logits.half().cpu().numpy())
         writer.save("logits_test.npy", test_logits.half().cpu().numpy())
         writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
