@@ -197,8 +197,22 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
             "n_val": len(splits.val_y), "n_test": len(splits.test_y)}
     writer.save("config.json", {**cfg.to_dict(), "_meta": meta})
     norm = splits.normalize
-    status = "ok"
-    state_path = None
+    status, state_path, finished, result = "ok", None, False, None
+    val_logits = test_logits = None
+
+    def finish(status: str, val_logits, test_logits) -> dict:
+        """Write the trial's final files; returns the result dict."""
+        result = {"status": status, "epochs": len(history), "params": n_params,
+                  "final": history[-1] if history else None, "history": history, **meta}
+        if status == "ok":
+            writer.save("logits_val.npy", val_logits.half().cpu().numpy())
+            writer.save("logits_test.npy", test_logits.half().cpu().numpy())
+            writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
+            writer.save("labels_test.npy", splits.test_y.to(torch.uint8).cpu().numpy())
+            writer.save("model.pt", model.state_dict())
+        writer.save("summary.json", {**{k: v for k, v in result.items() if k != "history"},
+                                     "finished_at": time.time(), "pid": os.getpid()})
+        return result
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
@@ -241,6 +255,10 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
              "seconds": round(seconds, 3), "images_per_s": round(n_train / seconds, 1)}
         history.append(m)
         writer.epoch(m)
+        if epoch == cfg.epochs:
+            # Final files before the last report: a scheduler (ASHA at max_t) may stop the
+            # trial at that report, and nothing after it would run.
+            result, finished = finish(status, val_logits, test_logits), True
         if state_dir:
             state_path = str(state_dir / "state.pt")
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -251,18 +269,10 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
         if on_epoch is not None:
             on_epoch(m, state_path)
 
-    result = {"status": status, "epochs": len(history), "params": n_params,
-              "final": history[-1] if history else None, "history": history, **meta}
-    if status == "ok":
-        if start_epoch > cfg.epochs:  # resumed after the last epoch: nothing above scored the model
+    if not finished:  # diverged, or resumed after the last epoch
+        if status == "ok":  # nothing above scored the resumed model
             val_logits = infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast)
             test_logits = infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast)
-        writer.save("logits_val.npy", val_logits.half().cpu().numpy())
-        writer.save("logits_test.npy", test_logits.half().cpu().numpy())
-        writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
-        writer.save("labels_test.npy", splits.test_y.to(torch.uint8).cpu().numpy())
-        writer.save("model.pt", model.state_dict())
-    writer.save("summary.json", {**{k: v for k, v in result.items() if k != "history"},
-                                 "finished_at": time.time(), "pid": os.getpid()})
+        result = finish(status, val_logits, test_logits)
     writer.close()
     return result

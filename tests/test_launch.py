@@ -43,19 +43,21 @@ def test_retry_once_then_finish_and_always_failing_is_reported(ray_local, synth_
         {"model": "chaos_net", "model_args": {"fail": "once", "fail_after": 15, "marker": str(marker)}},
         {"model": "chaos_net", "model_args": {"fail": "always", "fail_after": 3}},
         {"model": "tinynet_7k"},
+        {"model": "tinynet_7k", "optimizer": "sgd", "lr": 1.0e12, "scheduler": "none"},
     ]})
     lines = []
     assert launch(str(spec), storage=str(tmp_path / "runs"), out=lines.append) == 1
     assert marker.exists()  # the first trial did crash once (in epoch 2: 12 steps an epoch)
     text = "\n".join(lines)
     assert "[retry] 0000_" in text and "injected failure" in text
-    assert "2 finished, 0 diverged, 1 failed" in lines[-1]
+    assert "2 finished, 1 diverged, 1 failed" in lines[-1]
     d = {p.name[:4]: p for p in trial_dirs(tmp_path / "runs" / "faults")}
     assert json.loads((d["0000"] / "summary.json").read_text())["status"] == "ok"
     rows = (d["0000"] / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + epochs 1, 2: resumed after epoch 1, not restarted
     assert not (d["0001"] / "summary.json").exists() and (d["0001"] / "error.txt").exists()
     assert (d["0002"] / "summary.json").exists()
+    assert json.loads((d["0003"] / "summary.json").read_text())["status"] == "diverged at epoch 1"
 
 
 def test_killed_driver_resumes_only_unfinished(ray_local, synth_dir, tmp_path):
@@ -100,3 +102,19 @@ def test_changed_grid_under_same_name_is_refused(ray_local, synth_dir, tmp_path)
     spec = write_spec(tmp_path / "same.yaml", synth_dir)
     with pytest.raises(SpecError, match="different grid"):
         launch(str(spec), storage=str(storage), out=lambda _: None)
+
+
+def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
+    # One trial at a time, good ones first: the hopeless ones (lr 1e-7) fall below ASHA's
+    # first rung and are stopped after epoch 1; the report lists them as unfinished.
+    spec = write_spec(tmp_path / "asha.yaml", synth_dir, grid={"lr": [0.01, 1.0e-7]}, seeds=2,
+                      base={"epochs": 4, "batch_size": 50, "model": "tinynet_7k"},
+                      early_stop={"grace_period": 1, "reduction_factor": 2})
+    lines = []
+    assert launch(str(spec), storage=str(tmp_path / "runs"), max_concurrent=1, out=lines.append) == 0
+    assert "0 failed" in lines[-1] and "stopped early or unfinished" in lines[-1]
+    from gridrun.report import load_experiment
+
+    status = {t.name: t.status for t in load_experiment(tmp_path / "runs" / "asha").trials}
+    assert "finished" in status.values()  # the first good trial always runs to the end
+    assert all(status[n] == "unfinished" for n in status if "1e-07" in n)  # hopeless ones stopped
