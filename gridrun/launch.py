@@ -272,7 +272,7 @@ def launch(spec_path: str, dry_run: bool = False, address: str | None = None, na
     except KeyboardInterrupt:
         out(f"interrupted: run the same command again to resume {exp_dir}")
         return 130
-    code = _summarize(grid, len(trials), time.time() - t0, exp_dir, out)
+    code = _summarize(grid, len(trials), time.time() - t0, exp_dir, out, early_stop=spec.early_stop is not None)
     if local_storage:  # the report quotes how and where the grid ran
         with open(os.path.join(exp_dir, "gridrun_launches.jsonl"), "a") as f:
             f.write(json.dumps({"command": " ".join(["gridrun", *sys.argv[1:]]) if sys.argv[0].endswith("gridrun")
@@ -303,24 +303,33 @@ def _check_existing(exp_dir: str, spec_path: str, trials: list[dict], local: boo
         shutil.copy(spec_path, Path(exp_dir) / "spec.yaml")
 
 
-def _summarize(grid, n: int, seconds: float, exp_dir: str, out) -> int:
-    counts = {"finished": 0, "diverged": 0, "failed": 0, "unfinished": 0}
-    for r in grid:
-        m = r.metrics or {}
-        if r.error is not None:
+def _summarize(grid, n: int, seconds: float, exp_dir: str, out, early_stop: bool = False) -> int:
+    counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
+    for t in grid._experiment_analysis.trials:
+        m = t.last_result or {}
+        train_cfg = t.config.get("trial", {}).get("train", {})
+        summary = Path(exp_dir, t.config.get("trial", {}).get("name", "?"), "summary.json")
+        if t.status == "ERROR":
             counts["failed"] += 1
+        elif summary.exists():  # the trial's own word, where storage is a local path
+            ok = json.loads(summary.read_text()).get("status") == "ok"
+            counts["finished" if ok else "diverged"] += 1
         elif str(m.get("status", "")).startswith("diverged"):
             counts["diverged"] += 1
-        elif m.get("done") and m.get("epoch", 0) >= ((r.config or {}).get("trial", {}).get("train", {}).get("epochs", 0)):
+        elif "://" in exp_dir and m.get("epoch", 0) >= train_cfg.get("epochs", 0):
             counts["finished"] += 1
-        else:  # stopped early by ASHA, or interrupted
-            counts["unfinished"] += 1
+        elif early_stop and m.get("done"):  # ASHA ended it before its last epoch
+            counts["stopped"] += 1
+        else:  # Ctrl-C stopped the experiment under it
+            counts["interrupted"] += 1
     words = f"{counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} failed"
-    if counts["unfinished"]:
-        words += f", {counts['unfinished']} stopped early or unfinished"
+    if counts["stopped"]:
+        words += f", {counts['stopped']} stopped early"
+    if counts["interrupted"]:
+        words += f", {counts['interrupted']} interrupted (run the same command again to resume them)"
     out(f"{exp_dir}: {n} trials in {seconds:.0f}s: {words}"
         + (" (see the [failed] lines above; rerun the same command to retry them)" if counts["failed"] else ""))
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] else 130 if counts["interrupted"] else 0
 
 
 def tensorboard(name: str | None, storage: str = "runs", port: int = 6006) -> int:

@@ -112,9 +112,36 @@ def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
                       early_stop={"grace_period": 1, "reduction_factor": 2})
     lines = []
     assert launch(str(spec), storage=str(tmp_path / "runs"), max_concurrent=1, out=lines.append) == 0
-    assert "0 failed" in lines[-1] and "stopped early or unfinished" in lines[-1]
+    assert "0 failed" in lines[-1] and "stopped early" in lines[-1]
     from gridrun.report import load_experiment
 
     status = {t.name: t.status for t in load_experiment(tmp_path / "runs" / "asha").trials}
     assert "finished" in status.values()  # the first good trial always runs to the end
     assert all(status[n] == "unfinished" for n in status if "1e-07" in n)  # hopeless ones stopped
+
+
+def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
+    spec = write_spec(tmp_path / "intr.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=2,
+                      base={"epochs": 40, "batch_size": 10, "lr": 0.01})
+    storage = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "gridrun.cli", "launch", str(spec), "--storage", str(storage),
+           "--address", ray_local.get_runtime_context().gcs_address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    exp = storage / "intr"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (exp.exists() and any(any(d.glob("checkpoint_*"))
+                                                               for d in trial_dirs(exp))):
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted (run the same command again to resume them)" in out
+    done_before = {d.name: len((d / "metrics.csv").read_text().splitlines()) - 1 for d in trial_dirs(exp)}
+    assert all(n < 40 for n in done_before.values())
+    lines = []
+    assert launch(str(spec), storage=str(storage), out=lines.append) == 0
+    for d in trial_dirs(exp):
+        hist = json.loads((d / "summary.json").read_text())
+        assert hist["status"] == "ok" and hist["epochs"] == 40
+    results = [json.loads(l) for l in (trial_dirs(exp)[0] / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in results] == sorted({r["epoch"] for r in results})  # no epoch trained twice
