@@ -1,4 +1,4 @@
-"""`gridrun launch | report | train | models | tensorboard | bench`: the one entry point."""
+"""gridrun: launch | report | train | models | tensorboard (benchmarks: make bench)."""
 from __future__ import annotations
 
 import argparse
@@ -79,12 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'resnet*'")
     p.set_defaults(func=cmd_models)
 
-    for mod in ("launch", "report", "bench"):
-        try:
-            __import__(f"gridrun.{mod}")
-        except ImportError:
-            continue
-        sys.modules[f"gridrun.{mod}"].add_parser(sub)
+    from . import launch, report  # each adds its own subcommands (launch also: tensorboard)
+
+    launch.add_parser(sub)
+    report.add_parser(sub)
     return ap
 
 
