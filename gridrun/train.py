@@ -94,11 +94,10 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     return None, False
 
 
-def _seed_all(seed: int) -> torch.Generator:
+def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 class _Writer:
@@ -160,7 +159,7 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
     cuda = device.type == "cuda"
     if cuda and cfg.gpu_memory_fraction:
         torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
-    gen = _seed_all(cfg.seed)
+    _seed_all(cfg.seed)
     dgen = torch.Generator(device=device).manual_seed(cfg.seed)  # batch order + augmentation
 
     splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays)
@@ -168,7 +167,7 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
     if aug.align:  # deskewing is preprocessing: the same for train, validation and test
         splits.train_x, splits.val_x, splits.test_x = (deskew(splits.train_x), deskew(splits.val_x),
                                                         deskew(splits.test_x))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # again: the initial weights must not depend on data-loading work
     model = build_model(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fmt = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
