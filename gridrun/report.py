@@ -421,7 +421,7 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
                   f"- best single run by validation: {best.name}, val {100 * best.final['val_acc']:.2f}%, "
                   f"test {100 * best.test_acc_recomputed:.2f}%",
                   f"- mean single run: {_pct(single)}",
-                  "", pd.DataFrame([{"K": k, "test acc, %": 100 * a} for k, a in curve]).to_markdown(index=False, floatfmt=".2f"),
+                  "", pd.DataFrame([{"K": k, "test acc, %": 100 * a} for k, a in curve]).to_markdown(index=False, floatfmt=(".0f", ".2f")),
                   "", "Each test image gets the class most members predict; a tie goes to the class with the "
                   "larger summed softmax.", ""]
     elif done:
