@@ -23,7 +23,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         hint = str(hints[f.name])
         if "dict" in hint:
             p.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, metavar="JSON",
-                           help=f"JSON object (default {{}})")
+                           help="JSON object (default {})")
         elif "bool" in hint:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"(default {default})")

@@ -241,8 +241,6 @@ def _pct(values) -> str:
 
 def config_table(exp: Experiment) -> tuple[list[dict], list[str], str]:
     """Rows of the per-config table (markdown-ready), extra varying columns, constraint summary."""
-    import pandas as pd
-
     done = [t for t in exp.trials if t.status == "finished"]
     groups: dict[str, list[Trial]] = {}
     for t in done:
@@ -308,7 +306,7 @@ def _cons_words(cons: dict) -> list[str]:
 
 # ---------------------------------------------------------------- the report
 
-def _plots(exp: Experiment, rows: list[dict], out_md: Path) -> list[str]:
+def _plots(exp: Experiment, out_md: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,7 +398,7 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
               "Configs are compared by mean validation accuracy (bold: the best config of each model); "
               "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.", ""]
     lines += _conditions(exp)
-    rows, varying, cons_line = config_table(exp)
+    rows, _, cons_line = config_table(exp)
     if rows:
         df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
         lines += ["## Results by config", "", df.to_markdown(index=False), ""]
@@ -433,7 +431,7 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
                 "test acc, %": 100 * t.test_acc_recomputed,
                 "s/epoch": float(np.mean([h["seconds"] for h in t.history]))} for t in sorted(done, key=lambda t: t.name)]
         lines += ["## Runs (final epoch of each)", "", pd.DataFrame(per).to_markdown(index=False, floatfmt=".2f"), ""]
-    pics = _plots(exp, rows, out_md)
+    pics = _plots(exp, out_md)
     if pics:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pics] + [""]
     other = [t for t in exp.trials if t.status != "finished"]

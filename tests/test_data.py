@@ -3,7 +3,6 @@ import gzip
 import numpy as np
 import pytest
 
-from gridrun import GridrunError
 from gridrun.cli import main
 from gridrun.data import DataError, find_files, load_splits, read_idx, stratified_split, write_idx
 from conftest import make_data_dir, synthetic_digits

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridrun import GridrunError
 from gridrun.cli import main
 from gridrun.report import load_experiment, majority_vote, rank_by_validation, report
 

@@ -104,8 +104,3 @@ def one_maxpool(dropout: float = 0.0) -> nn.Module:
 def tinynet_7k(dropout: float = 0.0) -> nn.Module:
     return TinyNet(TINYNET_7K, dropout)
 
-
-def _selfcheck():  # pragma: no cover - a debugging aid
-    for f in (vanilla, dropout, gap_transition_fc, gap_transition, two_maxpool, one_maxpool, tinynet_7k):
-        m = f()
-        print(f.__name__, sum(p.numel() for p in m.parameters()), m(torch.zeros(2, 1, 28, 28)).shape)
