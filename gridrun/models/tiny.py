@@ -12,7 +12,6 @@ Spatial sizes for a 28x28 input are given after each arrow.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ._registry import register_model
