@@ -111,8 +111,10 @@ class Augment:
         pad = len(k) // 2
         field = F.conv2d(F.pad(field, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
         field = F.conv2d(F.pad(field, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
-        field = field.view(n, 2, h, w).permute(0, 2, 3, 1) * self.p.elastic_alpha
-        return field * torch.tensor([2 / w, 2 / h], device=device)  # pixels -> normalised units
+        field = field.view(n, 2, h, w)
+        field[:, 0].mul_(self.p.elastic_alpha * 2 / w)  # pixels -> grid_sample's normalised units
+        field[:, 1].mul_(self.p.elastic_alpha * 2 / h)
+        return field.permute(0, 2, 3, 1)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         n, _, h, w = x.shape

@@ -85,9 +85,12 @@ class TrainConfig:
             bad("dropout", "must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "must be in [0, 1)")
-        if self.weight_decay < 0 or not 0 < self.gamma <= 1 or not 0 < self.pct_start < 1:
-            bad("weight_decay" if self.weight_decay < 0 else "gamma" if not 0 < self.gamma <= 1 else "pct_start",
-                "out of range (weight_decay >= 0, 0 < gamma <= 1, 0 < pct_start < 1)")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if not 0 < self.gamma <= 1:
+            bad("gamma", "must be in (0, 1]")
+        if not 0 < self.pct_start < 1:
+            bad("pct_start", "must be in (0, 1)")
         if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
             bad("gpu_memory_fraction", "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

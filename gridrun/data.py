@@ -48,21 +48,19 @@ def _candidates(folder: Path, base: str) -> list[Path]:
 def find_files(data_dir=None, download: bool | None = None) -> dict[str, Path]:
     """Path of each of the four files, from the first place that holds all four."""
     places = search_dirs(data_dir)
+    first_missing = None
     for _, folder in places:
-        found = {}
-        for key, (base, *_rest) in FILES.items():
-            hit = next((p for p in _candidates(folder, base) if p.is_file()), None)
-            if hit is None:
-                break
-            found[key] = hit
-        if len(found) == len(FILES):
+        found = {key: next((p for p in _candidates(folder, base) if p.is_file()), None)
+                 for key, (base, *_rest) in FILES.items()}
+        if all(found.values()):
             return found
+        if first_missing is None:
+            first_missing = next(FILES[k][0] for k, p in found.items() if p is None)
     if data_dir or os.environ.get(ENV_VAR):
         # The user named a folder: say which file it lacks rather than silently downloading.
         label, folder = places[0]
-        missing = [b for b, *_ in FILES.values() if not any(p.is_file() for p in _candidates(folder, b))]
         where = ", ".join(f"{lbl}={d}" for lbl, d in places)
-        raise DataError(f"MNIST file {missing[0] if missing else '?'}[.gz] not found in {label}={folder} "
+        raise DataError(f"MNIST file {first_missing}[.gz] not found in {label}={folder} "
                         f"(looked in {where}): {FIX}")
     if download is None:
         download = os.environ.get("GRIDRUN_NO_DOWNLOAD", "") in ("", "0")
@@ -177,9 +175,9 @@ def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, 
         train_idx = train_idx[pick]
 
     def put(images, labels, idx=None):
-        if idx is not None:
-            images, labels = images[idx], labels[idx]
-        x = torch.from_numpy(np.array(images)).to(device).unsqueeze(1).float().div_(255)
+        # Fancy indexing already copies; the cached arrays are read-only, so copy them once.
+        images, labels = (images[idx], labels[idx]) if idx is not None else (images.copy(), labels)
+        x = torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255)
         return x, torch.from_numpy(labels.astype(np.int64)).to(device)
 
     train_x, train_y = put(a["train_images"], a["train_labels"], train_idx)

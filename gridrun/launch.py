@@ -44,10 +44,10 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     def on_epoch(m, state_path):
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy(state_path, os.path.join(d, "state.pt"))
-            tune.report({**m, "node_id": node, "status": "running"},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+        # The state folder holds only state.pt, and report() copies it to storage before it
+        # returns, so it is the checkpoint as it stands (no second copy per epoch).
+        tune.report({**m, "node_id": node, "status": "running"},
+                    checkpoint=tune.Checkpoint.from_directory(os.path.dirname(state_path)))
 
     try:
         result = train(cfg, on_epoch=on_epoch, resume_from=resume, state_dir=os.path.join(work, "state"),

@@ -39,6 +39,7 @@ class Trial:
     val_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     test_acc_recomputed: float | None = None
+    meta: dict = field(default_factory=dict)  # config.json's _meta: params, device, torch, threads
 
     @property
     def final(self) -> dict:
@@ -55,6 +56,7 @@ class Experiment:
     spec: dict
     trials: list[Trial]
     label_source: str = ""
+    test_labels: np.ndarray | None = None  # what every finished trial was scored against
 
 
 # ---------------------------------------------------------------- reading
@@ -87,7 +89,8 @@ def read_trial(d: Path | None, name: str, config: dict | None = None) -> Trial:
         return t
     try:
         cfg = json.loads((d / "config.json").read_text())
-        t.params = cfg.pop("_meta", {}).get("params")
+        t.meta = cfg.pop("_meta", {})
+        t.params = t.meta.get("params")
         t.config = cfg
     except (OSError, ValueError):
         pass
@@ -178,7 +181,7 @@ def _true_test_labels(exp: Experiment) -> np.ndarray | None:
 
 
 def _check_test_accuracy(exp: Experiment) -> None:
-    labels = _true_test_labels(exp)
+    labels = exp.test_labels = _true_test_labels(exp)
     for t in exp.trials:
         if t.status != "finished":
             continue
@@ -239,12 +242,19 @@ def _pct(values) -> str:
     return f"{mean:.2f} ± {100 * float(np.std(v, ddof=1)):.2f} (n={len(v)})"
 
 
+def config_groups(trials: list[Trial]) -> dict[str, list[Trial]]:
+    """Finished trials grouped by config (every field but the seed and plumbing)."""
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        if t.status == "finished":
+            groups.setdefault(t.group_key(), []).append(t)
+    return groups
+
+
 def config_table(exp: Experiment) -> tuple[list[dict], list[str], str]:
     """Rows of the per-config table (markdown-ready), extra varying columns, constraint summary."""
     done = [t for t in exp.trials if t.status == "finished"]
-    groups: dict[str, list[Trial]] = {}
-    for t in done:
-        groups.setdefault(t.group_key(), []).append(t)
+    groups = config_groups(exp.trials)
     varying = sorted({k for t in done for k in t.config if k not in NOT_CONFIG
                       and len({json.dumps(u.config.get(k), sort_keys=True) for u in done}) > 1}
                      - {c for c, _ in STUDY_COLUMNS})
@@ -316,9 +326,7 @@ def _plots(exp: Experiment, out_md: Path) -> list[str]:
     if not done:
         return []
     names = []
-    groups: dict[str, list[Trial]] = {}
-    for t in done:
-        groups.setdefault(t.group_key(), []).append(t)
+    groups = config_groups(exp.trials)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     models = sorted({str(t.config.get("model")) for t in done})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
@@ -407,8 +415,7 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
     ranked = rank_by_validation(exp.trials)
     done = [t for t in exp.trials if t.status == "finished"]
     if ranked:
-        labels = _true_test_labels(exp)
-        curve = ensemble_curve(ranked, labels, _ks(len(ranked), top_k))
+        curve = ensemble_curve(ranked, exp.test_labels, _ks(len(ranked), top_k))
         single = [t.test_acc_recomputed for t in done]
         best = ranked[0]
         k_main = min(top_k, len(ranked))
@@ -449,13 +456,7 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
 
 def _conditions(exp: Experiment) -> list[str]:
     """Where and how the trials ran, from what they recorded."""
-    metas = []
-    for t in exp.trials:
-        if t.dir is not None and (t.dir / "config.json").exists():
-            try:
-                metas.append(json.loads((t.dir / "config.json").read_text()).get("_meta", {}))
-            except ValueError:
-                pass
+    metas = [t.meta for t in exp.trials if t.meta]
     out = []
     if metas:
         devs = sorted({f"{m.get('device')} ({m.get('threads')} threads)" for m in metas})

@@ -94,6 +94,20 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     return None, False
 
 
+def _atomic_save(path: Path, obj) -> None:
+    """Write .npy / .json / torch files via a temp file and rename: a killed trial never
+    leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, obj)
+    elif path.suffix == ".json":
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -129,17 +143,8 @@ class _Writer:
         self.tb.flush()
 
     def save(self, name: str, obj) -> None:
-        if not self.dir:
-            return
-        tmp = self.dir / (name + ".tmp")
-        if name.endswith(".npy"):
-            with open(tmp, "wb") as f:
-                np.save(f, obj)
-        elif name.endswith(".json"):
-            tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, self.dir / name)  # atomic: a killed trial never leaves half a file
+        if self.dir:
+            _atomic_save(self.dir / name, obj)
 
     def close(self):
         if self.tb:
@@ -259,12 +264,12 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
             # trial at that report, and nothing after it would run.
             result, finished = finish(status, val_logits, test_logits), True
         if state_dir:
-            state_path = str(state_dir / "state.pt")
             state_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched is not None else None,
-                        "dgen": dgen.get_state(), "history": history, "epoch": epoch}, state_path + ".tmp")
-            os.replace(state_path + ".tmp", state_path)
+            state_path = str(state_dir / "state.pt")
+            _atomic_save(Path(state_path), {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "dgen": dgen.get_state(), "history": history, "epoch": epoch})
         if on_epoch is not None:
             on_epoch(m, state_path)
 

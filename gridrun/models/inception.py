@@ -24,8 +24,12 @@ class Branches(nn.Module):
         return torch.cat([b(x) for b in self.branches], 1)
 
 
-def _stem(w):
-    c = lambda n: max(8, int(n * w))  # noqa: E731 - a width scaler, read as c(paper's width)
+def _scaler(width: float):
+    """c(n): the paper's width n scaled by `width`, never below 8 channels."""
+    return lambda n: max(8, int(n * width))
+
+
+def _stem(c):
     return nn.Sequential(
         conv_bn(1, c(32)), conv_bn(c(32), c(32)), conv_bn(c(32), c(64)),
         Branches([nn.MaxPool2d(3, 2, 1)], [conv_bn(c(64), c(96), 3, 2)]),                      # 28 -> 14
@@ -82,8 +86,8 @@ def _block_c(cin, c):
 class InceptionV4(nn.Module):
     def __init__(self, width: float = 0.25, blocks=(4, 7, 3), dropout: float = 0.2):
         super().__init__()
-        c = lambda n: max(8, int(n * width))  # noqa: E731
-        stem, ch = _stem(width)
+        c = _scaler(width)
+        stem, ch = _stem(c)
         layers = [stem]
         for make, count, reduce in ((_block_a, blocks[0], _reduction_a), (_block_b, blocks[1], _reduction_b),
                                     (_block_c, blocks[2], None)):

@@ -36,14 +36,18 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, depth: int = 20, widths=(16, 32, 64), block=BasicBlock, preact: bool = False):
+    def __init__(self, depth: int = 20, widths=(16, 32, 64), block=BasicBlock, preact: bool = False,
+                 n: int | None = None, stem_width: int | None = None):
+        """n blocks per stage (default: from a 6n+2 depth); the stem is widths[0] wide unless
+        stem_width says otherwise (Wide ResNets keep a 16-wide stem)."""
         super().__init__()
-        n = blocks_for(depth)
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False))
+        n = blocks_for(depth) if n is None else n
+        c = stem_width or widths[0]
+        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, 1, 1, bias=False))
         if not preact:  # pre-activation nets normalise inside each block instead
-            self.stem.append(nn.BatchNorm2d(widths[0]))
+            self.stem.append(nn.BatchNorm2d(c))
             self.stem.append(nn.ReLU(inplace=True))
-        layers, c = [], widths[0]
+        layers = []
         for i, w in enumerate(widths):
             for j in range(n):
                 layers.append(block(c, w, 2 if (i > 0 and j == 0) else 1))

@@ -20,18 +20,8 @@ class WideResNet(ResNet):
         n, rem = divmod(depth - 4, 6)
         if rem or n < 1:
             raise ValueError(f"WRN depth must be 6n+4 (10, 16, 22, 28, ...), got {depth}")
-        nn.Module.__init__(self)
-        widths = (16 * widen, 32 * widen, 64 * widen)
-        block = partial(PreActBlock, dropout=dropout)
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False))
-        layers, c = [], 16
-        for i, w in enumerate(widths):
-            for j in range(n):
-                layers.append(block(c, w, 2 if (i > 0 and j == 0) else 1))
-                c = w
-        self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Linear(c, 10))
+        super().__init__(widths=(16 * widen, 32 * widen, 64 * widen), block=partial(PreActBlock, dropout=dropout),
+                         preact=True, n=n, stem_width=16)
 
 
 @register_model
