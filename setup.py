@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="gridrun",
-    version="0.1.0",
+    version="0.2.0",
     description="YAML grids of PyTorch trials on Ray Tune, packed onto GPUs; honest reports.",
     packages=find_packages(include=["gridrun", "gridrun.*"]),
     package_data={"gridrun": ["models/golden_params.json"]},
@@ -11,7 +11,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision",
-        "ray[tune]>=2.40",
+        "ray[tune]>=2.60,<2.61",  # tested with 2.60.0 (Tune's API moved a lot in 2.4x-2.6x)
         "pandas",
         "tabulate",
         "tensorboard",

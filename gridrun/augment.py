@@ -1,20 +1,24 @@
 """Batched on-device augmentation: per-sample random parameters, one grid_sample per batch.
 
-A policy is a `+`-joined list of named ops, e.g. "rotate+affine+jitter". Geometric ops
-(rotate, affine, elastic) are fused into a single sampling grid; `jitter` acts on intensities;
-`align` (deskew by image moments) is preprocessing applied once to every split, not per batch.
-Images are float in [0, 1], shape (N, 1, H, W); augmentation runs before normalisation so
-that padding is background (0).
+A policy is a `+`-joined list of ops, e.g. "rotate+affine+jitter", or one named recipe from
+POLICIES (the studies' own augmentations). Geometric ops (rotate, affine, elastic) are fused
+into a single sampling grid; `jitter` acts on intensities; `align` (deskew by image moments) is
+preprocessing applied once to every split, not per batch. Images are float in [0, 1], shape
+(N, 1, H, W); augmentation runs before normalisation so that padding is background (0).
+
+Random parameters are drawn (`draw`) apart from being applied (`apply`), in a fixed order from
+the caller's generator, so fused trials can draw each member's parameters from its own
+generator and still warp all members' batches in one call.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
-from . import GridrunError
+from . import GridrunError, did_you_mean
 
 OPS = ("none", "rotate", "affine", "jitter", "elastic", "align")
 
@@ -34,30 +38,94 @@ class AugParams:
     elastic_sigma: float = 4.0   # elastic: smoothing of the displacement field, pixels
 
 
+# The studies' recipes, as ops plus strengths (a spec's `aug:` still overrides any strength).
+POLICIES = {
+    # EVA6-Group-15/MNIST_99_4, the 9k-parameter nets: RandomRotation(5) then
+    # RandomAffine(degrees=8, translate=(0.15, 0.15), scale=(0.85, 1.15)) then
+    # ColorJitter(brightness=0.1, contrast=0.1). torchvision resamples twice; we once.
+    "eva": ("rotate+affine+jitter", dict(rotate_deg=5, affine_deg=8, translate=0.15, scale=0.15, shear_deg=0,
+                                         brightness=0.1, contrast=0.1)),
+    # The same study's 6,290-parameter nets: RandomRotation(12).
+    "eva_rotate": ("rotate", dict(rotate_deg=12)),
+    # khanrc/mnist "affine": keras ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
+    # height_shift_range=0.1, zoom_range=0.1). Keras zooms each axis independently and fills
+    # with the nearest pixel; here the zoom is isotropic and the fill is background (0).
+    "khanrc_affine": ("rotate+affine", dict(rotate_deg=15, affine_deg=0, translate=0.1, scale=0.1, shear_deg=0)),
+    # khanrc/mnist "align" trained on AlignMNIST, 75 precomputed epochs of learned
+    # class-dependent diffeomorphisms (Hauberg et al. 2016) that cannot be had offline.
+    # Stand-in: smooth random elastic warps (Simard et al. 2003) on top of the affine recipe.
+    "khanrc_align": ("rotate+affine+elastic", dict(rotate_deg=15, affine_deg=0, translate=0.1, scale=0.1,
+                                                   shear_deg=0, elastic_alpha=34.0, elastic_sigma=4.0)),
+}
+
+
 def parse_policy(policy: str) -> tuple[str, ...]:
-    """'rotate+jitter' -> ('rotate', 'jitter'); unknown names are one clear error."""
-    ops = tuple(p.strip() for p in str(policy).split("+") if p.strip())
+    """'rotate+jitter' -> ('rotate', 'jitter'); a named recipe -> its ops; unknown names are one error."""
+    if not isinstance(policy, str):
+        raise GridrunError(f"augmentation policy {policy!r} must be a string such as 'rotate+affine'")
+    if policy in POLICIES:
+        policy = POLICIES[policy][0]
+    ops = tuple(p.strip() for p in policy.split("+") if p.strip())
     bad = [p for p in ops if p not in OPS]
     if bad or not ops:
-        raise GridrunError(f"unknown augmentation {bad[0] if bad else repr(policy)!r} in policy {policy!r}: "
-                           f"use names from {', '.join(OPS)} joined with '+'")
+        name = bad[0] if bad else policy
+        raise GridrunError(f"unknown augmentation {name!r} in policy {policy!r}{did_you_mean(name, [*OPS, *POLICIES])}: "
+                           f"use ops from {', '.join(OPS)} joined with '+', or one of {', '.join(POLICIES)}")
+    if len(set(ops)) != len(ops):
+        raise GridrunError(f"augmentation policy {policy!r} names an op twice: name each once")
     return tuple(p for p in ops if p != "none")
 
 
-def make_params(overrides: dict | None) -> AugParams:
-    names = {f.name for f in fields(AugParams)}
-    bad = sorted(set(overrides or {}) - names)
+def make_params(overrides: dict | None, policy: str = "none") -> AugParams:
+    """The policy's strengths (named recipes bring their own) with `overrides` on top."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise GridrunError(f"augmentation strengths must be a mapping such as {{rotate_deg: 5}}, got {overrides!r}")
+    names = [f.name for f in fields(AugParams)]
+    bad = sorted(set(overrides or {}) - set(names))
     if bad:
-        raise GridrunError(f"unknown augmentation strength {bad[0]!r}: valid are {', '.join(sorted(names))}")
-    params = AugParams(**(overrides or {}))
-    for k, v in vars(params).items():
-        if not isinstance(v, (int, float)) or v < 0 or (k == "elastic_sigma" and v == 0):
-            raise GridrunError(f"augmentation strength {k}={v!r} must be a number >= 0 (elastic_sigma > 0)")
+        raise GridrunError(f"unknown augmentation strength {bad[0]!r}{did_you_mean(bad[0], names)}")
+    base = dict(POLICIES[policy][1]) if isinstance(policy, str) and policy in POLICIES else {}
+    params = AugParams(**{**base, **(overrides or {})})
+    for k, v in asdict(params).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (k == "elastic_sigma" and v == 0):
+            raise GridrunError(f"augmentation strength {k}={v!r} must be a finite number >= 0 (elastic_sigma > 0)")
+    limits = {"translate": 1.0, "scale": 0.99, "rotate_deg": 180, "affine_deg": 180, "shear_deg": 80,
+              "brightness": 1.0, "contrast": 1.0, "elastic_alpha": 100.0, "elastic_sigma": 28.0}
+    for k, hi in limits.items():
+        if getattr(params, k) > hi:
+            raise GridrunError(f"augmentation strength {k}={getattr(params, k)!r} is out of range: at most {hi}")
     return params
+
+
+def check_policy(policy: str, overrides: dict | None) -> None:
+    parse_policy(policy)
+    make_params(overrides, policy)
 
 
 def _uniform(n: int, half_width: float, gen, device) -> torch.Tensor:
     return (torch.rand(n, device=device, generator=gen) * 2 - 1) * half_width
+
+
+@dataclass
+class Draws:
+    """One batch's random parameters; `key` says which parts are present (for grouping)."""
+
+    theta: torch.Tensor | None = None     # (n, 2, 3) affine matrices, output -> input coords
+    field: torch.Tensor | None = None     # (n, h, w, 2) elastic displacement, grid units
+    jitter: torch.Tensor | None = None    # (n, 2): brightness and contrast factors
+
+    @property
+    def key(self) -> tuple[bool, bool, bool]:
+        return self.theta is not None, self.field is not None, self.jitter is not None
+
+    @staticmethod
+    def cat(draws: list["Draws"]) -> "Draws":
+        """Join the draws of several batches that have the same key."""
+        def join(name):
+            parts = [getattr(d, name) for d in draws]
+            return torch.cat(parts) if parts[0] is not None else None
+        return Draws(join("theta"), join("field"), join("jitter"))
 
 
 class Augment:
@@ -65,7 +133,7 @@ class Augment:
 
     def __init__(self, policy: str = "none", params: AugParams | dict | None = None):
         self.ops = parse_policy(policy)
-        self.p = params if isinstance(params, AugParams) else make_params(params)
+        self.p = params if isinstance(params, AugParams) else make_params(params, policy)
         self._kernels: dict = {}
 
     @property
@@ -109,31 +177,43 @@ class Augment:
         field = torch.rand(n * 2, 1, h, w, device=device, generator=gen) * 2 - 1
         k = self._gauss(device)
         pad = len(k) // 2
-        field = F.conv2d(F.pad(field, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-        field = F.conv2d(F.pad(field, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
+        mode = "reflect" if pad < min(h, w) else "replicate"
+        field = F.conv2d(F.pad(field, (pad, pad, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+        field = F.conv2d(F.pad(field, (0, 0, pad, pad), mode=mode), k.view(1, 1, -1, 1))
         field = field.view(n, 2, h, w)
         field[:, 0].mul_(self.p.elastic_alpha * 2 / w)  # pixels -> grid_sample's normalised units
         field[:, 1].mul_(self.p.elastic_alpha * 2 / h)
         return field.permute(0, 2, 3, 1)
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        n, _, h, w = x.shape
-        theta = self._theta(n, gen, x.device)
-        elastic = "elastic" in self.ops and self.p.elastic_alpha > 0
-        if theta is not None or elastic:
-            if theta is None:
-                theta = torch.eye(2, 3, device=x.device).expand(n, 2, 3)
-            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-            if elastic:
-                grid = grid + self._elastic(n, h, w, gen, x.device).to(x.dtype)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    def draw(self, n: int, gen: torch.Generator | None, device, size: tuple[int, int] = (28, 28)) -> Draws:
+        """This batch's random parameters, in a fixed order: geometry, elastic field, jitter."""
+        d = Draws(theta=self._theta(n, gen, device))
+        if "elastic" in self.ops and self.p.elastic_alpha > 0:
+            d.field = self._elastic(n, size[0], size[1], gen, device)
         if "jitter" in self.ops and (self.p.brightness or self.p.contrast):
-            b = 1 + _uniform(n, self.p.brightness, gen, x.device).view(n, 1, 1, 1)
-            c = 1 + _uniform(n, self.p.contrast, gen, x.device).view(n, 1, 1, 1)
+            b = 1 + _uniform(n, self.p.brightness, gen, device)
+            c = 1 + _uniform(n, self.p.contrast, gen, device)
+            d.jitter = torch.stack([b, c], 1)
+        return d
+
+    @staticmethod
+    def apply(x: torch.Tensor, d: Draws) -> torch.Tensor:
+        """Warp and jitter a batch with drawn parameters (one grid_sample for all geometry)."""
+        n = x.shape[0]
+        if d.theta is not None or d.field is not None:
+            theta = d.theta if d.theta is not None else torch.eye(2, 3, device=x.device).expand(n, 2, 3)
+            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+            if d.field is not None:
+                grid = grid + d.field.to(x.dtype)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if d.jitter is not None:
+            b, c = d.jitter[:, 0].view(n, 1, 1, 1), d.jitter[:, 1].view(n, 1, 1, 1)
             mean = x.mean((1, 2, 3), keepdim=True)
-            x = ((x - mean) * c + mean) * b
-            x = x.clamp(0, 1)
+            x = (((x - mean) * c + mean) * b).clamp(0, 1)
         return x
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(x, self.draw(x.shape[0], gen, x.device, tuple(x.shape[2:])))
 
 
 def deskew(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

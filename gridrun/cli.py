@@ -1,35 +1,71 @@
-"""gridrun: launch | report | train | models | tensorboard (benchmarks: make bench)."""
+"""gridrun: launch | report | status | train | models | tensorboard (benchmarks: make bench).
+
+Every subcommand's options are defined here; the modules behind them are imported only when
+their subcommand runs (launch alone imports Ray and sets its environment).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
-import typing
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from . import GridrunError
 
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, so `gridrun train` and the config never drift apart."""
-    from .config import TrainConfig
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (no usage block) and exits 2."""
 
-    hints = typing.get_type_hints(TrainConfig)
+    def error(self, message):
+        self.exit(2, f"gridrun: error: {self.prog.split(' ', 1)[-1]}: {message} (see `{self.prog} -h`)\n")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): write e.g. '{{\"rotate_deg\": 5}}'") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"rotate_deg\": 5}'")
+    return v
+
+
+def _optional(kind):
+    def parse(text: str):
+        if text.lower() in ("none", "null", ""):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r} (or 'none')") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """One --option per TrainConfig field (types from config.FIELD_TYPES), so `gridrun train`
+    and the config never drift apart."""
+    from .config import FIELD_TYPES, TrainConfig
+
     for f in fields(TrainConfig):
         if f.name == "out_dir":
             continue
+        ft = FIELD_TYPES[f.name]
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        hint = str(hints[f.name])
-        if "dict" in hint:
-            p.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, metavar="JSON",
-                           help="JSON object (default {})")
-        elif "bool" in hint:
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if ft.kind == "dict":
+            p.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON",
+                           help=f"JSON object (default {json.dumps(default)})")
+        elif ft.kind == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"(default {default})")
         else:
-            kind = int if "int" in hint and "float" not in hint else float if "float" in hint else str
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"(default {default})")
+            kind = {"int": int, "float": float, "str": str}[ft.kind]
+            p.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,
+                           help=f"(default {default})")
 
 
 def cmd_train(args) -> int:
@@ -37,6 +73,8 @@ def cmd_train(args) -> int:
     from .train import train
 
     opts = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "out")}
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise GridrunError(f"--out {args.out} is a file: give a folder for the trial's files")
     cfg = TrainConfig.from_dict({**opts, "out_dir": args.out})
     print(f"gridrun train: {cfg.model} for {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
           f"lr {cfg.lr}, scheduler {cfg.scheduler}, augment {cfg.augment}, seed {cfg.seed}"
@@ -66,11 +104,101 @@ def cmd_models(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="gridrun", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def cmd_launch(args) -> int:
+    from .launch import launch
 
-    p = sub.add_parser("train", help="train one config here, without Ray")
+    return launch(args.spec, overrides=args.overrides, dry_run=args.dry_run, address=args.address, name=args.name,
+                  storage=args.storage, max_concurrent=args.max_concurrent, fresh=args.fresh, fuse=args.fuse)
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    report(args.targets, out=args.out, top_k=args.top_k, storage=args.storage)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .status import status
+
+    return status(args.name, storage=args.storage, watch=args.watch, as_json=args.json, every_s=args.every)
+
+
+def cmd_tensorboard(args) -> int:
+    """TensorBoard over one experiment (or all of them): curves and the HParams dashboard."""
+    logdir = Path(args.storage) / args.name if args.name else Path(args.storage)
+    if not logdir.is_dir():
+        raise GridrunError(f"no experiment folder {logdir}: run `gridrun launch SPEC` first, or pass --storage")
+    exe = shutil.which("tensorboard") or os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    if not os.path.exists(exe):
+        raise GridrunError("tensorboard is not installed in this environment: `pip install tensorboard`")
+    os.execv(exe, [exe, "--logdir", str(logdir), "--port", str(args.port)])
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _positive(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {v}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0.2 <= v <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.2 and 3600 seconds, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="gridrun", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("launch", help="run a YAML grid as Ray Tune trials (resumes or grows an existing one)")
+    p.add_argument("spec", help="grid spec, e.g. grids/smoke.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="change the spec from the command line: seeds=10 base.epochs=5 grid.batch_size=[64,256]")
+    p.add_argument("--dry-run", action="store_true", help="print the trials and the resource plan, run nothing")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
+    p.add_argument("--storage", default=None, help="results root every node sees (default runs/)")
+    p.add_argument("--max-concurrent", type=_positive, default=None, help="at most N trials at once")
+    p.add_argument("--fuse", type=_positive, default=None,
+                   help="train up to K same-architecture trials as one batched model (the spec's fuse:)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over instead of resuming (the old folder is kept as NAME.prev-N)")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("report", help="markdown tables, ensemble and plots from experiment folders")
+    p.add_argument("targets", nargs="*", metavar="NAME|PATH", help="experiments (default: all under runs/)")
+    p.add_argument("--out", default=None, help="markdown file (default reports/<folder name>.md)")
+    p.add_argument("--top-k", type=_positive, default=None, help="ensemble size (default: the spec's report.top_k, or 5)")
+    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="a running or finished grid at a glance, from its files (never Ray)")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME|PATH", help="experiment (default: the newest)")
+    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.add_argument("--watch", action="store_true", help="refresh until the grid is done (Ctrl-C to stop)")
+    p.add_argument("--every", type=_seconds, default=5.0, help="seconds between refreshes with --watch")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("train", help="train one config here, without Ray",
+                       description="Train one config here, without Ray. With no options it trains tinynet_7k "
+                                   "with gridrun's default recipe (see the defaults below).")
     _add_config_options(p)
     p.add_argument("--out", default=None, help="folder for the trial's files (default: write none)")
     p.set_defaults(func=cmd_train)
@@ -79,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'resnet*'")
     p.set_defaults(func=cmd_models)
 
-    from . import launch, report  # each adds its own subcommands (launch also: tensorboard)
-
-    launch.add_parser(sub)
-    report.add_parser(sub)
+    p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/), with HParams")
+    p.add_argument("name", nargs="?", default=None)
+    p.add_argument("--storage", default="runs")
+    p.add_argument("--port", type=_port, default=6006)
+    p.set_defaults(func=cmd_tensorboard)
     return ap
 
 
@@ -96,6 +225,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("gridrun: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only folder: what and where, in one line
+        print(f"gridrun: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if os.environ.get("GRIDRUN_DEBUG"):
+            raise
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        print(f"gridrun: internal error: {type(e).__name__}: {first} (set GRIDRUN_DEBUG=1 for the traceback, "
+              f"and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

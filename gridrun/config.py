@@ -1,135 +1,215 @@
-"""TrainConfig: every knob of one trial, typed, commented, validated before any work."""
+"""TrainConfig: every knob of one trial, typed, commented, validated before any work.
+
+Each field carries a role in its metadata: "config" fields define a configuration (trials
+that agree on all of them are seeds of one config), "seed" is what repeats, and "plumbing"
+fields say where and how a trial runs without changing what it computes. The report groups
+seeds by the "config" fields; `gridrun train` makes one command-line option per field.
+"""
 from __future__ import annotations
 
-import difflib
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
-from . import GridrunError
+from . import GridrunError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
+PLATEAU_METRICS = ("val_loss", "val_acc")
+NORMALIZATIONS = ("dataset", "mnist", "per_image")
+DEVICES = "auto, cpu, cuda or cuda:N"
 
 
 class ConfigError(GridrunError):
     """A bad trial config: unknown key or out-of-range value."""
 
 
+def _f(default, role: str = "config", **kw):
+    """A dataclass field with its role ("config", "seed" or "plumbing")."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"role": role}, **kw)
+    return field(default=default, metadata={"role": role}, **kw)
+
+
 @dataclass
 class TrainConfig:
     # model
-    model: str = "tinynet_7k"      # a registered name (`gridrun models`)
-    dropout: float | None = None   # Dropout2d after each conv; None keeps the model's default
-    model_args: dict = field(default_factory=dict)  # extra keyword arguments for the factory
+    model: str = _f("tinynet_7k")        # a registered name (`gridrun models`)
+    dropout: float | None = _f(None)     # the model's dropout rate; None keeps its default
+    model_args: dict = _f({})            # other keyword arguments of the model's factory
     # data
-    data_dir: str | None = None    # folder of the four MNIST IDX files; None: $GRIDRUN_DATA, cache
-    val_size: int = 5000           # validation images held out of the 60,000 (stratified)
-    subset: int | None = None      # train on this many images only (stratified), for quick runs
-    split_seed: int = 0            # fixes the train/validation split, independent of `seed`
-    augment: str = "none"          # policy, '+'-joined: none rotate affine jitter elastic align
-    aug: dict = field(default_factory=dict)  # strengths, see augment.AugParams
+    data_dir: str | None = _f(None, "plumbing")  # folder of the MNIST files; None: $GRIDRUN_DATA, cache
+    val_size: int = _f(5000)             # validation images held out of the 60,000 (stratified)
+    subset: int | None = _f(None)        # train on this many images only (stratified), >= 10
+    split_seed: int = _f(0)              # fixes the train/validation split, independent of `seed`
+    augment: str = _f("none")            # policy: '+'-joined ops or a named recipe (augment.POLICIES)
+    aug: dict = _f({})                   # strengths, see augment.AugParams (override the policy's)
+    normalize: str = _f("dataset")       # dataset: train-split mean/std | mnist: 0.1307/0.3081 |
+                                         # per_image: subtract each image's mean (khanrc/mnist)
     # optimisation
-    epochs: int = 15
-    batch_size: int = 128
-    optimizer: str = "adam"        # adam | adamw | sgd
-    lr: float = 1e-3               # peak learning rate (onecycle's max_lr)
-    momentum: float = 0.9          # sgd only
-    nesterov: bool = False         # sgd only
-    weight_decay: float = 0.0
-    scheduler: str = "none"        # none | step | plateau | onecycle | cosine
-    step_size: int = 5             # step: epochs between decays
-    gamma: float = 0.1             # step and plateau: lr multiplier at each decay
-    patience: int = 2              # plateau: epochs without validation-loss improvement
-    pct_start: float = 0.25        # onecycle: fraction of steps spent warming up
-    label_smoothing: float = 0.0
-    seed: int = 0                  # initialisation, batch order and augmentation
+    epochs: int = _f(15)
+    batch_size: int = _f(128)
+    optimizer: str = _f("adam")          # adam | adamw | sgd
+    lr: float = _f(1e-3)                 # peak learning rate (onecycle's max_lr)
+    momentum: float = _f(0.9)            # sgd only
+    nesterov: bool = _f(False)           # sgd only
+    weight_decay: float = _f(0.0)
+    scheduler: str = _f("none")          # none | step | plateau | onecycle | cosine
+    step_size: int = _f(5)               # step: epochs between decays
+    gamma: float = _f(0.1)               # step and plateau: lr multiplier at each decay
+    patience: int = _f(2)                # plateau: epochs without improvement before a decay
+    plateau_metric: str = _f("val_loss")  # plateau: val_loss (min) | val_acc (max)
+    pct_start: float = _f(0.25)          # onecycle: fraction of steps spent warming up
+    label_smoothing: float = _f(0.0)
+    ema: float = _f(0.0)                 # decay of an exponential moving average of the weights
+                                         # per step (e.g. 0.999); 0 = off. Scores use the average.
+    seed: int = _f(0, "seed")            # initialisation, batch order, augmentation, dropout
     # execution
-    device: str = "auto"           # auto | cpu | cuda | cuda:N
-    threads: int = 0               # CPU threads for torch; 0 leaves torch's default
-    compile: bool = False          # torch.compile the model (CUDA only)
-    amp: bool = True               # bf16 autocast on CUDA
-    channels_last: bool = True     # memory format on CUDA
-    gpu_memory_fraction: float | None = None  # soft cap via set_per_process_memory_fraction
-    eval_batch_size: int = 4096
-    out_dir: str | None = None     # where the trial writes its files; None writes nothing
+    device: str = _f("auto", "plumbing")  # auto | cpu | cuda | cuda:N
+    threads: int = _f(0, "plumbing")     # CPU threads for torch; 0 leaves torch's default
+    compile: bool = _f(False, "plumbing")  # torch.compile the model (CUDA only)
+    amp: bool = _f(True, "plumbing")     # bf16 autocast on CUDA
+    channels_last: bool = _f(True, "plumbing")  # memory format on CUDA
+    gpu_memory_fraction: float | None = _f(None, "plumbing")  # soft cap per process
+    eval_batch_size: int = _f(4096, "plumbing")
+    out_dir: str | None = _f(None, "plumbing")  # where the trial writes its files; None: nowhere
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
-        from .augment import parse_policy, make_params
-        from .models import list_models
+        from .augment import check_policy
+        from .models import list_models, resolve_model_args
 
         def bad(name, why):
             raise ConfigError(f"config {name}={getattr(self, name)!r}: {why}")
 
-        self._check_types()
+        check_types(self)
         if self.model not in list_models():
-            raise ConfigError(f"unknown model {self.model!r}: valid models are {', '.join(list_models())}")
+            raise ConfigError(f"config model={self.model!r}: unknown model{did_you_mean(self.model, list_models())}")
+        for name in ("epochs", "eval_batch_size", "step_size"):
+            if getattr(self, name) < 1:
+                bad(name, "must be an integer >= 1")
+        for name, hi in (("epochs", 10000), ("batch_size", 1_000_000), ("eval_batch_size", 1_000_000),
+                         ("step_size", 10000), ("patience", 10000)):
+            if getattr(self, name) > hi:
+                bad(name, f"must be at most {hi:,}")
+        if self.batch_size < 2:
+            bad("batch_size", "must be an integer >= 2 (BatchNorm cannot train on one image)")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "pct_start", "label_smoothing", "ema"):
+            if not math.isfinite(getattr(self, name)):
+                bad(name, "must be a finite number")
         if not self.lr > 0:
             bad("lr", "learning rate must be > 0")
-        for name in ("batch_size", "epochs", "eval_batch_size", "step_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "must be an integer >= 1")
         if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"unknown optimizer; use one of {', '.join(OPTIMIZERS)}")
+            bad("optimizer", f"unknown optimizer{did_you_mean(self.optimizer, OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
-            bad("scheduler", f"unknown scheduler; use one of {', '.join(SCHEDULERS)}")
+            bad("scheduler", f"unknown scheduler{did_you_mean(self.scheduler, SCHEDULERS)}")
+        if self.plateau_metric not in PLATEAU_METRICS:
+            bad("plateau_metric", f"use one of {', '.join(PLATEAU_METRICS)}")
+        if self.normalize not in NORMALIZATIONS:
+            bad("normalize", f"use one of {', '.join(NORMALIZATIONS)}")
         if self.scheduler == "plateau" and self.val_size == 0:
-            bad("scheduler", "plateau steps on validation loss, so it needs val_size > 0")
-        if not isinstance(self.val_size, int) or not 0 <= self.val_size < 60000:
-            bad("val_size", "must be an integer in [0, 60000)")
-        if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
-            bad("subset", "must be a positive integer or null")
+            bad("scheduler", "plateau steps on validation, so it needs val_size > 0")
+        if not 0 <= self.val_size <= 50000:
+            bad("val_size", "must be an integer in [0, 50000]: at least 10,000 images must stay for training")
+        if self.subset is not None and self.subset < 10:
+            bad("subset", "must be null or an integer >= 10 (one image per class)")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             bad("dropout", "must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "must be in [0, 1)")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", "must be in [0, 1)")
         if self.weight_decay < 0:
             bad("weight_decay", "must be >= 0")
         if not 0 < self.gamma <= 1:
             bad("gamma", "must be in (0, 1]")
+        if self.patience < 0:
+            bad("patience", "must be >= 0")
         if not 0 < self.pct_start < 1:
             bad("pct_start", "must be in (0, 1)")
+        if not 0 <= self.ema < 1:
+            bad("ema", "must be in [0, 1): a decay per step such as 0.999, or 0 for off")
+        if self.threads < 0:
+            bad("threads", "must be >= 0 (0 leaves torch's default)")
         if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
             bad("gpu_memory_fraction", "must be in (0, 1]")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            bad("device", "use auto, cpu, cuda or cuda:N")
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                         and self.device[5:].isdigit())):
+            bad("device", f"use {DEVICES}")
         try:
-            parse_policy(self.augment)
-            make_params(self.aug)
+            check_policy(self.augment, self.aug)
+            resolve_model_args(self.model, self.dropout, self.model_args)
+        except ConfigError:
+            raise
         except GridrunError as e:
             raise ConfigError(str(e)) from None
-
-    def _check_types(self) -> None:
-        """Each value has its field's type (an int passes for a float), before range checks."""
-        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            hint = str(f.type)
-            if v is None and "None" in hint:
-                continue
-            want = next(k for k in kinds if hint.startswith(k))
-            ok = isinstance(v, kinds[want]) and not (isinstance(v, bool) and want in ("int", "float"))
-            if not ok:
-                raise ConfigError(f"config {f.name}={v!r}: must be {'a number' if want == 'float' else 'a ' + want}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Build from a plain dict; an unknown key is an error naming the nearest valid key."""
-        names = [f.name for f in fields(cls)]
+        if isinstance(d, TrainConfig):
+            return d
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config is a mapping of fields, got {type(d).__name__}")
+        names = field_names()
         for key in d:
             if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else f"; valid keys: {', '.join(names)}"
-                raise ConfigError(f"unknown config key {key!r}{hint}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"bad config: {e}") from None
+                raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, names)}")
+        return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------- field facts, resolved once
+
+@dataclass(frozen=True)
+class FieldType:
+    kind: str          # int | float | str | bool | dict
+    optional: bool     # None allowed
+
+    def accepts(self, v) -> bool:
+        if v is None:
+            return self.optional
+        if isinstance(v, bool):
+            return self.kind == "bool"
+        want = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}[self.kind]
+        return isinstance(v, want)
+
+    @property
+    def words(self) -> str:
+        return ("a number" if self.kind == "float" else f"an {self.kind}" if self.kind == "int"
+                else f"a {self.kind}") + (" or null" if self.optional else "")
+
+
+def _field_type(hint) -> FieldType:
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    optional = type(None) in args
+    base = next(a for a in args if a is not type(None))
+    return FieldType(base.__name__, optional)
+
+
+FIELD_TYPES: dict[str, FieldType] = {n: _field_type(h) for n, h in typing.get_type_hints(TrainConfig).items()}
+ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(TrainConfig)}
+PLUMBING = frozenset(n for n, r in ROLES.items() if r == "plumbing")
+NOT_CONFIG = PLUMBING | {n for n, r in ROLES.items() if r == "seed"}  # what never defines a config
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Each value has its field's type (an int passes for a float), before range checks."""
+    for name, ft in FIELD_TYPES.items():
+        v = getattr(cfg, name)
+        if not ft.accepts(v):
+            raise ConfigError(f"config {name}={v!r}: must be {ft.words}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -84,12 +85,13 @@ def _download() -> dict[str, Path]:
 
 def read_idx(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     """Read one IDX file (.gz or raw) into a uint8 array, checking header, size and, for the
-    canonical files, the MD5 of the decompressed bytes."""
+    canonical files, the MD5 of the decompressed bytes against every canonical file, so that
+    a train file under a test name (or the reverse) is caught."""
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"MNIST file {path} is unreadable or corrupt ({e}): replace it; {FIX}") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"MNIST file {path} is unreadable or corrupt ({str(e)[:80]}): replace it; {FIX}") from None
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or raw[3] not in (1, 3):
         raise DataError(f"MNIST file {path} is not a uint8 IDX file (bad header): replace it; {FIX}")
     ndim = raw[3]
@@ -99,14 +101,22 @@ def read_idx(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
         raise DataError(f"MNIST file {path} is truncated or padded: header says {shape}, "
                         f"{len(raw) - offset} bytes of data follow: replace it; {FIX}")
     if key is not None:
-        _base, magic, canon_shape, md5 = FILES[key]
-        if int.from_bytes(raw[:4], "big") != magic:
-            raise DataError(f"MNIST file {path} has the wrong kind of IDX data for {_base}: replace it; {FIX}")
+        base, magic, canon_shape, md5 = FILES[key]
+        if int.from_bytes(raw[:4], "big") != magic or shape[1:] != canon_shape[1:]:
+            raise DataError(f"MNIST file {path} has the wrong kind of IDX data for {base} (shape {shape}): "
+                            f"replace it; {FIX}")
         # Checksums are for the canonical files; smaller IDX files (subsets, test fixtures) get
-        # the structural checks above only.
-        if shape == canon_shape and hashlib.md5(raw).hexdigest() != md5:
-            raise DataError(f"MNIST file {path} fails its MD5 check (corrupt download?): delete it "
-                            f"and download again, or {FIX}")
+        # the structural checks above only. A canonical file under another name is refused.
+        canonical = {k: v for k, v in FILES.items() if v[2] == shape}
+        if canonical:
+            digest = hashlib.md5(raw).hexdigest()
+            other = next((k for k, v in canonical.items() if v[3] == digest), None)
+            if other is not None and other != key:
+                raise DataError(f"MNIST file {path} holds MNIST's {FILES[other][0]} data, not {base}: the train and "
+                                f"test files are swapped or misnamed; give each file its own name")
+            if other is None and key in canonical:
+                raise DataError(f"MNIST file {path} fails its MD5 check (corrupt download?): delete it "
+                                f"and download again, or {FIX}")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -117,6 +127,12 @@ def _load_arrays(paths: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise DataError(f"MNIST {split} files disagree: {n_img} images but {n_lab} labels: {FIX}")
+        if arrays[f"{split}_labels"].size and arrays[f"{split}_labels"].max() > 9:
+            raise DataError(f"MNIST {split} labels hold values above 9: not MNIST labels; {FIX}")
+    n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
+    if (n_train, n_test) == (10000, 60000) or (n_train < n_test and n_test >= 10000):
+        raise DataError(f"MNIST train files hold {n_train} images and test files {n_test}: the train and test "
+                        f"files look swapped; give each file its own name")
     return arrays
 
 
@@ -146,6 +162,9 @@ def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(taken))
 
 
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision's Normalize((0.1307,), (0.3081,))
+
+
 @dataclass
 class Splits:
     """Images as float [0, 1] of shape (N, 1, 28, 28) and int64 labels, all on one device."""
@@ -158,17 +177,40 @@ class Splits:
     test_y: torch.Tensor
     mean: float  # of the training split, for normalisation
     std: float
+    mode: str = "dataset"  # dataset | mnist | per_image (see TrainConfig.normalize)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "per_image":
+            return x - x.mean((1, 2, 3), keepdim=True)
+        if self.mode == "mnist":
+            return (x - MNIST_MEAN) / MNIST_STD
         return (x - self.mean) / self.std
+
+    def index_batches(self, batch_size: int, generator: torch.Generator):
+        """One epoch's index batches: a permutation drawn from `generator`, sliced; a last
+        batch of one image is dropped (BatchNorm cannot train on it)."""
+        perm = torch.randperm(len(self.train_y), device=self.train_x.device, generator=generator)
+        return [idx for idx in perm.split(batch_size) if len(idx) >= 2]
+
+    def batches(self, batch_size: int, generator: torch.Generator, augment=None):
+        """One epoch of (normalised x, y) training batches; the permutation and the augmentation
+        draws both come from `generator`, in that order."""
+        for idx in self.index_batches(batch_size, generator):
+            x = self.train_x[idx]
+            if augment is not None:
+                x = augment(x, generator)
+            yield self.normalize(x), self.train_y[idx]
 
 
 def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, split_seed: int = 0,
-                device: str | torch.device = "cpu", arrays: dict | None = None) -> Splits:
+                device: str | torch.device = "cpu", arrays: dict | None = None, normalize: str = "dataset") -> Splits:
     """Train/validation/test on `device`. The validation split depends only on split_seed, never
     on the trial seed; `subset` then draws that many training images (also stratified).
     `arrays` (from load_arrays, e.g. shipped by Ray) replaces reading the files."""
     a = arrays if arrays is not None else load_arrays(data_dir)
+    if val_size >= len(a["train_labels"]) - 1:
+        raise DataError(f"val_size={val_size} leaves no training images: the training files hold "
+                        f"{len(a['train_labels'])}; choose a smaller val_size")
     train_idx, val_idx = stratified_split(a["train_labels"], val_size, split_seed)
     if subset is not None and subset < len(train_idx):
         _, pick = stratified_split(a["train_labels"][train_idx], subset, split_seed + 1)
@@ -184,7 +226,7 @@ def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, 
     val_x, val_y = put(a["train_images"], a["train_labels"], val_idx)
     test_x, test_y = put(a["test_images"], a["test_labels"])
     return Splits(train_x, train_y, val_x, val_y, test_x, test_y,
-                  mean=float(train_x.mean()), std=float(train_x.std()))
+                  mean=float(train_x.mean()), std=float(train_x.std()), mode=normalize)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

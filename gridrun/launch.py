@@ -1,16 +1,23 @@
-"""`gridrun launch SPEC`: a validated grid becomes Ray Tune trials. The only module importing ray."""
+"""`gridrun launch SPEC`: a validated grid becomes Ray Tune trials. The only module importing ray.
+
+One Tune trial per planned unit: a single config (train.train) or a fused group of configs
+(fused.train_fused). gridrun owns the experiment folder: every launch runs a new Tuner over the
+units that have not finished, and each unit resumes from the newest checkpoint a previous
+launch left in its folder. So a grid can grow (more seeds, more axis values) without touching
+finished trials, which Ray's own Tuner.restore cannot do.
+"""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-
-from . import GridrunError
-from .spec import SpecError, load_trials
 
 # Ray's own TensorBoard/JSON/CSV loggers would duplicate the trainer's files; its banners and
 # tables would bury ours. Set before ray is imported anywhere in this process.
@@ -19,85 +26,197 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
 
+from ray import tune  # noqa: E402
+
+from . import GridrunError, __version__, results  # noqa: E402
+from .spec import SpecError, load_trials, plan_units  # noqa: E402
+
 
 # ---------------------------------------------------------------- inside a trial (a Ray worker)
 
 def run_trial(config: dict, mnist: dict | None = None) -> None:
-    """One Tune trial: train, reporting metrics and a checkpoint every epoch. `mnist` holds the
-    four arrays, verified once by the driver and shipped through Ray's object store."""
-    from ray import tune
-
-    from .train import train
-
-    ctx = tune.get_context()
-    cfg = dict(config["trial"]["train"], out_dir=ctx.get_trial_dir())
-    work = tempfile.mkdtemp(prefix="gridrun-state-")
-    resume = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:  # a retry, a restored experiment or a lost node: continue, not restart
-        with ckpt.as_directory() as d:
-            resume = os.path.join(work, "resume.pt")
-            shutil.copy(os.path.join(d, "state.pt"), resume)
-
+    """One Tune trial: train one config, or a fused group of them, reporting metrics and a
+    checkpoint every epoch. `mnist` holds the four arrays, verified once by the driver and
+    shipped through Ray's object store."""
     import ray
 
+    from .train import StateError
+
+    unit = config["unit"]
+    ctx = tune.get_context()
+    trial_dir = ctx.get_trial_dir()
     node = ray.get_runtime_context().get_node_id()
+    work = tempfile.mkdtemp(prefix="gridrun-state-")
+    state_dir = os.path.join(work, "state")
+    notice = []
+    from . import hparams
 
-    def on_epoch(m, state_path):
-        # The state folder holds only state.pt, and report() copies it to storage before it
-        # returns, so it is the checkpoint as it stands (no second copy per epoch).
-        tune.report({**m, "node_id": node, "status": "running"},
-                    checkpoint=tune.Checkpoint.from_directory(os.path.dirname(state_path)))
-
+    member_dirs = [os.path.join(trial_dir, t["name"]) if unit["fused"] else trial_dir for t in unit["members"]]
+    for t, d in zip(unit["members"], member_dirs):
+        hparams.write_session_start(d, t["train"], unit.get("hparams", []))
     try:
-        result = train(cfg, on_epoch=on_epoch, resume_from=resume, state_dir=os.path.join(work, "state"),
-                       arrays=mnist)
+        resume = _resume_state(unit, work)
+
+        def on_epoch(m, state_path):
+            # The state folder holds only the state, and report() copies it to storage before
+            # it returns, so it is the checkpoint as it stands (no second copy per epoch).
+            Path(state_dir, "state.json").write_text(json.dumps({"epoch": m["epoch"], "launch": unit["launch"]}))
+            extra = {"notice": notice.pop()} if notice else {}
+            tune.report({**m, "node_id": node, "status": "running", **extra},
+                        checkpoint=tune.Checkpoint.from_directory(state_dir))
+
+        def go(resume_from):
+            if unit["fused"]:
+                from .fused import train_fused
+
+                return train_fused([dict(t["train"], out_dir=os.path.join(trial_dir, t["name"]))
+                                    for t in unit["members"]], on_epoch=on_epoch, resume_from=resume_from,
+                                   state_dir=state_dir, arrays=mnist, group_dir=trial_dir)
+            from .train import train
+
+            return [train(dict(unit["members"][0]["train"], out_dir=trial_dir), on_epoch=on_epoch,
+                          resume_from=resume_from, state_dir=state_dir, arrays=mnist)]
+
+        try:
+            res = go(resume)
+        except StateError as e:  # a corrupt or foreign checkpoint: start over, say so
+            notice.append(f"{e}; the trial starts again from epoch 1")
+            print(f"gridrun: notice: {notice[-1]}", file=sys.stderr)
+            shutil.rmtree(state_dir, ignore_errors=True)
+            res = go(None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    Path(cfg["out_dir"], "node.json").write_text(json.dumps({"node_id": node, "host": os.uname().nodename}))
-    if result["status"] != "ok":  # diverged: end the trial with its reason, not an error
-        tune.report({"status": result["status"], "node_id": node, "epoch": result["epochs"]})
+    Path(trial_dir, "node.json").write_text(json.dumps({"node_id": node, "host": os.uname().nodename}))
+    for r, d in zip(res, member_dirs):
+        hparams.write_session_end(d, r["status"] == "ok")
+    bad = [r["status"] for r in res if r["status"] != "ok"]
+    if len(bad) == len(res):  # every member diverged: end the trial with its reason, not an error
+        tune.report({"status": bad[0], "node_id": node, "epoch": max(r["epochs"] for r in res)})
+
+
+def _resume_state(unit: dict, work: str) -> str | None:
+    """The state to continue from: Ray's checkpoint on a retry within this launch, else the
+    newest checkpoint a previous launch left in the unit's folder in storage, else None."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            if os.path.exists(os.path.join(d, "state.pt")):
+                shutil.copy(os.path.join(d, "state.pt"), os.path.join(work, "resume.pt"))
+                return os.path.join(work, "resume.pt")
+    import pyarrow.fs as pafs
+
+    where = unit["storage"]
+    fs, root = pafs.FileSystem.from_uri(where) if "://" in where else (pafs.LocalFileSystem(), where)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    best, best_epoch = None, 0
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not os.path.basename(info.path).startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/state.json") as f:
+                epoch = int(json.loads(f.read().decode())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if epoch > best_epoch:
+            best, best_epoch = info.path, epoch
+    if best is None:
+        return None
+    dst = os.path.join(work, "resume.pt")
+    try:
+        pafs.copy_files(f"{best}/state.pt", dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    except OSError:
+        return None
+    return dst
 
 
 # ---------------------------------------------------------------- the driver
 
-def _plan(spec, trials, cpus: float, gpus: float, out=print) -> None:
-    """The trial table and how the grid packs onto `cpus`/`gpus`."""
-    import pandas as pd
+class _Progress(tune.Callback):
+    """Compact progress: one line per finished/failed trial, a small table of running ones."""
 
-    rows = [{"trial": t["name"], **{k: (v if not isinstance(v, dict) else json.dumps(v)) for k, v in t["axes"].items()},
-             "seed": t["train"]["seed"], "epochs": t["train"]["epochs"], "params": t["params"]} for t in trials]
-    out(pd.DataFrame(rows).to_markdown(index=False, intfmt=","))
-    r = spec.resources
-    by_cpu = int(cpus // r.cpu) if r.cpu else len(trials)
-    if r.gpu and gpus:
-        per_gpu = int(1 // r.gpu) if r.gpu <= 1 else 0
-        by_gpu = int(gpus * per_gpu) if r.gpu <= 1 else int(gpus // r.gpu)
-        at_once = min(by_cpu, by_gpu, len(trials))
-        out(f"plan: {len(trials)} trials; {r.cpu:g} CPU + {r.gpu:g} GPU each -> {per_gpu or 1} trial(s) per GPU; "
-            f"{gpus:g} GPU(s), {cpus:g} CPU(s) -> {at_once} trial(s) at once")
-    else:
-        note = " (GPU spec: no GPU here, trials run on CPUs)" if r.gpu else ""
-        out(f"plan: {len(trials)} trials; {r.cpu:g} CPU each; {cpus:g} CPU(s) -> {min(by_cpu, len(trials))} "
-            f"trial(s) at once{note}")
+    def __init__(self, n: int, out, exp_dir: str, every_s: float = 15.0):
+        self.n, self.out, self.exp_dir, self.every = n, out, exp_dir, every_s
+        self.last: dict = {}
+        self.t = 0.0
+        self.done = self.failed = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+        if result.get("notice"):
+            self.out(f"[notice] {_tname(trial)}: {result['notice']}")
+        self.maybe_table(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = self.last.get(trial.trial_id, {})
+        unit = trial.config.get("unit", {})
+        status = r.get("status", "ok")
+        status = "ok" if status == "running" else status
+        epochs = max((m["train"]["epochs"] for m in unit.get("members", [])), default=0)
+        if status == "ok" and r.get("epoch", 0) < epochs and "://" not in self.exp_dir:
+            status = "stopped early"  # ASHA ended it before its last epoch: mark its folders
+            for d in _member_dirs(self.exp_dir, unit):
+                if d.is_dir() and not (d / "summary.json").exists():
+                    (d / "stopped.json").write_text(json.dumps({"after_epoch": r.get("epoch"), "by": "ASHA"}))
+        self.done += 1
+        self.out(f"[done {self.done}/{self.n}] {_tname(trial)}: {status}, epoch {r.get('epoch', '?')}, "
+                 f"val acc {_fmt(r.get('val_acc'))}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self.out(f"[failed {self.failed}] {_tname(trial)}: {_error_line(trial)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.out(f"[retry] {_tname(trial)}: {_error_line(trial)}; resuming from its last checkpoint")
+
+    def maybe_table(self, trials):
+        if time.time() - self.t < self.every:
+            return
+        self.t = time.time()
+        counts = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        self.out(" | ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
+        for t in [t for t in trials if t.status == "RUNNING"][:16]:
+            r = self.last.get(t.trial_id, {})
+            self.out(f"  {_tname(t):<48} epoch {r.get('epoch', '-'):>3}  val acc {_fmt(r.get('val_acc'))}")
 
 
-def _connect(address: str | None, quiet: bool = True):
+def _member_dirs(exp_dir: str, unit: dict) -> list[Path]:
+    base = Path(exp_dir, unit["name"])
+    return [base / m["name"] for m in unit["members"]] if unit.get("fused") else [base]
+
+
+def _tname(trial) -> str:
+    return trial.config.get("unit", {}).get("name", str(trial))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def _error_line(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        return results.error_line(Path(path))[:300] if path else "error"
+    except OSError:
+        return "error"
+
+
+def _connect(address: str | None):
     import ray
 
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
-    kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-              configure_logging=True)
+    kw = dict(log_to_driver=False, logging_level="ERROR", configure_logging=True)
     try:
         if address:
-            ray.init(address=address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
+            ray.init(address=address, **kw)
         else:
-            ray.init(**kw)
+            ray.init(include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local Ray"
-        raise GridrunError(f"cannot start or join Ray at {where} ({str(e).splitlines()[0]}): check --address / "
+        raise GridrunError(f"cannot start or join Ray at {where} ({str(e).splitlines()[0][:160]}): check --address / "
                            f"RAY_ADDRESS (`ray status` on the head node prints it)") from None
     return ray
 
@@ -114,171 +233,281 @@ def _cluster_line(ray, per_node: bool = False) -> str:
     return line
 
 
-class _Progress:
-    """Compact progress: one line per finished/failed trial, a small table of running ones."""
+def plan_table(spec, trials: list[dict], units: list[dict], cpus: float, gpus: float, out=print) -> None:
+    """The trial table, the fused groups and how the grid packs onto `cpus`/`gpus`."""
+    import pandas as pd
 
-    def __init__(self, n: int, out, every_s: float = 15.0):
-        from ray.tune import Callback
-
-        self.n, self.out, self.every = n, out, every_s
-        prog = self
-
-        class _CB(Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                prog.last[trial.trial_id] = result
-                prog.maybe_table(trials)
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                r = prog.last.get(trial.trial_id, {})
-                status = r.get("status", "ok")
-                status = "ok" if status == "running" else status
-                prog.done += 1
-                prog.out(f"[done {prog.done}/{prog.n}] {_tname(trial)}: "
-                         f"{status}, epoch {r.get('epoch', '?')}, val acc {_fmt(r.get('val_acc'))}")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                prog.failed += 1
-                prog.out(f"[failed {prog.failed}] {_tname(trial)}: {_error_line(trial)}")
-
-            def on_trial_recover(self, iteration, trials, trial, **info):
-                prog.out(f"[retry] {_tname(trial)}: {_error_line(trial)}; resuming from its last checkpoint")
-
-        self.callback = _CB()
-        self.last: dict = {}
-        self.t = 0.0
-        self.done = self.failed = 0
-
-    def maybe_table(self, trials):
-        if time.time() - self.t < self.every:
-            return
-        self.t = time.time()
-        counts = {}
-        for t in trials:
-            counts[t.status] = counts.get(t.status, 0) + 1
-        running = [t for t in trials if t.status == "RUNNING"]
-        self.out(" | ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
-        for t in running[:16]:
-            r = self.last.get(t.trial_id, {})
-            self.out(f"  {_tname(t):<48} epoch {r.get('epoch', '-'):>3}  val acc {_fmt(r.get('val_acc'))}")
+    group_of = {m["name"]: u["name"] for u in units if u["fused"] for m in u["members"]}
+    rows = [{"trial": t["name"], **{k: (v if not isinstance(v, dict) else json.dumps(v)) for k, v in t["axes"].items()},
+             "seed": t["train"]["seed"], "epochs": t["train"]["epochs"], "params": t["params"],
+             **({"fused group": group_of.get(t["name"], "-")} if group_of else {})} for t in trials]
+    out(pd.DataFrame(rows).to_markdown(index=False, intfmt=","))
+    r = spec.resources
+    n_units = len(units)
+    what = f"{len(trials)} trials" + (f" in {n_units} Tune trials ({sum(u['fused'] for u in units)} fused groups "
+                                      f"of up to {spec.fuse})" if group_of else "")
+    by_cpu = int(cpus // r.cpu) if r.cpu else n_units
+    if r.gpu and gpus:
+        per_gpu = int(1 // r.gpu) if r.gpu <= 1 else 0
+        by_gpu = int(gpus * per_gpu) if r.gpu <= 1 else int(gpus // r.gpu)
+        at_once = min(by_cpu, by_gpu, n_units)
+        out(f"plan: {what}; {r.cpu:g} CPU + {r.gpu:g} GPU each -> {per_gpu or 1} trial(s) per GPU; "
+            f"{gpus:g} GPU(s), {cpus:g} CPU(s) -> {at_once} trial(s) at once")
+    else:
+        note = " (GPU spec: no GPU here, trials run on CPUs)" if r.gpu else ""
+        out(f"plan: {what}; {r.cpu:g} CPU each; {cpus:g} CPU(s) -> {min(by_cpu, n_units)} trial(s) at once{note}")
 
 
-def _tname(trial) -> str:
-    return trial.config.get("trial", {}).get("name", str(trial))
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-
-
-def _error_line(trial) -> str:
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        text = Path(path).read_text().strip().splitlines() if path else []
-    except OSError:
-        text = []
-    last = next((l for l in reversed(text) if l.strip() and not l.startswith(" ")), "error")
-    return last[:300]
-
-
-def launch(spec_path: str, dry_run: bool = False, address: str | None = None, name: str | None = None,
-           storage: str | None = None, max_concurrent: int | None = None, fresh: bool = False, out=print) -> int:
-    """Run (or resume) a grid; returns the process exit code (1 when any trial failed)."""
-    spec, trials = load_trials(spec_path)
+def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool = False, address: str | None = None,
+           name: str | None = None, storage: str | None = None, max_concurrent: int | None = None,
+           fresh: bool = False, fuse: int | None = None, out=print) -> int:
+    """Run (or resume, or grow) a grid; returns the process exit code (1 when any trial
+    failed, 130 when interrupted)."""
+    spec, trials = load_trials(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
+    units = plan_units(spec, trials)
     name = name or spec.name
+    _check_name(name)
     storage = storage or "runs"
-    local_storage = "://" not in storage
-    exp_dir = os.path.join(os.path.abspath(storage) if local_storage else storage, name)
-    address = address or os.environ.get("RAY_ADDRESS")
+    local = "://" not in storage
+    exp_dir = os.path.join(os.path.abspath(storage) if local else storage.rstrip("/"), name)
+    reference = _reference_file(spec, spec_path)
     if dry_run:
-        if address:
-            ray = _connect(address)
-            out(_cluster_line(ray, per_node=True))
-            res = ray.cluster_resources()
-            cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
-        else:
-            import torch
+        return _dry_run(spec, trials, units, address or os.environ.get("RAY_ADDRESS"), out)
+    if fresh and local and os.path.exists(exp_dir):
+        _set_aside(exp_dir, out)
+    with _experiment_lock(exp_dir, local):
+        todo = _prepare_experiment(exp_dir, spec, spec_path, trials, units, reference, local, out)
+        if not todo:
+            out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
+            return 0
+        ray = _connect(address)
+        t0 = time.time()
+        from .hparams import hparam_fields
 
-            cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-            out(f"local: {cpus} CPU(s), {gpus} GPU(s)")
-        _plan(spec, trials, cpus, gpus, out)
-        return 0
+        tuner = _build_tuner(ray, spec, todo, exp_dir, max_concurrent, hparam_fields(trials), out)
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:
+            out(f"interrupted: run the same command again to resume {exp_dir}")
+            return 130
+        code = _summarize(grid, todo, time.time() - t0, exp_dir, local, out)
+        if local:
+            _record_launch(exp_dir, ray, spec_path, time.time() - t0, code)
+    return code
 
-    if fresh and local_storage and os.path.exists(exp_dir):
-        k = 1
-        while os.path.exists(f"{exp_dir}.prev-{k}"):
-            k += 1
-        os.rename(exp_dir, f"{exp_dir}.prev-{k}")  # start over, but never delete results
-        out(f"--fresh: the previous experiment is kept as {exp_dir}.prev-{k}")
-    _check_existing(exp_dir, spec_path, trials, local_storage)
-    ray = _connect(address)
-    from ray import tune
 
-    import logging
+def _check_name(name: str) -> None:
+    import re
 
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures get our one-line [failed]
+    from .spec import NAME_RE
+
+    if not re.match(NAME_RE, name):
+        raise SpecError(f"experiment name {name!r} is not a safe folder name: use letters, digits, '.', '_' and '-', "
+                        f"starting with a letter or digit")
+
+
+def _reference_file(spec, spec_path: str) -> Path | None:
+    if not spec.report.reference:
+        return None
+    ref = Path(spec_path).resolve().parent / spec.report.reference
+    if not ref.is_file() or ref.suffix != ".csv":
+        raise SpecError(f"{spec_path}: report.reference {spec.report.reference!r} is not a CSV file beside the spec "
+                        f"({ref}): give the file name of the study's table")
+    return ref
+
+
+def _dry_run(spec, trials, units, address, out) -> int:
+    if address:
+        ray = _connect(address)
+        out(_cluster_line(ray, per_node=True))
+        res = ray.cluster_resources()
+        cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
+    else:
+        import torch
+
+        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        out(f"local: {cpus} CPU(s), {gpus} GPU(s)")
+    plan_table(spec, trials, units, cpus, gpus, out)
+    return 0
+
+
+def _set_aside(exp_dir: str, out) -> None:
+    """--fresh: start over, but never delete results (the old folder becomes NAME.prev-N)."""
+    holder = results.lock_holder(Path(exp_dir))
+    if holder:
+        raise GridrunError(f"{exp_dir} is being launched by pid {holder.get('pid')} on {holder.get('host')}: "
+                           f"--fresh cannot move it away while it runs")
+    k = 1
+    while os.path.exists(f"{exp_dir}.prev-{k}"):
+        k += 1
+    os.rename(exp_dir, f"{exp_dir}.prev-{k}")
+    out(f"--fresh: the previous experiment is kept as {exp_dir}.prev-{k}")
+
+
+@contextmanager
+def _experiment_lock(exp_dir: str, local: bool, heartbeat_s: float = 20.0):
+    """One launch per experiment at a time. The lock names its pid and host and is touched every
+    `heartbeat_s`; a lock whose process is gone (or whose heartbeat stopped) is taken over, so
+    a killed launch never leaves it stuck."""
+    if not local:
+        yield
+        return
+    path = Path(exp_dir, results.LOCK)
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            break
+        except FileExistsError:
+            holder = results.lock_holder(path.parent)
+            if holder:
+                raise GridrunError(
+                    f"{exp_dir} is already being launched (pid {holder.get('pid')} on {holder.get('host')}): wait for "
+                    f"it (`gridrun status {path.parent.name}` shows it), or launch with --name NEW") from None
+            path.unlink(missing_ok=True)  # stale: its launch is dead
+    else:
+        raise GridrunError(f"cannot take the lock {path}: remove it if no launch is running")
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(heartbeat_s):
+            try:
+                os.utime(path)
+            except OSError:
+                pass
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+            if created and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # a launch refused before any work leaves nothing behind
+        except (OSError, ValueError):
+            pass
+
+
+def _prepare_experiment(exp_dir: str, spec, spec_path: str, trials: list[dict], units: list[dict],
+                        reference: Path | None, local: bool, out) -> list[dict]:
+    """Check the grid against what the folder already holds, record the effective spec and the
+    manifest, and return the units that still have work to do."""
+    if not local:
+        return units
+    exp = Path(exp_dir)
+    old = results.read_manifest(exp)
+    if old:
+        _check_growth(exp_dir, old, trials)
+    exp.mkdir(parents=True, exist_ok=True)
+    merged = {e["name"]: e for e in old}
+    group_of = {m["name"]: u["name"] for u in units if u["fused"] for m in u["members"]}
+    for t in trials:
+        merged[t["name"]] = {"name": t["name"], "id": t["id"], "axes": t["axes"], "params": t["params"],
+                             "train": t["train"], "group": group_of.get(t["name"])}
+    results_atomic_write(exp / results.MANIFEST, json.dumps(list(merged.values()), indent=1))
+    import yaml
+
+    results_atomic_write(exp / results.SPEC_COPY, yaml.safe_dump(spec.raw, sort_keys=False))
+    if reference is not None:
+        shutil.copy(reference, exp / "reference.csv")
+    from . import hparams
+
+    hparams.write_experiment(exp, list(merged.values()))
+    dirs = results.trial_dirs(exp)
+    done = {n for n, (d, _) in dirs.items()
+            if results.read_trial(d, n, logits=False).status in ("finished", "diverged")}
+    todo_trials = [t for t in trials if t["name"] not in done]
+    if len(todo_trials) < len(trials):
+        out(f"{exp_dir}: {len(trials) - len(todo_trials)} of {len(trials)} trials already finished (kept untouched); "
+            f"{len(todo_trials)} to run")
+    return plan_units(spec, todo_trials)
+
+
+def results_atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
+    """A relaunch may add trials (more seeds, more axis values) but not change or drop one that
+    the folder already holds: that would mix results of two different grids."""
+    from .spec import config_id
+
+    new_ids = {t["id"] for t in trials}
+    new_by_name = {t["name"]: t for t in trials}
+    for e in old:
+        oid = e.get("id") or config_id(e.get("train") or {})
+        if oid in new_ids:
+            continue
+        mate = new_by_name.get(e["name"]) or next((t for t in trials if t["train"].get("seed") == (e.get("train") or {})
+                                                   .get("seed")), None)
+        diff = ""
+        if mate is not None:
+            a, b = e.get("train") or {}, mate["train"]
+            from .config import PLUMBING
+
+            changed = sorted(k for k in set(a) | set(b) if k not in PLUMBING and a.get(k) != b.get(k))
+            if changed:
+                k = changed[0]
+                diff = f": {k} was {a.get(k)!r}, now {b.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+        raise SpecError(f"{exp_dir} holds trial {e['name']} of a different grid{diff or ' (this spec no longer has it)'}: "
+                        f"a relaunch may only add trials; launch with --name NEW, or --fresh to start over")
+
+
+def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hparam_names: list[str], out):
     res = ray.cluster_resources()
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resources["gpu"] and not res.get("GPU"):
         out(f"notice: the spec asks {resources['gpu']:g} GPU per trial but this Ray has none: running on CPUs")
         resources["gpu"] = 0
-        for t in trials:
-            t["train"]["gpu_memory_fraction"] = None
-    out(f"{_cluster_line(ray)}; {len(trials)} trials -> {exp_dir}")
-
+        for u in units:
+            for m in u["members"]:
+                m["train"]["gpu_memory_fraction"] = None
+    n = sum(len(u["members"]) for u in units)
+    out(f"{_cluster_line(ray)}; {n} trials" + (f" in {len(units)} Tune trials" if n != len(units) else "")
+        + f" -> {exp_dir}")
     # The driver reads and checks MNIST once; Ray ships the arrays to each node's object store,
     # so a trial finds its data whatever that node's disk holds (about 55 MB per node).
     from .data import load_arrays
 
-    data_dirs = {t["train"]["data_dir"] for t in trials}
-    if len(data_dirs) > 1:
-        raise SpecError(f"{spec_path}: trials name different data_dir values ({', '.join(map(str, data_dirs))}): "
-                        f"set it once under data:")
-    mnist = load_arrays(data_dirs.pop())
+    mnist = load_arrays(units[0]["members"][0]["train"]["data_dir"])
+    launch_id = f"{time.time():.0f}-{os.getpid()}"
+    for u in units:
+        u["storage"], u["launch"], u["hparams"] = f"{exp_dir}/{u['name']}", launch_id, hparam_names
     trainable = tune.with_resources(tune.with_parameters(run_trial, mnist=mnist), resources)
     run_config = tune.RunConfig(
-        name=name, storage_path=os.path.dirname(exp_dir) if local_storage else storage.rstrip("/"),
-        verbose=0, log_to_file=True,
+        name=os.path.basename(exp_dir), storage_path=os.path.dirname(exp_dir), verbose=0, log_to_file=True,
         # Trial files (metrics, TensorBoard, logits) go to storage at every epoch's checkpoint,
         # from whichever node ran the trial: live reports and TensorBoard, and nothing left
         # behind on a node that dies. (Ray 2.60 syncs no artifacts by default.)
         sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[_Progress(len(trials), out).callback, *_loggers()],
+        callbacks=[_Progress(len(units), out, exp_dir), *_loggers()],
     )
     scheduler = None
     if spec.early_stop:
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
-                                  max_t=max(t["train"]["epochs"] for t in trials),
+                                  max_t=max(u["members"][0]["train"]["epochs"] for u in units),
                                   grace_period=spec.early_stop.grace_period,
                                   reduction_factor=spec.early_stop.reduction_factor)
-    if tune.Tuner.can_restore(exp_dir):
-        out(f"resuming {exp_dir}: finished trials are kept, unfinished ones continue from their checkpoint")
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(trials)},
-            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent,
-                                        trial_dirname_creator=lambda t: t.config["trial"]["name"],
-                                        trial_name_creator=lambda t: t.config["trial"]["name"]),
-            run_config=run_config,
-        )
-    t0 = time.time()
-    try:
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        out(f"interrupted: run the same command again to resume {exp_dir}")
-        return 130
-    code = _summarize(grid, len(trials), time.time() - t0, exp_dir, out, early_stop=spec.early_stop is not None)
-    if local_storage:  # the report quotes how and where the grid ran
-        with open(os.path.join(exp_dir, "gridrun_launches.jsonl"), "a") as f:
-            f.write(json.dumps({"command": " ".join(["gridrun", *sys.argv[1:]]) if sys.argv[0].endswith("gridrun")
-                                else f"launch({spec_path!r})", "cluster": _cluster_line(ray),
-                                "wall_s": round(time.time() - t0, 1), "exit": code}) + "\n")
-    return code
+    import logging
+
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures get our one-line [failed]
+    return tune.Tuner(trainable, param_space={"unit": tune.grid_search(units)},
+                      tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent,
+                                                  trial_dirname_creator=lambda t: t.config["unit"]["name"],
+                                                  trial_name_creator=lambda t: t.config["unit"]["name"]),
+                      run_config=run_config)
 
 
 def _loggers():
@@ -287,41 +516,32 @@ def _loggers():
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
-def _check_existing(exp_dir: str, spec_path: str, trials: list[dict], local: bool) -> None:
-    """An existing experiment must be the same grid: resuming another grid would mix results."""
-    if not local:
-        return
-    manifest = Path(exp_dir) / "gridrun_trials.json"
-    current = [{k: t[k] for k in ("name", "axes", "params", "train")} for t in trials]
-    if manifest.exists():
-        if [t.get("train") for t in json.loads(manifest.read_text())] != [t["train"] for t in current]:
-            raise SpecError(f"{exp_dir} holds an experiment from a different grid than {spec_path}: "
-                            f"launch with --name NEW, or delete that folder to start over")
-    else:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps(current, indent=1))
-        shutil.copy(spec_path, Path(exp_dir) / "spec.yaml")
-
-
-def _summarize(grid, n: int, seconds: float, exp_dir: str, out, early_stop: bool = False) -> int:
+def _summarize(grid, units: list[dict], seconds: float, exp_dir: str, local: bool, out) -> int:
+    """Count this launch's trials by what their folders say (Ray's ResultGrid for errors, and
+    for everything when storage is not a local path)."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
-    for t in grid._experiment_analysis.trials:
-        m = t.last_result or {}
-        train_cfg = t.config.get("trial", {}).get("train", {})
-        summary = Path(exp_dir, t.config.get("trial", {}).get("name", "?"), "summary.json")
-        if t.status == "ERROR":
-            counts["failed"] += 1
-        elif summary.exists():  # the trial's own word, where storage is a local path
-            ok = json.loads(summary.read_text()).get("status") == "ok"
-            counts["finished" if ok else "diverged"] += 1
-        elif str(m.get("status", "")).startswith("diverged"):
-            counts["diverged"] += 1
-        elif "://" in exp_dir and m.get("epoch", 0) >= train_cfg.get("epochs", 0):
-            counts["finished"] += 1
-        elif early_stop and m.get("done"):  # ASHA ended it before its last epoch
-            counts["stopped"] += 1
-        else:  # Ctrl-C stopped the experiment under it
-            counts["interrupted"] += 1
+    by_name = {}
+    for result in grid:
+        unit = (result.config or {}).get("unit") or {}
+        by_name[unit.get("name")] = result
+    for u in units:
+        result = by_name.get(u["name"])
+        if result is not None and result.error is not None:
+            counts["failed"] += len(u["members"])
+            continue
+        m = (result.metrics or {}) if result is not None else {}
+        for t in u["members"]:
+            if local:
+                d = Path(exp_dir, u["name"], t["name"]) if u["fused"] else Path(exp_dir, u["name"])
+                status = results.read_trial(d, t["name"], logits=False).status
+                key = {"finished": "finished", "diverged": "diverged", "failed": "failed", "stopped": "stopped",
+                       "broken": "failed"}.get(status, "interrupted")
+            elif str(m.get("status", "")).startswith("diverged"):
+                key = "diverged"
+            else:
+                key = "finished" if m.get("epoch", 0) >= t["train"]["epochs"] else "interrupted"
+            counts[key] += 1
+    n = sum(len(u["members"]) for u in units)
     words = f"{counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} failed"
     if counts["stopped"]:
         words += f", {counts['stopped']} stopped early"
@@ -332,30 +552,53 @@ def _summarize(grid, n: int, seconds: float, exp_dir: str, out, early_stop: bool
     return 1 if counts["failed"] else 130 if counts["interrupted"] else 0
 
 
-def tensorboard(name: str | None, storage: str = "runs", port: int = 6006) -> int:
-    """Start TensorBoard over one experiment (or all of them)."""
-    logdir = Path(storage) / name if name else Path(storage)
-    if not logdir.is_dir():
-        raise GridrunError(f"no experiment folder {logdir}: run `gridrun launch SPEC` first, or pass --storage")
-    exe = shutil.which("tensorboard") or os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    os.execv(exe, [exe, "--logdir", str(logdir), "--port", str(port)])
+def _record_launch(exp_dir: str, ray, spec_path: str, wall_s: float, code: int) -> None:
+    """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
+    prov = provenance()
+    diff = prov.get("git", {}).pop("diff", None)
+    n = len(results.read_launches(Path(exp_dir))) + 1
+    if diff:
+        Path(exp_dir, f"gridrun_diff-{n}.patch").write_text(diff)
+        prov["git"]["diff_file"] = f"gridrun_diff-{n}.patch"
+    argv = sys.argv[1:] if sys.argv and os.path.basename(sys.argv[0]) in ("gridrun", "cli.py", "__main__.py") else None
+    command = " ".join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"
+    with open(os.path.join(exp_dir, results.LAUNCHES), "a") as f:
+        f.write(json.dumps({"command": command, "cluster": _cluster_line(ray), "wall_s": round(wall_s, 1),
+                            "exit": code, "finished_at": time.time(), "provenance": prov}) + "\n")
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("launch", help="run a YAML grid as Ray Tune trials (resumes an existing one)")
-    p.add_argument("spec", help="grid spec, e.g. grids/smoke.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the trials and the resource plan, run nothing")
-    p.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
-    p.add_argument("--storage", default=None, help="results root every node sees (default runs/)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
-    p.add_argument("--fresh", action="store_true",
-                   help="start over instead of resuming (the old folder is kept as NAME.prev-N)")
-    p.set_defaults(func=lambda a: launch(a.spec, a.dry_run, a.address, a.name, a.storage, a.max_concurrent,
-                                         a.fresh))
+def provenance() -> dict:
+    """Which code and which software produced a result: git commit, dirty tree (with the diff of
+    tracked files), versions, and the GPU this driver sees."""
+    import platform
 
-    p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/)")
-    p.add_argument("name", nargs="?", default=None)
-    p.add_argument("--storage", default="runs")
-    p.add_argument("--port", type=int, default=6006)
-    p.set_defaults(func=lambda a: tensorboard(a.name, a.storage, a.port))
+    import ray
+    import torch
+
+    out = {"gridrun": __version__, "ray": ray.__version__, "torch": torch.__version__,
+           "python": platform.python_version()}
+    if torch.cuda.is_available():
+        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=torch.cuda.get_device_name(0))
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if smi.returncode == 0 and smi.stdout.strip():
+            out["gpu"], out["driver"] = [s.strip() for s in smi.stdout.splitlines()[0].split(",")][:2]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            status = git("status", "--porcelain", "--untracked-files=no")
+            dirty = bool(status.stdout.strip())
+            out["git"] = {"commit": head.stdout.strip(), "dirty": dirty}
+            if dirty:
+                out["git"]["diff"] = git("diff", "HEAD").stdout
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out

@@ -1,198 +1,27 @@
 """`gridrun report`: tables, the majority-vote ensemble and plots, from what trials wrote.
 
-Reads experiment folders only: never starts Ray, never trains. Every choice (best config per
-model, ensemble members) is made on validation accuracy; test accuracy is only reported, and
-is recomputed from each trial's saved logits as a check on what the trial said.
+Analysis and rendering only: experiment folders are read by results.py (files only, no
+pickles, no code from the folder). Every choice (best config per model, ensemble members) is
+made on validation accuracy; test accuracy is only reported, and was recomputed from each
+trial's saved logits as a check on what the trial said.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import GridrunError
+from .config import NOT_CONFIG, field_names
+from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
 
-# Config fields that never define a "config" (seed is what repeats; the rest is plumbing).
-NOT_CONFIG = {"seed", "out_dir", "threads", "gpu_memory_fraction", "data_dir", "device", "eval_batch_size",
-              "compile", "amp", "channels_last"}
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
                  ("batch_size", "Batch"), ("epochs", "Epochs")]
-AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
-
-
-@dataclass
-class Trial:
-    name: str
-    dir: Path | None
-    config: dict
-    status: str = "pending"      # finished | diverged | failed | unfinished | pending | broken
-    reason: str = ""
-    params: int | None = None
-    history: list = field(default_factory=list)
-    val_logits: np.ndarray | None = None
-    test_logits: np.ndarray | None = None
-    val_labels: np.ndarray | None = None
-    test_labels: np.ndarray | None = None
-    test_acc_recomputed: float | None = None
-    meta: dict = field(default_factory=dict)  # config.json's _meta: params, device, torch, threads
-
-    @property
-    def final(self) -> dict:
-        return self.history[-1] if self.history else {}
-
-    def group_key(self) -> str:
-        return json.dumps({k: v for k, v in self.config.items() if k not in NOT_CONFIG}, sort_keys=True)
-
-
-@dataclass
-class Experiment:
-    name: str
-    dir: Path
-    spec: dict
-    trials: list[Trial]
-    label_source: str = ""
-    test_labels: np.ndarray | None = None  # what every finished trial was scored against
-
-
-# ---------------------------------------------------------------- reading
-
-def _read_history(path: Path) -> list[dict]:
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({k: (float(v) if v not in ("", None, "None") else None) for k, v in row.items()})
-    return rows
-
-
-def _error_reason(path: Path) -> str:
-    lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
-    last = next((l for l in reversed(lines) if not l.startswith((" ", "\t"))), lines[-1] if lines else "error")
-    return last.strip()[:200]
-
-
-def _load_logits(d: Path, split: str) -> np.ndarray:
-    arr = np.load(d / f"logits_{split}.npy")
-    if arr.ndim != 2 or not np.isfinite(arr).all():
-        raise ValueError(f"logits_{split}.npy has shape {arr.shape} or non-finite values")
-    return arr
-
-
-def read_trial(d: Path | None, name: str, config: dict | None = None) -> Trial:
-    """One trial folder -> Trial with its status and reason; a broken file never raises."""
-    t = Trial(name=name, dir=d, config=dict(config or {}))
-    if d is None or not d.is_dir():
-        return t
-    try:
-        cfg = json.loads((d / "config.json").read_text())
-        t.meta = cfg.pop("_meta", {})
-        t.params = t.meta.get("params")
-        t.config = cfg
-    except (OSError, ValueError):
-        pass
-    t.config = {k: v for k, v in t.config.items() if k != "out_dir"}
-    if (d / "metrics.csv").exists():
-        try:
-            t.history = _read_history(d / "metrics.csv")
-        except (OSError, ValueError) as e:
-            t.status, t.reason = "broken", f"metrics.csv unreadable ({e})"
-            return t
-    summary = None
-    if (d / "summary.json").exists():
-        try:
-            summary = json.loads((d / "summary.json").read_text())
-        except ValueError as e:
-            t.status, t.reason = "broken", f"summary.json unreadable ({e})"
-            return t
-    if summary is None:
-        if (d / "error.txt").exists():
-            t.status, t.reason = "failed", _error_reason(d / "error.txt")
-        else:
-            epochs = t.config.get("epochs", "?")
-            t.status, t.reason = "unfinished", f"epoch {len(t.history)} of {epochs} (running, stopped or interrupted)"
-        return t
-    t.params = t.params or summary.get("params")
-    if summary.get("status") != "ok":
-        t.status, t.reason = "diverged", summary.get("status", "unknown status")
-        return t
-    try:
-        t.val_logits, t.test_logits = _load_logits(d, "val"), _load_logits(d, "test")
-        t.val_labels = np.load(d / "labels_val.npy").astype(np.int64)
-        t.test_labels = np.load(d / "labels_test.npy").astype(np.int64)
-    except (OSError, ValueError, EOFError) as e:
-        t.status, t.reason = "broken", f"finished, but its logits/labels are missing or truncated ({str(e)[:120]})"
-        return t
-    t.status = "finished"
-    return t
-
-
-def _is_experiment(d: Path) -> bool:
-    return d.is_dir() and ((d / "gridrun_trials.json").exists() or any((c / "config.json").exists()
-                                                                       for c in d.iterdir() if c.is_dir()))
-
-
-def load_experiment(path: Path) -> Experiment:
-    path = Path(path)
-    spec = {}
-    if (path / "spec.yaml").exists():
-        spec = yaml.safe_load((path / "spec.yaml").read_text()) or {}
-    expected = []
-    if (path / "gridrun_trials.json").exists():
-        expected = json.loads((path / "gridrun_trials.json").read_text())
-    dirs = {c.name: c for c in path.iterdir() if c.is_dir() and not c.name.startswith(".")
-            and ((c / "config.json").exists() or (c / "params.json").exists() or (c / "error.txt").exists())}
-    trials = []
-    for e in expected:
-        if isinstance(e, dict) and "name" in e:
-            trials.append(read_trial(dirs.pop(e["name"], None), e["name"], e.get("train")))
-            trials[-1].params = trials[-1].params or e.get("params")
-    trials += [read_trial(d, n) for n, d in sorted(dirs.items())]
-    exp = Experiment(spec.get("name", path.name), path, spec, trials)
-    _check_test_accuracy(exp)
-    return exp
-
-
-def _true_test_labels(exp: Experiment) -> np.ndarray | None:
-    """The MNIST test labels from the data files when they can be found, else the trials' own
-    (which must then agree with each other)."""
-    done = [t for t in exp.trials if t.status == "finished"]
-    if not done:
-        return None
-    try:
-        from .data import load_arrays
-
-        labels = load_arrays(done[0].config.get("data_dir"))["test_labels"].astype(np.int64)
-        if len(labels) == len(done[0].test_labels):
-            exp.label_source = "the MNIST test-label file (checksum verified)" if len(labels) == 10000 \
-                else "the test-label file of the trials' data folder"
-            return labels
-    except GridrunError:
-        pass
-    first = done[0].test_labels
-    if all(np.array_equal(t.test_labels, first) for t in done):
-        exp.label_source = "the labels the trials saved (the data files were not found here)"
-        return first
-    raise GridrunError(f"{exp.dir}: trials saved different test labels and the data files are not here: "
-                       f"set GRIDRUN_DATA so the report can check them against MNIST")
-
-
-def _check_test_accuracy(exp: Experiment) -> None:
-    labels = exp.test_labels = _true_test_labels(exp)
-    for t in exp.trials:
-        if t.status != "finished":
-            continue
-        if t.test_logits.shape[0] != len(labels):
-            t.status, t.reason = "broken", f"logits_test.npy has {t.test_logits.shape[0]} rows for {len(labels)} labels"
-            continue
-        t.test_acc_recomputed = float((t.test_logits.argmax(1) == labels).mean())
-        said = t.final.get("test_acc")
-        if said is None or abs(said - t.test_acc_recomputed) > AGREE_TOL:
-            t.status = "broken"
-            t.reason = f"reported test acc {said} but its logits score {t.test_acc_recomputed:.4f}"
+Trial = TrialRecord  # the name the report's helpers have always used
 
 
 # ---------------------------------------------------------------- ensemble
@@ -251,8 +80,8 @@ def config_groups(trials: list[Trial]) -> dict[str, list[Trial]]:
     return groups
 
 
-def config_table(exp: Experiment) -> tuple[list[dict], list[str], str]:
-    """Rows of the per-config table (markdown-ready), extra varying columns, constraint summary."""
+def config_table(exp: Experiment) -> tuple[list[dict], str]:
+    """Rows of the per-config table (markdown-ready) and the constraint summary."""
     done = [t for t in exp.trials if t.status == "finished"]
     groups = config_groups(exp.trials)
     varying = sorted({k for t in done for k in t.config if k not in NOT_CONFIG
@@ -300,7 +129,7 @@ def config_table(exp: Experiment) -> tuple[list[dict], list[str], str]:
     summary = ""
     if cons:
         summary = f"{n_ok} of {len(rows)} configs meet every constraint ({', '.join(_cons_words(cons))})."
-    return rows, varying, summary
+    return rows, summary
 
 
 def _cons_words(cons: dict) -> list[str]:
@@ -392,66 +221,130 @@ def write_csv(exp: Experiment, path: Path) -> None:
 
 
 def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
-    import pandas as pd
-
-    top_k = top_k or (exp.spec.get("report") or {}).get("top_k", 5)
-    counts = {}
-    for t in exp.trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
-    lines = [f"# {exp.name}", ""]
-    if exp.spec.get("description"):
-        lines += [exp.spec["description"], ""]
-    lines += [f"Experiment folder `{exp.dir}`: {len(exp.trials)} trials; "
-              + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".", "",
-              "Configs are compared by mean validation accuracy (bold: the best config of each model); "
-              "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.", ""]
-    lines += _conditions(exp)
-    rows, _, cons_line = config_table(exp)
-    if rows:
-        df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
-        lines += ["## Results by config", "", df.to_markdown(index=False), ""]
-        if cons_line:
-            lines += [cons_line, ""]
-    ranked = rank_by_validation(exp.trials)
+    """The report's markdown (plots are written beside `out_md`)."""
+    if top_k is None:
+        top_k = (exp.spec.get("report") or {}).get("top_k", 5)
+        top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1 else 5
     done = [t for t in exp.trials if t.status == "finished"]
-    if ranked:
-        curve = ensemble_curve(ranked, exp.test_labels, _ks(len(ranked), top_k))
-        single = [t.test_acc_recomputed for t in done]
-        best = ranked[0]
-        k_main = min(top_k, len(ranked))
-        ens_main = next(a for k, a in curve if k == k_main)
-        lines += ["## Ensemble: majority vote of the top K runs by validation accuracy", "",
-                  f"Top {k_main} by validation: **{100 * ens_main:.2f}%** test accuracy "
-                  f"(members: {', '.join(t.name for t in ranked[:k_main])}).", "",
-                  f"- best single run by validation: {best.name}, val {100 * best.final['val_acc']:.2f}%, "
-                  f"test {100 * best.test_acc_recomputed:.2f}%",
-                  f"- mean single run: {_pct(single)}",
-                  "", pd.DataFrame([{"K": k, "test acc, %": 100 * a} for k, a in curve]).to_markdown(index=False, floatfmt=(".0f", ".2f")),
-                  "", "Each test image gets the class most members predict; a tie goes to the class with the "
-                  "larger summed softmax.", ""]
-    elif done:
-        lines += ["## Ensemble", "", "No validation split (val_size: 0): members cannot be chosen honestly, "
-                  "so no ensemble is reported.", ""]
-    if done and len(done) <= 60:
-        per = [{"trial": t.name, "seed": t.config.get("seed"), "epochs": len(t.history),
-                "val acc, %": 100 * t.final["val_acc"] if t.final.get("val_acc") is not None else float("nan"),
-                "test acc, %": 100 * t.test_acc_recomputed,
-                "s/epoch": float(np.mean([h["seconds"] for h in t.history]))} for t in sorted(done, key=lambda t: t.name)]
-        lines += ["## Runs (final epoch of each)", "", pd.DataFrame(per).to_markdown(index=False, floatfmt=".2f"), ""]
+    lines = _header(exp) + _conditions(exp) + _config_section(exp) + _reference_section(exp)
+    lines += _ensemble_section(exp, done, top_k) + _runs_section(done)
     pics = _plots(exp, out_md)
     if pics:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pics] + [""]
+    return "\n".join(lines + _others_section(exp) + _checks_section(exp, done, out_md))
+
+
+def _header(exp: Experiment) -> list[str]:
+    lines = [f"# {exp.name}", ""]
+    if isinstance(exp.spec.get("description"), str) and exp.spec["description"]:
+        lines += [exp.spec["description"], ""]
+    counts = exp.counts()
+    return lines + [f"Experiment folder `{exp.dir}`: {len(exp.trials)} trials; "
+                    + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".", "",
+                    "Configs are compared by mean validation accuracy (bold: the best config of each model); "
+                    "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.", ""]
+
+
+def _config_section(exp: Experiment) -> list[str]:
+    import pandas as pd
+
+    rows, cons_line = config_table(exp)
+    if not rows:
+        return []
+    df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    return ["## Results by config", "", df.to_markdown(index=False), ""] + ([cons_line, ""] if cons_line else [])
+
+
+def _ensemble_section(exp: Experiment, done: list[Trial], top_k: int) -> list[str]:
+    import pandas as pd
+
+    ranked = rank_by_validation(exp.trials)
+    if not ranked:
+        return ["## Ensemble", "", "No validation split (val_size: 0): members cannot be chosen honestly, "
+                "so no ensemble is reported.", ""] if done else []
+    curve = ensemble_curve(ranked, exp.test_labels, _ks(len(ranked), top_k))
+    best, k_main = ranked[0], min(top_k, len(ranked))
+    ens_main = next(a for k, a in curve if k == k_main)
+    return ["## Ensemble: majority vote of the top K runs by validation accuracy", "",
+            f"Top {k_main} by validation: **{100 * ens_main:.2f}%** test accuracy "
+            f"(members: {', '.join(t.name for t in ranked[:k_main])}).", "",
+            f"- best single run by validation: {best.name}, val {100 * best.final['val_acc']:.2f}%, "
+            f"test {100 * best.test_acc_recomputed:.2f}%",
+            f"- mean single run: {_pct([t.test_acc_recomputed for t in done])}",
+            "", pd.DataFrame([{"K": k, "test acc, %": 100 * a} for k, a in curve]).to_markdown(
+                index=False, floatfmt=(".0f", ".2f")),
+            "", "Each test image gets the class most members predict; a tie goes to the class with the "
+            "larger summed softmax.", ""]
+
+
+def _runs_section(done: list[Trial]) -> list[str]:
+    import pandas as pd
+
+    if not done or len(done) > 60:
+        return []
+    per = [{"trial": t.name, "seed": t.config.get("seed"), "epochs": len(t.history),
+            "val acc, %": 100 * t.final["val_acc"] if t.final.get("val_acc") is not None else float("nan"),
+            "test acc, %": 100 * t.test_acc_recomputed,
+            "s/epoch": float(np.mean([h["seconds"] for h in t.history]))} for t in sorted(done, key=lambda t: t.name)]
+    return ["## Runs (final epoch of each)", "", pd.DataFrame(per).to_markdown(index=False, floatfmt=".2f"), ""]
+
+
+def _others_section(exp: Experiment) -> list[str]:
+    import pandas as pd
+
     other = [t for t in exp.trials if t.status != "finished"]
-    if other:
-        lines += ["## Trials not in the tables", "",
-                  pd.DataFrame([{"trial": t.name, "status": t.status, "reason": t.reason or "not started"}
-                                for t in other]).to_markdown(index=False), ""]
-    if done:
-        lines += ["## Checks", "",
-                  f"Test accuracy of every finished trial was recomputed from its saved logits against "
-                  f"{exp.label_source} and agrees with what the trial reported (to {AGREE_TOL:.0e}). "
-                  f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""]
-    return "\n".join(lines)
+    if not other:
+        return []
+    return ["## Trials not in the tables", "",
+            pd.DataFrame([{"trial": t.name, "status": t.status, "reason": t.reason or "not started"}
+                          for t in other]).to_markdown(index=False), ""]
+
+
+def _checks_section(exp: Experiment, done: list[Trial], out_md: Path) -> list[str]:
+    if not done:
+        return []
+    return ["## Checks", "",
+            f"Test accuracy of every finished trial was recomputed from its saved logits against "
+            f"{exp.label_source} and agrees with what the trial reported (to {AGREE_TOL:.0e}). "
+            f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""]
+
+
+def _reference_section(exp: Experiment) -> list[str]:
+    """A study's own numbers (reference.csv, copied from the spec's report.reference at launch)
+    set beside gridrun's configs: each reference row is matched on the config fields it names."""
+    import pandas as pd
+
+    path = exp.dir / "reference.csv"
+    if not path.is_file():
+        return []
+    try:
+        ref = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        return ["## Beside the study", "", f"reference.csv could not be read ({str(e)[:100]}).", ""]
+    keys = [c for c in ref.columns if c in field_names()]
+    groups = config_groups(exp.trials)
+    rows = []
+    for _, r in ref.iterrows():
+        match = [g for g in groups.values() if all(_same(g[0].config.get(k), r[k]) for k in keys)]
+        members = match[0] if len(match) == 1 else []
+        rows.append({"study run": r.get("label", ""), **{k: r[k] for k in keys},
+                     "study test acc, %": r.get("test_acc", ""),
+                     "gridrun test acc, % (mean ± std)": _pct([t.test_acc_recomputed for t in members])
+                     if members else ("no run" if not match else "ambiguous"),
+                     "gridrun val acc, %": _pct([t.final.get("val_acc") for t in members]) if members else "–"})
+    note = ("The study's number is the best epoch of one run, picked on the test set; gridrun's is the "
+            "final epoch, mean ± sample std over seeds (n), nothing chosen on test.")
+    return ["## Beside the study", "", note, "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+
+
+def _same(value, text: str) -> bool:
+    """A config value against a CSV cell (numbers compared as numbers)."""
+    if value is None:
+        return text in ("", "none", "null", "None")
+    try:
+        return math.isclose(float(value), float(text))
+    except (TypeError, ValueError):
+        return str(value) == text
 
 
 def _conditions(exp: Experiment) -> list[str]:
@@ -461,59 +354,56 @@ def _conditions(exp: Experiment) -> list[str]:
     if metas:
         devs = sorted({f"{m.get('device')} ({m.get('threads')} threads)" for m in metas})
         out.append(f"Ran on {', '.join(devs)}; torch {', '.join(sorted({str(m.get('torch')) for m in metas}))}.")
-    launches = exp.dir / "gridrun_launches.jsonl"
-    if launches.exists():
-        runs = [json.loads(l) for l in launches.read_text().splitlines() if l.strip()]
-        if runs:
-            last = runs[-1]
-            total = sum(r.get("wall_s", 0) for r in runs)
-            out.append(f"Launched with `{last['command']}` on {last['cluster']}; wall time "
-                       f"{total:.0f} s over {len(runs)} launch(es).")
+        gpus = sorted({str(m["gpu"]) for m in metas if m.get("gpu") and "cuda" in str(m.get("device"))})
+        if gpus:
+            cuda = sorted({f"CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}" for m in metas if m.get("gpu")})
+            peak = [m["peak_gpu_mem_mb"] for m in metas if m.get("peak_gpu_mem_mb")]
+            out.append(f"GPU {', '.join(gpus)} ({', '.join(cuda)})"
+                       + (f"; peak GPU memory per trial {min(peak):,.0f}–{max(peak):,.0f} MB." if peak else "."))
+    if exp.launches:
+        last = exp.launches[-1]
+        total = sum(r.get("wall_s", 0) for r in exp.launches if isinstance(r.get("wall_s", 0), (int, float)))
+        out.append(f"Launched with `{last.get('command')}` on {last.get('cluster')}; wall time "
+                   f"{total:.0f} s over {len(exp.launches)} launch(es).")
+        prov = last.get("provenance") or {}
+        if prov:
+            git = prov.get("git") or {}
+            code = (f"code at git {git.get('commit', '?')[:12]}" + (" with uncommitted changes (diff in "
+                    "the experiment folder)" if git.get("dirty") else "") if git else "code outside git")
+            vers = ", ".join(f"{k} {prov[k]}" for k in ("gridrun", "ray", "python") if prov.get(k))
+            gpu = f"; driver {prov['driver']}" if prov.get("driver") else ""
+            out.append(f"Provenance: {code}; {vers}{gpu}.")
     return [" ".join(out), ""] if out else []
 
 
-def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
-    if not targets:
-        root = Path(storage)
-        found = sorted(d for d in root.iterdir() if _is_experiment(d)) if root.is_dir() else []
-        if not found:
-            raise GridrunError(f"no experiments under {root}/: run `gridrun launch SPEC` first or name a folder")
-        return found
-    paths = []
-    for t in targets:
-        for cand in (Path(t), Path(storage) / t):
-            if cand.is_dir() and _is_experiment(cand):
-                paths.append(cand)
-                break
-        else:
-            raise GridrunError(f"no experiment {t!r} (looked for {t} and {Path(storage) / t}): "
-                               f"give a name under {storage}/ or an experiment folder")
-    return paths
+def report_path(exp: Experiment, reports_dir: str) -> Path:
+    """reports/<experiment folder name>.md, with the name made safe: a folder's name can never
+    put a report outside reports_dir."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", exp.name).lstrip(".") or "experiment"
+    return Path(reports_dir) / f"{safe}.md"
 
 
 def report(targets: list[str], out: str | None = None, top_k: int | None = None, storage: str = "runs",
            reports_dir: str = "reports", echo=print) -> list[Path]:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise GridrunError(f"--top-k {top_k}: the ensemble size must be a whole number >= 1")
     paths = find_experiments(targets, storage)
     if out and len(paths) > 1:
         raise GridrunError("--out names one file but several experiments were given: drop --out")
+    if out and Path(out).is_dir():
+        raise GridrunError(f"--out {out} is a folder: give a file name such as {Path(out) / 'report.md'}")
     written = []
     for p in paths:
         exp = load_experiment(p)
-        md = Path(out) if out else Path(reports_dir) / f"{exp.name}.md"
-        md.parent.mkdir(parents=True, exist_ok=True)
-        text = render(exp, md, top_k)
-        md.write_text(text)
-        write_csv(exp, md.with_suffix(".csv"))
+        md = Path(out) if out else report_path(exp, reports_dir)
+        try:
+            md.parent.mkdir(parents=True, exist_ok=True)
+            text = render(exp, md, top_k)
+            md.write_text(text)
+            write_csv(exp, md.with_suffix(".csv"))
+        except OSError as e:
+            raise GridrunError(f"cannot write the report to {md} ({e.strerror or e}): choose another --out") from None
         echo(text)
         echo(f"wrote {md}, {md.with_suffix('.csv')}")
         written.append(md)
     return written
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="markdown tables, ensemble and plots from experiment folders")
-    p.add_argument("targets", nargs="*", metavar="NAME|PATH", help="experiments (default: all under runs/)")
-    p.add_argument("--out", default=None, help="markdown file (default reports/NAME.md)")
-    p.add_argument("--top-k", type=int, default=None, help="ensemble size (default: the spec's report.top_k, or 5)")
-    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
-    p.set_defaults(func=lambda a: (report(a.targets, a.out, a.top_k, a.storage), 0)[1])

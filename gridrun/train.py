@@ -5,13 +5,17 @@ Files written to config.out_dir (when set):
   metrics.csv        one row per epoch (see EPOCH_FIELDS)
   events.out.tfevents.*  TensorBoard scalars
   state.pt           everything needed to resume after the last finished epoch
-  model.pt           final weights (state_dict)
+  model.pt           final weights (state_dict; the weight average when `ema` is on)
   logits_val.npy, logits_test.npy   float16 (N, 10) logits of the final model
   labels_val.npy, labels_test.npy   uint8 labels they were scored against
   summary.json       status ("ok" | "diverged at epoch k") and final metrics
+
+The pieces (setup, _train_epoch, score, save_state/load_state, write_final) are shared with
+fused.py, which trains several configs of one architecture as one batched model.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -20,37 +24,44 @@ import platform
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import GridrunError, __version__
 from .augment import Augment, deskew
-from .config import TrainConfig
-from .data import load_splits
-from .models import create_model, model_kwargs
+from .config import PLUMBING, ConfigError, TrainConfig
+from .data import Splits, load_splits
+from .models import create_model, resolve_model_args
 
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr",
                 "seconds", "images_per_s"]
+STATE_VERSION = 2
+
+
+class StateError(GridrunError):
+    """A resume state that cannot be used (corrupt, foreign or from another config)."""
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when there is one; a device that is not there is one error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        n = torch.cuda.device_count()
+        idx = int(name[5:]) if ":" in name else 0
+        if idx >= n:
+            raise ConfigError(f"config device={name!r}: torch sees {n} GPU(s) here: use device auto or cpu, "
+                              f"or cuda:0..cuda:{n - 1}" if n else
+                              f"config device={name!r}: torch sees no GPU here: use device auto or cpu")
     return torch.device(name)
 
 
-def model_build_kwargs(model: str, dropout: float | None, model_args: dict) -> dict:
-    """The factory's keyword arguments: model_args plus dropout where the model takes one."""
-    kw = dict(model_args)
-    if dropout is not None and "dropout" in model_kwargs(model):
-        kw["dropout"] = dropout
-    return kw
-
-
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    return create_model(cfg.model, **model_build_kwargs(cfg.model, cfg.dropout, cfg.model_args))
+    return create_model(cfg.model, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args))
 
 
 @torch.no_grad()
@@ -71,7 +82,7 @@ def evaluate(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def _optimizer(cfg: TrainConfig, params):
+def make_optimizer(cfg: TrainConfig, params):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
@@ -79,13 +90,14 @@ def _optimizer(cfg: TrainConfig, params):
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
+def make_scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     """(scheduler or None, steps per batch?)."""
     s = cfg.scheduler
     if s == "step":
         return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma), False
     if s == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.gamma, patience=cfg.patience), False
+        mode = "max" if cfg.plateau_metric == "val_acc" else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience), False
     if s == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                    steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start), True
@@ -94,9 +106,20 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     return None, False
 
 
-def _atomic_save(path: Path, obj) -> None:
+def step_epoch_scheduler(cfg: TrainConfig, sched, per_batch: bool, val_loss: float, val_acc: float) -> None:
+    """The end-of-epoch step of a per-epoch scheduler (plateau watches validation)."""
+    if sched is None or per_batch:
+        return
+    if cfg.scheduler == "plateau":
+        sched.step(val_acc if cfg.plateau_metric == "val_acc" else val_loss)
+    else:
+        sched.step()
+
+
+def atomic_save(path: Path, obj) -> None:
     """Write .npy / .json / torch files via a temp file and rename: a killed trial never
     leaves half a file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".npy":
         with open(tmp, "wb") as f:
@@ -108,13 +131,13 @@ def _atomic_save(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class _Writer:
+class Writer:
     """Files of one trial; every method is a no-op when there is no out_dir."""
 
     def __init__(self, out_dir: str | None, history: list[dict]):
@@ -144,30 +167,80 @@ class _Writer:
 
     def save(self, name: str, obj) -> None:
         if self.dir:
-            _atomic_save(self.dir / name, obj)
+            atomic_save(self.dir / name, obj)
 
     def close(self):
         if self.tb:
             self.tb.close()
 
 
-def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = None,
-          state_dir: str | None = None, arrays: dict | None = None) -> dict:
-    """Train one config. `on_epoch(metrics, state_path)` is called after every epoch; state_path
-    is the resumable state file in `state_dir` (default out_dir; None when neither is set).
-    `resume_from` names a state.pt to continue from; `arrays` are MNIST arrays already in memory
-    (load_arrays), used instead of reading files. Returns {"status", "epochs", "final", ...}."""
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+class WeightAverage:
+    """Exponential moving average of a model's weights and buffers, updated after each step."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self.floats = [(e, p) for e, p in pairs if e.dtype.is_floating_point]
+        self.others = [(e, p) for e, p in pairs if not e.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.floats:
+            torch._foreach_lerp_([e for e, _ in self.floats], [p for _, p in self.floats], 1 - self.decay)
+        for e, p in self.others:
+            e.copy_(p)
+
+
+def versions() -> dict:
+    """Versions a result depends on (the report's conditions line)."""
+    out = {"gridrun": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   gpu=torch.cuda.get_device_name(0))
+    return out
+
+
+@dataclass
+class Run:
+    """Everything one trial trains with, built by `setup`."""
+
+    cfg: TrainConfig
+    device: torch.device
+    splits: Splits
+    aug: Augment
+    model: torch.nn.Module
+    step_model: torch.nn.Module        # the compiled model on CUDA with `compile`, else `model`
+    opt: torch.optim.Optimizer
+    sched: object
+    per_batch: bool                    # the scheduler steps per batch (onecycle, cosine)
+    dgen: torch.Generator              # batch order and augmentation
+    fmt: torch.memory_format
+    autocast: object
+    ema: WeightAverage | None
+    meta: dict
+    history: list = field(default_factory=list)
+    start_epoch: int = 1
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The model that is evaluated and saved: the weight average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
+    """Device, seeds, data on the device, model, optimizer and scheduler for one config."""
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cuda = device.type == "cuda"
     if cuda and cfg.gpu_memory_fraction:
         torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
-    _seed_all(cfg.seed)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    seed_all(cfg.seed)
     dgen = torch.Generator(device=device).manual_seed(cfg.seed)  # batch order + augmentation
-
-    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays)
+    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays, cfg.normalize)
     aug = Augment(cfg.augment, cfg.aug)
     if aug.align:  # deskewing is preprocessing: the same for train, validation and test
         splits.train_x, splits.val_x, splits.test_x = (deskew(splits.train_x), deskew(splits.val_x),
@@ -179,104 +252,168 @@ def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = N
     model = model.to(memory_format=fmt)
     step_model = torch.compile(model) if (cfg.compile and cuda) else model
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.amp) else nullcontext
-
     n_train = len(splits.train_y)
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    opt = _optimizer(cfg, model.parameters())
-    sched, per_batch = _scheduler(cfg, opt, steps_per_epoch)
-    history, start_epoch = [], 1
+    steps_per_epoch = n_train // cfg.batch_size + (n_train % cfg.batch_size >= 2)  # a batch of one is dropped
+    opt = make_optimizer(cfg, model.parameters())
+    sched, per_batch = make_scheduler(cfg, opt, math.ceil(n_train / cfg.batch_size))
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+    meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(),
+            "n_train": n_train, "n_val": len(splits.val_y), "n_test": len(splits.test_y),
+            "steps_per_epoch": steps_per_epoch, **versions()}
+    return Run(cfg, device, splits, aug, model, step_model, opt, sched, per_batch, dgen, fmt, autocast, ema, meta)
+
+
+def train_epoch(run: Run) -> tuple[float, float, float]:
+    """One pass over the training split: (mean loss, accuracy on the augmented batches, seconds)."""
+    cfg, model = run.cfg, run.step_model
+    run.model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    for x, y in run.splits.batches(cfg.batch_size, run.dgen, run.aug):
+        x = x.contiguous(memory_format=run.fmt)
+        with run.autocast():
+            out = model(x)
+            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        if run.ema is not None:
+            run.ema.update()
+        if run.per_batch:
+            run.sched.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+    n = len(run.splits.train_y)
+    train_loss, train_acc = loss_sum.item() / n, correct.item() / n
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return train_loss, train_acc, time.perf_counter() - t0
+
+
+def score(run: Run) -> dict:
+    """Logits of the scored model on validation and test, and their loss and accuracy."""
+    s, bs, ac = run.splits, run.cfg.eval_batch_size, run.autocast
+    val_logits = infer(run.scored, s.val_x, s.normalize, bs, ac)
+    test_logits = infer(run.scored, s.test_x, s.normalize, bs, ac)
+    val_loss, val_acc = evaluate(val_logits, s.val_y)
+    test_loss, test_acc = evaluate(test_logits, s.test_y)
+    return {"val_logits": val_logits, "test_logits": test_logits, "val_loss": val_loss, "val_acc": val_acc,
+            "test_loss": test_loss, "test_acc": test_acc}
+
+
+def save_state(run: Run, state_dir: Path | None, epoch: int) -> str | None:
+    """The resumable state after `epoch`, as plain tensors and containers (loadable with
+    torch.load(weights_only=True): resuming a foreign folder runs no code from it)."""
+    if state_dir is None:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "state.pt"
+    atomic_save(path, {
+        "version": STATE_VERSION, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict() if run.sched is not None else None,
+        "ema": run.ema.model.state_dict() if run.ema is not None else None,
+        "dgen": run.dgen.get_state(), "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+        "history": run.history, "epoch": epoch, "config": run.cfg.to_dict()})
+    return str(path)
+
+
+def read_state(path: str | os.PathLike, device="cpu") -> dict:
+    """A state file's contents, or StateError saying why it cannot be used."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated zip, a planted pickle, a stranger's file: all unusable
+        raise StateError(f"resume state {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+            from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise StateError(f"resume state {path} is not a gridrun state of version {STATE_VERSION}")
+    return state
+
+
+def load_state(run: Run, path: str | os.PathLike) -> None:
+    """Continue `run` from a saved state: weights, optimizer, scheduler, generators, history."""
+    state = read_state(path, run.device)
+    ours = {k: v for k, v in run.cfg.to_dict().items() if k not in PLUMBING}
+    theirs = {k: v for k, v in (state.get("config") or {}).items() if k in ours}
+    if theirs != ours:
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        raise StateError(f"resume state {path} belongs to another config (differs in {', '.join(changed)})")
+    try:
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        if run.sched is not None:
+            run.sched.load_state_dict(state["scheduler"])
+        if run.ema is not None:
+            run.ema.model.load_state_dict(state["ema"])
+        run.dgen.set_state(state["dgen"].cpu())
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if run.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), run.device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise StateError(f"resume state {path} does not fit this model ({str(e).splitlines()[0][:120]})") from None
+    run.history, run.start_epoch = list(state["history"]), int(state["epoch"]) + 1
+
+
+def write_final(run: Run, writer: Writer, status: str, scores: dict | None) -> dict:
+    """The trial's final files; returns the result dict."""
+    if run.device.type == "cuda":
+        run.meta["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
+    result = {"status": status, "epochs": len(run.history), "final": run.history[-1] if run.history else None,
+              "history": run.history, **run.meta}
+    if status == "ok":
+        writer.save("logits_val.npy", scores["val_logits"].half().cpu().numpy())
+        writer.save("logits_test.npy", scores["test_logits"].half().cpu().numpy())
+        writer.save("labels_val.npy", run.splits.val_y.to(torch.uint8).cpu().numpy())
+        writer.save("labels_test.npy", run.splits.test_y.to(torch.uint8).cpu().numpy())
+        writer.save("model.pt", run.scored.state_dict())
+    writer.save("summary.json", {**{k: v for k, v in result.items() if k != "history"},
+                                 "finished_at": time.time(), "pid": os.getpid()})
+    return result
+
+
+def epoch_metrics(epoch: int, train_loss: float, train_acc: float, seconds: float, scores: dict, lr: float,
+                  n_train: int) -> dict:
+    return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": scores["val_loss"],
+            "val_acc": scores["val_acc"], "test_acc": scores["test_acc"], "lr": lr,
+            "seconds": round(seconds, 3), "images_per_s": round(n_train / seconds, 1)}
+
+
+def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = None,
+          state_dir: str | None = None, arrays: dict | None = None) -> dict:
+    """Train one config. `on_epoch(metrics, state_path)` is called after every epoch; state_path
+    is the resumable state file in `state_dir` (default out_dir; None when neither is set).
+    `resume_from` names a state.pt to continue from; `arrays` are MNIST arrays already in memory
+    (load_arrays), used instead of reading files. Returns {"status", "epochs", "final", ...}."""
+    cfg = TrainConfig.from_dict(config)
+    run = setup(cfg, arrays)
     if resume_from:
-        state = torch.load(resume_from, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        dgen.set_state(state["dgen"].cpu())
-        history, start_epoch = state["history"], state["epoch"] + 1
-
-    writer = _Writer(cfg.out_dir, history)
+        load_state(run, resume_from)
+    writer = Writer(cfg.out_dir, run.history)
+    writer.save("config.json", {**cfg.to_dict(), "_meta": run.meta})
     state_dir = Path(state_dir or cfg.out_dir) if (state_dir or cfg.out_dir) else None
-    meta = {"params": n_params, "device": str(device), "torch": torch.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads(), "n_train": n_train,
-            "n_val": len(splits.val_y), "n_test": len(splits.test_y)}
-    writer.save("config.json", {**cfg.to_dict(), "_meta": meta})
-    norm = splits.normalize
-    status, state_path, finished, result = "ok", None, False, None
-    val_logits = test_logits = None
-
-    def finish(status: str, val_logits, test_logits) -> dict:
-        """Write the trial's final files; returns the result dict."""
-        result = {"status": status, "epochs": len(history), "params": n_params,
-                  "final": history[-1] if history else None, "history": history, **meta}
-        if status == "ok":
-            writer.save("logits_val.npy", val_logits.half().cpu().numpy())
-            writer.save("logits_test.npy", test_logits.half().cpu().numpy())
-            writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
-            writer.save("labels_test.npy", splits.test_y.to(torch.uint8).cpu().numpy())
-            writer.save("model.pt", model.state_dict())
-        writer.save("summary.json", {**{k: v for k, v in result.items() if k != "history"},
-                                     "finished_at": time.time(), "pid": os.getpid()})
-        return result
-
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        perm = torch.randperm(n_train, device=device, generator=dgen)
-        for idx in perm.split(cfg.batch_size):
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-                continue
-            x, y = splits.train_x[idx], splits.train_y[idx]
-            x = norm(aug(x, dgen)).contiguous(memory_format=fmt)
-            with autocast():
-                out = step_model(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if per_batch:
-                sched.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-        train_loss = loss_sum.item() / n_train
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+    status, result, scores = "ok", None, None
+    for epoch in range(run.start_epoch, cfg.epochs + 1):
+        train_loss, train_acc, seconds = train_epoch(run)
         if not math.isfinite(train_loss):
             status = f"diverged at epoch {epoch}"
             break
-        # Kept: the last epoch's logits are the ones saved, so they are scored exactly once.
-        val_logits = infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast)
-        test_logits = infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast)
-        val_loss, val_acc = evaluate(val_logits, splits.val_y)
-        _, test_acc = evaluate(test_logits, splits.test_y)
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None and not per_batch:
-            sched.step(val_loss) if cfg.scheduler == "plateau" else sched.step()
-        m = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n_train,
-             "val_loss": val_loss, "val_acc": val_acc, "test_acc": test_acc, "lr": lr,
-             "seconds": round(seconds, 3), "images_per_s": round(n_train / seconds, 1)}
-        history.append(m)
+        scores = score(run)  # the last epoch's logits are the ones saved: scored exactly once
+        lr = run.opt.param_groups[0]["lr"]
+        step_epoch_scheduler(cfg, run.sched, run.per_batch, scores["val_loss"], scores["val_acc"])
+        m = epoch_metrics(epoch, train_loss, train_acc, seconds, scores, lr, len(run.splits.train_y))
+        run.history.append(m)
         writer.epoch(m)
         if epoch == cfg.epochs:
             # Final files before the last report: a scheduler (ASHA at max_t) may stop the
             # trial at that report, and nothing after it would run.
-            result, finished = finish(status, val_logits, test_logits), True
-        if state_dir:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            state_path = str(state_dir / "state.pt")
-            _atomic_save(Path(state_path), {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "dgen": dgen.get_state(), "history": history, "epoch": epoch})
+            result = write_final(run, writer, status, scores)
+        state_path = save_state(run, state_dir, epoch)
         if on_epoch is not None:
             on_epoch(m, state_path)
-
-    if not finished:  # diverged, or resumed after the last epoch
-        if status == "ok":  # nothing above scored the resumed model
-            val_logits = infer(model, splits.val_x, norm, cfg.eval_batch_size, autocast)
-            test_logits = infer(model, splits.test_x, norm, cfg.eval_batch_size, autocast)
-        result = finish(status, val_logits, test_logits)
+    if result is None:  # diverged, or resumed from a state saved after the last epoch
+        if status == "ok":
+            scores = score(run)
+        result = write_final(run, writer, status, scores)
     writer.close()
     return result

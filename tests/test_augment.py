@@ -22,6 +22,27 @@ def test_keeps_shape_dtype_device_and_range(policy):
     assert torch.isfinite(out).all() and not torch.equal(out, x)
 
 
+@pytest.mark.parametrize("policy", POLICIES + ["eva", "khanrc_affine", "khanrc_align"])
+def test_output_stays_in_the_unit_range(policy):
+    x = batch(64)
+    out = Augment(policy, {"brightness": 0.9, "contrast": 0.9} if "jitter" in policy else None)(
+        x, torch.Generator().manual_seed(3))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_named_recipes_and_their_strengths():
+    from gridrun.augment import POLICIES as NAMED, make_params
+
+    assert parse_policy("eva") == ("rotate", "affine", "jitter")
+    p = make_params({"rotate_deg": 7}, "eva")
+    assert (p.rotate_deg, p.affine_deg, p.translate, p.scale, p.brightness) == (7, 8, 0.15, 0.15, 0.1)
+    assert set(NAMED) >= {"eva", "eva_rotate", "khanrc_affine", "khanrc_align"}
+    with pytest.raises(GridrunError, match="out of range"):
+        make_params({"translate": 5})
+    with pytest.raises(GridrunError, match="twice"):
+        parse_policy("rotate+rotate")
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_zero_strength_is_identity(policy):
     zero = dict(rotate_deg=0, affine_deg=0, translate=0, scale=0, shear_deg=0, brightness=0,

@@ -54,7 +54,7 @@ def test_grid_spreads_over_two_nodes_and_survives_losing_one(cluster, synth_dir,
     lost_trial = None
     deadline = time.time() + 300
     while lost_trial is None and time.time() < deadline and proc.poll() is None:
-        on_worker = [d for d in exp.glob("0*") if results(d) and results(d)[-1].get("node_id") == worker.node_id]
+        on_worker = [d for d in exp.glob("tinynet*") if results(d) and results(d)[-1].get("node_id") == worker.node_id]
         finished_there = [d for d in on_worker if (d / "summary.json").exists()]
         running_there = [d for d in on_worker if not (d / "summary.json").exists()]
         if finished_there and running_there:
@@ -66,7 +66,7 @@ def test_grid_spreads_over_two_nodes_and_survives_losing_one(cluster, synth_dir,
     assert proc.returncode == 0, out
     assert "4 finished, 0 diverged, 0 failed" in out
 
-    trials = sorted(exp.glob("0*"))
+    trials = sorted(exp.glob("tinynet*"))
     assert len(trials) == 4
     nodes = {d.name: [r["node_id"] for r in results(d)] for d in trials}
     print("node of each epoch, per trial:", {k: [n[:8] for n in v] for k, v in nodes.items()})

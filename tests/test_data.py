@@ -83,3 +83,60 @@ def test_cli_missing_and_corrupt_data_exit_with_one_line(tmp_path, capsys, monke
     assert main(["train", "--epochs", "1", "--data-dir", str(d)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "t10k-labels-idx1-ubyte.gz" in err
+
+
+def _unique_images(n, seed):
+    x, y = synthetic_digits(n, seed)
+    x[:, 0, 0], x[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256  # every image distinct
+    return x, y
+
+
+def test_search_order_with_two_valid_folders(tmp_path, monkeypatch):
+    a, b, c = (make_data_dir(tmp_path / n) for n in ("a", "b", "cache"))
+    monkeypatch.setattr("gridrun.data.CACHE_DIR", c)
+    monkeypatch.setenv("GRIDRUN_DATA", str(b))
+    assert {p.parent for p in find_files(a).values()} == {a}      # --data-dir first
+    assert {p.parent for p in find_files().values()} == {b}       # then $GRIDRUN_DATA
+    monkeypatch.delenv("GRIDRUN_DATA")
+    assert {p.parent for p in find_files().values()} == {c}       # then the cache
+
+
+def test_train_and_validation_stay_disjoint_after_subset(tmp_path):
+    d = tmp_path / "u"
+    d.mkdir()
+    x, y = _unique_images(1500, 0)
+    write_idx(d / "train-images-idx3-ubyte", x)
+    write_idx(d / "train-labels-idx1-ubyte", y)
+    xt, yt = _unique_images(300, 1)
+    write_idx(d / "t10k-images-idx3-ubyte", xt)
+    write_idx(d / "t10k-labels-idx1-ubyte", yt)
+    s = load_splits(d, val_size=300, subset=500, split_seed=4)
+    key = lambda t: {tuple((img[0, 0, :2] * 255).round().int().tolist()) for img in t}
+    train_keys, val_keys = key(s.train_x), key(s.val_x)
+    assert len(train_keys) == 500 and len(val_keys) == 300 and not train_keys & val_keys
+    s2 = load_splits(d, val_size=300, subset=800, split_seed=4)  # the validation split ignores `subset`
+    assert key(s2.val_x) == val_keys
+
+
+def test_swapped_train_and_test_files_are_refused(tmp_path, monkeypatch):
+    from gridrun.data import load_arrays, _load_arrays
+
+    _load_arrays.cache_clear()
+    d = make_data_dir(tmp_path / "swapped", n_train=500, n_test=12000)
+    with pytest.raises(DataError, match="look swapped"):
+        load_arrays(d)
+
+
+def test_canonical_files_under_each_others_names_are_refused(mnist_dir, tmp_path):
+    """The real MNIST files, train and test swapped by name: MD5s tell which is which."""
+    from gridrun.data import load_arrays, _load_arrays
+
+    d = tmp_path / "swap"
+    d.mkdir()
+    for a, b in (("train", "t10k"), ("t10k", "train")):
+        for kind in ("images-idx3", "labels-idx1"):
+            src = next(mnist_dir.glob(f"{a}-{kind}-ubyte*"))
+            (d / (f"{b}-{kind}-ubyte" + (".gz" if src.suffix == ".gz" else ""))).symlink_to(src)
+    _load_arrays.cache_clear()
+    with pytest.raises(DataError, match="swapped or misnamed"):
+        load_arrays(d)

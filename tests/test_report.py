@@ -141,3 +141,72 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", "nope", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no experiment 'nope'" in err and "\n" not in err
+
+
+def test_reports_are_named_by_their_folder_never_by_the_spec_inside(tmp_path):
+    """An old copy (NAME.prev-1) and a foreign folder whose spec claims another name (or a path)
+    each get their own report, inside reports/."""
+    runs, rep = tmp_path / "runs", tmp_path / "reports"
+    for folder in ("exp", "exp.prev-1", "evil"):
+        fake_trial(runs / folder, "t0", LABELS, val_acc=0.9)
+    (runs / "exp.prev-1" / "spec.yaml").write_text("name: exp\n")
+    (runs / "evil" / "spec.yaml").write_text("name: ../../../tmp/pwned\ndescription: hi\n")
+    written = report([], storage=str(runs), reports_dir=str(rep), echo=lambda _: None)
+    assert sorted(p.name for p in written) == ["evil.md", "exp.md", "exp.prev-1.md"]
+    assert all(p.parent == rep for p in written)
+    assert not (tmp_path / "tmp").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [(["--top-k", "0"], "--top-k"), (["--top-k", "-3"], "--top-k"),
+                                         (["--top-k", "x"], "--top-k")])
+def test_bad_report_options_are_one_line(tmp_path, capsys, argv, needle):
+    fake_trial(tmp_path / "runs" / "e", "t0", LABELS, val_acc=0.9)
+    with pytest.raises(SystemExit) as e:
+        main(["report", "e", "--storage", str(tmp_path / "runs"), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+def test_out_naming_a_folder_or_a_path_under_a_file_is_one_line(tmp_path, capsys):
+    fake_trial(tmp_path / "runs" / "e", "t0", LABELS, val_acc=0.9)
+    (tmp_path / "afile").write_text("x")
+    for out in (str(tmp_path), str(tmp_path / "afile" / "r.md")):
+        assert main(["report", "e", "--storage", str(tmp_path / "runs"), "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--out" in err or "cannot write" in err, err
+        assert "\n" not in err
+
+
+def test_top_k_larger_than_the_runs_uses_them_all(tmp_path):
+    exp = tmp_path / "k"
+    for i in range(3):
+        fake_trial(exp, f"t{i}", wrong_on(range(i)), val_acc=0.9 - 0.01 * i, seed=i)
+    text = report([str(exp)], top_k=50, reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "Top 3 by validation" in text
+
+
+def test_the_study_table_is_set_beside_gridruns_rows(tmp_path):
+    exp = tmp_path / "ref"
+    for seed in (0, 1):
+        fake_trial(exp, f"a_s{seed}", wrong_on(range(seed)), val_acc=0.9, model="m1", seed=seed)
+    fake_trial(exp, "b_s0", LABELS, val_acc=0.8, model="m2")
+    (exp / "reference.csv").write_text("label,model,batch_size,test_acc\nNet A,m1,64,99.10\nNet C,m3,64,98.00\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "## Beside the study" in text
+    row_a = next(l for l in text.splitlines() if l.startswith("| Net A"))
+    assert "99.10" in row_a and "98.33 ± 2.36 (n=2)" in row_a
+    assert "no run" in next(l for l in text.splitlines() if l.startswith("| Net C"))
+
+
+def test_load_and_history_as_pandas(tmp_path):
+    import gridrun
+
+    exp = tmp_path / "pd"
+    for seed in (0, 1):
+        fake_trial(exp, f"t_s{seed}", LABELS, val_acc=0.9 + seed / 100, seed=seed)
+    df = gridrun.load(exp)
+    assert list(df["trial"]) == ["t_s0", "t_s1"] and set(df["status"]) == {"finished"}
+    assert df["final_val_acc"].tolist() == [0.9, 0.91] and df["params"].tolist() == [1000, 1000]
+    h = gridrun.history(exp)
+    assert len(h) == 4 and h.groupby("trial")["epoch"].max().tolist() == [2, 2]

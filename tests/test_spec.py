@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridrun.cli import main
-from gridrun.spec import SpecError, check_budget, expand, load_trials, parse
+from gridrun.spec import SpecError, apply_overrides, check_budget, expand, load_trials, parse, plan_units
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 GOOD = {"name": "t", "base": {"epochs": 2}, "grid": {"model": ["vanilla", "tinynet_7k"], "batch_size": [32, 64]},
@@ -16,10 +16,19 @@ GOOD = {"name": "t", "base": {"epochs": 2}, "grid": {"model": ["vanilla", "tinyn
 def test_expansion_is_the_cross_product_times_seeds():
     trials = expand(parse(GOOD))
     assert len(trials) == 2 * 2 * 3
-    assert len({t["name"] for t in trials}) == 12
+    assert len({t["name"] for t in trials}) == 12 and len({t["id"] for t in trials}) == 12
     combos = {(t["train"]["model"], t["train"]["batch_size"], t["train"]["seed"]) for t in trials}
     assert len(combos) == 12 and all(t["train"]["epochs"] == 2 for t in trials)
     assert all(t["train"]["gpu_memory_fraction"] == 0.25 for t in trials)  # soft GPU-memory cap
+    assert trials[0]["name"] == "vanilla_32_s0"
+
+
+def test_names_do_not_depend_on_position():
+    """A grown grid keeps every existing trial's name (and identity)."""
+    small = {t["name"]: t["id"] for t in expand(parse({**GOOD, "seeds": 1}))}
+    big = {t["name"]: t["id"] for t in expand(parse({**GOOD, "seeds": 3, "grid": {**GOOD["grid"],
+                                                                                 "batch_size": [16, 32, 64]}}))}
+    assert small.items() <= big.items()
 
 
 def test_dict_axis_sets_fields_jointly():
@@ -29,38 +38,91 @@ def test_dict_axis_sets_fields_jointly():
         [("vanilla", 64), ("tinynet_7k", 128)]
 
 
-@pytest.mark.parametrize("patch,needle", [
-    ({"resourcs": {}}, "unknown key 'resourcs' (did you mean 'resources'?)"),
-    ({"resources": {"gpus": 1}}, "unknown key 'resources.gpus' (did you mean 'gpu'?)"),
-    ({"base": {"learning_rat": 0.1}}, "unknown key 'base.learning_rat'"),
-    ({"grid": {"modle": ["vanilla"]}}, "unknown key 'grid.modle' (did you mean 'model'?)"),
-    ({"grid": {"model": ["vanila"]}}, "unknown model 'vanila'"),
-    ({"base": {"scheduler": "cosin"}}, "scheduler"),
-    ({"grid": {"augment": ["rotate+blur"]}}, "unknown augmentation 'blur'"),
-    ({"resources": {"gpu": 1.5}}, "gpu must be 0, a fraction in (0, 1]"),
-    ({"resources": {"gpu": -0.5}}, "gpu must be"),
-    ({"base": {"lr": -1}}, "lr"),
-    ({"grid": {"model": []}}, "grid.model is empty"),
+@pytest.mark.parametrize("patch,key,why", [
+    ({"resourcs": {}}, "'resourcs'", "did you mean 'resources'?"),
+    ({"resources": {"gpus": 1}}, "'resources.gpus'", "did you mean 'gpu'?"),
+    ({"base": {"learning_rat": 0.1}}, "'base.learning_rat'", "unknown key"),
+    ({"grid": {"modle": ["vanilla"]}}, "'grid.modle'", "did you mean 'model'?"),
+    ({"grid": {"model": ["vanila"]}}, "model='vanila'", "did you mean 'vanilla'?"),
+    ({"base": {"scheduler": "cosin"}}, "scheduler='cosin'", "did you mean 'cosine'?"),
+    ({"grid": {"augment": ["rotate+blur"]}}, "augmentation 'blur'", "unknown"),
+    ({"resources": {"gpu": 1.5}}, "resources.gpu:", "a fraction in (0, 1]"),
+    ({"resources": {"gpu": -0.5}}, "resources.gpu:", "greater than or equal to 0"),
+    ({"base": {"lr": -1}}, "lr=-1", "must be > 0"),
+    ({"grid": {"model": []}}, "grid.model is empty", "at least one value"),
+    ({"seeds": [0, 0]}, "seeds:", "seed 0 twice"),
+    ({"seeds": 0}, "seeds:", "at least 1"),
+    ({"seeds": []}, "seeds:", "empty list"),
+    ({"base": {"seed": 3}}, "'base.seed'", "set by 'seeds:'"),
+    ({"name": "../escape"}, "name:", "should match pattern"),
+    ({"name": ".hidden"}, "name:", "should match pattern"),
+    ({"base": {"dropout": 0.1, "model": "resnet20"}, "grid": {}}, "dropout=0.1", "takes no dropout"),
+    ({"grid": {"run": [{"model": "vanilla"}, {"model": "vanilla"}]}}, "one config twice", "remove the repeat"),
+    ({"max_trials": 5}, "12 trials", "max_trials: 12"),
+    ({"fuse": 4, "early_stop": {}}, "early_stop and fuse", "cannot be combined"),
 ])
-def test_each_validation_error_is_one_named_line(patch, needle):
+def test_each_validation_error_is_one_line_naming_the_key(patch, key, why):
     raw = {**GOOD, **patch}
     with pytest.raises(SpecError) as e:
         s = parse(raw, "g.yaml")
         check_budget(s, expand(s))
-    assert needle in str(e.value) and "\n" not in str(e.value)
+    msg = str(e.value)
+    assert key in msg and why in msg and "\n" not in msg, msg
 
 
 def test_over_the_parameter_budget_is_refused():
     s = parse({**GOOD, "constraints": {"max_params": 8000}})
-    with pytest.raises(SpecError, match=r"vanilla has 9,182 parameters, over constraints.max_params=8,000"):
+    with pytest.raises(SpecError, match=r"vanilla has 9,\d{3} parameters, over constraints.max_params=8,000"):
         check_budget(s, expand(s))
+
+
+def test_data_dirs_must_agree_before_anything_runs(tmp_path):
+    raw = {**GOOD, "grid": {"data_dir": [str(tmp_path / "a"), str(tmp_path / "b")]}}
+    with pytest.raises(SpecError, match="different data_dir values"):
+        expand(parse(raw))
+
+
+def test_overrides_are_validated_like_the_file():
+    raw = apply_overrides(GOOD, ["seeds=5", "base.epochs=7", "grid.batch_size=[16]", "resources.gpu=0.5"])
+    trials = expand(parse(raw))
+    assert len(trials) == 2 * 1 * 5 and {t["train"]["epochs"] for t in trials} == {7}
+    assert {t["train"]["gpu_memory_fraction"] for t in trials} == {0.5}
+    for bad, needle in [("base.learning_rat=1", "'base.learning_rat'"), ("seeds=-1", "seeds:"),
+                        ("resources.gpu=2.5", "resources.gpu:")]:
+        with pytest.raises(SpecError, match=needle):
+            parse(apply_overrides(GOOD, [bad]))
+    for bad in ("noequals", "=5", "a..b=1", "seeds.x=1"):
+        with pytest.raises(SpecError):
+            parse(apply_overrides(GOOD, [bad]))
+
+
+def test_yaml_aliases_and_huge_grids_are_refused_quickly(tmp_path):
+    bomb = "a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nname: x\ngrid: {lr: *b}\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(SpecError, match="aliases"):
+        load_trials(tmp_path / "bomb.yaml")
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump({"name": "big", "seeds": 10**9}))
+    with pytest.raises(SpecError, match="1,000,000,000 trials"):
+        load_trials(tmp_path / "big.yaml")
+
+
+def test_fused_groups_share_what_a_batched_model_needs():
+    spec = parse({"name": "f", "fuse": 3, "grid": {"model": ["vanilla", "tinynet_7k"], "lr": [0.1, 0.01]},
+                  "seeds": 2, "base": {"epochs": 1}})
+    units = plan_units(spec, expand(spec))
+    fused = [u for u in units if u["fused"]]
+    assert sum(len(u["members"]) for u in units) == 8
+    assert all(len(u["members"]) <= 3 for u in units)
+    for u in fused:
+        assert len({m["train"]["model"] for m in u["members"]}) == 1
+    assert [len(u["members"]) for u in units] == [3, 1, 3, 1]
 
 
 # Malformed specs: whatever the input, the answer is a spec or one SpecError line, never a crash.
 _scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(-2, 2, allow_nan=False),
                     st.sampled_from(["vanilla", "adam", "step", "rotate", "x", ""]))
 _keys = st.sampled_from(["name", "base", "grid", "seeds", "resources", "data", "retries", "constraints",
-                         "model", "lr", "gpu", "cpu", "epochs", "early_stop", "bogus"])
+                         "model", "lr", "gpu", "cpu", "epochs", "early_stop", "fuse", "bogus"])
 _value = st.recursive(_scalar, lambda c: st.one_of(st.lists(c, max_size=3),
                                                     st.dictionaries(_keys, c, max_size=3)), max_leaves=8)
 
@@ -76,7 +138,7 @@ def test_malformed_specs_fail_cleanly(raw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["resources", "data", "constraints", "early_stop"]), _keys, _scalar)
+@given(st.sampled_from(["resources", "data", "constraints", "early_stop", "base"]), _keys, _scalar)
 def test_mutated_good_spec_fails_cleanly(section, key, value):
     raw = {**GOOD, section: {key: value}}
     try:
@@ -92,10 +154,10 @@ def test_shipped_grids_are_valid():
         assert trials and spec.name == path.stem
 
 
-def test_tiny_nets_grid_has_216_trials(capsys):
+def test_tiny_nets_grid_dry_run(capsys):
     assert main(["launch", str(GRIDS / "tiny_nets.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "plan: 216 trials" in out and "0215_one_maxpool" in out
+    assert "plan: 216 trials" in out
 
 
 def test_bad_yaml_and_missing_file(tmp_path, capsys):
@@ -107,14 +169,15 @@ def test_bad_yaml_and_missing_file(tmp_path, capsys):
     (tmp_path / "over.yaml").write_text(yaml.safe_dump({**GOOD, "constraints": {"max_params": 100}}))
     assert main(["launch", str(tmp_path / "over.yaml")]) == 2  # refused before Ray starts
     assert "max_params" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
-def test_early_stop_and_dry_run_plan_for_gpus(tmp_path, capsys):
+def test_early_stop_and_dry_run_plan_for_gpus(tmp_path):
     spec = parse({**GOOD, "early_stop": {"grace_period": 2}})
     assert spec.early_stop.grace_period == 2 and spec.early_stop.reduction_factor == 3
-    from gridrun.launch import _plan
+    from gridrun.launch import plan_table
 
     lines, trials = [], expand(spec)
     check_budget(spec, trials)
-    _plan(spec, trials, cpus=16, gpus=2, out=lines.append)
+    plan_table(spec, trials, plan_units(spec, trials), cpus=16, gpus=2, out=lines.append)
     assert lines[-1].endswith("4 trial(s) per GPU; 2 GPU(s), 16 CPU(s) -> 8 trial(s) at once")

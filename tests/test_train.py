@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -33,13 +34,99 @@ def test_learns_and_writes_every_file(synth_dir, tmp_path):
     assert cfg["model"] == "tinynet_7k" and cfg["_meta"]["params"] == res["params"]
 
 
-def test_resume_continues_from_state(synth_dir, tmp_path):
-    out = tmp_path / "r"
-    cfg = {**FAST, "epochs": 1, "data_dir": str(synth_dir), "out_dir": str(out), "scheduler": "step"}
+def _weights_and_opt(out):
+    state = torch.load(out / "state.pt", weights_only=True)
+    return state["model"], state["optimizer"]
+
+
+@pytest.mark.parametrize("sched", ["step", "onecycle"])
+def test_resumed_run_equals_a_straight_one(synth_dir, tmp_path, sched):
+    """Weights, optimizer state and history are restored, not only the history: two epochs
+    straight and one epoch + resume + one epoch end bit-identical (CPU, same threads)."""
+    cfg = {**FAST, "epochs": 2, "data_dir": str(synth_dir), "scheduler": sched, "augment": "rotate+jitter",
+           "model": "dropout", "subset": 400, "threads": 1}
+    straight = train({**cfg, "out_dir": str(tmp_path / "straight")})
+    part = tmp_path / "part"
+    # Run the first epoch of the same 2-epoch config, keep its state, then resume it.
+    with pytest.raises(_Stop):
+        train({**cfg, "out_dir": str(part)}, on_epoch=lambda m, s: _stop_after(m, 1))
+    resumed = train({**cfg, "out_dir": str(part)}, resume_from=str(part / "state.pt"))
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2]
+    for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):
+        assert [m[k] for m in resumed["history"]] == [m[k] for m in straight["history"]], k
+    w_a, o_a = _weights_and_opt(tmp_path / "straight")
+    w_b, o_b = _weights_and_opt(part)
+    assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+    sa, sb = o_a["state"], o_b["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert len(list(csv.DictReader(open(part / "metrics.csv")))) == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(m, epoch):
+    if m["epoch"] == epoch:
+        raise _Stop()
+
+
+def test_resume_from_a_state_saved_after_the_last_epoch(synth_dir, tmp_path):
+    cfg = {**FAST, "epochs": 2, "data_dir": str(synth_dir), "out_dir": str(tmp_path / "r")}
+    first = train(cfg)
+    (tmp_path / "r" / "summary.json").unlink()
+    again = train(cfg, resume_from=str(tmp_path / "r" / "state.pt"))
+    assert again["status"] == "ok" and again["epochs"] == 2
+    assert again["final"]["test_acc"] == first["final"]["test_acc"]  # scored from the restored weights
+    assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_corrupt_or_foreign_state_is_refused_with_one_line(synth_dir, tmp_path):
+    from gridrun.train import StateError
+
+    cfg = {**FAST, "epochs": 1, "data_dir": str(synth_dir), "out_dir": str(tmp_path / "r")}
     train(cfg)
-    res = train({**cfg, "epochs": 2}, resume_from=str(out / "state.pt"))
-    assert [m["epoch"] for m in res["history"]] == [1, 2]
-    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+    state = tmp_path / "r" / "state.pt"
+    with pytest.raises(StateError, match="another config .*lr"):
+        train({**cfg, "lr": 0.5}, resume_from=str(state))
+    raw = state.read_bytes()
+    state.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(StateError, match="unreadable"):
+        train(cfg, resume_from=str(state))
+
+
+def test_a_planted_pickle_does_not_run(synth_dir, tmp_path):
+    """Resuming loads with weights_only=True: a pickle that would run code is refused."""
+
+
+    from gridrun.train import StateError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    planted = tmp_path / "state.pt"
+    torch.save({"version": 2, "model": Evil()}, planted)
+    with pytest.raises(StateError):
+        train({**FAST, "epochs": 1, "data_dir": str(synth_dir)}, resume_from=str(planted))
+    assert not marker.exists()
+
+
+def test_a_different_seed_gives_a_different_run(synth_dir):
+    cfg = {**FAST, "epochs": 1, "augment": "rotate", "data_dir": str(synth_dir), "subset": 300}
+    a, b = train({**cfg, "seed": 0}), train({**cfg, "seed": 1})
+    assert a["final"]["train_loss"] != b["final"]["train_loss"]
+
+
+def test_weight_average_is_what_gets_scored_and_saved(synth_dir, tmp_path):
+    res = train({**FAST, "epochs": 2, "ema": 0.9, "data_dir": str(synth_dir), "out_dir": str(tmp_path / "e")})
+    assert res["status"] == "ok"
+    saved = torch.load(tmp_path / "e" / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / "e" / "state.pt", weights_only=True)
+    assert all(torch.equal(saved[k], state["ema"][k]) for k in saved)
+    assert any(not torch.equal(saved[k], state["model"][k]) for k in saved)
 
 
 @pytest.mark.parametrize("opt,sched,aug", [("sgd", "step", "align"), ("adamw", "plateau", "elastic+jitter"),
@@ -58,26 +145,67 @@ def test_divergence_stops_the_trial(synth_dir, tmp_path):
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == res["status"]
 
 
-def test_seed_makes_runs_repeatable(synth_dir):
+def test_same_seed_makes_runs_repeatable(synth_dir):
     cfg = {**FAST, "epochs": 1, "augment": "rotate+jitter", "data_dir": str(synth_dir), "subset": 300}
     a, b = train(cfg), train(cfg)
     assert a["final"]["train_loss"] == b["final"]["train_loss"]
 
 
 @pytest.mark.parametrize("bad,match", [({"lr": -1}, "lr"), ({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size"),
-                                       ({"optimizer": "adagrad"}, "optimizer"), ({"scheduler": "warm"}, "scheduler"),
-                                       ({"augment": "blur"}, "augmentation"), ({"model": "nope"}, "unknown model"),
+                                       ({"optimizer": "adagrad"}, "optimizer='adagrad'"),
+                                       ({"scheduler": "warm"}, "scheduler='warm'"),
+                                       ({"augment": "blur"}, "augmentation 'blur'"), ({"model": "nope"}, "model='nope'"),
                                        ({"learning_rate": 1}, "unknown config key 'learning_rate'"),
-                                       ({"scheduler": "plateau", "val_size": 0}, "plateau")])
+                                       ({"scheduler": "plateau", "val_size": 0}, "scheduler='plateau'"),
+                                       ({"batch_size": 1}, "batch_size=1"), ({"subset": 1}, "subset=1"),
+                                       ({"lr": float("nan")}, "lr=nan"), ({"epochs": 10**9}, "epochs="),
+                                       ({"device": "gpu"}, "device='gpu'"), ({"threads": -1}, "threads=-1"),
+                                       ({"dropout": 0.1, "model": "resnet20"}, "takes no dropout"),
+                                       ({"model_args": {"width": 2}}, "takes no argument 'width'"),
+                                       ({"aug": {"rotate_deg": -5}}, "rotate_deg=-5"),
+                                       ({"batch_size": "64"}, "batch_size='64': must be an int")])
 def test_bad_config_rejected_before_work(bad, match):
-    with pytest.raises(ConfigError if "augment" not in bad else Exception, match=match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
         TrainConfig.from_dict(bad)
 
 
-@pytest.mark.parametrize("argv,needle", [(["--model", "resnet999"], "unknown model 'resnet999'"),
+def test_a_device_that_is_not_there_is_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["train", "--device", "cuda", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "device='cuda'" in err and "no GPU" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv,needle", [(["--model", "resnet999"], "model='resnet999': unknown model"),
                                          (["--lr", "-0.1"], "lr=-0.1")])
 def test_cli_bad_input_one_line(argv, needle, capsys):
     assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize("argv,field,value", [
+    (["--nesterov"], "nesterov", True), (["--no-amp"], "amp", False),                    # bool
+    (["--aug", '{"rotate_deg": 3}'], "aug", {"rotate_deg": 3}),                           # dict
+    (["--subset", "none"], "subset", None), (["--subset", "300"], "subset", 300),        # optional int
+    (["--dropout", "0.05", "--model", "vanilla"], "dropout", 0.05),                      # optional float
+])
+def test_cli_flag_kinds_reach_the_config(argv, field, value, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("gridrun.train.train", lambda cfg, on_epoch=None: seen.setdefault("cfg", cfg) and
+                        {"status": "ok", "params": 1, "epochs": 0, "device": "cpu", "final": {}})
+    assert main(["train", *argv]) == 0
+    assert getattr(seen["cfg"], field) == value
+
+
+@pytest.mark.parametrize("argv,needle", [(["--aug", "{bad"], "--aug: not JSON"), (["--aug", "[1]"], "JSON object"),
+                                         (["--subset", "x"], "--subset"), (["--epochs", "1.5"], "--epochs"),
+                                         (["--nesterov=3"], "--nesterov")])
+def test_cli_bad_flag_values_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and err.count("\n") == 0
 

@@ -43,12 +43,30 @@ def _check(name: str) -> str:
     return name
 
 
-def create_model(name: str, **kw) -> torch.nn.Module:
-    """Build a registered model; an unknown name or keyword is one clear error."""
-    bad = sorted(set(kw) - model_kwargs(name))
+def resolve_model_args(name: str, dropout: float | None = None, model_args: dict | None = None) -> dict:
+    """The factory's keyword arguments for a config: model_args plus `dropout`. An argument the
+    model does not take is one error; so is a dropout for a model without one (silently
+    dropping it would make a `dropout:` axis yield identical trials under different names)."""
+    kw = dict(model_args or {})
+    takes = model_kwargs(name)
+    bad = sorted(set(kw) - takes)
     if bad:
         raise GridrunError(f"model {name!r} takes no argument {bad[0]!r}: it takes "
-                           f"{', '.join(sorted(model_kwargs(name))) or 'no arguments'}")
+                           f"{', '.join(sorted(takes)) or 'no arguments'}")
+    if dropout is not None:
+        if "dropout" not in takes:
+            with_dropout = [n for n in list_models() if "dropout" in model_kwargs(n)]
+            raise GridrunError(f"dropout={dropout} is set but model {name!r} takes no dropout: remove it, or "
+                               f"use a model that takes one ({', '.join(with_dropout)})")
+        if "dropout" in kw:
+            raise GridrunError(f"model {name!r}: dropout is set twice (dropout and model_args.dropout): keep one")
+        kw["dropout"] = dropout
+    return kw
+
+
+def create_model(name: str, **kw) -> torch.nn.Module:
+    """Build a registered model; an unknown name or keyword is one clear error."""
+    resolve_model_args(name, None, kw)
     try:
         return _MODELS[name](**kw)
     except (ValueError, TypeError) as e:

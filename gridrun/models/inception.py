@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._registry import register_model
-from .vgg import conv_bn
+from ._layers import conv_bn
 
 
 class Branches(nn.Module):

@@ -11,18 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._layers import conv_bn
 from ._registry import register_model
 
 # Per-stage channel lists; "M" is a 2x2 max-pool. 28 -> 14 -> 7 -> 3.
 CFG = {"small": [32, 32, "M", 64, 64, "M", 128, 128, "M"],
        "base": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]}
-
-
-def conv_bn(cin, cout, k=3, stride=1, pad=None) -> nn.Sequential:
-    if isinstance(k, int):
-        k = (k, k)
-    pad = tuple(x // 2 for x in k) if pad is None else pad
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class VGG(nn.Module):
