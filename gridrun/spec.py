@@ -200,6 +200,17 @@ class _NoAliasLoader(yaml.SafeLoader):
                             f"specs: write the values out")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise SpecError(f"YAML key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
+                                f"the first would be silently ignored; keep one")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
 
 def safe_yaml(text: str, src: str):
     try:

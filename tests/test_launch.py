@@ -156,8 +156,9 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
     with pytest.raises(SpecError, match=r"lr was 0.01, now 0.02.*--name NEW, or --fresh"):
         launch(str(spec), overrides=["base.lr=0.02"], storage=str(storage), out=lambda _: None)
     lines = []
-    assert launch(str(spec), overrides=["seeds=3"], storage=str(storage), out=lines.append) == 0
+    assert launch(str(spec), overrides=["seeds=3", "report.top_k=2"], storage=str(storage), out=lines.append) == 0
     assert "nothing to run" in lines[-1]
+    assert "top_k: 2" in (exp / "spec.yaml").read_text()  # an edited report: section reaches the report
     assert launch(str(spec), overrides=["base.lr=0.02"], storage=str(storage), fresh=True, out=lines.append) == 0
     assert (storage / "grow.prev-1" / "gridrun_trials.json").exists()  # kept, not deleted
     assert sorted(trial_dirs(exp)) == ["tinynet_7k_s0"]

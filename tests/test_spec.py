@@ -160,7 +160,8 @@ def test_tiny_nets_grid_dry_run(capsys):
     assert "plan: 216 trials" in out
 
 
-def test_bad_yaml_and_missing_file(tmp_path, capsys):
+def test_bad_yaml_and_missing_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a refused launch must leave no runs/ folder behind
     (tmp_path / "bad.yaml").write_text("name: x\ngrid: [unclosed\n")
     assert main(["launch", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
     assert "not valid YAML" in capsys.readouterr().err
