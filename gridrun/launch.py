@@ -52,6 +52,8 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     from . import hparams
 
     member_dirs = [os.path.join(trial_dir, t["name"]) if unit["fused"] else trial_dir for t in unit["members"]]
+    if unit["fused"]:  # marks the folder as a group for the reader: its members' folders are inside
+        Path(trial_dir, results.GROUP_FILE).write_text(json.dumps({"members": [t["name"] for t in unit["members"]]}))
     for t, d in zip(unit["members"], member_dirs):
         hparams.write_session_start(d, t["train"], unit.get("hparams", []))
     try:

@@ -36,6 +36,7 @@ from .augment import Augment, deskew
 from .config import PLUMBING, ConfigError, TrainConfig
 from .data import Splits, load_splits
 from .models import create_model, resolve_model_args
+from .models._layers import dropout_steps, load_dropout_steps, seed_dropout
 
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr",
                 "seconds", "images_per_s"]
@@ -247,6 +248,7 @@ def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
                                                         deskew(splits.test_x))
     torch.manual_seed(cfg.seed)  # again: the initial weights must not depend on data-loading work
     model = build_model(cfg).to(device)
+    seed_dropout(model, cfg.seed)  # dropout masks: a hash of (seed, step, element), not the global RNG
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fmt = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -313,7 +315,7 @@ def save_state(run: Run, state_dir: Path | None, epoch: int) -> str | None:
         "version": STATE_VERSION, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
         "scheduler": run.sched.state_dict() if run.sched is not None else None,
         "ema": run.ema.model.state_dict() if run.ema is not None else None,
-        "dgen": run.dgen.get_state(), "rng_cpu": torch.get_rng_state(),
+        "dgen": run.dgen.get_state(), "rng_cpu": torch.get_rng_state(), "dropout_steps": dropout_steps(run.model),
         "rng_cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "history": run.history, "epoch": epoch, "config": run.cfg.to_dict()})
     return str(path)
@@ -347,6 +349,7 @@ def load_state(run: Run, path: str | os.PathLike) -> None:
         if run.ema is not None:
             run.ema.model.load_state_dict(state["ema"])
         run.dgen.set_state(state["dgen"].cpu())
+        load_dropout_steps(run.model, state["dropout_steps"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         if run.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), run.device)

@@ -278,3 +278,33 @@ def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
         second_launch = [r["epoch"] for r in results if r["pid"] == results[-1]["pid"]]
         resumed += second_launch[0] > 1  # the relaunch began after epoch 1: from a checkpoint, not from scratch
     assert resumed >= 1
+
+
+def test_a_fused_launch_writes_ordinary_trial_folders_that_match_the_unfused_launch(ray_local, synth_dir, tmp_path):
+    spec = write_spec(tmp_path / "fz.yaml", synth_dir, grid={"lr": [0.01, 0.02]}, seeds=2,
+                      base={"epochs": 2, "batch_size": 50, "model": "tinynet_7k", "scheduler": "onecycle"})
+    storage = tmp_path / "runs"
+    lines = []
+    assert launch(str(spec), storage=str(storage), name="fused", fuse=4, out=lines.append) == 0
+    assert "4 finished, 0 diverged, 0 failed" in lines[-1]
+    assert launch(str(spec), storage=str(storage), name="alone", out=lambda _: None) == 0
+    from gridrun.report import report
+    from gridrun.results import load_experiment
+
+    fused, alone = load_experiment(storage / "fused"), load_experiment(storage / "alone")
+    assert {t.group for t in fused.trials} == {next(d.name for d in (storage / "fused").iterdir()
+                                                     if d.name.startswith("fused_"))}
+    acc_f = {t.name: t.test_acc_recomputed for t in fused.trials}
+    acc_a = {t.name: t.test_acc_recomputed for t in alone.trials}
+    assert acc_f.keys() == acc_a.keys() and len(acc_f) == 4 and all(t.status == "finished" for t in fused.trials)
+    for n in acc_f:
+        assert abs(acc_f[n] - acc_a[n]) <= 0.02, (n, acc_f[n], acc_a[n])
+    text = report([str(storage / "fused")], reports_dir=str(tmp_path / "rep"), echo=lambda _: None)[0].read_text()
+    assert "4 trials; 4 finished" in text
+    out = []
+    from gridrun.launch import plan_table
+    from gridrun.spec import load_trials, plan_units
+
+    s, trials = load_trials(spec, ["fuse=4"])
+    plan_table(s, trials, plan_units(s, trials), 2, 0, out.append)
+    assert "fused group" in out[0] and "4 trials in 1 Tune trials (1 fused groups of up to 4)" in out[-1]

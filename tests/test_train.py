@@ -189,7 +189,7 @@ def test_cli_bad_input_one_line(argv, needle, capsys):
     (["--nesterov"], "nesterov", True), (["--no-amp"], "amp", False),                    # bool
     (["--aug", '{"rotate_deg": 3}'], "aug", {"rotate_deg": 3}),                           # dict
     (["--subset", "none"], "subset", None), (["--subset", "300"], "subset", 300),        # optional int
-    (["--dropout", "0.05", "--model", "vanilla"], "dropout", 0.05),                      # optional float
+    (["--dropout", "0.05", "--model", "two_maxpool"], "dropout", 0.05),                  # optional float
 ])
 def test_cli_flag_kinds_reach_the_config(argv, field, value, monkeypatch):
     seen = {}

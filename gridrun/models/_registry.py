@@ -37,6 +37,12 @@ def model_kwargs(name: str) -> set[str]:
     return set(inspect.signature(_MODELS[_check(name)]).parameters)
 
 
+def model_defaults(name: str) -> dict:
+    """The default value of each keyword argument of a model's factory."""
+    return {k: p.default for k, p in inspect.signature(_MODELS[_check(name)]).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def _check(name: str) -> str:
     if name not in _MODELS:
         raise GridrunError(f"unknown model {name!r}: valid models are {', '.join(list_models())}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ._layers import Dropout
 from ._registry import register_model
 from .resnet import ResNet
 
@@ -15,7 +16,7 @@ class PreActBlock(nn.Module):
         self.b1 = nn.BatchNorm2d(cin)
         self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.b2 = nn.BatchNorm2d(cout)
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.drop = Dropout(dropout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.short = None
         if stride != 1 or cin != cout:

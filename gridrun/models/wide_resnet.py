@@ -1,15 +1,22 @@
 """Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation blocks, stages 16k/32k/64k wide.
 
-WRN-d-k has n = (d - 4) / 6 blocks per stage (the paper counts the stem, the classifier and
-the projection shortcuts). The study's "wide resnet-14" counts like its ResNets (6n + 2), so
-n = 2: the same net as the paper's WRN-16-k; `wide_resnet14` is that net at k = 4.
+wide_resnet14   the model-zoo study's "wide resnet-14" (khanrc/mnist wide_resnet.py): depth
+                counted like its ResNets (6n+2, n = 2), widen factor 4 (stages 64/128/256), a
+                64-wide stem conv -> BN -> ReLU, blocks [BN-ReLU] conv3x3 -> Dropout(0.3) ->
+                BN-ReLU -> conv3x3 (the first block of the first stage skips its BN-ReLU: the stem
+                already applied it), a 1x1 strided projection with bias at each downsampling, a
+                final BN-ReLU, GAP, FC. 2,776,138 parameters.
+wide_resnet     the paper's WRN-d-k (n = (d-4)/6 blocks per stage, a 16-wide stem), and
+wrn_16_4        WRN-16-4: the paper's closest net to the study's, kept for comparison.
 """
 from __future__ import annotations
 
 from functools import partial
 
+import torch.nn.functional as F
 from torch import nn
 
+from ._layers import Dropout
 from ._registry import register_model
 from .preact_resnet import PreActBlock
 from .resnet import ResNet
@@ -24,6 +31,48 @@ class WideResNet(ResNet):
                          preact=True, n=n, stem_width=16)
 
 
+class StudyWideBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, dropout: float, first: bool):
+        super().__init__()
+        self.b1 = nn.Identity() if first else nn.BatchNorm2d(cin)
+        self.first = first
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.drop = Dropout(dropout)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.short = nn.Conv2d(cin, cout, 1, stride) if (stride != 1 or cin != cout) else None
+
+    def forward(self, x):
+        out = x if self.first else F.relu(self.b1(x))
+        out = self.c2(F.relu(self.b2(self.drop(self.c1(out)))))
+        return out + (self.short(x) if self.short is not None else x)
+
+
+class StudyWideResNet(nn.Module):
+    def __init__(self, n: int = 2, widen: int = 4, dropout: float = 0.3):
+        super().__init__()
+        widths = (16 * widen, 32 * widen, 64 * widen)
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        layers, c = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(n):
+                layers.append(StudyWideBlock(c, w, 2 if (i > 0 and j == 0) else 1, dropout, first=(i == 0 and j == 0)))
+                c = w
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(c, 10))
+
+    def forward(self, x):  # (N, 1, 28, 28) -> 28 -> 14 -> 7 -> (N, 10)
+        return self.head(self.layers(self.stem(x)))
+
+
+@register_model
+def wide_resnet14(dropout: float = 0.3) -> nn.Module:
+    """The study's wide resnet-14 (n = 2, k = 4, dropout 0.3)."""
+    return StudyWideResNet(2, 4, dropout)
+
+
 @register_model
 def wide_resnet(depth: int = 16, widen: int = 4, dropout: float = 0.0) -> nn.Module:
     return WideResNet(depth, widen, dropout)
@@ -31,10 +80,4 @@ def wide_resnet(depth: int = 16, widen: int = 4, dropout: float = 0.0) -> nn.Mod
 
 @register_model
 def wrn_16_4(dropout: float = 0.0) -> nn.Module:
-    return WideResNet(16, 4, dropout)
-
-
-@register_model
-def wide_resnet14(dropout: float = 0.0) -> nn.Module:
-    """The study's 'wide resnet-14': two blocks per stage, widen factor 4 (= WRN-16-4)."""
     return WideResNet(16, 4, dropout)

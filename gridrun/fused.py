@@ -1,0 +1,430 @@
+"""train_fused(configs) -> results: K trials of one architecture trained as one batched model.
+Knows nothing of Ray.
+
+The members' parameters and buffers are stacked (torch.func.stack_module_state) and one
+vmap(functional_call) runs all K forward and backward passes at once: vmap turns each conv into
+a grouped conv, so a launch-bound tiny net gets K times the work per kernel. Each member keeps
+what makes it its own trial: its batch order and augmentation draws (its own generator), its
+initial weights (its seed), its BatchNorm statistics and dropout masks (its slice of the stacked
+buffers), its learning-rate schedule (a shadow torch scheduler per member) and its optimizer
+state and hyperparameters (an SGD/Adam step on the stacked tensors with per-member values).
+A member whose loss goes non-finite is marked diverged, zeroed and frozen; the others go on.
+
+Each member writes an ordinary trial folder (train.Writer, write_final): metrics.csv,
+TensorBoard, logits, model.pt loadable into create_model(name), summary.json.
+
+Not bit-identical to training the members one by one: the batched conv sums in another order,
+and the loss is computed for all members at once, so results agree to float rounding, which
+training then amplifies a little (the test states the tolerance).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from .augment import Augment, Draws, deskew
+from .config import ConfigError, TrainConfig
+from .data import load_splits
+from .models import create_model, model_defaults, model_kwargs, resolve_model_args
+from .models._layers import seed_dropout, set_dropout_rate
+from .train import (STATE_VERSION, StateError, Writer, atomic_save, epoch_metrics, evaluate, make_optimizer,
+                    make_scheduler, read_state, resolve_device, seed_all, step_epoch_scheduler, versions)
+
+
+@dataclass
+class Member:
+    """One trial inside a fused group."""
+
+    cfg: TrainConfig
+    aug: Augment
+    dgen: torch.Generator
+    shadow: torch.optim.Optimizer      # holds this member's lr/momentum/betas as its scheduler sets them
+    sched: object
+    per_batch: bool
+    keys: list[str]                    # its state_dict's keys (what model.pt must hold)
+    history: list = field(default_factory=list)
+    status: str = "ok"
+    alive: bool = True
+    result: dict | None = None
+    writer: Writer | None = None
+
+
+@dataclass
+class Group:
+    cfgs: list[TrainConfig]
+    device: torch.device
+    splits: object
+    members: list[Member]
+    base: torch.nn.Module              # the architecture on the meta device; weights come stacked
+    params: dict
+    buffers: dict
+    opt: dict                          # stacked optimizer state: momentum buffers / Adam moments
+    kind: str                          # sgd | adam | adamw
+    ema: dict | None                   # stacked weight average (params and buffers)
+    autocast: object
+    meta: dict
+    step: int = 0
+    start_epoch: int = 1
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    def alive_mask(self) -> torch.Tensor:
+        return torch.tensor([m.alive for m in self.members], device=self.device)
+
+
+def check_group(cfgs: list[TrainConfig]) -> None:
+    """Members must share what one batched model needs (spec.FUSE_SHARED) and the deskew step."""
+    from .spec import FUSE_SHARED
+
+    for name in FUSE_SHARED:
+        values = {repr(getattr(c, name)) for c in cfgs}
+        if len(values) > 1:
+            raise ConfigError(f"fused trials must share {name}, but the group has {', '.join(sorted(values))}")
+    if len({Augment(c.augment, c.aug).align for c in cfgs}) > 1:
+        raise ConfigError("fused trials must agree on 'align' (deskewing changes the data they share)")
+
+
+def _dropout_rate(cfg: TrainConfig) -> float | None:
+    """The member's dropout rate: its config's, else its model's default; None if it has none."""
+    if "dropout" not in model_kwargs(cfg.model):
+        return None
+    return cfg.dropout if cfg.dropout is not None else model_defaults(cfg.model)["dropout"]
+
+
+def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None) -> Group:
+    c0 = cfgs[0]
+    device = resolve_device(c0.device)
+    if c0.threads:
+        torch.set_num_threads(c0.threads)
+    cuda = device.type == "cuda"
+    if cuda and c0.gpu_memory_fraction:
+        torch.cuda.set_per_process_memory_fraction(c0.gpu_memory_fraction, device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    splits = load_splits(c0.data_dir, c0.val_size, c0.subset, c0.split_seed, device, arrays, c0.normalize)
+    if Augment(c0.augment, c0.aug).align:
+        splits.train_x, splits.val_x, splits.test_x = deskew(splits.train_x), deskew(splits.val_x), deskew(splits.test_x)
+    n_train = len(splits.train_y)
+    members, models = [], []
+    for cfg in cfgs:  # each member exactly as train.setup would build it alone
+        seed_all(cfg.seed)
+        dgen = torch.Generator(device=device).manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        kw = resolve_model_args(cfg.model, cfg.dropout, cfg.model_args)
+        model = create_model(cfg.model, **kw).to(device)
+        seed_dropout(model, cfg.seed)
+        shadow = make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
+        sched, per_batch = make_scheduler(cfg, shadow, math.ceil(n_train / cfg.batch_size))
+        members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
+                              list(model.state_dict().keys())))
+        models.append(model)
+    rates = [_dropout_rate(c) for c in cfgs]
+    if any(rates):  # a member at rate 0 still runs the (identity) mask so that others can drop
+        for model, r in zip(models, rates):
+            set_dropout_rate(model, r or 0.0, active=True)
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    n_params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
+    ema = ({n: t.detach().clone() for n, t in {**params, **buffers}.items()} if c0.ema else None)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and c0.amp) else nullcontext
+    meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "n_train": n_train,
+            "n_val": len(splits.val_y), "n_test": len(splits.test_y), "fused": len(cfgs), **versions()}
+    return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, autocast, meta)
+
+
+def _forward(g: Group, params: dict, buffers: dict, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+    """All members' logits: x is (K, B, ...) (each its own batch) or (B, ...) (the same images)."""
+    def f(p, b, xb):
+        return functional_call(g.base, (p, b), (xb,))
+    return vmap(f, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)
+
+
+def _batches(g: Group) -> list[list[torch.Tensor]]:
+    """Each member's index batches for this epoch, from its own generator."""
+    per = [g.splits.index_batches(m.cfg.batch_size, m.dgen) for m in g.members]
+    return [list(step) for step in zip(*per)]
+
+
+def _augmented(g: Group, idx: list[torch.Tensor]) -> torch.Tensor:
+    """(K, B, 1, 28, 28): each member's batch, drawn and augmented from its own generator; the
+    warps of members whose draws have the same parts run as one grid_sample."""
+    s = g.splits
+    x = s.train_x[torch.stack(idx)]                                   # (K, B, 1, H, W)
+    draws = [m.aug.draw(len(i), m.dgen, s.train_x.device, tuple(x.shape[-2:])) for m, i in zip(g.members, idx)]
+    out = [None] * g.k
+    for key in {d.key for d in draws}:
+        ks = [k for k, d in enumerate(draws) if d.key == key]
+        if key == (False, False, False):
+            for k in ks:
+                out[k] = x[k]
+            continue
+        joined = Augment.apply(x[ks].flatten(0, 1), Draws.cat([draws[k] for k in ks]))
+        for j, k in enumerate(ks):
+            out[k] = joined[j * x.shape[1]:(j + 1) * x.shape[1]]
+    return s.normalize(torch.stack(out).flatten(0, 1)).view(x.shape)
+
+
+def _hyper(g: Group, name: str) -> torch.Tensor:
+    """A per-member hyperparameter, shaped (K,), as the members' shadow optimizers hold it now."""
+    vals = []
+    for m in g.members:
+        group = m.shadow.param_groups[0]
+        v = group["betas"][0] if name == "beta1" else group["betas"][1] if name == "beta2" else group.get(name, 0.0)
+        vals.append(float(v) if m.alive else 0.0)
+    return torch.tensor(vals, device=g.device, dtype=torch.float32)
+
+
+def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+@torch.no_grad()
+def optimizer_step(g: Group) -> None:
+    """One SGD/Adam/AdamW step on the stacked parameters with each member's hyperparameters,
+    following torch.optim's single-tensor formulas."""
+    lr, wd = _hyper(g, "lr"), _hyper(g, "weight_decay")
+    g.step += 1
+    if g.kind == "sgd":
+        mom = _hyper(g, "momentum")
+        nest = torch.tensor([bool(m.shadow.param_groups[0]["nesterov"]) for m in g.members], device=g.device)
+        for name, p in g.params.items():
+            d = p.grad + _view(wd, p) * p
+            buf = g.opt.get(name)
+            buf = d.clone() if buf is None else buf.mul_(_view(mom, p)).add_(d)
+            g.opt[name] = buf
+            d = torch.where(_view(nest, p), d + _view(mom, p) * buf, buf)
+            p.sub_(_view(lr, p) * d)
+        return
+    b1, b2, eps = _hyper(g, "beta1"), _hyper(g, "beta2"), 1e-8
+    bc1 = 1 - b1.double() ** g.step
+    bc2_sqrt = (1 - b2.double() ** g.step).sqrt()
+    step_size = (lr.double() / bc1).float()
+    for name, p in g.params.items():
+        grad = p.grad
+        if g.kind == "adamw":
+            p.mul_(1 - _view(lr * wd, p))
+        else:
+            grad = grad + _view(wd, p) * p
+        m1, m2 = g.opt.setdefault(name, (torch.zeros_like(p), torch.zeros_like(p)))
+        m1.lerp_(grad, _view(1 - b1, p).expand_as(p))
+        m2.mul_(_view(b2, p)).addcmul_(grad, grad * _view(1 - b2, p))
+        denom = (m2.sqrt() / _view(bc2_sqrt.float(), p)).add_(eps)
+        p.sub_(_view(step_size, p) * m1 / denom)
+
+
+@torch.no_grad()
+def _update_ema(g: Group) -> None:
+    decay = g.cfgs[0].ema
+    live = {**g.params, **g.buffers}
+    floats = [n for n, t in g.ema.items() if t.dtype.is_floating_point]
+    torch._foreach_lerp_([g.ema[n] for n in floats], [live[n].detach() for n in floats], 1 - decay)
+    for n, t in g.ema.items():
+        if not t.dtype.is_floating_point:
+            t.copy_(live[n])
+
+
+def train_epoch_fused(g: Group) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One pass over the training split for every member: (K,) losses, (K,) accuracies, seconds."""
+    g.base.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros(g.k, device=g.device)
+    correct = torch.zeros(g.k, device=g.device, dtype=torch.long)
+    ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=g.device)
+    for idx in _batches(g):
+        x, y = _augmented(g, idx), g.splits.train_y[torch.stack(idx)]    # (K, B, ...), (K, B)
+        alive = g.alive_mask()
+        with g.autocast():
+            out = _forward(g, g.params, g.buffers, x, shared_input=False).float()  # (K, B, 10)
+        logp = F.log_softmax(out, -1)
+        nll = -logp.gather(-1, y[..., None]).squeeze(-1)
+        loss = ((1 - ls[:, None]) * nll + ls[:, None] * -logp.mean(-1)).mean(1)  # label smoothing as F.cross_entropy
+        for p in g.params.values():
+            p.grad = None
+        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+        optimizer_step(g)
+        if g.ema is not None:
+            _update_ema(g)
+        for m in g.members:
+            if m.per_batch:
+                m.sched.step()
+        loss_sum += loss.detach() * y.shape[1]
+        correct += (out.argmax(-1) == y).sum(1)
+    n = len(g.splits.train_y)
+    if g.device.type == "cuda":
+        torch.cuda.synchronize()
+    return loss_sum / n, correct.double() / n, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def score_fused(g: Group) -> list[dict]:
+    """Every member's validation and test logits, loss and accuracy (shared images, one vmap)."""
+    g.base.eval()
+    params, buffers = (g.params, g.buffers) if g.ema is None else \
+        ({n: g.ema[n] for n in g.params}, {n: g.ema[n] for n in g.buffers})
+    s = g.splits
+    chunk = max(256, g.cfgs[0].eval_batch_size // g.k)
+
+    def infer(x):
+        outs = []
+        for xb in x.split(chunk):
+            with g.autocast():
+                outs.append(_forward(g, params, buffers, s.normalize(xb), shared_input=True).float())
+        return torch.cat(outs, 1) if outs else torch.empty(g.k, 0, 10, device=x.device)
+
+    val, test = infer(s.val_x), infer(s.test_x)
+    out = []
+    for k in range(g.k):
+        vl, va = evaluate(val[k], s.val_y)
+        tl, ta = evaluate(test[k], s.test_y)
+        out.append({"val_logits": val[k], "test_logits": test[k], "val_loss": vl, "val_acc": va,
+                    "test_loss": tl, "test_acc": ta})
+    return out
+
+
+def member_state_dict(g: Group, k: int, scored: bool = True) -> dict:
+    """Member k's weights as its own model's state_dict (loadable into create_model(name))."""
+    src = g.ema if (scored and g.ema is not None) else {**g.params, **g.buffers}
+    return {n: src[n][k].detach().clone() for n in g.members[k].keys}
+
+
+def _write_member_final(g: Group, k: int, scores: dict | None) -> None:
+    m = g.members[k]
+    meta = dict(g.meta)
+    if g.device.type == "cuda":
+        meta["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(g.device) / 2**20, 1)
+    m.result = {"status": m.status, "epochs": len(m.history), "final": m.history[-1] if m.history else None,
+                "history": m.history, **meta}
+    w = m.writer
+    if m.status == "ok":
+        w.save("logits_val.npy", scores["val_logits"].half().cpu().numpy())
+        w.save("logits_test.npy", scores["test_logits"].half().cpu().numpy())
+        w.save("labels_val.npy", g.splits.val_y.to(torch.uint8).cpu().numpy())
+        w.save("labels_test.npy", g.splits.test_y.to(torch.uint8).cpu().numpy())
+        w.save("model.pt", member_state_dict(g, k))
+    w.save("summary.json", {**{k2: v for k2, v in m.result.items() if k2 != "history"},
+                            "finished_at": time.time(), "pid": os.getpid()})
+
+
+@torch.no_grad()
+def _retire(g: Group, k: int) -> None:
+    """A diverged member: zero its slice everywhere so its NaNs cost nothing and touch nothing."""
+    g.members[k].alive = False
+    for t in [*g.params.values(), *g.buffers.values(), *(g.ema or {}).values()]:
+        if t.dtype.is_floating_point:
+            t[k] = 0
+    for v in g.opt.values():
+        for t in (v if isinstance(v, tuple) else (v,)):
+            t[k] = 0
+
+
+def save_group_state(g: Group, state_dir: Path | None, epoch: int) -> str | None:
+    if state_dir is None:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "state.pt"
+    atomic_save(path, {
+        "version": STATE_VERSION, "fused": True, "epoch": epoch, "step": g.step,
+        "params": {n: t.detach() for n, t in g.params.items()}, "buffers": g.buffers,
+        "opt": {n: (list(v) if isinstance(v, tuple) else v) for n, v in g.opt.items()}, "ema": g.ema,
+        "rng_cpu": torch.get_rng_state(),
+        "members": [{"config": m.cfg.to_dict(), "history": m.history, "status": m.status, "alive": m.alive,
+                     "dgen": m.dgen.get_state(), "shadow": m.shadow.state_dict(),
+                     "scheduler": m.sched.state_dict() if m.sched is not None else None} for m in g.members]})
+    return str(path)
+
+
+def load_group_state(g: Group, path) -> None:
+    from .config import PLUMBING
+
+    state = read_state(path, g.device)
+    if not state.get("fused") or len(state.get("members", [])) != g.k:
+        raise StateError(f"resume state {path} is not the state of this fused group")
+    for m, s in zip(g.members, state["members"]):
+        ours = {k: v for k, v in m.cfg.to_dict().items() if k not in PLUMBING}
+        theirs = {k: v for k, v in (s.get("config") or {}).items() if k in ours}
+        if ours != theirs:
+            raise StateError(f"resume state {path} belongs to another group of configs")
+    try:
+        with torch.no_grad():
+            for n, t in g.params.items():
+                t.copy_(state["params"][n])
+            for n, t in g.buffers.items():
+                t.copy_(state["buffers"][n])
+            if g.ema is not None:
+                for n, t in g.ema.items():
+                    t.copy_(state["ema"][n])
+        g.opt = {n: (tuple(v) if isinstance(v, list) else v) for n, v in state["opt"].items()}
+        g.step = int(state["step"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        for m, s in zip(g.members, state["members"]):
+            m.history, m.status, m.alive = list(s["history"]), s["status"], bool(s["alive"])
+            m.dgen.set_state(s["dgen"].cpu())
+            m.shadow.load_state_dict(s["shadow"])
+            if m.sched is not None:
+                m.sched.load_state_dict(s["scheduler"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise StateError(f"resume state {path} does not fit this group ({str(e).splitlines()[0][:120]})") from None
+    g.start_epoch = int(state["epoch"]) + 1
+
+
+def train_fused(configs: list, on_epoch=None, resume_from: str | None = None, state_dir: str | None = None,
+                arrays: dict | None = None, group_dir: str | None = None) -> list[dict]:
+    """Train K configs of one architecture as one batched model; returns their results (as
+    train.train would, in order). `on_epoch(metrics, state_path)` gets the group's epoch with
+    its members' mean and best validation accuracy."""
+    cfgs = [TrainConfig.from_dict(c) for c in configs]
+    check_group(cfgs)
+    g = setup_group(cfgs, arrays)
+    if resume_from:
+        load_group_state(g, resume_from)
+    for m in g.members:
+        m.writer = Writer(m.cfg.out_dir, m.history)
+        m.writer.save("config.json", {**m.cfg.to_dict(), "_meta": {**g.meta, "fused_group": group_dir and
+                                                                  Path(group_dir).name}})
+    state_dir = Path(state_dir) if state_dir else None
+    epochs, scores = cfgs[0].epochs, None
+    for epoch in range(g.start_epoch, epochs + 1):
+        losses, accs, seconds = train_epoch_fused(g)
+        for k, m in enumerate(g.members):
+            if m.alive and not math.isfinite(float(losses[k])):
+                m.status = f"diverged at epoch {epoch}"
+                _write_member_final(g, k, None)
+                _retire(g, k)
+        if not any(m.alive for m in g.members):
+            break
+        scores = score_fused(g)
+        for k, m in enumerate(g.members):
+            if not m.alive:
+                continue
+            lr = m.shadow.param_groups[0]["lr"]
+            step_epoch_scheduler(m.cfg, m.sched, m.per_batch, scores[k]["val_loss"], scores[k]["val_acc"])
+            row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"])
+            m.history.append(row)
+            m.writer.epoch(row)
+            if epoch == epochs:
+                _write_member_final(g, k, scores[k])
+        state_path = save_group_state(g, state_dir, epoch)
+        if on_epoch is not None:
+            val = [m.history[-1]["val_acc"] for m in g.members if m.alive]
+            on_epoch({"epoch": epoch, "val_acc": max(val), "mean_val_acc": sum(val) / len(val),
+                      "members_alive": len(val), "seconds": round(seconds, 3),
+                      "images_per_s": round(g.meta["n_train"] * g.k / seconds, 1)}, state_path)
+    if any(m.result is None for m in g.members):  # resumed from a state saved after the last epoch
+        scores = score_fused(g)
+        for k, m in enumerate(g.members):
+            if m.result is None:
+                _write_member_final(g, k, scores[k] if m.status == "ok" else None)
+    for m in g.members:
+        m.writer.close()
+    return [m.result for m in g.members]

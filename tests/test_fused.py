@@ -1,0 +1,103 @@
+"""Fused trials: K configs of one architecture as one batched model, against the same configs
+trained one by one.
+
+Tolerance, and why it is not exact: vmap runs each conv as one batched (grouped) conv, whose
+sums are ordered differently from K separate convs, and the loss of all members is computed in
+one go; after one step the weights agree to ~1e-7 relative. Training amplifies such rounding
+differences where a trajectory crosses a ReLU or max-pool tie, so after two short epochs a
+member can drift to ~3e-3 relative. The test allows 2e-2 relative L2 distance of the final
+weights, 1e-3 relative train loss and 2% accuracy per epoch (4 of 200 images).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gridrun.fused import train_fused
+from gridrun.models import create_model
+from gridrun.train import train
+
+
+def _configs(synth_dir, opt):
+    base = dict(model="two_maxpool", epochs=2, batch_size=40, val_size=200, subset=400, data_dir=str(synth_dir),
+                threads=2, optimizer=opt)
+    lr = 0.05 if opt == "sgd" else 0.003
+    return [dict(base, seed=0, lr=lr, scheduler="onecycle", dropout=0.1, augment="rotate+jitter",
+                 nesterov=opt == "sgd", weight_decay=5e-4),
+            dict(base, seed=1, lr=lr / 2, scheduler="step", step_size=1, gamma=0.5, dropout=0.0, augment="none"),
+            dict(base, seed=2, lr=lr, scheduler="onecycle", dropout=0.05, augment="affine", label_smoothing=0.1)]
+
+
+def _rel_l2(a: dict, b: dict) -> float:
+    keys = [k for k in a if a[k].is_floating_point()]
+    num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in keys) ** 0.5
+    return num / sum(float((b[k] ** 2).sum()) for k in keys) ** 0.5
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_path, opt):
+    cfgs = _configs(synth_dir, opt)
+    fused = train_fused([dict(c, out_dir=str(tmp_path / "f" / str(i))) for i, c in enumerate(cfgs)])
+    alone = [train(dict(c, out_dir=str(tmp_path / "a" / str(i)))) for i, c in enumerate(cfgs)]
+    for i, (f, a) in enumerate(zip(fused, alone)):
+        assert f["status"] == a["status"] == "ok" and len(f["history"]) == len(a["history"]) == 2
+        for hf, ha in zip(f["history"], a["history"]):
+            assert hf["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-3), (i, hf, ha)
+            assert hf["lr"] == pytest.approx(ha["lr"], rel=1e-9)
+            for k in ("train_acc", "val_acc", "test_acc"):
+                assert abs(hf[k] - ha[k]) <= 0.02, (i, k, hf[k], ha[k])
+        wf = torch.load(tmp_path / "f" / str(i) / "model.pt", weights_only=True)
+        wa = torch.load(tmp_path / "a" / str(i) / "model.pt", weights_only=True)
+        assert wf.keys() == wa.keys() and _rel_l2(wf, wa) < 2e-2
+        create_model("two_maxpool", dropout=cfgs[i]["dropout"]).load_state_dict(wf)  # an ordinary model.pt
+        files = sorted(p.name for p in (tmp_path / "f" / str(i)).iterdir())
+        assert {"config.json", "metrics.csv", "summary.json", "logits_test.npy", "labels_test.npy"} <= set(files)
+
+
+def test_members_are_independent_and_a_diverging_member_does_not_touch_the_others(synth_dir, tmp_path):
+    base = dict(model="tinynet_7k", epochs=2, batch_size=40, val_size=200, subset=400, data_dir=str(synth_dir),
+                threads=2, optimizer="sgd", scheduler="none")
+    ok = dict(base, seed=3, lr=0.01)
+    pair = train_fused([dict(ok, out_dir=str(tmp_path / "ok")), dict(base, seed=4, lr=1e12, out_dir=str(tmp_path / "nan"))])
+    solo = train_fused([dict(ok, out_dir=str(tmp_path / "solo"))])
+    assert pair[1]["status"].startswith("diverged at epoch") and pair[0]["status"] == "ok"
+    assert json.loads((tmp_path / "nan" / "summary.json").read_text())["status"] == pair[1]["status"]
+    assert [h["train_loss"] for h in pair[0]["history"]] == pytest.approx([h["train_loss"] for h in solo[0]["history"]],
+                                                                           rel=1e-5)
+    assert np.isfinite(np.load(tmp_path / "ok" / "logits_test.npy")).all()
+
+
+def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_path):
+    cfgs = [dict(c, epochs=3) for c in _configs(synth_dir, "adam")]
+    straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)])
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(m, state):
+        if m["epoch"] == 2:
+            raise Stop
+
+    out = [dict(c, out_dir=str(tmp_path / "r" / str(i))) for i, c in enumerate(cfgs)]
+    with pytest.raises(Stop):
+        train_fused(out, on_epoch=stop_after_2, state_dir=str(tmp_path / "state"))
+    resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"))
+    for s, r in zip(straight, resumed):
+        assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
+        for k in ("train_loss", "val_acc", "test_acc", "lr"):
+            assert [h[k] for h in r["history"]] == [h[k] for h in s["history"]], k
+    for i in range(3):
+        a = torch.load(tmp_path / "s" / str(i) / "model.pt", weights_only=True)
+        b = torch.load(tmp_path / "r" / str(i) / "model.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_members_that_cannot_share_a_batched_model_are_refused(synth_dir):
+    from gridrun.config import ConfigError
+
+    base = dict(model="tinynet_7k", epochs=1, data_dir=str(synth_dir))
+    with pytest.raises(ConfigError, match="must share batch_size"):
+        train_fused([dict(base, batch_size=32), dict(base, batch_size=64)])
+    with pytest.raises(ConfigError, match="must share model"):
+        train_fused([dict(base), dict(base, model="vanilla")])
