@@ -13,6 +13,8 @@ the second is timed (the first warms up allocators, kernels and, for (b), the wo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import gzip
 import os
 import shutil
@@ -33,7 +35,8 @@ DEG, TRANSLATE, SCALE, SHEAR, BRIGHT, CONTRAST = 10.0, 0.1, 0.1, 5.0, 0.2, 0.2
 
 def run_gridrun(model: str, steps: int, batch: int, device: str, threads: int) -> float:
     res = train({"model": model, "epochs": 2, "subset": steps * batch, "batch_size": batch, "val_size": 1000,
-                 "augment": "affine+jitter", "device": device, "threads": threads,
+                 "augment": "affine+jitter", "device": device, "threads": threads, "optimizer": "adam", "lr": 1e-3,
+                 "scheduler": "none", "weight_decay": 0.0, "nesterov": False, "label_smoothing": 0.0,
                  "aug": {"affine_deg": DEG, "translate": TRANSLATE, "scale": SCALE, "shear_deg": SHEAR,
                          "brightness": BRIGHT, "contrast": CONTRAST}})
     return res["history"][1]["images_per_s"]
@@ -53,7 +56,9 @@ def _torchvision_root() -> str:
     return str(root)
 
 
-def run_usual(model: str, steps: int, batch: int, device: str, workers: int, root: str) -> float:
+def run_usual(model: str, steps: int, batch: int, device: str, workers: int, root: str, fast: bool = False) -> float:
+    """(b); with fast=True on CUDA it also gets gridrun's bf16 autocast and channels_last, so the
+    ratio is the data pipeline's alone."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
@@ -65,14 +70,18 @@ def run_usual(model: str, steps: int, batch: int, device: str, workers: int, roo
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                         pin_memory=device.startswith("cuda"))
     torch.manual_seed(0)
-    net = create_model(model).to(device)
+    cuda = device.startswith("cuda")
+    fmt = torch.channels_last if (fast and cuda) else torch.contiguous_format
+    net = create_model(model).to(device).to(memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (fast and cuda) else contextlib.nullcontext
     rate = 0.0
     for epoch in range(2):
         t0, n = time.perf_counter(), 0
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(net(x), y)
+            x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
+            with autocast():
+                loss = F.cross_entropy(net(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -94,29 +103,41 @@ def flops_per_image(model: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tinynet_7k")
+    ap.add_argument("--model", default="tinynet_7k", help="one model, or several joined with ','")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 0], help="DataLoader workers to try for (b)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    print(f"device {name}; torch {torch.__version__}; {args.threads} torch threads; model {args.model} "
-          f"({flops_per_image(args.model) / 1e6:.1f} MFLOP per image, forward+backward); "
-          f"{args.steps} steps of batch {args.batch}; affine+jitter augmentation", flush=True)
-    ours = run_gridrun(args.model, args.steps, args.batch, args.device, args.threads)
-    print(f"(a) gridrun trainer:                     {ours:9.0f} images/s", flush=True)
     root = _torchvision_root()
+    rows = []
     try:
-        usual = {w: run_usual(args.model, args.steps, args.batch, args.device, w, root) for w in args.workers}
+        for model in args.model.split(","):
+            print(f"device {name}; torch {torch.__version__}; {args.threads} torch threads; model {model} "
+                  f"({flops_per_image(model) / 1e6:.1f} MFLOP per image, forward+backward); "
+                  f"{args.steps} steps of batch {args.batch}; affine+jitter augmentation", flush=True)
+            ours = run_gridrun(model, args.steps, args.batch, args.device, args.threads)
+            print(f"(a) gridrun trainer:                     {ours:9.0f} images/s", flush=True)
+            usual = {}
+            for w in args.workers:
+                for fast in ([False, True] if args.device.startswith("cuda") else [False]):
+                    key = f"{w} workers" + (", bf16 + channels_last" if fast else "")
+                    usual[key] = run_usual(model, args.steps, args.batch, args.device, w, root, fast)
+                    print(f"(b) torchvision + DataLoader({key}): {usual[key]:9.0f} images/s   ratio a/b = "
+                          f"{ours / usual[key]:.1f}x", flush=True)
+            best = max(usual, key=usual.get)
+            print(f"gridrun vs the best usual pipeline ({best}): {ours / usual[best]:.1f}x", flush=True)
+            rows.append({"model": model, "gridrun": ours, "usual": usual, "best_usual": best,
+                         "ratio": ours / usual[best]})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    for w, r in usual.items():
-        print(f"(b) torchvision + DataLoader({w} workers): {r:9.0f} images/s   ratio a/b = {ours / r:.1f}x", flush=True)
-    best = max(usual.values())
-    print(f"gridrun vs the best usual pipeline: {ours / best:.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

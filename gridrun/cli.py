@@ -197,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("train", help="train one config here, without Ray",
-                       description="Train one config here, without Ray. With no options it trains tinynet_7k "
-                                   "with gridrun's default recipe (see the defaults below).")
+                       description="Train one config here, without Ray. With no options it trains tinynet_7k with "
+                                   "gridrun's default recipe, the best measured on the tiny nets: SGD with Nesterov "
+                                   "momentum, one-cycle to lr 0.2 at batch 128, weight decay 5e-4, rotate+affine "
+                                   "augmentation, 15 epochs (the defaults below).")
     _add_config_options(p)
     p.add_argument("--out", default=None, help="folder for the trial's files (default: write none)")
     p.set_defaults(func=cmd_train)

@@ -72,6 +72,7 @@ class Group:
     ema: dict | None                   # stacked weight average (params and buffers)
     autocast: object
     meta: dict
+    strategy: str = "vmap"             # vmap (one batched call) | loop (member by member), see _forward
     step: int = 0
     start_epoch: int = 1
 
@@ -102,7 +103,7 @@ def _dropout_rate(cfg: TrainConfig) -> float | None:
     return cfg.dropout if cfg.dropout is not None else model_defaults(cfg.model)["dropout"]
 
 
-def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None) -> Group:
+def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: str = "auto") -> Group:
     c0 = cfgs[0]
     device = resolve_device(c0.device)
     if c0.threads:
@@ -140,13 +141,25 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None) -> Group:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and c0.amp) else nullcontext
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "n_train": n_train,
             "n_val": len(splits.val_y), "n_test": len(splits.test_y), "fused": len(cfgs), **versions()}
-    return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, autocast, meta)
+    if strategy == "auto":
+        strategy = "vmap" if cuda else "loop"
+    if strategy not in ("vmap", "loop"):
+        raise ConfigError(f"fused strategy {strategy!r}: use auto, vmap or loop")
+    meta["fused_strategy"] = strategy
+    return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, autocast, meta,
+                 strategy)
 
 
 def _forward(g: Group, params: dict, buffers: dict, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
-    """All members' logits: x is (K, B, ...) (each its own batch) or (B, ...) (the same images)."""
+    """All members' logits: x is (K, B, ...) (each its own batch) or (B, ...) (the same images).
+    "vmap": one batched call (grouped convs), for GPUs. "loop": the members one after another on
+    views of the stacked tensors (gradients and BN statistics land in the stacks all the same),
+    for CPUs, where grouped convolutions are slower than K plain ones (reports/benchmarks.md)."""
     def f(p, b, xb):
         return functional_call(g.base, (p, b), (xb,))
+    if g.strategy == "loop":
+        return torch.stack([f({n: t[k] for n, t in params.items()}, {n: t[k] for n, t in buffers.items()},
+                              x if shared_input else x[k]) for k in range(g.k)])
     return vmap(f, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)
 
 
@@ -379,13 +392,13 @@ def load_group_state(g: Group, path) -> None:
 
 
 def train_fused(configs: list, on_epoch=None, resume_from: str | None = None, state_dir: str | None = None,
-                arrays: dict | None = None, group_dir: str | None = None) -> list[dict]:
+                arrays: dict | None = None, group_dir: str | None = None, strategy: str = "auto") -> list[dict]:
     """Train K configs of one architecture as one batched model; returns their results (as
     train.train would, in order). `on_epoch(metrics, state_path)` gets the group's epoch with
     its members' mean and best validation accuracy."""
     cfgs = [TrainConfig.from_dict(c) for c in configs]
     check_group(cfgs)
-    g = setup_group(cfgs, arrays)
+    g = setup_group(cfgs, arrays, strategy)
     if resume_from:
         load_group_state(g, resume_from)
     for m in g.members:

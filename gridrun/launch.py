@@ -243,7 +243,7 @@ def plan_table(spec, trials: list[dict], units: list[dict], cpus: float, gpus: f
     rows = [{"trial": t["name"], **{k: (v if not isinstance(v, dict) else json.dumps(v)) for k, v in t["axes"].items()},
              "seed": t["train"]["seed"], "epochs": t["train"]["epochs"], "params": t["params"],
              **({"fused group": group_of.get(t["name"], "-")} if group_of else {})} for t in trials]
-    out(pd.DataFrame(rows).to_markdown(index=False, intfmt=","))
+    out(pd.DataFrame(rows).fillna("").to_markdown(index=False, intfmt=","))
     r = spec.resources
     n_units = len(units)
     what = f"{len(trials)} trials" + (f" in {n_units} Tune trials ({sum(u['fused'] for u in units)} fused groups "

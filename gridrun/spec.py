@@ -91,7 +91,7 @@ class Spec(_Strict):
     description: str = ""
     data: Data = Data()
     base: dict = {}
-    grid: dict[str, list] = {}
+    grid: dict[str, list] | list[dict[str, list]] = {}  # one cross product, or a union of several
     seeds: int | list[int] = Field(1)
     resources: Resources = Resources()
     retries: int = Field(1, ge=0, le=100)
@@ -158,7 +158,9 @@ def parse(raw: dict, src: str = "spec") -> Spec:
         if key not in CONFIG_KEYS or key in SPEC_KEYS_NOT_IN_BASE:
             hint = " (seeds are set by 'seeds:')" if key == "seed" else did_you_mean(key, CONFIG_KEYS, 0.5)
             raise SpecError(f"{src}: unknown key 'base.{key}'{hint}")
-    for axis, values in spec.grid.items():
+    if isinstance(spec.grid, list) and not spec.grid:
+        raise SpecError(f"{src}: grid is an empty list: give at least one sub-grid (a mapping of axes)")
+    for axis, values in ((a, v) for sub in subgrids(spec) for a, v in sub.items()):
         if not values:
             raise SpecError(f"{src}: grid.{axis} is empty: give it at least one value")
         if axis in SPEC_KEYS_NOT_IN_BASE:
@@ -183,10 +185,15 @@ def parse(raw: dict, src: str = "spec") -> Spec:
     return spec
 
 
+def subgrids(spec: Spec) -> list[dict]:
+    """The grid as a list of cross products (a plain grid is one)."""
+    return spec.grid if isinstance(spec.grid, list) else [spec.grid]
+
+
 def n_trials(spec: Spec) -> int:
     """The number of trials, counted without expanding the grid."""
     n_seeds = spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds)
-    return math.prod(len(v) for v in spec.grid.values()) * n_seeds
+    return sum(math.prod(len(v) for v in sub.values()) for sub in subgrids(spec)) * n_seeds
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -292,10 +299,9 @@ def expand(spec: Spec) -> list[dict]:
     """Every trial: {"name", "id", "axes", "train": TrainConfig dict}, validated, in a fixed order.
     Names are readable (axis values and seed) and do not depend on a trial's position, so a
     grown grid keeps every existing trial's name."""
-    axes = list(spec.grid.items())
     trials = []
-    combos = itertools.product(*[v for _, v in axes]) if axes else [()]
-    for combo in combos:
+    for axes, combo in ((list(sub.items()), combo) for sub in subgrids(spec)
+                        for combo in (itertools.product(*sub.values()) if sub else [()])):
         for seed in spec.seed_list:
             cfg = {**spec.data.model_dump(), **spec.base}
             label = {}
@@ -314,7 +320,7 @@ def expand(spec: Spec) -> list[dict]:
                 tc = TrainConfig.from_dict(cfg)
             except ConfigError as e:
                 raise SpecError(f"trial {len(trials)} ({where}, seed {seed}): {e}") from None
-            parts = [_short(v) for v in label.values()]
+            parts = [p for p in (_short(v) for v in label.values()) if p]
             if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
                 parts.insert(0, _short(tc.model))
             train = tc.to_dict()

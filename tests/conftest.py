@@ -64,9 +64,12 @@ def write_spec(path: Path, data_dir: Path, **over) -> Path:
     import yaml
 
     spec = {"name": path.stem, "data": {"val_size": 200, "subset": 600, "data_dir": str(data_dir)},
-            "base": {"epochs": 2, "batch_size": 50, "lr": 0.01, "scheduler": "onecycle"},
+            "base": {"epochs": 2, "batch_size": 50, "lr": 0.01, "scheduler": "onecycle", "optimizer": "adam",
+                     "weight_decay": 0.0, "augment": "none"},
             "grid": {"model": ["tinynet_7k", "chaos_net"]}, "seeds": 2,
             "resources": {"cpu": 1, "gpu": 0.5}, "retries": 1}
+    over = dict(over)
+    spec["base"] = {**spec["base"], **over.pop("base", {})}  # a test's base adds to this one
     spec.update(over)
     path.write_text(yaml.safe_dump(spec))
     return path

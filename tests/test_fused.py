@@ -35,10 +35,10 @@ def _rel_l2(a: dict, b: dict) -> float:
     return num / sum(float((b[k] ** 2).sum()) for k in keys) ** 0.5
 
 
-@pytest.mark.parametrize("opt", ["sgd", "adam"])
-def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_path, opt):
+@pytest.mark.parametrize("opt,strategy", [("sgd", "vmap"), ("adam", "vmap"), ("sgd", "loop")])
+def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_path, opt, strategy):
     cfgs = _configs(synth_dir, opt)
-    fused = train_fused([dict(c, out_dir=str(tmp_path / "f" / str(i))) for i, c in enumerate(cfgs)])
+    fused = train_fused([dict(c, out_dir=str(tmp_path / "f" / str(i))) for i, c in enumerate(cfgs)], strategy=strategy)
     alone = [train(dict(c, out_dir=str(tmp_path / "a" / str(i)))) for i, c in enumerate(cfgs)]
     for i, (f, a) in enumerate(zip(fused, alone)):
         assert f["status"] == a["status"] == "ok" and len(f["history"]) == len(a["history"]) == 2
@@ -70,7 +70,7 @@ def test_members_are_independent_and_a_diverging_member_does_not_touch_the_other
 
 def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_path):
     cfgs = [dict(c, epochs=3) for c in _configs(synth_dir, "adam")]
-    straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)])
+    straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)], strategy="vmap")
 
     class Stop(Exception):
         pass
@@ -81,8 +81,9 @@ def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_p
 
     out = [dict(c, out_dir=str(tmp_path / "r" / str(i))) for i, c in enumerate(cfgs)]
     with pytest.raises(Stop):
-        train_fused(out, on_epoch=stop_after_2, state_dir=str(tmp_path / "state"))
-    resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"))
+        train_fused(out, on_epoch=stop_after_2, state_dir=str(tmp_path / "state"), strategy="vmap")
+    resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"),
+                          strategy="vmap")
     for s, r in zip(straight, resumed):
         assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
         for k in ("train_loss", "val_acc", "test_acc", "lr"):

@@ -10,7 +10,8 @@ from gridrun.cli import main
 from gridrun.config import ConfigError, TrainConfig
 from gridrun.train import train
 
-FAST = dict(model="tinynet_7k", epochs=2, batch_size=32, lr=0.01, scheduler="onecycle", val_size=200)
+FAST = dict(model="tinynet_7k", epochs=2, batch_size=32, lr=0.01, scheduler="onecycle", val_size=200,
+            optimizer="adam", weight_decay=0.0, augment="none")
 
 
 def test_learns_and_writes_every_file(synth_dir, tmp_path):
@@ -220,5 +221,6 @@ def test_cli_train_writes_files(synth_dir, tmp_path, capsys):
 def test_real_mnist_one_epoch_reaches_97(mnist_dir):
     torch.set_num_threads(2)
     res = train({"model": "tinynet_7k", "epochs": 1, "subset": 10000, "batch_size": 32, "lr": 0.01,
-                 "scheduler": "onecycle", "data_dir": str(mnist_dir)})
+                 "scheduler": "onecycle", "optimizer": "adam", "weight_decay": 0.0, "augment": "none",
+                 "data_dir": str(mnist_dir)})
     assert res["n_test"] == 10000 and res["final"]["test_acc"] >= 0.97

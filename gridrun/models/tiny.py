@@ -147,6 +147,37 @@ class TinyNet(nn.Sequential):
         super().__init__(*mods)
 
 
+def parse_arch(arch: str) -> list[tuple]:
+    """'C10:0 C16:0 M T10 C14 O G' -> TinyNet's layer list (C<c>[:pad], T<c>, M, O, G)."""
+    layers = []
+    for tok in str(arch).split():
+        kind, rest = tok[0], tok[1:]
+        try:
+            if kind == "C":
+                c, _, pad = rest.partition(":")
+                layers.append(("C", int(c), int(pad or 1)))
+            elif kind == "T":
+                layers.append(("T", int(rest)))
+            elif kind in "MOG" and not rest:
+                layers.append((kind,))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"arch token {tok!r}: use C<channels>[:padding], T<channels>, M, O or G") from None
+        if layers[-1][0] in "CT" and not 1 <= layers[-1][1] <= 512:
+            raise ValueError(f"arch token {tok!r}: channels must be in 1..512")
+    if not layers or layers[-1][0] != "G" or not any(k == "O" for k, *_ in layers):
+        raise ValueError("arch must end with O (1x1 conv to 10 classes) somewhere before a final G")
+    return layers
+
+
 @register_model
 def tinynet_7k(dropout: float = 0.0) -> nn.Module:
     return TinyNet(TINYNET_7K, dropout)
+
+
+@register_model
+def tinynet(arch: str = "C10:0 C16:0 M T10 C14:0 C16:0 C16:0 O G", dropout: float = 0.0) -> nn.Module:
+    """TinyNet from a layer string, for width and depth searches under a parameter budget
+    (the default string is tinynet_7k)."""
+    return TinyNet(parse_arch(arch), dropout)
