@@ -47,22 +47,19 @@ def _candidates(folder: Path, base: str) -> list[Path]:
 
 
 def find_files(data_dir=None, download: bool | None = None) -> dict[str, Path]:
-    """Path of each of the four files, from the first place that holds all four."""
+    """Path of each of the four files. A folder the user named (--data-dir, else $GRIDRUN_DATA)
+    must hold all four: gridrun never falls back from a named folder to another one. With no
+    folder named, the cache is used (and filled by a download unless GRIDRUN_NO_DOWNLOAD)."""
     places = search_dirs(data_dir)
-    first_missing = None
-    for _, folder in places:
-        found = {key: next((p for p in _candidates(folder, base) if p.is_file()), None)
-                 for key, (base, *_rest) in FILES.items()}
-        if all(found.values()):
-            return found
-        if first_missing is None:
-            first_missing = next(FILES[k][0] for k, p in found.items() if p is None)
-    if data_dir or os.environ.get(ENV_VAR):
-        # The user named a folder: say which file it lacks rather than silently downloading.
-        label, folder = places[0]
-        where = ", ".join(f"{lbl}={d}" for lbl, d in places)
-        raise DataError(f"MNIST file {first_missing}[.gz] not found in {label}={folder} "
-                        f"(looked in {where}): {FIX}")
+    label, folder = places[0]
+    found = {key: next((p for p in _candidates(folder, base) if p.is_file()), None)
+             for key, (base, *_rest) in FILES.items()}
+    if all(found.values()):
+        return found
+    if label != "cache":
+        missing = next(FILES[k][0] for k, p in found.items() if p is None)
+        what = "is not a folder" if not folder.is_dir() else f"lacks {missing}[.gz]"
+        raise DataError(f"MNIST folder {label}={folder} {what}: {FIX}")
     if download is None:
         download = os.environ.get("GRIDRUN_NO_DOWNLOAD", "") in ("", "0")
     if download:

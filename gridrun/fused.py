@@ -36,7 +36,7 @@ from .config import ConfigError, TrainConfig
 from .data import load_splits
 from .models import create_model, model_defaults, model_kwargs, resolve_model_args
 from .models._layers import seed_dropout, set_dropout_rate
-from .train import (STATE_VERSION, StateError, Writer, atomic_save, epoch_metrics, evaluate, make_optimizer,
+from .train import (STATE_VERSION, StateError, Writer, _threads_restored, atomic_save, epoch_metrics, evaluate, make_optimizer,
                     make_scheduler, read_state, resolve_device, seed_all, step_epoch_scheduler, versions)
 
 
@@ -126,6 +126,7 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
         model = create_model(cfg.model, **kw).to(device)
         seed_dropout(model, cfg.seed)
         shadow = make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
+        shadow.step()  # no gradient, no change: only marks it stepped, as the real update will be
         sched, per_batch = make_scheduler(cfg, shadow, math.ceil(n_train / cfg.batch_size))
         members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
                               list(model.state_dict().keys())))
@@ -398,6 +399,11 @@ def train_fused(configs: list, on_epoch=None, resume_from: str | None = None, st
     its members' mean and best validation accuracy."""
     cfgs = [TrainConfig.from_dict(c) for c in configs]
     check_group(cfgs)
+    with _threads_restored():
+        return _train_fused(cfgs, on_epoch, resume_from, state_dir, arrays, group_dir, strategy)
+
+
+def _train_fused(cfgs, on_epoch, resume_from, state_dir, arrays, group_dir, strategy) -> list[dict]:
     g = setup_group(cfgs, arrays, strategy)
     if resume_from:
         load_group_state(g, resume_from)

@@ -29,8 +29,19 @@ def test_missing_folder_names_file_and_variable(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         find_files()
     msg = str(e.value)
-    assert "train-images-idx3-ubyte" in msg and "GRIDRUN_DATA" in msg and str(tmp_path / "nope") in msg
-    assert "\n" not in msg
+    assert "GRIDRUN_DATA" in msg and f"{tmp_path / 'nope'} is not a folder" in msg and "\n" not in msg
+    half = make_data_dir(tmp_path / "half")
+    (half / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="lacks t10k-labels-idx1-ubyte"):
+        find_files(half)
+
+
+def test_a_named_folder_never_falls_back_to_another(tmp_path, monkeypatch):
+    """--data-dir that lacks a file is an error even when $GRIDRUN_DATA holds all four."""
+    good = make_data_dir(tmp_path / "good")
+    monkeypatch.setenv("GRIDRUN_DATA", str(good))
+    with pytest.raises(DataError, match="--data-dir="):
+        find_files(tmp_path / "empty")
 
 
 def test_truncated_and_bad_gzip_are_clear(tmp_path):
@@ -77,7 +88,7 @@ def test_cli_missing_and_corrupt_data_exit_with_one_line(tmp_path, capsys, monke
     monkeypatch.setattr("gridrun.data.CACHE_DIR", tmp_path / "cache")
     assert main(["train", "--epochs", "1", "--data-dir", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "not found" in err and "--data-dir" in err
+    assert err.count("\n") == 0 and "not a folder" in err and "--data-dir" in err
     d = make_data_dir(tmp_path / "bad")
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     assert main(["train", "--epochs", "1", "--data-dir", str(d)]) == 2

@@ -234,7 +234,7 @@ def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
 def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
     # One trial at a time, good ones first: the hopeless ones (lr 1e-7) fall below ASHA's
     # first rung and are stopped after epoch 1; the report lists them as stopped.
-    spec = write_spec(tmp_path / "asha.yaml", synth_dir, grid={"lr": [0.01, 1.0e-7]}, seeds=2,
+    spec = write_spec(tmp_path / "asha.yaml", synth_dir, grid={"lr": [0.01, 1.0e-7]}, seeds=[0, 1],
                       base={"epochs": 4, "batch_size": 50, "model": "tinynet_7k"},
                       early_stop={"grace_period": 1, "reduction_factor": 2})
     lines = []
@@ -249,7 +249,8 @@ def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
 
 def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
     spec = write_spec(tmp_path / "intr.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=2,
-                      base={"epochs": 40, "batch_size": 10, "lr": 0.01})
+                      base={"epochs": 25, "batch_size": 10, "lr": 0.01},
+                      data={"val_size": 100, "subset": 300, "data_dir": str(synth_dir)})
     storage = tmp_path / "runs"
     proc = subprocess.Popen(cli("launch", str(spec), "--storage", str(storage), "--address",
                                 ray_local.get_runtime_context().gcs_address),
@@ -265,15 +266,15 @@ def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
     assert proc.returncode == 130, out
     assert "interrupted (run the same command again to resume them)" in out
     done_before = {n: epochs_logged(d) for n, d in trial_dirs(exp).items()}
-    assert all(n < 40 for n in done_before.values())
+    assert all(n < 25 for n in done_before.values())
     lines = []
     assert launch(str(spec), storage=str(storage), out=lines.append) == 0
     resumed = 0
     for d in trial_dirs(exp).values():
         hist = json.loads((d / "summary.json").read_text())
-        assert hist["status"] == "ok" and hist["epochs"] == 40
+        assert hist["status"] == "ok" and hist["epochs"] == 25
         rows = (d / "metrics.csv").read_text().strip().splitlines()[1:]
-        assert [int(float(r.split(",")[0])) for r in rows] == list(range(1, 41))  # one row per epoch
+        assert [int(float(r.split(",")[0])) for r in rows] == list(range(1, 26))  # one row per epoch
         results = [json.loads(l) for l in (d / "result.json").read_text().splitlines()]
         second_launch = [r["epoch"] for r in results if r["pid"] == results[-1]["pid"]]
         resumed += second_launch[0] > 1  # the relaunch began after epoch 1: from a checkpoint, not from scratch

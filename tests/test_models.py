@@ -69,3 +69,39 @@ def test_every_family_of_the_zoo_is_registered():
     for name in ("vgg", "vgg_allconv", "vgg_inception", "resnet20", "resnet32", "preact_resnet20",
                  "wide_resnet14", "inception_v4", "inception_v4_light"):
         assert name in list_models()
+
+
+def test_dropout_masks_are_a_function_of_seed_step_and_element():
+    from gridrun.models._layers import Dropout, dropout_steps, load_dropout_steps, seed_dropout
+
+    d = Dropout(0.3)
+    seed_dropout(d, 7)
+    x = torch.ones(64, 16, 8, 8)
+    a, b = d(x), d(x)
+    assert not torch.equal(a, b) and dropout_steps(d) == [2]  # a new mask every step
+    load_dropout_steps(d, [0])
+    assert torch.equal(d(x), a)                              # the same step gives the same mask
+    assert abs(float((a == 0).float().mean()) - 0.3) < 0.01  # the rate holds
+    assert torch.allclose(a[a != 0], torch.full_like(a[a != 0], 1 / 0.7))
+    d.eval()
+    assert torch.equal(d(x), x)
+    z = Dropout(0.0)
+    assert torch.equal(z(x), x) and not z.active
+    c = Dropout(0.5, channelwise=True)
+    out = c(x)
+    assert all(len(set(out[i, j].flatten().tolist())) == 1 for i in range(4) for j in range(16))
+
+
+def test_dropout_rate_never_changes_a_models_structure():
+    for name in ("tinynet_7k", "two_maxpool", "vgg_allconv", "wide_resnet14", "wrn_16_4", "inception_v4_light"):
+        a = create_model(name, dropout=0.0).state_dict()
+        b = create_model(name, dropout=0.2).state_dict()
+        assert a.keys() == b.keys(), name
+
+
+def test_tinynet_arch_strings():
+    assert count_params("tinynet") == count_params("tinynet_7k")
+    assert count_params("tinynet", arch="C8:1 M T4 C8 O G") < 2000
+    for bad in ("C8 X G", "C8 O", "C0 O G", "Cx O G", ""):
+        with pytest.raises(GridrunError, match="arch"):
+            create_model("tinynet", arch=bad)

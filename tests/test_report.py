@@ -210,3 +210,24 @@ def test_load_and_history_as_pandas(tmp_path):
     assert df["final_val_acc"].tolist() == [0.9, 0.91] and df["params"].tolist() == [1000, 1000]
     h = gridrun.history(exp)
     assert len(h) == 4 and h.groupby("trial")["epoch"].max().tolist() == [2, 2]
+
+
+def test_status_from_files_counts_and_best_config(tmp_path, capsys):
+    exp = tmp_path / "runs" / "st"
+    fake_trial(exp, "a_s0", LABELS, val_acc=0.90, model="a", seed=0)
+    fake_trial(exp, "a_s1", LABELS, val_acc=0.92, model="a", seed=1)
+    fake_trial(exp, "b_s0", LABELS, val_acc=0.95, model="b", seed=0)
+    failed = exp / "c_s0"
+    failed.mkdir()
+    (failed / "error.txt").write_text("Traceback\n  x\nValueError: nope\n")
+    running = exp / "d_s0"
+    running.mkdir()
+    (running / "config.json").write_text(json.dumps({"model": "d", "epochs": 5, "seed": 0}))
+    (running / "metrics.csv").write_text("epoch,val_acc,seconds,images_per_s\n1,0.5,2.0,900\n")
+    assert main(["status", "st", "--storage", str(tmp_path / "runs"), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["counts"]["finished"] == 3 and snap["counts"]["failed"] == 1 and snap["counts"]["unfinished"] == 1
+    assert snap["launch"] is None and snap["best"]["config"]["model"] == "b" and snap["best"]["n"] == 1
+    assert main(["status", "st", "--storage", str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    assert "no launch running" in text and "failed   c_s0" in text and "best config so far by validation: model=b" in text

@@ -157,7 +157,7 @@ def test_shipped_grids_are_valid():
 def test_tiny_nets_grid_dry_run(capsys):
     assert main(["launch", str(GRIDS / "tiny_nets.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "plan: 216 trials" in out
+    assert "plan: 180 trials in 10 Tune trials (10 fused groups of up to 32)" in out  # 60 configs x 3 seeds
 
 
 def test_bad_yaml_and_missing_file(tmp_path, capsys, monkeypatch):
