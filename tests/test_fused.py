@@ -20,8 +20,8 @@ from gridrun.train import train
 
 
 def _configs(synth_dir, opt):
-    base = dict(model="two_maxpool", epochs=2, batch_size=40, val_size=200, subset=400, data_dir=str(synth_dir),
-                threads=2, optimizer=opt)
+    base = dict(model="two_maxpool", epochs=2, batch_size=40, val_size=200, subset=320, data_dir=str(synth_dir),
+                threads=2, optimizer=opt, eval_batch_size=512)
     lr = 0.05 if opt == "sgd" else 0.003
     return [dict(base, seed=0, lr=lr, scheduler="onecycle", dropout=0.1, augment="rotate+jitter",
                  nesterov=opt == "sgd", weight_decay=5e-4),
