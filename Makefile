@@ -25,6 +25,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/fused.py --ks 1,2,4,8 --max-processes 4
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

@@ -178,17 +178,27 @@ def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bo
 
 def trial_dirs(path: Path) -> dict[str, tuple[Path, str | None]]:
     """Trial folders of an experiment by name: top-level ones, and the members inside fused
-    groups' folders (name -> (folder, group or None))."""
-    out = {}
+    groups' folders (name -> (folder, group or None)). A trial found twice (a member regrouped
+    by a later launch) is read from the folder that finished, else the newer one."""
+    out: dict[str, tuple[Path, str | None]] = {}
+
+    def add(name: str, d: Path, group: str | None) -> None:
+        if name in out:
+            old = out[name][0]
+            done_old, done_new = (old / "summary.json").exists(), (d / "summary.json").exists()
+            if done_old > done_new or (done_old == done_new and old.stat().st_mtime >= d.stat().st_mtime):
+                return
+        out[name] = (d, group)
+
     for c in sorted(path.iterdir()):
         if not c.is_dir() or c.name.startswith("."):
             continue
         if (c / GROUP_FILE).exists():
             for m in sorted(c.iterdir()):
                 if m.is_dir() and not m.name.startswith(".") and _looks_like_trial(m):
-                    out[m.name] = (m, c.name)
+                    add(m.name, m, c.name)
         elif _looks_like_trial(c):
-            out.setdefault(c.name, (c, None))
+            add(c.name, c, None)
     return out
 
 

@@ -231,3 +231,20 @@ def test_status_from_files_counts_and_best_config(tmp_path, capsys):
     assert main(["status", "st", "--storage", str(tmp_path / "runs")]) == 0
     text = capsys.readouterr().out
     assert "no launch running" in text and "failed   c_s0" in text and "best config so far by validation: model=b" in text
+
+
+def test_fused_members_are_read_from_their_group_folders(tmp_path):
+    """Members live in their group's folder; a member regrouped by a later launch is read from
+    the folder where it finished."""
+    exp = tmp_path / "fz"
+    for g in ("fused_a", "fused_b"):
+        (exp / g).mkdir(parents=True)
+        (exp / g / "fused_group.json").write_text("{}")
+    fake_trial(exp / "fused_b", "m_s0", LABELS, val_acc=0.9)
+    stale = exp / "fused_a" / "m_s0"
+    stale.mkdir()
+    (stale / "config.json").write_text(json.dumps({"model": "m", "epochs": 2}))
+    fake_trial(exp / "fused_a", "m_s1", LABELS, val_acc=0.8, seed=1)
+    e = load_experiment(exp)
+    assert {(t.name, t.status, t.group) for t in e.trials} == {("m_s0", "finished", "fused_b"),
+                                                              ("m_s1", "finished", "fused_a")}
