@@ -46,7 +46,8 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     ctx = tune.get_context()
     trial_dir = ctx.get_trial_dir()
     node = ray.get_runtime_context().get_node_id()
-    work = tempfile.mkdtemp(prefix="gridrun-state-")
+    _sweep_stale_state()
+    work = tempfile.mkdtemp(prefix=f"gridrun-state-{os.getpid()}-")
     state_dir = os.path.join(work, "state")
     notice = []
     from . import hparams
@@ -94,6 +95,21 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     bad = [r["status"] for r in res if r["status"] != "ok"]
     if len(bad) == len(res):  # every member diverged: end the trial with its reason, not an error
         tune.report({"status": bad[0], "node_id": node, "epoch": max(r["epochs"] for r in res)})
+
+
+def _sweep_stale_state() -> None:
+    """Remove the scratch folders of trial processes that died without their `finally` (a
+    killed worker or node): each is named after its process, so a dead pid marks it stale."""
+    for d in Path(tempfile.gettempdir()).glob("gridrun-state-*-*"):
+        pid = d.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive, another user's: not ours to touch
+            pass
 
 
 def _resume_state(unit: dict, work: str) -> str | None:

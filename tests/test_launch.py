@@ -314,3 +314,21 @@ def test_a_fused_launch_writes_ordinary_trial_folders_that_match_the_unfused_lau
     s, trials = load_trials(spec, ["fuse=4"])
     plan_table(s, trials, plan_units(s, trials), 2, 0, out.append)
     assert "fused group" in out[0] and "4 trials in 1 Tune trials (1 fused groups of up to 4)" in out[-1]
+
+
+def test_scratch_folders_of_dead_trial_processes_are_swept(tmp_path, monkeypatch):
+    import tempfile
+
+    from gridrun.launch import _sweep_stale_state
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"gridrun-state-{dead.pid}-abc"
+    live = tmp_path / f"gridrun-state-{os.getpid()}-def"
+    other = tmp_path / "gridrun-state-notapid-ghi"
+    for d in (stale, live, other):
+        (d / "state").mkdir(parents=True)
+    _sweep_stale_state()
+    assert not stale.exists()  # its process is gone: the SIGKILLed trial's state no longer fills the disk
+    assert live.exists() and other.exists()  # a running trial's state, and what is not ours, stay
