@@ -128,6 +128,7 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
         shadow = make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
         shadow.step()  # no gradient, no change: only marks it stepped, as the real update will be
         sched, per_batch = make_scheduler(cfg, shadow, math.ceil(n_train / cfg.batch_size))
+        shadow._opt_called = True  # the stacked update stands in for its step(): no "scheduler before step" warning
         members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
                               list(model.state_dict().keys())))
         models.append(model)

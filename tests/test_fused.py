@@ -35,6 +35,7 @@ def _rel_l2(a: dict, b: dict) -> float:
     return num / sum(float((b[k] ** 2).sum()) for k in keys) ** 0.5
 
 
+@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)` before")  # members' schedules
 @pytest.mark.parametrize("opt,strategy", [("sgd", "vmap"), ("adam", "vmap"), ("sgd", "loop")])
 def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_path, opt, strategy):
     cfgs = _configs(synth_dir, opt)
