@@ -44,12 +44,18 @@ def test_every_train_option_through_edge_values(name, capsys, monkeypatch, tiny_
                         {"status": "ok", "params": 1, "epochs": 0, "device": "cpu", "final": {}})
     flag = "--" + name.replace("_", "-")
     values = EDGE if FIELD_TYPES[name].kind != "bool" else [None]
+    codes = []
     for v in values:
         argv = ["train", flag] if v is None else ["train", flag, v]
         rc, err = _run(argv + ["--data-dir", str(tiny_data)], capsys)
         _ok_or_one_line(rc, err)
+        codes.append(rc)
         if rc == 0:
             seen[-1].validate()  # what was accepted is a valid config
+    assert set(codes) <= {0, 2}  # accepted, or refused as bad input: never a crash (exit 1)
+    assert len(seen) == codes.count(0)  # every accepted value reached training, every refusal stopped before it
+    if values != [None]:
+        assert 2 in codes  # no option takes every edge value ("x", "nan", "[]", ...)
 
 
 @pytest.mark.parametrize("extra", [
@@ -85,6 +91,7 @@ SPEC_KEYS = ["name", "description", "seeds", "retries", "fuse", "max_trials", "g
 
 @pytest.mark.parametrize("key", SPEC_KEYS)
 def test_every_spec_key_through_edge_values(key, tmp_path, capsys, tiny_data):
+    codes = []
     for i, v in enumerate(SPEC_EDGES):
         raw = json.loads(json.dumps(SPEC))
         raw["data"]["data_dir"] = str(tiny_data)
@@ -96,6 +103,12 @@ def test_every_spec_key_through_edge_values(key, tmp_path, capsys, tiny_data):
         path.write_text(yaml.safe_dump(raw))
         rc, err = _run(["launch", str(path), "--dry-run"], capsys)
         _ok_or_one_line(rc, err)
+        codes.append(rc)
+    assert set(codes) <= {0, 2}  # a plan, or a refusal: never a crash (exit 1)
+    if key == "base.model":  # the grid sets model, and a grid axis overrides base: nothing to refuse
+        assert codes == [0] * len(SPEC_EDGES)
+    else:
+        assert 2 in codes  # no key takes every edge value (None, -1, "x", [0, 0], nan, "../x", ...)
 
 
 @pytest.mark.parametrize("content", [b"\x00\x01\x02binary", b"\xff\xfe\xfa", b"", b"- a\n- b\n", b"name: [1, 2\n",
