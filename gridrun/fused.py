@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .augment import Augment, Draws, deskew
+from .augment import Augment, Draws
 from .config import ConfigError, TrainConfig
-from .data import load_splits
 from .models import create_model, model_defaults, model_kwargs, resolve_model_args
 from .models._layers import seed_dropout, set_dropout_rate
 from .train import (STATE_VERSION, StateError, Writer, _threads_restored, atomic_save, epoch_metrics, evaluate, make_optimizer,
-                    make_scheduler, read_state, resolve_device, seed_all, step_epoch_scheduler, versions)
+                    make_scheduler, prepare_device, prepare_splits, read_state, seed_all, step_epoch_scheduler,
+                    versions)
 
 
 @dataclass
@@ -105,17 +105,9 @@ def _dropout_rate(cfg: TrainConfig) -> float | None:
 
 def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: str = "auto") -> Group:
     c0 = cfgs[0]
-    device = resolve_device(c0.device)
-    if c0.threads:
-        torch.set_num_threads(c0.threads)
+    device = prepare_device(c0)
     cuda = device.type == "cuda"
-    if cuda and c0.gpu_memory_fraction:
-        torch.cuda.set_per_process_memory_fraction(c0.gpu_memory_fraction, device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    splits = load_splits(c0.data_dir, c0.val_size, c0.subset, c0.split_seed, device, arrays, c0.normalize)
-    if Augment(c0.augment, c0.aug).align:
-        splits.train_x, splits.val_x, splits.test_x = deskew(splits.train_x), deskew(splits.val_x), deskew(splits.test_x)
+    splits = prepare_splits(c0, device, arrays)
     n_train = len(splits.train_y)
     members, models = [], []
     for cfg in cfgs:  # each member exactly as train.setup would build it alone

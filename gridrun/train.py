@@ -230,23 +230,35 @@ class Run:
         return self.ema.model if self.ema is not None else self.model
 
 
-def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
-    """Device, seeds, data on the device, model, optimizer and scheduler for one config."""
+def prepare_device(cfg: TrainConfig) -> torch.device:
+    """The config's device, with its CPU thread count, GPU memory cap and a fresh peak-memory mark."""
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cuda = device.type == "cuda"
-    if cuda and cfg.gpu_memory_fraction:
-        torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
-    if cuda:
+    if device.type == "cuda":
+        if cfg.gpu_memory_fraction:
+            torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
         torch.cuda.reset_peak_memory_stats(device)
-    seed_all(cfg.seed)
-    dgen = torch.Generator(device=device).manual_seed(cfg.seed)  # batch order + augmentation
+    return device
+
+
+def prepare_splits(cfg: TrainConfig, device: torch.device, arrays: dict | None = None) -> Splits:
+    """The config's train/validation/test split on the device, deskewed when its policy aligns."""
     splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays, cfg.normalize)
-    aug = Augment(cfg.augment, cfg.aug)
-    if aug.align:  # deskewing is preprocessing: the same for train, validation and test
+    if Augment(cfg.augment, cfg.aug).align:  # deskewing is preprocessing: the same for all three splits
         splits.train_x, splits.val_x, splits.test_x = (deskew(splits.train_x), deskew(splits.val_x),
                                                         deskew(splits.test_x))
+    return splits
+
+
+def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
+    """Device, seeds, data on the device, model, optimizer and scheduler for one config."""
+    device = prepare_device(cfg)
+    cuda = device.type == "cuda"
+    seed_all(cfg.seed)
+    dgen = torch.Generator(device=device).manual_seed(cfg.seed)  # batch order + augmentation
+    splits = prepare_splits(cfg, device, arrays)
+    aug = Augment(cfg.augment, cfg.aug)
     torch.manual_seed(cfg.seed)  # again: the initial weights must not depend on data-loading work
     model = build_model(cfg).to(device)
     seed_dropout(model, cfg.seed)  # dropout masks: a hash of (seed, step, element), not the global RNG

@@ -33,17 +33,24 @@ def _cbd(cin: int, cout: int, k: int, stride: int, dropout: float) -> nn.Sequent
     return nn.Sequential(*conv_bn(cin, cout, k, stride), Dropout(dropout))
 
 
+def _study_features(dropout: float, downsample) -> tuple[nn.Sequential, int]:
+    """The study's three stages of conv_bn_activ_dropout, each ended by `downsample(c)`, which
+    doubles the channels; returns the layers and their output channels."""
+    layers, c = [], 1
+    for stage in STUDY_STAGES:
+        for w, k in stage:
+            layers.append(_cbd(c, w, k, 1, dropout))
+            c = w
+        layers += downsample(c)
+        c *= 2
+    return nn.Sequential(*layers), c
+
+
 class AllConv(nn.Module):
     def __init__(self, dropout: float = 0.3):
         super().__init__()
-        layers, c = [], 1
-        for stage in STUDY_STAGES:
-            for w, k in stage:
-                layers.append(_cbd(c, w, k, 1, dropout))
-                c = w
-            layers.append(_cbd(c, 2 * c, 5, 2, dropout))  # 5x5 strided "pooling" conv
-            c *= 2
-        self.features = nn.Sequential(*layers)                            # 28 -> 14 -> 7 -> 4
+        # a 5x5 strided "pooling" conv ends each stage
+        self.features, c = _study_features(dropout, lambda c: [_cbd(c, 2 * c, 5, 2, dropout)])  # 28 -> 14 -> 7 -> 4
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c * 4 * 4, 10))
 
     def forward(self, x):  # (N, 1, 28, 28) -> (N, 10)
@@ -65,14 +72,7 @@ class _ConvPool(nn.Module):
 class VGGInception(nn.Module):
     def __init__(self, dropout: float = 0.3):
         super().__init__()
-        layers, c = [], 1
-        for stage in STUDY_STAGES:
-            for w, k in stage:
-                layers.append(_cbd(c, w, k, 1, dropout))
-                c = w
-            layers += [_ConvPool(c), Dropout(dropout)]
-            c *= 2
-        self.features = nn.Sequential(*layers)                            # 28 -> 14 -> 7 -> 4
+        self.features, c = _study_features(dropout, lambda c: [_ConvPool(c), Dropout(dropout)])  # 28 -> 14 -> 7 -> 4
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c * 4 * 4, 10))
 
     def forward(self, x):
