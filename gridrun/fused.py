@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from .models import create_model, model_defaults, model_kwargs, resolve_model_ar
 from .models._layers import seed_dropout, set_dropout_rate
 from .train import (STATE_VERSION, StateError, Writer, _threads_restored, atomic_save, epoch_metrics, evaluate, make_optimizer,
                     make_scheduler, prepare_device, prepare_splits, read_state, seed_all, step_epoch_scheduler,
-                    versions)
+                    versions, write_trial_files)
 
 
 @dataclass
@@ -118,9 +117,10 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
         model = create_model(cfg.model, **kw).to(device)
         seed_dropout(model, cfg.seed)
         shadow = make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
-        shadow.step()  # no gradient, no change: only marks it stepped, as the real update will be
         sched, per_batch = make_scheduler(cfg, shadow, math.ceil(n_train / cfg.batch_size))
-        shadow._opt_called = True  # the stacked update stands in for its step(): no "scheduler before step" warning
+        # The stacked update stands in for the shadow's step(); one step without gradients changes
+        # nothing and tells its scheduler that steps happen (no "scheduler before step" warning).
+        shadow.step()
         members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
                               list(model.state_dict().keys())))
         models.append(model)
@@ -307,20 +307,8 @@ def member_state_dict(g: Group, k: int, scored: bool = True) -> dict:
 
 def _write_member_final(g: Group, k: int, scores: dict | None) -> None:
     m = g.members[k]
-    meta = dict(g.meta)
-    if g.device.type == "cuda":
-        meta["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(g.device) / 2**20, 1)
-    m.result = {"status": m.status, "epochs": len(m.history), "final": m.history[-1] if m.history else None,
-                "history": m.history, **meta}
-    w = m.writer
-    if m.status == "ok":
-        w.save("logits_val.npy", scores["val_logits"].half().cpu().numpy())
-        w.save("logits_test.npy", scores["test_logits"].half().cpu().numpy())
-        w.save("labels_val.npy", g.splits.val_y.to(torch.uint8).cpu().numpy())
-        w.save("labels_test.npy", g.splits.test_y.to(torch.uint8).cpu().numpy())
-        w.save("model.pt", member_state_dict(g, k))
-    w.save("summary.json", {**{k2: v for k2, v in m.result.items() if k2 != "history"},
-                            "finished_at": time.time(), "pid": os.getpid()})
+    m.result = write_trial_files(m.writer, g.device, g.meta, m.history, m.status, scores, g.splits,
+                                 lambda: member_state_dict(g, k))
 
 
 @torch.no_grad()

@@ -373,16 +373,26 @@ def load_state(run: Run, path: str | os.PathLike) -> None:
 
 def write_final(run: Run, writer: Writer, status: str, scores: dict | None) -> dict:
     """The trial's final files; returns the result dict."""
-    if run.device.type == "cuda":
-        run.meta["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
-    result = {"status": status, "epochs": len(run.history), "final": run.history[-1] if run.history else None,
-              "history": run.history, **run.meta}
+    return write_trial_files(writer, run.device, run.meta, run.history, status, scores, run.splits,
+                             run.scored.state_dict)
+
+
+def write_trial_files(writer: Writer, device: torch.device, meta: dict, history: list, status: str,
+                      scores: dict | None, splits: Splits, weights) -> dict:
+    """What every finished trial folder holds (logits, labels, model.pt when it ended ok; always
+    summary.json), for train and for each member of a fused group; `weights()` gives the state
+    dict to save. Returns the result dict."""
+    meta = dict(meta)
+    if device.type == "cuda":
+        meta["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    result = {"status": status, "epochs": len(history), "final": history[-1] if history else None,
+              "history": history, **meta}
     if status == "ok":
         writer.save("logits_val.npy", scores["val_logits"].half().cpu().numpy())
         writer.save("logits_test.npy", scores["test_logits"].half().cpu().numpy())
-        writer.save("labels_val.npy", run.splits.val_y.to(torch.uint8).cpu().numpy())
-        writer.save("labels_test.npy", run.splits.test_y.to(torch.uint8).cpu().numpy())
-        writer.save("model.pt", run.scored.state_dict())
+        writer.save("labels_val.npy", splits.val_y.to(torch.uint8).cpu().numpy())
+        writer.save("labels_test.npy", splits.test_y.to(torch.uint8).cpu().numpy())
+        writer.save("model.pt", weights())
     writer.save("summary.json", {**{k: v for k, v in result.items() if k != "history"},
                                  "finished_at": time.time(), "pid": os.getpid()})
     return result
