@@ -49,6 +49,8 @@ class TrainConfig:
     split_seed: int = _f(0)              # fixes the train/validation split, independent of `seed`
     augment: str = _f("rotate+affine")   # policy: '+'-joined ops or a named recipe (augment.POLICIES)
     aug: dict = _f({})                   # strengths, see augment.AugParams (override the policy's)
+    clean_epochs: int = _f(0)            # the last N epochs train on un-augmented images
+                                         # (0: augment every epoch)
     normalize: str = _f("dataset")       # dataset: train-split mean/std | mnist: 0.1307/0.3081 |
                                          # per_image: subtract each image's mean (khanrc/mnist)
     # optimisation
@@ -99,6 +101,8 @@ class TrainConfig:
                          ("step_size", 10000), ("patience", 10000)):
             if getattr(self, name) > hi:
                 bad(name, f"must be at most {hi:,}")
+        if not 0 <= self.clean_epochs <= self.epochs:
+            bad("clean_epochs", f"must be an integer in [0, epochs={self.epochs}]: the last epochs that skip augmentation")
         if self.batch_size < 2:
             bad("batch_size", "must be an integer >= 2 (BatchNorm cannot train on one image)")
         for name in ("lr", "momentum", "weight_decay", "gamma", "pct_start", "label_smoothing", "ema"):

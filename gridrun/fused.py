@@ -34,9 +34,9 @@ from .augment import Augment, Draws
 from .config import ConfigError, TrainConfig
 from .models import create_model, model_defaults, model_kwargs, resolve_model_args
 from .models._layers import seed_dropout, set_dropout_rate
-from .train import (STATE_VERSION, StateError, Writer, _threads_restored, atomic_save, epoch_metrics, evaluate, make_optimizer,
-                    make_scheduler, prepare_device, prepare_splits, read_state, seed_all, step_epoch_scheduler,
-                    versions, write_trial_files)
+from .train import (STATE_VERSION, StateError, Writer, _threads_restored, atomic_save, epoch_metrics, evaluate,
+                    is_clean_epoch, make_optimizer, make_scheduler, prepare_device, prepare_splits, read_state,
+                    seed_all, step_epoch_scheduler, versions, write_trial_files)
 
 
 @dataclass
@@ -163,15 +163,17 @@ def _batches(g: Group) -> list[list[torch.Tensor]]:
     return [list(step) for step in zip(*per)]
 
 
-def _augmented(g: Group, idx: list[torch.Tensor]) -> torch.Tensor:
-    """(K, B, 1, 28, 28): each member's batch, drawn and augmented from its own generator; the
-    warps of members whose draws have the same parts run as one grid_sample."""
+def _augmented(g: Group, idx: list[torch.Tensor], clean: list[bool]) -> torch.Tensor:
+    """(K, B, 1, 28, 28): each member's batch, drawn and augmented from its own generator (left
+    as is for a member whose `clean` is set); the warps of members whose draws have the same
+    parts run as one grid_sample."""
     s = g.splits
     x = s.train_x[torch.stack(idx)]                                   # (K, B, 1, H, W)
-    draws = [m.aug.draw(len(i), m.dgen, s.train_x.device, tuple(x.shape[-2:])) for m, i in zip(g.members, idx)]
-    out = [None] * g.k
-    for key in {d.key for d in draws}:
-        ks = [k for k, d in enumerate(draws) if d.key == key]
+    draws = [None if c else m.aug.draw(len(i), m.dgen, s.train_x.device, tuple(x.shape[-2:]))
+             for m, i, c in zip(g.members, idx, clean)]
+    out = [x[k] if d is None else None for k, d in enumerate(draws)]
+    for key in {d.key for d in draws if d is not None}:
+        ks = [k for k, d in enumerate(draws) if d is not None and d.key == key]
         if key == (False, False, False):
             for k in ks:
                 out[k] = x[k]
@@ -241,15 +243,17 @@ def _update_ema(g: Group) -> None:
             t.copy_(live[n])
 
 
-def train_epoch_fused(g: Group) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One pass over the training split for every member: (K,) losses, (K,) accuracies, seconds."""
+def train_epoch_fused(g: Group, epoch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One pass over the training split for every member (1-based `epoch`: a member's last
+    `clean_epochs` skip augmentation): (K,) losses, (K,) accuracies, seconds."""
     g.base.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros(g.k, device=g.device)
     correct = torch.zeros(g.k, device=g.device, dtype=torch.long)
     ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=g.device)
+    clean = [is_clean_epoch(m.cfg, epoch) for m in g.members]
     for idx in _batches(g):
-        x, y = _augmented(g, idx), g.splits.train_y[torch.stack(idx)]    # (K, B, ...), (K, B)
+        x, y = _augmented(g, idx, clean), g.splits.train_y[torch.stack(idx)]    # (K, B, ...), (K, B)
         alive = g.alive_mask()
         with g.autocast():
             out = _forward(g, g.params, g.buffers, x, shared_input=False).float()  # (K, B, 10)
@@ -395,7 +399,7 @@ def _train_fused(cfgs, on_epoch, resume_from, state_dir, arrays, group_dir, stra
     state_dir = Path(state_dir) if state_dir else None
     epochs, scores = cfgs[0].epochs, None
     for epoch in range(g.start_epoch, epochs + 1):
-        losses, accs, seconds = train_epoch_fused(g)
+        losses, accs, seconds = train_epoch_fused(g, epoch)
         for k, m in enumerate(g.members):
             if m.alive and not math.isfinite(float(losses[k])):
                 m.status = f"diverged at epoch {epoch}"

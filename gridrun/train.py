@@ -278,14 +278,15 @@ def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
     return Run(cfg, device, splits, aug, model, step_model, opt, sched, per_batch, dgen, fmt, autocast, ema, meta)
 
 
-def train_epoch(run: Run) -> tuple[float, float, float]:
-    """One pass over the training split: (mean loss, accuracy on the augmented batches, seconds)."""
+def train_epoch(run: Run, clean: bool = False) -> tuple[float, float, float]:
+    """One pass over the training split: (mean loss, accuracy on the training batches, seconds).
+    `clean` skips augmentation (the config's last `clean_epochs` epochs)."""
     cfg, model = run.cfg, run.step_model
     run.model.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.long)
-    for x, y in run.splits.batches(cfg.batch_size, run.dgen, run.aug):
+    for x, y in run.splits.batches(cfg.batch_size, run.dgen, None if clean else run.aug):
         x = x.contiguous(memory_format=run.fmt)
         with run.autocast():
             out = model(x)
@@ -304,6 +305,11 @@ def train_epoch(run: Run) -> tuple[float, float, float]:
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return train_loss, train_acc, time.perf_counter() - t0
+
+
+def is_clean_epoch(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch `epoch` (1-based) is one of the last `clean_epochs`, trained without augmentation."""
+    return epoch > cfg.epochs - cfg.clean_epochs
 
 
 def score(run: Run) -> dict:
@@ -435,7 +441,7 @@ def _train(cfg: TrainConfig, on_epoch, resume_from, state_dir, arrays) -> dict:
     state_dir = Path(state_dir or cfg.out_dir) if (state_dir or cfg.out_dir) else None
     status, result, scores = "ok", None, None
     for epoch in range(run.start_epoch, cfg.epochs + 1):
-        train_loss, train_acc, seconds = train_epoch(run)
+        train_loss, train_acc, seconds = train_epoch(run, clean=is_clean_epoch(cfg, epoch))
         if not math.isfinite(train_loss):
             status = f"diverged at epoch {epoch}"
             break

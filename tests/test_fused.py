@@ -24,7 +24,7 @@ def _configs(synth_dir, opt):
                 threads=2, optimizer=opt, eval_batch_size=512)
     lr = 0.05 if opt == "sgd" else 0.003
     return [dict(base, seed=0, lr=lr, scheduler="onecycle", dropout=0.1, augment="rotate+jitter",
-                 nesterov=opt == "sgd", weight_decay=5e-4),
+                 nesterov=opt == "sgd", weight_decay=5e-4, clean_epochs=1),  # epoch 2 unaugmented
             dict(base, seed=1, lr=lr / 2, scheduler="step", step_size=1, gamma=0.5, dropout=0.0, augment="none"),
             dict(base, seed=2, lr=lr, scheduler="onecycle", dropout=0.05, augment="affine", label_smoothing=0.1)]
 

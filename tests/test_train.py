@@ -121,6 +121,30 @@ def test_a_different_seed_gives_a_different_run(synth_dir):
     assert a["final"]["train_loss"] != b["final"]["train_loss"]
 
 
+def test_clean_epochs_train_the_last_epochs_on_unaugmented_images(synth_dir, tmp_path):
+    """clean_epochs=N: the last N epochs see the images as they are. All epochs clean is exactly
+    the same run as augment=none; one clean epoch of two leaves epoch 1 as augmented training had it."""
+    cfg = {**FAST, "augment": "rotate+affine", "data_dir": str(synth_dir), "subset": 300, "threads": 1}
+    out = {k: str(tmp_path / k) for k in ("aug", "one", "all", "none")}
+    aug = train({**cfg, "out_dir": out["aug"]})
+    one = train({**cfg, "clean_epochs": 1, "out_dir": out["one"]})
+    every = train({**cfg, "clean_epochs": 2, "out_dir": out["all"]})
+    none = train({**cfg, "augment": "none", "out_dir": out["none"]})
+    weights = {k: torch.load(f"{v}/model.pt", weights_only=True) for k, v in out.items()}
+    same = lambda a, b: all(torch.equal(weights[a][n], weights[b][n]) for n in weights[a])  # noqa: E731
+    assert same("all", "none") and every["final"]["train_loss"] == none["final"]["train_loss"]
+    assert one["history"][0]["train_loss"] == aug["history"][0]["train_loss"]
+    assert not same("one", "aug") and not same("one", "none")
+    assert one["history"][1]["train_loss"] != aug["history"][1]["train_loss"]
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_clean_epochs_outside_zero_to_epochs_is_refused(bad):
+    from gridrun.config import ConfigError, TrainConfig
+    with pytest.raises(ConfigError, match="clean_epochs"):
+        TrainConfig(epochs=2, clean_epochs=bad)
+
+
 def test_weight_average_is_what_gets_scored_and_saved(synth_dir, tmp_path):
     res = train({**FAST, "epochs": 2, "ema": 0.9, "data_dir": str(synth_dir), "out_dir": str(tmp_path / "e")})
     assert res["status"] == "ok"
