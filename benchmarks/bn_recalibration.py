@@ -1,0 +1,74 @@
+"""Diagnostic: does an experiment's final models' validation accuracy change when BatchNorm's
+running statistics are recomputed on the un-augmented training images? A gain says the
+augmented training images' statistics are not the test images' (what `clean_epochs` addresses).
+
+    python benchmarks/bn_recalibration.py runs/tiny_best [--test]
+
+Prints, per finished trial, validation accuracy before -> after (and test with --test; the
+issue-17 decision used validation only). No training, nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+from pathlib import Path
+
+import torch
+
+from gridrun.config import TrainConfig
+from gridrun.results import load_experiment
+from gridrun.train import build_model, prepare_splits
+
+
+def accuracy(model, splits, x, y, batch=4096) -> float:
+    with torch.no_grad():
+        return sum(int((model(splits.normalize(x[i:i + batch])).argmax(1) == y[i:i + batch]).sum())
+                   for i in range(0, len(y), batch)) / len(y)
+
+
+def recalibrate(model, splits, batch=1024) -> None:
+    """BatchNorm's running mean/var as the exact average over the clean training images."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(splits.train_y), batch):
+            model(splits.normalize(splits.train_x[i:i + batch]))
+    model.eval()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--test", action="store_true", help="also print test accuracy")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    before, after = {}, {}
+    for t in load_experiment(Path(a.experiment), logits=False).trials:
+        if t.status != "finished":
+            continue
+        cfg = {k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__}
+        cfg = TrainConfig.from_dict({**cfg, "data_dir": a.data_dir or cfg.get("data_dir"), "out_dir": None})
+        splits = prepare_splits(cfg, torch.device("cpu"))
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(t.dir / "model.pt", weights_only=True))
+        model.eval()
+        v0, t0 = accuracy(model, splits, splits.val_x, splits.val_y), accuracy(model, splits, splits.test_x, splits.test_y)
+        recalibrate(model, splits)
+        v1, t1 = accuracy(model, splits, splits.val_x, splits.val_y), accuracy(model, splits, splits.test_x, splits.test_y)
+        key = re.sub(r"_s\d+$", "", t.name)  # the config: the trial's name without its seed
+        before.setdefault(key, []).append(v0)
+        after.setdefault(key, []).append(v1)
+        line = f"{t.name}: val {100 * v0:.2f} -> {100 * v1:.2f}"
+        print(line + (f"  test {100 * t0:.2f} -> {100 * t1:.2f}" if a.test else ""), flush=True)
+    for key in before:
+        print(f"config {key}: mean val {100 * statistics.mean(before[key]):.2f} -> "
+              f"{100 * statistics.mean(after[key]):.2f} (n={len(before[key])})")
+
+
+if __name__ == "__main__":
+    main()
