@@ -70,6 +70,9 @@ class TrainConfig:
     label_smoothing: float = _f(0.0)
     ema: float = _f(0.0)                 # decay of an exponential moving average of the weights
                                          # per step (e.g. 0.999); 0 = off. Scores use the average.
+    precise_bn: bool = _f(False)         # after the last epoch, BatchNorm's statistics of the scored
+                                         # model become the exact average over the un-augmented
+                                         # training images (precise BN, Wu & Johnson 2021)
     seed: int = _f(0, "seed")            # initialisation, batch order, augmentation, dropout
     # execution
     device: str = _f("auto", "plumbing")  # auto | cpu | cuda | cuda:N

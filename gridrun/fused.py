@@ -35,8 +35,8 @@ from .config import ConfigError, TrainConfig
 from .models import create_model, model_defaults, model_kwargs, resolve_model_args
 from .models._layers import seed_dropout, set_dropout_rate
 from .train import (STATE_VERSION, StateError, Writer, _threads_restored, atomic_save, epoch_metrics, evaluate,
-                    is_clean_epoch, make_optimizer, make_scheduler, prepare_device, prepare_splits, read_state,
-                    seed_all, step_epoch_scheduler, versions, write_trial_files)
+                    is_clean_epoch, make_optimizer, make_scheduler, precise_bn, prepare_device, prepare_splits,
+                    read_state, seed_all, step_epoch_scheduler, versions, write_trial_files)
 
 
 @dataclass
@@ -303,6 +303,22 @@ def score_fused(g: Group) -> list[dict]:
     return out
 
 
+@torch.no_grad()
+def precise_bn_fused(g: Group) -> None:
+    """train.precise_bn for every member at once, on the scored weights (the average with `ema`):
+    the stacked BN buffers are reset, then the clean training images go through all members."""
+    params, buffers = (g.params, g.buffers) if g.ema is None else \
+        ({n: g.ema[n] for n in g.params}, {n: g.ema[n] for n in g.buffers})
+    for n, t in buffers.items():
+        if n.endswith("running_var"):
+            t.fill_(1)
+        elif n.endswith(("running_mean", "num_batches_tracked")):
+            t.zero_()
+    with g.autocast():
+        precise_bn(g.base, g.splits, lambda x: _forward(g, params, buffers, x, shared_input=True))
+    g.base.train()
+
+
 def member_state_dict(g: Group, k: int, scored: bool = True) -> dict:
     """Member k's weights as its own model's state_dict (loadable into create_model(name))."""
     src = g.ema if (scored and g.ema is not None) else {**g.params, **g.buffers}
@@ -407,6 +423,8 @@ def _train_fused(cfgs, on_epoch, resume_from, state_dir, arrays, group_dir, stra
                 _retire(g, k)
         if not any(m.alive for m in g.members):
             break
+        if epoch == epochs and cfgs[0].precise_bn:  # a shared key (spec.FUSE_SHARED)
+            precise_bn_fused(g)
         scores = score_fused(g)
         for k, m in enumerate(g.members):
             if not m.alive:

@@ -312,6 +312,41 @@ def is_clean_epoch(cfg: TrainConfig, epoch: int) -> bool:
     return epoch > cfg.epochs - cfg.clean_epochs
 
 
+PRECISE_BN_BATCH = 1024  # images per forward pass of precise BN (a constant: results must not
+                         # depend on plumbing such as eval_batch_size)
+
+
+def bn_layers(model: torch.nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def precise_bn(model: torch.nn.Module, splits: Splits, forward=None, batch: int = PRECISE_BN_BATCH) -> None:
+    """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): every BN
+    layer's running mean and variance become the average over the un-augmented training images
+    of its per-batch statistics, in place of the running average over augmented batches of a
+    moving model (or, with `ema`, an average of such averages). Only the BN layers run in
+    training mode (dropout stays off); `forward(x)` runs the model (default: `model(x)`).
+    Deterministic: the images go in their stored order, and the cumulative average is written as
+    momentum 1/i for the i-th batch (what momentum=None does, without reading a buffer)."""
+    bns = bn_layers(model)
+    if not bns:
+        return
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.train()
+    chunks = [c for c in splits.train_x.split(batch) if len(c) >= 2]  # BN cannot take a batch of one
+    for i, xb in enumerate(chunks, 1):
+        for m in bns:
+            m.momentum = 1.0 / i
+        (forward or model)(splits.normalize(xb))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+
+
 def score(run: Run) -> dict:
     """Logits of the scored model on validation and test, and their loss and accuracy."""
     s, bs, ac = run.splits, run.cfg.eval_batch_size, run.autocast
@@ -445,6 +480,9 @@ def _train(cfg: TrainConfig, on_epoch, resume_from, state_dir, arrays) -> dict:
         if not math.isfinite(train_loss):
             status = f"diverged at epoch {epoch}"
             break
+        if epoch == cfg.epochs and cfg.precise_bn:
+            with run.autocast():
+                precise_bn(run.scored, run.splits, lambda x: run.scored(x.contiguous(memory_format=run.fmt)))
         scores = score(run)  # the last epoch's logits are the ones saved: scored exactly once
         lr = run.opt.param_groups[0]["lr"]
         step_epoch_scheduler(cfg, run.sched, run.per_batch, scores["val_loss"], scores["val_acc"])

@@ -103,3 +103,48 @@ def test_members_that_cannot_share_a_batched_model_are_refused(synth_dir):
         train_fused([dict(base, batch_size=32), dict(base, batch_size=64)])
     with pytest.raises(ConfigError, match="must share model"):
         train_fused([dict(base), dict(base, model="vanilla")])
+
+
+def _reference_precise_bn(model, splits):
+    """torch's own cumulative average (momentum=None) over the clean training images, 1,024 at a time."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    with torch.no_grad():
+        for xb in splits.train_x.split(1024):
+            model(splits.normalize(xb))
+    return model.eval()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_path, fused):
+    """precise_bn=True: the saved (scored, here the weight average's) BN statistics are what
+    recomputing them from the saved weights over the un-augmented training images gives, and
+    the saved logits are that model's; without it they are not."""
+    from gridrun.config import TrainConfig
+    from gridrun.train import infer, prepare_splits
+    base = dict(model="tinynet_7k", epochs=2, batch_size=64, val_size=200, subset=1500, data_dir=str(synth_dir),
+                threads=2, augment="rotate+affine", ema=0.9, lr=0.05)
+    cfgs = [dict(base, seed=s, precise_bn=p, out_dir=str(tmp_path / f"{p}{s}")) for p in (True, False) for s in (0, 1)]
+    if fused:
+        train_fused(cfgs[:2], strategy="vmap")
+        train_fused(cfgs[2:], strategy="loop")
+    else:
+        for c in cfgs:
+            train(c)
+    splits = prepare_splits(TrainConfig.from_dict(cfgs[0]), torch.device("cpu"))
+    for c in cfgs:
+        saved = torch.load(f"{c['out_dir']}/model.pt", weights_only=True)
+        model = create_model("tinynet_7k")
+        model.load_state_dict(saved)
+        ref = _reference_precise_bn(model, splits).state_dict()
+        stats = [n for n in saved if n.endswith(("running_mean", "running_var"))]
+        close = all(torch.allclose(saved[n], ref[n], rtol=1e-3, atol=1e-5) for n in stats)
+        assert close == c["precise_bn"], c["out_dir"]
+        if c["precise_bn"]:
+            logits = infer(model, splits.val_x, splits.normalize)
+            np.testing.assert_allclose(np.load(f"{c['out_dir']}/logits_val.npy").astype(np.float32),
+                                       logits.numpy(), rtol=2e-2, atol=2e-2)
