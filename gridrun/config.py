@@ -11,7 +11,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from . import GridrunError, did_you_mean
 
@@ -211,6 +211,15 @@ FIELD_TYPES: dict[str, FieldType] = {n: _field_type(h) for n, h in typing.get_ty
 ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(TrainConfig)}
 PLUMBING = frozenset(n for n, r in ROLES.items() if r == "plumbing")
 NOT_CONFIG = PLUMBING | {n for n, r in ROLES.items() if r == "seed"}  # what never defines a config
+DEFAULTS: dict = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                  for f in fields(TrainConfig)}
+
+
+def with_defaults(train: dict) -> dict:
+    """A stored config with every field it lacks at its default: a field added after a trial ran
+    (e.g. `clean_epochs`, `precise_bn`) holds the value that reproduces what that trial did, so
+    resuming, growing and reporting an older experiment treat its trials as the same configs."""
+    return {**json.loads(json.dumps(DEFAULTS)), **train} if isinstance(train, dict) else train
 
 
 def field_names() -> list[str]:

@@ -360,14 +360,14 @@ def save_group_state(g: Group, state_dir: Path | None, epoch: int) -> str | None
 
 
 def load_group_state(g: Group, path) -> None:
-    from .config import PLUMBING
+    from .config import PLUMBING, with_defaults
 
     state = read_state(path, g.device)
     if not state.get("fused") or len(state.get("members", [])) != g.k:
         raise StateError(f"resume state {path} is not the state of this fused group")
     for m, s in zip(g.members, state["members"]):
         ours = {k: v for k, v in m.cfg.to_dict().items() if k not in PLUMBING}
-        theirs = {k: v for k, v in (s.get("config") or {}).items() if k in ours}
+        theirs = {k: v for k, v in with_defaults(s.get("config") or {}).items() if k in ours}
         if ours != theirs:
             raise StateError(f"resume state {path} belongs to another group of configs")
     try:

@@ -456,19 +456,22 @@ def results_atomic_write(path: Path, text: str) -> None:
 def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
     """A relaunch may add trials (more seeds, more axis values) but not change or drop one that
     the folder already holds: that would mix results of two different grids."""
+    from .config import with_defaults
     from .spec import config_id
 
     new_ids = {t["id"] for t in trials}
     new_by_name = {t["name"]: t for t in trials}
     for e in old:
-        oid = e.get("id") or config_id(e.get("train") or {})
+        # Its identity from its config as this version fills it (a field added since it ran at
+        # the default that reproduces it), not the id an older version hashed.
+        oid = config_id(with_defaults(e.get("train") or {})) if e.get("train") else e.get("id")
         if oid in new_ids:
             continue
         mate = new_by_name.get(e["name"]) or next((t for t in trials if t["train"].get("seed") == (e.get("train") or {})
                                                    .get("seed")), None)
         diff = ""
         if mate is not None:
-            a, b = e.get("train") or {}, mate["train"]
+            a, b = with_defaults(e.get("train") or {}), mate["train"]
             from .config import PLUMBING
 
             changed = sorted(k for k in set(a) | set(b) if k not in PLUMBING and a.get(k) != b.get(k))

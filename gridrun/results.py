@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import GridrunError
-from .config import NOT_CONFIG
+from .config import NOT_CONFIG, with_defaults
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
@@ -127,7 +127,7 @@ def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bo
         t.config = cfg if isinstance(cfg, dict) else t.config
     except (OSError, ValueError):
         pass
-    t.config = {k: v for k, v in t.config.items() if k != "out_dir"}
+    t.config = {k: v for k, v in with_defaults(t.config).items() if k != "out_dir"} if t.config else {}
     if (d / "metrics.csv").exists():
         try:
             t.history = read_history(d / "metrics.csv")

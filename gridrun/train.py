@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import GridrunError, __version__
 from .augment import Augment, deskew
-from .config import PLUMBING, ConfigError, TrainConfig
+from .config import PLUMBING, ConfigError, TrainConfig, with_defaults
 from .data import Splits, load_splits
 from .models import create_model, resolve_model_args
 from .models._layers import dropout_steps, load_dropout_steps, seed_dropout
@@ -391,7 +391,7 @@ def load_state(run: Run, path: str | os.PathLike) -> None:
     """Continue `run` from a saved state: weights, optimizer, scheduler, generators, history."""
     state = read_state(path, run.device)
     ours = {k: v for k, v in run.cfg.to_dict().items() if k not in PLUMBING}
-    theirs = {k: v for k, v in (state.get("config") or {}).items() if k in ours}
+    theirs = {k: v for k, v in with_defaults(state.get("config") or {}).items() if k in ours}
     if theirs != ours:
         changed = sorted(k for k in ours if theirs.get(k) != ours[k])
         raise StateError(f"resume state {path} belongs to another config (differs in {', '.join(changed)})")
