@@ -182,3 +182,21 @@ def test_early_stop_and_dry_run_plan_for_gpus(tmp_path):
     check_budget(spec, trials)
     plan_table(spec, trials, plan_units(spec, trials), cpus=16, gpus=2, out=lines.append)
     assert lines[-1].endswith("4 trial(s) per GPU; 2 GPU(s), 16 CPU(s) -> 8 trial(s) at once")
+
+
+def test_an_experiment_from_before_a_field_existed_stays_the_same_grid():
+    """A manifest written before a config field existed (no key, an id hashed without it) is the
+    same grid to a relaunch: the missing field reads as its default. A real change still is not."""
+    from gridrun.launch import _check_growth
+    from gridrun.spec import config_id
+
+    trials = expand(parse(GOOD))
+    old = []
+    for t in trials:
+        train = {k: v for k, v in t["train"].items() if k not in ("precise_bn", "clean_epochs")}
+        old.append({"name": t["name"], "id": config_id(train), "train": train})
+    assert old[0]["id"] != trials[0]["id"]
+    _check_growth("runs/t", old, trials)  # no error
+    changed = expand(parse({**GOOD, "base": {"epochs": 2, "precise_bn": True}}))
+    with pytest.raises(SpecError, match="precise_bn was False, now True"):
+        _check_growth("runs/t", old, changed)

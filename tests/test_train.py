@@ -248,3 +248,21 @@ def test_real_mnist_one_epoch_reaches_97(mnist_dir):
                  "scheduler": "onecycle", "optimizer": "adam", "weight_decay": 0.0, "augment": "none",
                  "data_dir": str(mnist_dir)})
     assert res["n_test"] == 10000 and res["final"]["test_acc"] >= 0.97
+
+
+def test_a_state_from_before_a_field_existed_resumes(synth_dir, tmp_path):
+    """A state whose config lacks a field added since (here clean_epochs, precise_bn) resumes
+    when this config has that field at its default, and is refused when it does not."""
+    from gridrun.train import StateError
+
+    cfg = {**FAST, "epochs": 2, "data_dir": str(synth_dir), "out_dir": str(tmp_path / "r")}
+    first = train(cfg)
+    path = tmp_path / "r" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    for k in ("clean_epochs", "precise_bn"):
+        del state["config"][k]
+    torch.save(state, path)
+    again = train(cfg, resume_from=str(path))
+    assert again["status"] == "ok" and again["final"]["test_acc"] == first["final"]["test_acc"]
+    with pytest.raises(StateError, match="differs in precise_bn"):
+        train({**cfg, "precise_bn": True}, resume_from=str(path))
