@@ -290,6 +290,8 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     exp_dir = os.path.join(os.path.abspath(storage) if local else storage.rstrip("/"), name)
     reference = _reference_file(spec, spec_path)
     if dry_run:
+        if local and not fresh and (old := results.read_manifest(Path(exp_dir))):
+            _check_growth(exp_dir, old, trials)  # refuse what the launch would refuse
         return _dry_run(spec, trials, units, address or os.environ.get("RAY_ADDRESS"), out)
     if fresh and local and os.path.exists(exp_dir):
         _set_aside(exp_dir, out)

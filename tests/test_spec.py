@@ -200,3 +200,20 @@ def test_an_experiment_from_before_a_field_existed_stays_the_same_grid():
     changed = expand(parse({**GOOD, "base": {"epochs": 2, "precise_bn": True}}))
     with pytest.raises(SpecError, match="precise_bn was False, now True"):
         _check_growth("runs/t", old, changed)
+
+
+def test_dry_run_refuses_a_changed_grid_as_the_launch_would(tmp_path, capsys, synth_dir, monkeypatch):
+    import json
+
+    monkeypatch.setenv("GRIDRUN_DATA", str(synth_dir))
+    spec = tmp_path / "g.yaml"
+    spec.write_text(yaml.safe_dump({**GOOD, "base": {"epochs": 2, "subset": 200, "val_size": 100}}))
+    trials = load_trials(str(spec))[1]
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    (tmp_path / "runs" / "t" / "gridrun_trials.json").write_text(json.dumps(trials))
+    argv = ["launch", str(spec), "--storage", str(tmp_path / "runs"), "--dry-run"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv[:2], "base.lr=0.3", *argv[2:]]) == 2
+    err = capsys.readouterr().err
+    assert "of a different grid: lr was" in err and len(err.strip().splitlines()) == 1
