@@ -248,3 +248,26 @@ def test_fused_members_are_read_from_their_group_folders(tmp_path):
     e = load_experiment(exp)
     assert {(t.name, t.status, t.group) for t in e.trials} == {("m_s0", "finished", "fused_b"),
                                                               ("m_s1", "finished", "fused_a")}
+
+
+def test_a_mean_that_rounds_up_to_the_target_is_a_miss_with_its_digits(tmp_path):
+    """Two runs at 99.49% and 99.50% average 99.495%: the table prints 99.50 (two decimals),
+    so the failed target check says why (the mean to three decimals); a hit stays a bare tick.
+    Their metrics.csv has no seconds column (a hand-made folder): the report still comes."""
+    exp = tmp_path / "near"
+    n = 20_000
+    labels = np.arange(n) % 10
+    for i, wrong in enumerate([102, 100]):  # 99.49% and 99.50% of 20,000
+        d = fake_trial(exp, f"t{i}", LABELS, val_acc=0.9, seed=i, epochs=1)
+        pred = labels.copy()
+        pred[:wrong] = (pred[:wrong] + 1) % 10
+        np.save(d / "logits_test.npy", logits_for(pred))
+        np.save(d / "labels_test.npy", labels.astype(np.uint8))
+        (d / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,test_acc\n"
+                                       f"1,0.1,0.9,0.2,0.9,{1 - wrong / n}\n")
+    (exp / "spec.yaml").write_text("name: near\nconstraints: {target_test_acc: 0.995}\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "99.50 ± 0.01 (n=2)" in text and "✗ (99.495)" in text
+    (exp / "spec.yaml").write_text("name: near\nconstraints: {target_test_acc: 0.9949}\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r2"), echo=lambda _: None)[0].read_text()
+    assert "✓" in text and "✗" not in text
