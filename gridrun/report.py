@@ -220,7 +220,7 @@ def write_csv(exp: Experiment, path: Path) -> None:
                         *[json.dumps(t.config.get(k)) if isinstance(t.config.get(k), dict) else t.config.get(k)
                           for k in keys],
                         *[t.final.get(k) for k in metric_keys], t.test_acc_recomputed,
-                        round(sum(h.get("seconds") or 0 for h in t.history), 1)])
+                        round(sum(t.epoch_seconds), 1)])
 
 
 def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
@@ -280,16 +280,6 @@ def _ensemble_section(exp: Experiment, done: list[Trial], top_k: int) -> list[st
             "larger summed softmax.", ""]
 
 
-def _mean_seconds(history: list[dict]) -> float:
-    """Mean seconds per epoch; nan where metrics.csv has no usable seconds column (a foreign
-    or hand-made folder), so one such trial cannot stop the report."""
-    try:
-        secs = [float(h["seconds"]) for h in history]
-    except (KeyError, TypeError, ValueError):
-        return float("nan")
-    return float(np.mean(secs)) if secs else float("nan")
-
-
 def _runs_section(done: list[Trial]) -> list[str]:
     import pandas as pd
 
@@ -298,7 +288,7 @@ def _runs_section(done: list[Trial]) -> list[str]:
     per = [{"trial": t.name, "seed": t.config.get("seed"), "epochs": len(t.history),
             "val acc, %": 100 * t.final["val_acc"] if t.final.get("val_acc") is not None else float("nan"),
             "test acc, %": 100 * t.test_acc_recomputed,
-            "s/epoch": _mean_seconds(t.history)} for t in sorted(done, key=lambda t: t.name)]
+            "s/epoch": float(np.mean(t.epoch_seconds)) if t.epoch_seconds else float("nan")} for t in sorted(done, key=lambda t: t.name)]
     return ["## Runs (final epoch of each)", "", pd.DataFrame(per).to_markdown(index=False, floatfmt=".2f"), ""]
 
 

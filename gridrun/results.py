@@ -57,6 +57,11 @@ class TrialRecord:
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
 
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Seconds of each epoch that recorded them (a hand-made metrics.csv may have none)."""
+        return [h["seconds"] for h in self.history if h.get("seconds") is not None]
+
     def group_key(self) -> str:
         """The config without seed and plumbing: trials with the same key are seeds of one config."""
         return json.dumps({k: v for k, v in self.config.items() if k not in NOT_CONFIG}, sort_keys=True)
@@ -382,7 +387,7 @@ def load(name_or_path: str | os.PathLike, storage: str = "runs"):
                      "params": t.params, "epochs": len(t.history),
                      **{f"final_{k}": final.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc",
                                                               "test_acc")},
-                     "train_seconds": round(sum(h.get("seconds") or 0 for h in t.history), 1),
+                     "train_seconds": round(sum(t.epoch_seconds), 1),
                      "device": t.meta.get("device"), "peak_gpu_mem_mb": t.meta.get("peak_gpu_mem_mb"),
                      "group": t.group})
     return pd.DataFrame(rows)

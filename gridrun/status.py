@@ -32,7 +32,7 @@ def snapshot(path: Path) -> dict:
     rows = []
     for t in exp.trials:
         status = t.status
-        epoch_s = [h["seconds"] for h in t.history if h.get("seconds")]
+        epoch_s = t.epoch_seconds
         if status == "unfinished":
             recent = now - t.updated_at() < 3 * (epoch_s[-1] if epoch_s else 60) + 60
             status = "running" if holder and recent else "pending" if holder else "unfinished"
