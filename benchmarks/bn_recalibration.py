@@ -2,10 +2,15 @@
 running statistics are recomputed on the un-augmented training images? A gain says the
 augmented training images' statistics are not the test images' (what `clean_epochs` addresses).
 
-    python benchmarks/bn_recalibration.py runs/tiny_best [--test]
+    python benchmarks/bn_recalibration.py runs/tiny_best [--test] [--weights raw]
 
 Prints, per finished trial, validation accuracy before -> after (and test with --test; the
 issue-17 decision used validation only). No training, nothing written.
+
+`--weights raw` scores the trained weights themselves instead of the saved model: for a trial
+with `ema` on, model.pt holds the weight average and the last checkpoint's `model` the weights
+the optimiser left, so the two runs of this script compare the average against no average on
+the very same training runs (the average never feeds back into training).
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ def main(argv=None) -> None:
     ap.add_argument("experiment")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--test", action="store_true", help="also print test accuracy")
+    ap.add_argument("--weights", choices=("saved", "raw"), default="saved",
+                    help="saved: model.pt (the weight average with ema); raw: the last checkpoint's trained weights")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     before, after = {}, {}
@@ -55,7 +62,14 @@ def main(argv=None) -> None:
         cfg = TrainConfig.from_dict({**cfg, "data_dir": a.data_dir or cfg.get("data_dir"), "out_dir": None})
         splits = prepare_splits(cfg, torch.device("cpu"))
         model = build_model(cfg)
-        model.load_state_dict(torch.load(t.dir / "model.pt", weights_only=True))
+        if a.weights == "raw":
+            last = max(t.dir.glob("checkpoint_*/state.pt"), default=None)
+            if last is None:
+                print(f"{t.name}: no checkpoint, skipped", flush=True)
+                continue
+            model.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["model"])
+        else:
+            model.load_state_dict(torch.load(t.dir / "model.pt", weights_only=True))
         model.eval()
         v0, t0 = accuracy(model, splits, splits.val_x, splits.val_y), accuracy(model, splits, splits.test_x, splits.test_y)
         recalibrate(model, splits)
