@@ -236,6 +236,8 @@ def prepare_device(cfg: TrainConfig) -> torch.device:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
+        if device.index is None:  # "cuda" -> "cuda:N": set_per_process_memory_fraction wants an index
+            device = torch.device("cuda", torch.cuda.current_device())
         if cfg.gpu_memory_fraction:
             torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -266,3 +266,27 @@ def test_a_state_from_before_a_field_existed_resumes(synth_dir, tmp_path):
     assert again["status"] == "ok" and again["final"]["test_acc"] == first["final"]["test_acc"]
     with pytest.raises(StateError, match="differs in precise_bn"):
         train({**cfg, "precise_bn": True}, resume_from=str(path))
+
+
+@pytest.mark.parametrize("fraction", [None, 0.25])
+def test_cuda_device_gets_an_index_before_the_memory_cap(monkeypatch, fraction):
+    """A trial on "cuda" (Ray's fractional GPU sets CUDA_VISIBLE_DEVICES, so the config says no
+    index) must reach set_per_process_memory_fraction as "cuda:N": on an H100 (torch 2.11) the
+    unindexed device failed every trial of tiny_nets with "Expected a torch.device with a
+    specified index". Exercised here without a GPU by standing in for the CUDA calls."""
+    import gridrun.train as gt
+
+    seen = {}
+    monkeypatch.setattr(gt, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+
+    def fake_fraction(frac, device):
+        assert isinstance(device, (int, torch.device)) and getattr(device, "index", device) is not None
+        seen["fraction"] = (frac, device)
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", fake_fraction)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: seen.setdefault("peak", device))
+    device = gt.prepare_device(TrainConfig(device="cuda", gpu_memory_fraction=fraction))
+    assert device == torch.device("cuda", 3)
+    assert seen["peak"] == torch.device("cuda", 3)
+    assert seen.get("fraction") == ((fraction, torch.device("cuda", 3)) if fraction else None)
