@@ -132,7 +132,11 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
     base = copy.deepcopy(models[0]).to("meta")
     n_params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
     ema = ({n: t.detach().clone() for n, t in {**params, **buffers}.items()} if c0.ema else None)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and c0.amp) else nullcontext
+    # Fused groups train in fp32, whatever cfg.amp says: on CUDA (torch 2.11, H100) the backward
+    # of vmap's batch norm refuses bf16 activations with fp32 running statistics ("Expected
+    # running_mean to have type BFloat16 but got Float"), and bf16 bought a tiny net nothing there
+    # (tinynet_7k step, batch 512: 127k img/s bf16 vs 131k fp32; reports/benchmarks.md).
+    autocast = nullcontext
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "n_train": n_train,
             "n_val": len(splits.val_y), "n_test": len(splits.test_y), "fused": len(cfgs), **versions()}
     if strategy == "auto":
@@ -140,6 +144,7 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
     if strategy not in ("vmap", "loop"):
         raise ConfigError(f"fused strategy {strategy!r}: use auto, vmap or loop")
     meta["fused_strategy"] = strategy
+    meta["bf16"] = False  # see the autocast note above
     return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, autocast, meta,
                  strategy)
 
