@@ -1,8 +1,9 @@
 """Fraction of the device's peak reached by a training step, and what channels_last, bf16
-autocast and torch.compile (CUDA graphs with mode "reduce-overhead") each change, per net.
+autocast, torch.compile (mode "reduce-overhead") and a whole-step CUDA graph each change, per net
+and batch size.
 
 A training step (forward, backward, SGD update) on a batch already on the device is timed
-(steps/s after a warm-up), for every combination of the three switches. FLOPs per image come
+(steps/s after a warm-up), for each variant and batch size. FLOPs per image come
 from torch.utils.flop_counter (forward + backward); the peak is measured here, as the bf16
 rate of a large matrix product, unless --peak-tflops is given.
 
@@ -53,10 +54,22 @@ def measured_peak_tflops(device: str) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12
 
 
-def step_rate(model: str, device: str, batch: int, channels_last: bool, amp: bool, compile_: bool,
-              steps: int) -> float:
+VARIANTS = {  # name: (channels_last, bf16, how the step runs)
+    "eager": (False, False, "eager"),
+    "channels_last": (True, False, "eager"),
+    "bf16": (False, True, "eager"),
+    "channels_last+bf16": (True, True, "eager"),
+    "compile": (False, False, "compile"),        # torch.compile(net, mode="reduce-overhead")
+    "cuda-graph": (False, False, "graph"),       # forward, backward and SGD update as one CUDA graph
+}
+
+
+def step_rate(model: str, device: str, batch: int, variant: str, steps: int) -> float:
+    channels_last, amp, how = VARIANTS[variant]
     torch.manual_seed(0)
     cuda = device.startswith("cuda")
+    if how == "graph" and not cuda:
+        raise RuntimeError("CUDA graphs need a CUDA device")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = create_model(model).to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -64,16 +77,28 @@ def step_rate(model: str, device: str, batch: int, channels_last: bool, amp: boo
     y = torch.randint(0, 10, (batch,), device=device)
     autocast = (lambda: torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16)) if amp else \
         contextlib.nullcontext
+    fwd = torch.compile(net, mode="reduce-overhead" if cuda else "default") if how == "compile" else net
 
     def step():
+        if how == "compile" and cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs may go
         with autocast():
-            loss = F.cross_entropy(net(x).float(), y)
+            loss = F.cross_entropy(fwd(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
 
-    if compile_:
-        step = torch.compile(step, mode="reduce-overhead" if cuda else "default")
+    if how == "graph":  # the whole-network capture of torch.cuda.graphs' documentation
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm up (cuDNN choices, momentum buffers) off the default stream
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        step = graph.replay  # noqa: F811  (replays read x, y and write the weights in place)
     for _ in range(5):
         step()
     if cuda:
@@ -90,10 +115,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", default="tinynet_7k,resnet20")
-    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--batch", default="128,512", help="batch sizes, joined with ','")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--peak-tflops", type=float, default=None)
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="from: " + ", ".join(VARIANTS))
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     peak = a.peak_tflops or measured_peak_tflops(a.device)
@@ -103,17 +128,17 @@ def main() -> int:
     rows = []
     for model in a.models.split(","):
         fpi = flops_per_image(model)
-        for cl, amp, comp in itertools.product([False, True], [False, True], [False] if a.no_compile else [False, True]):
+        for batch, variant in itertools.product([int(b) for b in a.batch.split(",")], a.variants.split(",")):
             try:
-                rate = step_rate(model, a.device, a.batch, cl, amp, comp, a.steps)
+                rate = step_rate(model, a.device, batch, variant, a.steps)
                 err = ""
             except Exception as e:  # a switch that does not work here is a result too
                 rate, err = 0.0, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
             frac = rate * fpi / (peak * 1e12)
-            rows.append({"model": model, "channels_last": cl, "bf16": amp, "compile": comp, "images_per_s": rate,
+            rows.append({"model": model, "batch": batch, "variant": variant, "images_per_s": rate,
                          "mflop_per_image": fpi / 1e6, "fraction_of_peak": frac, "error": err})
-            print(f"{model:<12} channels_last={cl!s:<5} bf16={amp!s:<5} compile={comp!s:<5} "
-                  f"{rate:>11,.0f} img/s  {100 * frac:6.3f}% of peak" + (f"  ({err})" if err else ""), flush=True)
+            print(f"{model:<18} batch {batch:<5} {variant:<19} {rate:>11,.0f} img/s  {100 * frac:6.3f}% of peak"
+                  + (f"  ({err})" if err else ""), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "peak_tflops": peak, "rows": rows}, f, indent=1)

@@ -40,10 +40,10 @@ export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ "$QUICK" = 1 ]; then
   TP="--steps 30 --batch 128"; FU="--ks 1,2,4 --steps 10 --max-processes 2"
   PK="--ns 1,2 --subset 2000 --epochs 1"; TT="--epochs 1 --subset 5000 --recipes tinynet_7k b256 sgd-nesterov one-cycle 0.3"
-  SS="--steps 3 --batch 64"; WK="0 2"
+  SS="--steps 3 --batch 64 --variants eager,compile"; WK="0 2"
 else
   TP="--steps 300 --batch 128"; FU="--ks 1,2,4,8,16,32 --steps 100 --batch 128 --max-processes 16"
-  PK="--ns 1,2,4,8,16 --subset 20000 --epochs 2"; TT=""; SS="--steps 50 --batch 512"; WK="0 4 8"
+  PK="--ns 1,2,4,8,16 --subset 20000 --epochs 2"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,compile,cuda-graph"; WK="0 4 8"
 fi
 
 run() {  # run NAME CMD...: log to $OUT/NAME.log, keep going on failure
