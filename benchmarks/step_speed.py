@@ -59,12 +59,22 @@ VARIANTS = {  # name: (channels_last, bf16, how the step runs)
     "channels_last": (True, False, "eager"),
     "bf16": (False, True, "eager"),
     "channels_last+bf16": (True, True, "eager"),
+    "cudnn-benchmark": (False, False, "cudnn-benchmark"),  # eager, cuDNN times its algorithms per shape
     "compile": (False, False, "compile"),        # torch.compile(net, mode="reduce-overhead")
     "cuda-graph": (False, False, "graph"),       # forward, backward and SGD update as one CUDA graph
 }
 
 
 def step_rate(model: str, device: str, batch: int, variant: str, steps: int) -> float:
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = VARIANTS[variant][2] == "cudnn-benchmark"
+    try:
+        return _step_rate(model, device, batch, variant, steps)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _step_rate(model: str, device: str, batch: int, variant: str, steps: int) -> float:
     channels_last, amp, how = VARIANTS[variant]
     torch.manual_seed(0)
     cuda = device.startswith("cuda")
