@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +68,6 @@ class Group:
     opt: dict                          # stacked optimizer state: momentum buffers / Adam moments
     kind: str                          # sgd | adam | adamw
     ema: dict | None                   # stacked weight average (params and buffers)
-    autocast: object
     meta: dict
     strategy: str = "vmap"             # vmap (one batched call) | loop (member by member), see _forward
     step: int = 0
@@ -132,11 +130,11 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
     base = copy.deepcopy(models[0]).to("meta")
     n_params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
     ema = ({n: t.detach().clone() for n, t in {**params, **buffers}.items()} if c0.ema else None)
-    # Fused groups train in fp32, whatever cfg.amp says: on CUDA (torch 2.11, H100) the backward
-    # of vmap's batch norm refuses bf16 activations with fp32 running statistics ("Expected
-    # running_mean to have type BFloat16 but got Float"), and bf16 bought a tiny net nothing there
-    # (tinynet_7k step, batch 512: 127k img/s bf16 vs 131k fp32; reports/benchmarks.md).
-    autocast = nullcontext
+    # Fused groups train in fp32, whatever cfg.amp says (so no autocast below): on CUDA (torch
+    # 2.11, H100) the backward of vmap's batch norm refuses bf16 activations with fp32 running
+    # statistics ("Expected running_mean to have type BFloat16 but got Float"), and bf16 bought a
+    # tiny net nothing there (tinynet_7k step, batch 512: 127k img/s bf16 vs 131k fp32;
+    # reports/benchmarks.md).
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "n_train": n_train,
             "n_val": len(splits.val_y), "n_test": len(splits.test_y), "fused": len(cfgs), **versions()}
     if strategy == "auto":
@@ -144,8 +142,7 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
     if strategy not in ("vmap", "loop"):
         raise ConfigError(f"fused strategy {strategy!r}: use auto, vmap or loop")
     meta["fused_strategy"] = strategy
-    meta["bf16"] = False  # see the autocast note above
-    return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, autocast, meta,
+    return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, meta,
                  strategy)
 
 
@@ -260,8 +257,7 @@ def train_epoch_fused(g: Group, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
     for idx in _batches(g):
         x, y = _augmented(g, idx, clean), g.splits.train_y[torch.stack(idx)]    # (K, B, ...), (K, B)
         alive = g.alive_mask()
-        with g.autocast():
-            out = _forward(g, g.params, g.buffers, x, shared_input=False).float()  # (K, B, 10)
+        out = _forward(g, g.params, g.buffers, x, shared_input=False).float()  # (K, B, 10)
         logp = F.log_softmax(out, -1)
         nll = -logp.gather(-1, y[..., None]).squeeze(-1)
         loss = ((1 - ls[:, None]) * nll + ls[:, None] * -logp.mean(-1)).mean(1)  # label smoothing as F.cross_entropy
@@ -294,8 +290,7 @@ def score_fused(g: Group) -> list[dict]:
     def infer(x):
         outs = []
         for xb in x.split(chunk):
-            with g.autocast():
-                outs.append(_forward(g, params, buffers, s.normalize(xb), shared_input=True).float())
+            outs.append(_forward(g, params, buffers, s.normalize(xb), shared_input=True).float())
         return torch.cat(outs, 1) if outs else torch.empty(g.k, 0, 10, device=x.device)
 
     val, test = infer(s.val_x), infer(s.test_x)
@@ -319,8 +314,7 @@ def precise_bn_fused(g: Group) -> None:
             t.fill_(1)
         elif n.endswith(("running_mean", "num_batches_tracked")):
             t.zero_()
-    with g.autocast():
-        precise_bn(g.base, g.splits, lambda x: _forward(g, params, buffers, x, shared_input=True))
+    precise_bn(g.base, g.splits, lambda x: _forward(g, params, buffers, x, shared_input=True))
     g.base.train()
 
 
