@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from gridrun.launch import launch
 from conftest import write_spec
 
+ROOT = Path(__file__).resolve().parents[1]
 TRIAL_FILES = ("config.json", "metrics.csv", "model.pt", "logits_val.npy", "logits_test.npy", "summary.json")
 
 
@@ -144,6 +146,10 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
         return {n: hashlib.sha256((d / "summary.json").read_bytes()).hexdigest() for n, d in trial_dirs(exp).items()}
 
     before = sums()
+    lines = []  # --dry-run on the folder says what a launch would run, and runs nothing
+    assert launch(str(spec), overrides=["seeds=3"], storage=str(storage), dry_run=True, out=lines.append) == 0
+    assert "1 of 3 trials already finished; the launch would run the other 2" in "\n".join(lines)
+    assert "plan: 2 trials" in lines[-1] and sorted(trial_dirs(exp)) == ["tinynet_7k_s0"]
     lines = []
     assert launch(str(spec), overrides=["seeds=3"], storage=str(storage), out=lines.append) == 0
     after = sums()
@@ -157,6 +163,18 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
         launch(str(spec), overrides=["base.lr=0.02"], storage=str(storage), out=lambda _: None)
     lines = []
     assert launch(str(spec), overrides=["seeds=3", "report.top_k=2"], storage=str(storage), out=lines.append) == 0
+    assert "nothing to run" in lines[-1]
+    # the slim copy that travels to a GPU machine (benchmarks/gpu/carry_grid.py) keeps what a
+    # launch reads: resumed there, it runs nothing again
+    tgz = tmp_path / "carry" / "grow_runs.tgz"
+    assert subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "carry_grid.py"), str(exp), str(tgz)],
+                          capture_output=True, text=True, check=True).stdout.count("model.pt of 3 finished trials")
+    there = tmp_path / "there"
+    with tarfile.open(tgz) as tar:
+        tar.extractall(there, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    assert not list((there / "grow").rglob("model.pt")) and list((there / "grow").rglob("logits_test.npy"))
+    lines = []
+    assert launch(str(spec), overrides=["seeds=3"], storage=str(there), dry_run=True, out=lines.append) == 0
     assert "nothing to run" in lines[-1]
     assert "top_k: 2" in (exp / "spec.yaml").read_text()  # an edited report: section reaches the report
     assert launch(str(spec), overrides=["base.lr=0.02"], storage=str(storage), fresh=True, out=lines.append) == 0

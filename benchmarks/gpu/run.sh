@@ -9,12 +9,17 @@
 # A session has 10 minutes per command: run the stages over several calls if need be, e.g.
 #   run 1: bash benchmarks/gpu/run.sh check throughput fused
 #   run 2: bash benchmarks/gpu/run.sh packing mps time steps
-# Grids: stage grid:NAME launches (or resumes) grids/NAME.yaml for GRID_SECONDS (default 480),
-# stops it cleanly with Ctrl-C's signal, writes its report and tars the experiment folder to
-# $OUT/NAME_runs.tgz; the next session copies that to .device/NAME_runs.tgz (carried with
-# .device; the stage extracts it into runs/ when runs/NAME is absent) and runs the same stage
-# again to resume where it stopped, e.g.
-#   bash benchmarks/gpu/run.sh check grid:tiny_nets
+# Grids: stage grid:NAME launches (or resumes) grids/NAME.yaml for GRID_SECONDS (default 480)
+# under the CUDA MPS daemon (GRID_MPS=0: without), stops it cleanly with Ctrl-C's signal,
+# writes its report ($OUT/NAME.md) and tars the files the launch wrote to
+# $OUT/NAME_new.tgz.part-aa, -ab, ...; here, extract those over runs/NAME
+# (`cat NAME_new.tgz.part-* | tar xz -C runs`), run `gridrun report runs/NAME`, and for the
+# next session `python benchmarks/gpu/carry_grid.py runs/NAME .device-grid/NAME_runs.tgz`
+# (the stage extracts it into runs/ when runs/NAME is absent). .device/ and a grid's folder
+# rarely fit in one call's 64 MiB together: call 1 carries .device (Ray and MNIST stay in /tmp
+# on the warm machine), call 2 right after carries only .device-grid, e.g.
+#   call 1, carry [".device"]:      bash benchmarks/gpu/run.sh check
+#   call 2, carry [".device-grid"]: bash benchmarks/gpu/run.sh grid:tiny_nets
 # Build .device/ first, here: bash ../shared/tools/device-bundle.sh; mkdir -p .device/mnist;
 # cp ../shared/data/mnist/*.gz .device/mnist/   (and carry .device with the device tool).
 # --device cpu --quick is the CPU rehearsal: the same steps, small sizes, in a fresh Python
@@ -32,7 +37,10 @@ done
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(check throughput fused packing mps time steps)
 OUT=${OUT:-/tmp/gridrun-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GRIDRUN_NO_DOWNLOAD=1
-export GRIDRUN_DATA=${GRIDRUN_DATA:-$PWD/.device/mnist}
+# MNIST: the carried copy, kept in /tmp for later calls on the same (warm) machine, which may
+# carry a grid folder (.device-grid/) instead of .device/ (both do not fit in one call's 64 MiB)
+if [ -d .device/mnist ]; then mkdir -p /tmp/gridrun-mnist && cp -u .device/mnist/* /tmp/gridrun-mnist/; fi
+export GRIDRUN_DATA=${GRIDRUN_DATA:-/tmp/gridrun-mnist}
 PY=${PYTHON:-python3}
 
 # 1. what the image lacks: a slim Ray and the wheels beside it (once per machine)
@@ -53,8 +61,9 @@ if [ "$QUICK" = 1 ]; then
   SS="--steps 3 --batch 64 --variants eager,compile"; WK="0 2"
 else
   TP="--steps 300 --batch 128"; FU="--ks 1,2,4,8,16,32 --steps 100 --batch 128 --max-processes 16"
-  PK="--ns 1,2,4,8,16 --subset 20000 --epochs 2"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,cudnn-benchmark,compile,cuda-graph"; WK="0 4 8"
+  PK="--ns 1,2,4,8,16 --subset 55000 --epochs 3"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,cudnn-benchmark,compile,cuda-graph"; WK="0 4 8"
 fi
+SS=${STEPS_ARGS:-$SS}  # e.g. STEPS_ARGS="--models tinynet_7k --batch 128 --variants eager,compile"
 
 run() {  # run NAME CMD...: log to $OUT/NAME.log, keep going on failure
   local name=$1; shift
@@ -64,6 +73,18 @@ run() {  # run NAME CMD...: log to $OUT/NAME.log, keep going on failure
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc after $((SECONDS - t)) s" | tee -a "$OUT/summary.txt"
 }
+
+mps_start() {  # mps_start WHAT: start the CUDA MPS daemon (kernels of several processes then share
+  # the GPU at once instead of taking turns); says so in the summary either way
+  if [ $DEVICE = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+    if nvidia-cuda-mps-control -d; then echo "== $1: CUDA MPS daemon started" | tee -a "$OUT/summary.txt"; return 0; fi
+    echo "== $1: the MPS daemon could not be started" | tee -a "$OUT/summary.txt"
+  else echo "== $1: no MPS (no CUDA or no nvidia-cuda-mps-control)" | tee -a "$OUT/summary.txt"; fi
+  return 1
+}
+mps_stop() { echo quit | nvidia-cuda-mps-control; }
 
 for stage in "${STAGES[@]}"; do
   case $stage in
@@ -85,14 +106,10 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       run packing $PY benchmarks/packing.py $PK --gpus $([ $DEVICE = cpu ] && echo 0 || echo 1) \
         --json "$OUT/packing.json" ;;
     mps)
-      if [ $DEVICE = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
-        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-        mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-        if nvidia-cuda-mps-control -d; then
-          run mps $PY benchmarks/packing.py $PK --modes ray --gpus 1 --label MPS --json "$OUT/mps.json"
-          echo quit | nvidia-cuda-mps-control
-        else echo "== mps: the MPS daemon could not be started" | tee -a "$OUT/summary.txt"; fi
-      else echo "== mps: skipped (no CUDA or no nvidia-cuda-mps-control)" | tee -a "$OUT/summary.txt"; fi ;;
+      if mps_start mps; then
+        run mps $PY benchmarks/packing.py $PK --modes ray --gpus 1 --label MPS --json "$OUT/mps.json"
+        mps_stop
+      fi ;;
     time)
       if [ "$QUICK" = 1 ]; then
         run time $PY benchmarks/time_to_acc.py --device $DEVICE --epochs 1 --subset 5000 \
@@ -105,16 +122,30 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
     grid:*)
       g=${stage#grid:}
       [ -f "grids/$g.yaml" ] || { echo "no grids/$g.yaml"; exit 2; }
-      if [ ! -d "runs/$g" ] && [ -f ".device/${g}_runs.tgz" ]; then  # an earlier session's folder
-        rm -rf /tmp/grid-in && mkdir -p /tmp/grid-in runs && tar xzf ".device/${g}_runs.tgz" -C /tmp/grid-in \
+      # an earlier session's folder (benchmarks/gpu/carry_grid.py wrote it): .device-grid/ or
+      # .device/NAME_runs.tgz, or its parts NAME_runs.tgz.part-aa, -ab, ...
+      src=$(ls .device-grid/${g}_runs.tgz* .device/${g}_runs.tgz* 2>/dev/null | sort | head -1)
+      if [ ! -d "runs/$g" ] && [ -n "$src" ]; then
+        rm -rf /tmp/grid-in && mkdir -p /tmp/grid-in runs && cat $(ls ${src%.part-*}* | sort) | tar xz -C /tmp/grid-in \
           && mv "$(find /tmp/grid-in -maxdepth 2 -type d -name "$g" | head -1)" "runs/$g" \
-          && echo "== grid $g: resuming the folder from .device/${g}_runs.tgz" | tee -a "$OUT/summary.txt"
+          && echo "== grid $g: resuming the folder from ${src%.part-*}" | tee -a "$OUT/summary.txt"
       fi
       GPU_ARGS=$([ $DEVICE = cuda ] && echo "resources.gpu=${GRID_GPU:-0.1} resources.cpu=1")
+      # MPS by default: the tiny_nets grid's ten fused groups ran 1.6-1.7x the epochs per second
+      # under it (reports/benchmarks.md); GRID_MPS=0 turns it off
+      MPS=0; [ "${GRID_MPS:-1}" = 1 ] && mps_start "grid $g" && MPS=1
+      touch /tmp/grid-start-$g; sleep 1
       run "grid_$g" timeout -s INT "${GRID_SECONDS:-480}" $PY -m gridrun.cli launch "grids/$g.yaml" \
-        --storage runs $GPU_ARGS
-      run "report_$g" $PY -m gridrun.cli report "runs/$g" --out "$OUT/$g.md"
-      tar czf "$OUT/${g}_runs.tgz" -C runs "$g" && ls -l "$OUT/${g}_runs.tgz" | tee -a "$OUT/summary.txt"
+        $GPU_ARGS --storage runs  # KEY=VALUE changes come right after the spec
+      [ $MPS = 1 ] && mps_stop
+      mkdir -p /tmp/report-$g && run "report_$g" $PY -m gridrun.cli report "runs/$g" --out "/tmp/report-$g/$g.md"
+      cp /tmp/report-$g/$g.md "$OUT/" 2>/dev/null
+      # back: only what this launch wrote (at most 8 files come back; the whole folder of a
+      # finished grid is too big): extract it over the folder here, then `gridrun report` here
+      (cd runs && find "$g" -type f -newer /tmp/grid-start-$g) > /tmp/grid-new-$g.txt
+      tar czf - -C runs -T /tmp/grid-new-$g.txt | split -b 15m - "$OUT/${g}_new.tgz.part-" \
+        && echo "== grid $g: $(wc -l < /tmp/grid-new-$g.txt) new or changed files in $(ls "$OUT/${g}_new.tgz".part-* | wc -l) part(s):" \
+             "cat ${g}_new.tgz.part-* | tar xz -C runs" | tee -a "$OUT/summary.txt"
       [ $DEVICE = cuda ] && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>&1 | tail -1 >> "$OUT/summary.txt" ;;
     *) echo "unknown stage $stage (check throughput fused packing mps time steps grid:NAME)"; exit 2 ;;
   esac
