@@ -96,7 +96,10 @@ def _step_rate(model: str, device: str, batch: int, variant: str, steps: int) ->
             loss = F.cross_entropy(fwd(x).float(), y)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=False)
+        # the captured graph needs the same grad tensors every replay; a compiled (reduce-overhead)
+        # backward must not accumulate into grads that are its last run's graph outputs (the
+        # 2026-11-23 H100 run failed so: pytorch/pytorch#169545), so it starts from None
+        opt.zero_grad(set_to_none=how == "compile")
 
     if how == "graph":  # the whole-network capture of torch.cuda.graphs' documentation
         side = torch.cuda.Stream()

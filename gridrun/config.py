@@ -78,8 +78,9 @@ class TrainConfig:
     device: str = _f("auto", "plumbing")  # auto | cpu | cuda | cuda:N
     threads: int = _f(0, "plumbing")     # CPU threads for torch; 0 leaves torch's default
     compile: bool = _f(False, "plumbing")  # torch.compile the model (CUDA only)
-    amp: bool = _f(True, "plumbing")     # bf16 autocast on CUDA
-    channels_last: bool = _f(True, "plumbing")  # memory format on CUDA
+    amp: bool | None = _f(None, "plumbing")  # bf16 autocast on CUDA; None: for nets of >= 100k
+                                         # parameters (train.fast_formats says why)
+    channels_last: bool | None = _f(None, "plumbing")  # memory format on CUDA; None: as amp
     gpu_memory_fraction: float | None = _f(None, "plumbing")  # soft cap per process
     eval_batch_size: int = _f(4096, "plumbing")
     out_dir: str | None = _f(None, "plumbing")  # where the trial writes its files; None: nowhere

@@ -136,7 +136,8 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
     # tiny net nothing there (tinynet_7k step, batch 512: 127k img/s bf16 vs 131k fp32;
     # reports/benchmarks.md).
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "n_train": n_train,
-            "n_val": len(splits.val_y), "n_test": len(splits.test_y), "fused": len(cfgs), **versions()}
+            "n_val": len(splits.val_y), "n_test": len(splits.test_y), "fused": len(cfgs),
+            "amp": False, "channels_last": False, **versions()}  # what ran, whatever the config says
     if strategy == "auto":
         strategy = "vmap" if cuda else "loop"
     if strategy not in ("vmap", "loop"):

@@ -253,6 +253,23 @@ def prepare_splits(cfg: TrainConfig, device: torch.device, arrays: dict | None =
     return splits
 
 
+# bf16 autocast and channels_last pay off only for nets wide enough for tensor cores. Measured on
+# an H100 (reports/benchmarks.md, 2026-11-23, bare training step): both together ran 0.64x
+# (batch 128) and 0.84x (batch 512) the fp32 speed of tinynet_7k (7,594 parameters, 10-16
+# channels), and 1.07x / 1.29x that of resnet20 (272,090). The threshold lies between the two.
+FAST_FORMATS_MIN_PARAMS = 100_000
+
+
+def fast_formats(cfg: TrainConfig, cuda: bool, n_params: int) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) for a net of n_params: never off CUDA; a field left at None
+    follows the net's size, an explicit true/false is obeyed."""
+    if not cuda:
+        return False, False
+    big = n_params >= FAST_FORMATS_MIN_PARAMS
+    amp = big if cfg.amp is None else cfg.amp
+    return amp, amp if cfg.channels_last is None else cfg.channels_last
+
+
 def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
     """Device, seeds, data on the device, model, optimizer and scheduler for one config."""
     device = prepare_device(cfg)
@@ -265,16 +282,18 @@ def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
     model = build_model(cfg).to(device)
     seed_dropout(model, cfg.seed)  # dropout masks: a hash of (seed, step, element), not the global RNG
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    fmt = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
+    use_amp, use_cl = fast_formats(cfg, cuda, n_params)
+    fmt = torch.channels_last if use_cl else torch.contiguous_format
     model = model.to(memory_format=fmt)
     step_model = torch.compile(model) if (cfg.compile and cuda) else model
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.amp) else nullcontext
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     n_train = len(splits.train_y)
     steps_per_epoch = n_train // cfg.batch_size + (n_train % cfg.batch_size >= 2)  # a batch of one is dropped
     opt = make_optimizer(cfg, model.parameters())
     sched, per_batch = make_scheduler(cfg, opt, math.ceil(n_train / cfg.batch_size))
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(),
+            "amp": use_amp, "channels_last": use_cl,
             "n_train": n_train, "n_val": len(splits.val_y), "n_test": len(splits.test_y),
             "steps_per_epoch": steps_per_epoch, **versions()}
     return Run(cfg, device, splits, aug, model, step_model, opt, sched, per_batch, dgen, fmt, autocast, ema, meta)

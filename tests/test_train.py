@@ -33,6 +33,21 @@ def test_learns_and_writes_every_file(synth_dir, tmp_path):
     assert len(rows) == 2 and set(rows[0]) >= {"train_loss", "val_acc", "test_acc", "lr", "seconds", "images_per_s"}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "tinynet_7k" and cfg["_meta"]["params"] == res["params"]
+    assert cfg["_meta"]["amp"] is False and cfg["_meta"]["channels_last"] is False  # what ran (CPU: fp32)
+
+
+@pytest.mark.parametrize("amp,cl,cuda,params,want", [
+    (None, None, True, 7_594, (False, False)),      # a tiny net on CUDA: fp32, contiguous (measured faster)
+    (None, None, True, 272_090, (True, True)),      # resnet20: bf16 + channels_last
+    (True, None, True, 7_594, (True, True)),        # an explicit amp is obeyed; channels_last follows it
+    (None, False, True, 272_090, (True, False)),    # an explicit channels_last is obeyed
+    (False, True, True, 272_090, (False, True)),
+    (True, True, False, 272_090, (False, False)),   # never off CUDA
+])
+def test_fast_formats_follow_the_net_size_unless_set(amp, cl, cuda, params, want):
+    from gridrun.train import fast_formats
+
+    assert fast_formats(TrainConfig(amp=amp, channels_last=cl), cuda, params) == want
 
 
 def _weights_and_opt(out):
