@@ -102,6 +102,11 @@ def test_dropout_rate_never_changes_a_models_structure():
 def test_tinynet_arch_strings():
     assert count_params("tinynet") == count_params("tinynet_7k")
     assert count_params("tinynet", arch="C8:1 M T4 C8 O G") < 2000
-    for bad in ("C8 X G", "C8 O", "C0 O G", "Cx O G", ""):
+    # S: depthwise 3x3 (9 weights per input channel) then 1x1 (8 -> 16), + BN's 2 x 16
+    assert count_params("tinynet", arch="C8:1 S16 O G") - count_params("tinynet", arch="C8:1 O G") \
+        == 9 * 8 + 8 * 16 + 2 * 16 + (16 - 8) * 10
+    net = create_model("tinynet", arch="C8:0 C16:0 M T12 S24 S24 M S32 S32 S40 O G")
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    for bad in ("C8 X G", "C8 O", "C0 O G", "Cx O G", "", "C8 S O G", "C8 S0 O G"):
         with pytest.raises(GridrunError, match="arch"):
             create_model("tinynet", arch=bad)
