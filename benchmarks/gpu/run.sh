@@ -20,6 +20,9 @@
 # on the warm machine), call 2 right after carries only .device-grid, e.g.
 #   call 1, carry [".device"]:      bash benchmarks/gpu/run.sh check
 #   call 2, carry [".device-grid"]: bash benchmarks/gpu/run.sh grid:tiny_nets
+# A grid of big nets (the zoo: checkpoints of hundreds of MB) cannot travel; it resumes from this
+# machine's own runs/ on later calls while the machine stays warm, and GRID_BACK=results brings
+# back only logits, metrics and summaries (no weights, no checkpoints).
 # Build .device/ first, here: bash ../shared/tools/device-bundle.sh; mkdir -p .device/mnist;
 # cp ../shared/data/mnist/*.gz .device/mnist/   (and carry .device with the device tool).
 # --device cpu --quick is the CPU rehearsal: the same steps, small sizes, in a fresh Python
@@ -131,8 +134,8 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
           && echo "== grid $g: resuming the folder from ${src%.part-*}" | tee -a "$OUT/summary.txt"
       fi
       GPU_ARGS=$([ $DEVICE = cuda ] && echo "resources.gpu=${GRID_GPU:-0.1} resources.cpu=1")
-      # MPS by default: the tiny_nets grid's ten fused groups ran 1.6-1.7x the epochs per second
-      # under it (reports/benchmarks.md); GRID_MPS=0 turns it off
+      # MPS by default: the tiny_nets grid's ten fused groups trained 1.48x the images per second
+      # under it (1.3-1.6x per group; reports/benchmarks.md); GRID_MPS=0 turns it off
       MPS=0; [ "${GRID_MPS:-1}" = 1 ] && mps_start "grid $g" && MPS=1
       touch /tmp/grid-start-$g; sleep 1
       run "grid_$g" timeout -s INT "${GRID_SECONDS:-480}" $PY -m gridrun.cli launch "grids/$g.yaml" \
@@ -142,7 +145,10 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       cp /tmp/report-$g/$g.md "$OUT/" 2>/dev/null
       # back: only what this launch wrote (at most 8 files come back; the whole folder of a
       # finished grid is too big): extract it over the folder here, then `gridrun report` here
-      (cd runs && find "$g" -type f -newer /tmp/grid-start-$g) > /tmp/grid-new-$g.txt
+      # GRID_BACK=results leaves out weights and checkpoints (a zoo net's are tens of MB; the
+      # report needs logits, metrics and summaries): the grid then resumes only on this machine
+      SKIP=(); [ "${GRID_BACK:-all}" = results ] && SKIP=(-not -path "*/checkpoint_*" -not -name model.pt -not -name state.pt)
+      (cd runs && find "$g" -type f -newer /tmp/grid-start-$g "${SKIP[@]}") > /tmp/grid-new-$g.txt
       tar czf - -C runs -T /tmp/grid-new-$g.txt | split -b 15m - "$OUT/${g}_new.tgz.part-" \
         && echo "== grid $g: $(wc -l < /tmp/grid-new-$g.txt) new or changed files in $(ls "$OUT/${g}_new.tgz".part-* | wc -l) part(s):" \
              "cat ${g}_new.tgz.part-* | tar xz -C runs" | tee -a "$OUT/summary.txt"
