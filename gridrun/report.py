@@ -118,6 +118,9 @@ def config_table(exp: Experiment) -> tuple[list[dict], str]:
         for title, ok, why in checks:
             row[title] = ("✓" if ok else "✗") + why
         row["_ok"] = all(ok for _, ok, _ in checks)
+        row["_budget_ok"] = all(ok for title, ok, _ in checks if not title.startswith("test"))
+        row["_label"] = ", ".join([str(cfg.get("model"))] + [f"{k} {row[k]}" for k in varying if k != "model"])
+        row["_val_text"], row["_test_text"] = row["Val acc"], row["Test acc"]
         rows.append(row)
     rows.sort(key=lambda r: (str(r["_model"]), -r["_val"]))
     best = {}
@@ -128,11 +131,34 @@ def config_table(exp: Experiment) -> tuple[list[dict], str]:
         for k in list(r):
             if not k.startswith("_") and r[k] not in (None, ""):
                 r[k] = f"**{r[k]}**"
+    return rows, _constraint_summary(rows, cons)
+
+
+def _constraint_summary(rows: list[dict], cons: dict) -> str:
+    """The answer first: the config with the best mean validation accuracy among those within
+    the budget (parameters, epochs), and whether its test mean meets the target. How many
+    configs' test means pass comes second, said to be no choice: picking among them by test
+    accuracy would be choosing on the test set."""
+    if not cons:
+        return ""
+    words = _cons_words(cons)
+    budget = [w for w in words if not w.startswith("mean test")]
+    within = [r for r in rows if r["_budget_ok"]]
+    lines = []
+    if within:
+        a = max(within, key=lambda r: r["_val"])
+        where = f" among the configs within {' and '.join(budget)}" if budget else ""
+        line = f"Chosen on validation{where}: {a['_label']}, val {a['_val_text']}, test {a['_test_text']}"
+        if target := cons.get("target_test_acc"):
+            line += (f": it {'meets' if a['_ok'] else 'misses'} the target of {100 * target:.2f}% mean test "
+                     f"accuracy")
+        lines.append(line + ".")
+    elif budget:
+        lines.append(f"No config is within {' and '.join(budget)}.")
     n_ok = sum(r["_ok"] for r in rows)
-    summary = ""
-    if cons:
-        summary = f"{n_ok} of {len(rows)} configs meet every constraint ({', '.join(_cons_words(cons))})."
-    return rows, summary
+    lines.append(f"{n_ok} of {len(rows)} configs meet every constraint ({', '.join(words)})"
+                 + ("; the test set chose none of them." if cons.get("target_test_acc") else "."))
+    return " ".join(lines)
 
 
 def _cons_words(cons: dict) -> list[str]:

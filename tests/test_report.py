@@ -271,3 +271,19 @@ def test_a_mean_that_rounds_up_to_the_target_is_a_miss_with_its_digits(tmp_path)
     (exp / "spec.yaml").write_text("name: near\nconstraints: {target_test_acc: 0.9949}\n")
     text = report([str(exp)], reports_dir=str(tmp_path / "r2"), echo=lambda _: None)[0].read_text()
     assert "✓" in text and "✗" not in text
+
+
+def test_the_summary_names_the_validation_choice_not_the_configs_that_pass_on_test(tmp_path):
+    """Config a has the better validation accuracy and misses the test target; config b passes
+    on test with a worse validation accuracy. The answer is a (a miss), and b's pass is
+    reported as chosen by nothing; a config over the parameter budget is never the answer."""
+    exp = tmp_path / "answer"
+    for s in (0, 1):
+        fake_trial(exp, f"a_s{s}", wrong_on(range(10)), val_acc=0.99, model="a", seed=s)
+        fake_trial(exp, f"b_s{s}", LABELS, val_acc=0.98, model="b", seed=s)
+        fake_trial(exp, f"c_s{s}", LABELS, val_acc=0.999, model="c", seed=s, params=50_000)
+    (exp / "spec.yaml").write_text("name: answer\nconstraints: {max_params: 20000, target_test_acc: 0.995}\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    line = next(l for l in text.splitlines() if l.startswith("Chosen on validation"))
+    assert "within params ≤ 20,000: a," in line and "it misses the target of 99.50%" in line, line
+    assert "1 of 3 configs meet every constraint" in line and "the test set chose none of them" in line
