@@ -120,7 +120,7 @@ def config_table(exp: Experiment) -> tuple[list[dict], str]:
         row["_ok"] = all(ok for _, ok, _ in checks)
         row["_budget_ok"] = all(ok for title, ok, _ in checks if not title.startswith("test"))
         row["_label"] = ", ".join([str(cfg.get("model"))] + [f"{k} {row[t]}" for k, t in STUDY_COLUMNS[1:]]
-                                  + [f"{k} {row[k]}" for k in varying if row[k] not in (None, "")])
+                                  + [f"{k} {row[k]}" for k in varying if row[k] not in (None, "", "{}")])
         row["_val_text"], row["_test_text"] = row["Val acc"], row["Test acc"]
         rows.append(row)
     rows.sort(key=lambda r: (str(r["_model"]), -r["_val"]))
