@@ -110,6 +110,7 @@ def config_table(exp: Experiment) -> tuple[list[dict], str]:
             checks.append(("params ≤ {:,}".format(cons["max_params"]), (members[0].params or 0) <= cons["max_params"], ""))
         if cons.get("max_epochs"):
             checks.append((f"epochs ≤ {cons['max_epochs']}", cfg.get("epochs", 0) <= cons["max_epochs"], ""))
+        row["_budget_ok"] = all(ok for _, ok, _ in checks)  # parameters and epochs, before the test target
         if target := cons.get("target_test_acc"):
             hit = row["_test"] >= target
             # a miss whose mean the table's two decimals round up to the target shows its digits
@@ -118,11 +119,10 @@ def config_table(exp: Experiment) -> tuple[list[dict], str]:
         for title, ok, why in checks:
             row[title] = ("✓" if ok else "✗") + why
         row["_ok"] = all(ok for _, ok, _ in checks)
-        row["_budget_ok"] = all(ok for title, ok, _ in checks if not title.startswith("test"))
         row["_label"] = ", ".join([str(cfg.get("model"))] + [f"{k} {row[t]}" for k, t in STUDY_COLUMNS[1:]]
                                   + [f"{k} {row[k]}" for k in varying if row[k] not in (None, "", "{}")])
-        row["_val_text"], row["_test_text"] = row["Val acc"], row["Test acc"]
         rows.append(row)
+    summary = _constraint_summary(rows, cons)  # before the best rows' cells turn bold
     rows.sort(key=lambda r: (str(r["_model"]), -r["_val"]))
     best = {}
     for r in rows:  # best config per model: highest mean validation accuracy, never test
@@ -132,7 +132,7 @@ def config_table(exp: Experiment) -> tuple[list[dict], str]:
         for k in list(r):
             if not k.startswith("_") and r[k] not in (None, ""):
                 r[k] = f"**{r[k]}**"
-    return rows, _constraint_summary(rows, cons)
+    return rows, summary
 
 
 def _constraint_summary(rows: list[dict], cons: dict) -> str:
@@ -149,7 +149,7 @@ def _constraint_summary(rows: list[dict], cons: dict) -> str:
     if within:
         a = max(within, key=lambda r: r["_val"])
         where = f" among the configs within {' and '.join(budget)}" if budget else ""
-        line = f"Chosen on validation{where}: {a['_label']}, val {a['_val_text']}, test {a['_test_text']}"
+        line = f"Chosen on validation{where}: {a['_label']}, val {a['Val acc']}, test {a['Test acc']}"
         if target := cons.get("target_test_acc"):
             line += (f": it {'meets' if a['_ok'] else 'misses'} the target of {100 * target:.2f}% mean test "
                      f"accuracy")
