@@ -292,7 +292,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     if dry_run:
         if local and not fresh and (old := results.read_manifest(Path(exp_dir))):
             _check_growth(exp_dir, old, trials)  # refuse what the launch would refuse
-            done = _finished(Path(exp_dir))
+            done = results.settled(Path(exp_dir))
             if todo := [t for t in trials if t["name"] not in done]:
                 if len(todo) < len(trials):
                     out(f"{exp_dir}: {len(trials) - len(todo)} of {len(trials)} trials already finished; "
@@ -448,18 +448,12 @@ def _prepare_experiment(exp_dir: str, spec, spec_path: str, trials: list[dict], 
     from . import hparams
 
     hparams.write_experiment(exp, list(merged.values()))
-    done = _finished(exp)
+    done = results.settled(exp)
     todo_trials = [t for t in trials if t["name"] not in done]
     if len(todo_trials) < len(trials):
         out(f"{exp_dir}: {len(trials) - len(todo_trials)} of {len(trials)} trials already finished (kept untouched); "
             f"{len(todo_trials)} to run")
     return plan_units(spec, todo_trials)
-
-
-def _finished(exp: Path) -> set[str]:
-    """Names of the folder's trials that a launch leaves alone (finished or diverged)."""
-    return {n for n, (d, _) in results.trial_dirs(exp).items()
-            if results.read_trial(d, n, logits=False).status in ("finished", "diverged")}
 
 
 def results_atomic_write(path: Path, text: str) -> None:

@@ -207,6 +207,12 @@ def trial_dirs(path: Path) -> dict[str, tuple[Path, str | None]]:
     return out
 
 
+def settled(path: Path) -> dict[str, Path]:
+    """The trials a launch leaves alone (finished or diverged), name -> folder."""
+    return {n: d for n, (d, _) in trial_dirs(path).items()
+            if read_trial(d, n, logits=False).status in ("finished", "diverged")}
+
+
 def _looks_like_trial(d: Path) -> bool:
     return any((d / f).exists() for f in ("config.json", "params.json", "error.txt", "metrics.csv"))
 

@@ -22,19 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-HEAVY = ("model.pt",)  # logits and labels stay: a launch checks them
-
-
 def slim_members(exp: Path) -> tuple[set[Path], int]:
     """Files to leave out, and how many trials are finished."""
     from gridrun import results
 
-    drop: set[Path] = set()
-    done_dirs: set[Path] = set()
-    for name, (d, _) in results.trial_dirs(exp).items():
-        if results.read_trial(d, name, logits=False).status in ("finished", "diverged"):
-            done_dirs.add(d)
-            drop.update(f for f in d.iterdir() if f.is_file() and f.name.startswith(HEAVY))
+    done_dirs = set(results.settled(exp).values())
+    drop = {d / "model.pt" for d in done_dirs if (d / "model.pt").is_file()}  # logits stay: a launch checks them
     for unit in (c for c in exp.iterdir() if c.is_dir()):
         members = [m for m in unit.iterdir() if m.is_dir() and not m.name.startswith("checkpoint_")]
         finished = unit in done_dirs or (members and all(m in done_dirs for m in members))
