@@ -78,6 +78,8 @@ class TrainConfig:
     device: str = _f("auto", "plumbing")  # auto | cpu | cuda | cuda:N
     threads: int = _f(0, "plumbing")     # CPU threads for torch; 0 leaves torch's default
     compile: bool = _f(False, "plumbing")  # torch.compile the model (CUDA only)
+    cuda_graph: bool = _f(False, "plumbing")  # record the training step once as a CUDA graph and
+                                         # replay it (CUDA and SGD only; graphs.py says why)
     amp: bool | None = _f(None, "plumbing")  # bf16 autocast on CUDA; None: for nets of >= 100k
                                          # parameters (train.fast_formats says why)
     channels_last: bool | None = _f(None, "plumbing")  # memory format on CUDA; None: as amp
@@ -112,6 +114,8 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "gamma", "pct_start", "label_smoothing", "ema"):
             if not math.isfinite(getattr(self, name)):
                 bad(name, "must be a finite number")
+        if self.cuda_graph and self.compile:
+            bad("cuda_graph", "cuda_graph and compile cannot both be on: each replays the step its own way; pick one")
         if not self.lr > 0:
             bad("lr", "learning rate must be > 0")
         if self.optimizer not in OPTIMIZERS:

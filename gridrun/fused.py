@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .augment import Augment, Draws
+from .graphs import StepGraphs, wanted
 from .config import ConfigError, TrainConfig
 from .models import create_model, model_defaults, model_kwargs, resolve_model_args
 from .models._layers import seed_dropout, set_dropout_rate
@@ -72,6 +73,7 @@ class Group:
     strategy: str = "vmap"             # vmap (one batched call) | loop (member by member), see _forward
     step: int = 0
     start_epoch: int = 1
+    graphs: "FusedGraphs | None" = None  # set when the steps are recorded as CUDA graphs
 
     @property
     def k(self) -> int:
@@ -143,8 +145,11 @@ def setup_group(cfgs: list[TrainConfig], arrays: dict | None = None, strategy: s
     if strategy not in ("vmap", "loop"):
         raise ConfigError(f"fused strategy {strategy!r}: use auto, vmap or loop")
     meta["fused_strategy"] = strategy
-    return Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, meta,
-                 strategy)
+    meta["cuda_graph"] = wanted(c0.cuda_graph, device)
+    g = Group(cfgs, device, splits, members, base, params, buffers, {}, c0.optimizer, ema, meta, strategy)
+    if meta["cuda_graph"]:
+        g.graphs = FusedGraphs(g)
+    return g
 
 
 def _forward(g: Group, params: dict, buffers: dict, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
@@ -181,20 +186,38 @@ def _augmented(g: Group, idx: list[torch.Tensor], clean: list[bool]) -> torch.Te
             for k in ks:
                 out[k] = x[k]
             continue
-        joined = Augment.apply(x[ks].flatten(0, 1), Draws.cat([draws[k] for k in ks]))
+        # members picked by stacking views, not x[ks]: a list index is a host-to-device copy,
+        # which a CUDA graph cannot record
+        joined = Augment.apply(torch.stack([x[k] for k in ks]).flatten(0, 1), Draws.cat([draws[k] for k in ks]))
         for j, k in enumerate(ks):
             out[k] = joined[j * x.shape[1]:(j + 1) * x.shape[1]]
     return s.normalize(torch.stack(out).flatten(0, 1)).view(x.shape)
 
 
-def _hyper(g: Group, name: str) -> torch.Tensor:
+def _hyper(g: Group, name: str, device=None) -> torch.Tensor:
     """A per-member hyperparameter, shaped (K,), as the members' shadow optimizers hold it now."""
     vals = []
     for m in g.members:
         group = m.shadow.param_groups[0]
         v = group["betas"][0] if name == "beta1" else group["betas"][1] if name == "beta2" else group.get(name, 0.0)
         vals.append(float(v) if m.alive else 0.0)
-    return torch.tensor(vals, device=g.device, dtype=torch.float32)
+    return torch.tensor(vals, device=device or g.device, dtype=torch.float32)
+
+
+def step_hypers(g: Group, device=None) -> dict:
+    """This step's per-member hyperparameters, (K,) tensors on `device` (default the group's),
+    for the update after g.step was counted up: what optimizer_step applies."""
+    device = device or g.device
+    h = {"lr": _hyper(g, "lr", device), "wd": _hyper(g, "weight_decay", device)}
+    if g.kind == "sgd":
+        h["mom"] = _hyper(g, "momentum", device)
+        h["nest"] = torch.tensor([bool(m.shadow.param_groups[0]["nesterov"]) for m in g.members], device=device)
+    else:
+        b1, b2 = _hyper(g, "beta1", device), _hyper(g, "beta2", device)
+        bc1 = 1 - b1.double() ** g.step
+        h.update(b1=b1, b2=b2, step_size=(h["lr"].double() / bc1).float(),
+                 bc2_sqrt=(1 - b2.double() ** g.step).sqrt().float())
+    return h
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -202,14 +225,16 @@ def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def optimizer_step(g: Group) -> None:
-    """One SGD/Adam/AdamW step on the stacked parameters with each member's hyperparameters,
-    following torch.optim's single-tensor formulas."""
-    lr, wd = _hyper(g, "lr"), _hyper(g, "weight_decay")
-    g.step += 1
+def optimizer_step(g: Group, h: dict | None = None) -> None:
+    """One SGD/Adam/AdamW step on the stacked parameters with each member's hyperparameters
+    (`h`, from step_hypers; default: counted and read now), following torch.optim's
+    single-tensor formulas."""
+    if h is None:
+        g.step += 1
+        h = step_hypers(g)
+    lr, wd = h["lr"], h["wd"]
     if g.kind == "sgd":
-        mom = _hyper(g, "momentum")
-        nest = torch.tensor([bool(m.shadow.param_groups[0]["nesterov"]) for m in g.members], device=g.device)
+        mom, nest = h["mom"], h["nest"]
         for name, p in g.params.items():
             d = p.grad + _view(wd, p) * p
             buf = g.opt.get(name)
@@ -218,10 +243,7 @@ def optimizer_step(g: Group) -> None:
             d = torch.where(_view(nest, p), d + _view(mom, p) * buf, buf)
             p.sub_(_view(lr, p) * d)
         return
-    b1, b2, eps = _hyper(g, "beta1"), _hyper(g, "beta2"), 1e-8
-    bc1 = 1 - b1.double() ** g.step
-    bc2_sqrt = (1 - b2.double() ** g.step).sqrt()
-    step_size = (lr.double() / bc1).float()
+    b1, b2, eps = h["b1"], h["b2"], 1e-8
     for name, p in g.params.items():
         grad = p.grad
         if g.kind == "adamw":
@@ -231,8 +253,8 @@ def optimizer_step(g: Group) -> None:
         m1, m2 = g.opt.setdefault(name, (torch.zeros_like(p), torch.zeros_like(p)))
         m1.lerp_(grad, _view(1 - b1, p).expand_as(p))
         m2.mul_(_view(b2, p)).addcmul_(grad, grad * _view(1 - b2, p))
-        denom = (m2.sqrt() / _view(bc2_sqrt.float(), p)).add_(eps)
-        p.sub_(_view(step_size, p) * m1 / denom)
+        denom = (m2.sqrt() / _view(h["bc2_sqrt"], p)).add_(eps)
+        p.sub_(_view(h["step_size"], p) * m1 / denom)
 
 
 @torch.no_grad()
@@ -246,37 +268,101 @@ def _update_ema(g: Group) -> None:
             t.copy_(live[n])
 
 
+def _train_step(g: Group, idx: list[torch.Tensor], clean: list[bool], ls: torch.Tensor, alive: torch.Tensor,
+                h: dict | None, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+    """One step of every member: forward, backward, update, weight average, and the epoch's
+    running loss and accuracy sums. `h` None: the hyperparameters are counted and read now."""
+    x, y = _augmented(g, idx, clean), g.splits.train_y[torch.stack(idx)]    # (K, B, ...), (K, B)
+    out = _forward(g, g.params, g.buffers, x, shared_input=False).float()  # (K, B, 10)
+    logp = F.log_softmax(out, -1)
+    nll = -logp.gather(-1, y[..., None]).squeeze(-1)
+    loss = ((1 - ls[:, None]) * nll + ls[:, None] * -logp.mean(-1)).mean(1)  # label smoothing as F.cross_entropy
+    for p in g.params.values():
+        p.grad = None
+    torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+    optimizer_step(g, h)
+    if g.ema is not None:
+        _update_ema(g)
+    loss_sum += loss.detach() * y.shape[1]
+    correct += (out.argmax(-1) == y).sum(1)
+
+
+def _label_smoothing(g: Group) -> torch.Tensor:
+    return torch.tensor([m.cfg.label_smoothing for m in g.members], device=g.device)
+
+
 def train_epoch_fused(g: Group, epoch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One pass over the training split for every member (1-based `epoch`: a member's last
     `clean_epochs` skip augmentation): (K,) losses, (K,) accuracies, seconds."""
+    if g.graphs is not None:
+        return g.graphs.epoch(epoch)
     g.base.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros(g.k, device=g.device)
     correct = torch.zeros(g.k, device=g.device, dtype=torch.long)
-    ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=g.device)
+    ls = _label_smoothing(g)
     clean = [is_clean_epoch(m.cfg, epoch) for m in g.members]
     for idx in _batches(g):
-        x, y = _augmented(g, idx, clean), g.splits.train_y[torch.stack(idx)]    # (K, B, ...), (K, B)
-        alive = g.alive_mask()
-        out = _forward(g, g.params, g.buffers, x, shared_input=False).float()  # (K, B, 10)
-        logp = F.log_softmax(out, -1)
-        nll = -logp.gather(-1, y[..., None]).squeeze(-1)
-        loss = ((1 - ls[:, None]) * nll + ls[:, None] * -logp.mean(-1)).mean(1)  # label smoothing as F.cross_entropy
-        for p in g.params.values():
-            p.grad = None
-        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
-        optimizer_step(g)
-        if g.ema is not None:
-            _update_ema(g)
+        _train_step(g, idx, clean, ls, g.alive_mask(), None, loss_sum, correct)
         for m in g.members:
             if m.per_batch:
                 m.sched.step()
-        loss_sum += loss.detach() * y.shape[1]
-        correct += (out.argmax(-1) == y).sum(1)
     n = len(g.splits.train_y)
     if g.device.type == "cuda":
         torch.cuda.synchronize()
     return loss_sum / n, correct.double() / n, time.perf_counter() - t0
+
+
+class FusedGraphs:
+    """train_epoch_fused with its step as a static-buffer function (graphs.py): the members'
+    batch indices, hyperparameters and alive flags live in tensors refreshed before each step
+    (one host-to-device copy each), full batches are replayed from a recording on CUDA (one per
+    pattern of clean members), the epoch's last, shorter batch runs eagerly."""
+
+    def __init__(self, g: Group):
+        self.g = g
+        dev = g.device
+        self.idx = torch.zeros(g.k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
+        self.h = {k: torch.zeros_like(v) for k, v in step_hypers(g).items()}
+        self.alive = torch.zeros(g.k, dtype=torch.bool, device=dev)
+        self.ls = _label_smoothing(g)
+        self.loss_sum = torch.zeros(g.k, device=dev)
+        self.correct = torch.zeros(g.k, device=dev, dtype=torch.long)
+        self.steps = StepGraphs(dev, [m.dgen for m in g.members])
+
+    def _refresh(self) -> None:
+        g = self.g
+        g.step += 1
+        for k, v in step_hypers(g, "cpu").items():
+            self.h[k].copy_(v)
+        self.alive.copy_(torch.tensor([m.alive for m in g.members]))
+
+    def epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        g = self.g
+        g.base.train()
+        t0 = time.perf_counter()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        clean = [is_clean_epoch(m.cfg, epoch) for m in g.members]
+        for idx in _batches(g):
+            self._refresh()
+            args = (clean, self.ls, self.alive, self.h, self.loss_sum, self.correct)
+            # Recorded once the optimizer state exists (the group's first step makes it, eagerly),
+            # for full batches only.
+            if len(idx[0]) == self.idx.shape[1] and all(name in g.opt for name in g.params):
+                self.idx.copy_(torch.stack(idx))
+                self.steps(tuple(clean), lambda: _train_step(g, list(self.idx.unbind(0)), *args))
+            else:
+                _train_step(g, idx, *args)
+            for m in g.members:
+                if m.per_batch:
+                    m.sched.step()
+        n = len(g.splits.train_y)
+        if g.device.type == "cuda":
+            torch.cuda.synchronize()
+        if self.steps.error:  # the members' summary.json say what ran
+            g.meta.update(cuda_graph=False, cuda_graph_error=self.steps.error)
+        return self.loss_sum / n, self.correct.double() / n, time.perf_counter() - t0
 
 
 @torch.no_grad()

@@ -393,7 +393,7 @@ def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[S
 # arguments other than the dropout rate), one batch shape and length of training, one optimizer
 # kind, one data split and preprocessing, one device set-up. Everything else may differ.
 FUSE_SHARED = ("model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed",
-               "data_dir", "normalize", "ema", "precise_bn", "device", "threads", "compile", "amp",
+               "data_dir", "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp",
                "channels_last", "gpu_memory_fraction", "eval_batch_size")
 
 

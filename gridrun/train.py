@@ -35,6 +35,7 @@ from . import GridrunError, __version__
 from .augment import Augment, deskew
 from .config import PLUMBING, ConfigError, TrainConfig, with_defaults
 from .data import Splits, load_splits
+from .graphs import StepGraphs, sgd_foreach_, wanted
 from .models import create_model, resolve_model_args
 from .models._layers import dropout_steps, load_dropout_steps, seed_dropout
 
@@ -223,6 +224,7 @@ class Run:
     meta: dict
     history: list = field(default_factory=list)
     start_epoch: int = 1
+    graphs: TrainerGraphs | None = None  # set when the steps are recorded as CUDA graphs
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -292,16 +294,22 @@ def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
     opt = make_optimizer(cfg, model.parameters())
     sched, per_batch = make_scheduler(cfg, opt, math.ceil(n_train / cfg.batch_size))
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+    use_graph = wanted(cfg.cuda_graph, device) and cfg.optimizer == "sgd"  # graphs.sgd_foreach_
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(),
-            "amp": use_amp, "channels_last": use_cl,
+            "amp": use_amp, "channels_last": use_cl, "cuda_graph": use_graph,
             "n_train": n_train, "n_val": len(splits.val_y), "n_test": len(splits.test_y),
             "steps_per_epoch": steps_per_epoch, **versions()}
-    return Run(cfg, device, splits, aug, model, step_model, opt, sched, per_batch, dgen, fmt, autocast, ema, meta)
+    run = Run(cfg, device, splits, aug, model, step_model, opt, sched, per_batch, dgen, fmt, autocast, ema, meta)
+    if use_graph:
+        run.graphs = TrainerGraphs(run)
+    return run
 
 
 def train_epoch(run: Run, clean: bool = False) -> tuple[float, float, float]:
     """One pass over the training split: (mean loss, accuracy on the training batches, seconds).
     `clean` skips augmentation (the config's last `clean_epochs` epochs)."""
+    if run.graphs is not None:
+        return run.graphs.epoch(clean)
     cfg, model = run.cfg, run.step_model
     run.model.train()
     t0 = time.perf_counter()
@@ -326,6 +334,76 @@ def train_epoch(run: Run, clean: bool = False) -> tuple[float, float, float]:
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return train_loss, train_acc, time.perf_counter() - t0
+
+
+class TrainerGraphs:
+    """train_epoch with its step as a static-buffer function (graphs.py): the batch's indices
+    and this step's lr and momentum live in tensors that are refreshed before each step; the
+    update is graphs.sgd_foreach_ on the optimizer's own momentum buffers (so its state_dict,
+    and resuming, are unchanged). Full batches are replayed from a recording on CUDA; the
+    epoch's last, shorter batch runs the same function eagerly. SGD only (setup checks)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        group = run.opt.param_groups[0]
+        self.params = list(group["params"])
+        self.weight_decay, self.nesterov = float(group["weight_decay"]), bool(group["nesterov"])
+        dev = run.device
+        self.lr, self.momentum = torch.zeros((), device=dev), torch.zeros((), device=dev)
+        self.idx = torch.zeros(run.cfg.batch_size, dtype=torch.long, device=dev)
+        self.loss_sum = torch.zeros((), device=dev)
+        self.correct = torch.zeros((), device=dev, dtype=torch.long)
+        self.steps = StepGraphs(dev, [run.dgen])
+        run.opt.step()  # no gradients: changes nothing, tells the scheduler that steps happen
+
+    def _bufs(self) -> list[torch.Tensor]:
+        state = self.run.opt.state
+        for p in self.params:  # made before any recording; zeros give exactly SGD's first step
+            if state[p].get("momentum_buffer") is None:
+                state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return [state[p]["momentum_buffer"] for p in self.params]
+
+    def _step(self, idx: torch.Tensor, clean: bool) -> None:
+        run, cfg, s = self.run, self.run.cfg, self.run.splits
+        x, y = s.train_x[idx], s.train_y[idx]
+        if not clean:
+            x = run.aug(x, run.dgen)
+        x = s.normalize(x).contiguous(memory_format=run.fmt)
+        with run.autocast():
+            out = run.step_model(x)
+            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
+        sgd_foreach_(self.params, grads, self._bufs(), self.lr, self.momentum, self.weight_decay, self.nesterov)
+        if run.ema is not None:
+            run.ema.update()
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+
+    def epoch(self, clean: bool) -> tuple[float, float, float]:
+        run = self.run
+        run.model.train()
+        t0 = time.perf_counter()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self._bufs()
+        for idx in run.splits.index_batches(run.cfg.batch_size, run.dgen):
+            group = run.opt.param_groups[0]
+            self.lr.fill_(group["lr"])
+            self.momentum.fill_(group["momentum"])
+            if len(idx) == len(self.idx):
+                self.idx.copy_(idx)
+                self.steps(clean, lambda: self._step(self.idx, clean))
+            else:
+                self._step(idx, clean)
+            if run.per_batch:
+                run.sched.step()
+        n = len(run.splits.train_y)
+        train_loss, train_acc = self.loss_sum.item() / n, self.correct.item() / n
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        if self.steps.error:  # summary.json says what ran
+            run.meta.update(cuda_graph=False, cuda_graph_error=self.steps.error)
+        return train_loss, train_acc, time.perf_counter() - t0
 
 
 def is_clean_epoch(cfg: TrainConfig, epoch: int) -> bool:

@@ -5,7 +5,9 @@
 #
 #   bash benchmarks/gpu/run.sh [STAGE ...] [--device cpu] [--quick]
 #
-# Stages (default: all, in this order): check throughput fused packing mps time steps.
+# Stages (default: all, in this order): check graphs throughput fused packing mps time steps.
+# graphs: the trainer's CUDA-graph step (`cuda_graph: true`) against the same trainer without it,
+# one trial and one fused group, speed ratio and accuracy of both (benchmarks/graph_step.py).
 # A session has 10 minutes per command: run the stages over several calls if need be, e.g.
 #   run 1: bash benchmarks/gpu/run.sh check throughput fused
 #   run 2: bash benchmarks/gpu/run.sh packing mps time steps
@@ -37,7 +39,7 @@ for a in "$@"; do
     *) STAGES+=("$a") ;;
   esac
 done
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(check throughput fused packing mps time steps)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(check graphs throughput fused packing mps time steps)
 OUT=${OUT:-/tmp/gridrun-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GRIDRUN_NO_DOWNLOAD=1
 # MNIST: the carried copy, kept in /tmp for later calls on the same (warm) machine, which may
@@ -61,10 +63,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ "$QUICK" = 1 ]; then
   TP="--steps 30 --batch 128"; FU="--ks 1,2,4 --steps 10 --max-processes 2"
   PK="--ns 1,2 --subset 2000 --epochs 1"; TT="--epochs 1 --subset 5000 --recipes tinynet_7k b256 sgd-nesterov one-cycle 0.3"
-  SS="--steps 3 --batch 64 --variants eager,compile"; WK="0 2"
+  SS="--steps 3 --batch 64 --variants eager,compile"; WK="0 2"; GS="--epochs 2 --k 2 --subset 2000"
 else
   TP="--steps 300 --batch 128"; FU="--ks 1,2,4,8,16,32 --steps 100 --batch 128 --max-processes 16"
-  PK="--ns 1,2,4,8,16 --subset 55000 --epochs 3"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,cudnn-benchmark,compile,cuda-graph"; WK="0 4 8"
+  PK="--ns 1,2,4,8,16 --subset 55000 --epochs 3"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,cudnn-benchmark,compile,cuda-graph"; WK="0 4 8"; GS="--epochs 3 --k 32"
 fi
 SS=${STEPS_ARGS:-$SS}  # e.g. STEPS_ARGS="--models tinynet_7k --batch 128 --variants eager,compile"
 
@@ -100,6 +102,8 @@ print('cuda available:', torch.cuda.is_available(), '|', torch.cuda.get_device_n
 from gridrun.data import load_arrays; a = load_arrays(); print('MNIST:', {k: v.shape for k, v in a.items()})
 sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/check.log" ;;
+    graphs)
+      run graphs $PY benchmarks/graph_step.py --device $DEVICE $GS --json "$OUT/graphs.json" ;;
     throughput)
       run throughput $PY benchmarks/throughput.py --device $DEVICE --model tinynet_7k,resnet20 $TP \
         --workers $WK --json "$OUT/throughput.json" ;;
@@ -138,8 +142,10 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       # under it (1.3-1.6x per group; reports/benchmarks.md); GRID_MPS=0 turns it off
       MPS=0; [ "${GRID_MPS:-1}" = 1 ] && mps_start "grid $g" && MPS=1
       touch /tmp/grid-start-$g; sleep 1
+      # GRID_ARGS: more KEY=VALUE changes, e.g. GRID_ARGS=base.cuda_graph=true (a plumbing field:
+      # a resumed grid's finished trials stay valid)
       run "grid_$g" timeout -s INT "${GRID_SECONDS:-480}" $PY -m gridrun.cli launch "grids/$g.yaml" \
-        $GPU_ARGS --storage runs  # KEY=VALUE changes come right after the spec
+        $GPU_ARGS ${GRID_ARGS:-} --storage runs  # KEY=VALUE changes come right after the spec
       [ $MPS = 1 ] && mps_stop
       mkdir -p /tmp/report-$g && run "report_$g" $PY -m gridrun.cli report "runs/$g" --out "/tmp/report-$g/$g.md"
       cp /tmp/report-$g/$g.md "$OUT/" 2>/dev/null
@@ -153,7 +159,7 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
         && echo "== grid $g: $(wc -l < /tmp/grid-new-$g.txt) new or changed files in $(ls "$OUT/${g}_new.tgz".part-* | wc -l) part(s):" \
              "cat ${g}_new.tgz.part-* | tar xz -C runs" | tee -a "$OUT/summary.txt"
       [ $DEVICE = cuda ] && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>&1 | tail -1 >> "$OUT/summary.txt" ;;
-    *) echo "unknown stage $stage (check throughput fused packing mps time steps grid:NAME)"; exit 2 ;;
+    *) echo "unknown stage $stage (check graphs throughput fused packing mps time steps grid:NAME)"; exit 2 ;;
   esac
 done
 echo; echo "== summary ($OUT)"; cat "$OUT/summary.txt"
