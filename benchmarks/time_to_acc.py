@@ -33,19 +33,22 @@ def main() -> int:
     ap.add_argument("--epochs", default="3,5,8")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="names from RECIPES, joined with ','")
     ap.add_argument("--subset", type=int, default=None, help="fewer training images (for a rehearsal)")
+    ap.add_argument("--cuda-graph", action="store_true", help="replay each step as a CUDA graph (cuda_graph: true)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     rows = []
     for name in a.recipes.split(","):
         for epochs in [int(e) for e in a.epochs.split(",")]:
             cfg = dict(RECIPES[name], epochs=epochs, optimizer="sgd", nesterov=True, weight_decay=5e-4,
-                       scheduler="onecycle", augment="rotate+affine", device=a.device, subset=a.subset, seed=0)
+                       scheduler="onecycle", augment="rotate+affine", device=a.device, subset=a.subset, seed=0,
+                       cuda_graph=a.cuda_graph)
             t0 = time.perf_counter()
             res = train(cfg)
             wall = time.perf_counter() - t0
             train_s = sum(h["seconds"] for h in res["history"])
             acc = res["final"]["test_acc"]
-            rows.append({"recipe": name, "epochs": epochs, "train_s": round(train_s, 2), "wall_s": round(wall, 2),
+            rows.append({"recipe": name, "epochs": epochs, "cuda_graph": bool(res.get("cuda_graph")),
+                         "train_s": round(train_s, 2), "wall_s": round(wall, 2),
                          "test_acc": acc, "val_acc": res["final"]["val_acc"], "reached_99.4": acc >= 0.994})
             print(f"{name:<45} {epochs:>2} epochs: train {train_s:7.2f} s, wall {wall:7.2f} s, "
                   f"val {100 * res['final']['val_acc']:.2f}%, test {100 * acc:.2f}%"

@@ -122,7 +122,7 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
         run time $PY benchmarks/time_to_acc.py --device $DEVICE --epochs 1 --subset 5000 \
           --recipes "tinynet_7k b256 sgd-nesterov one-cycle 0.3" --json "$OUT/time.json"
       else
-        run time $PY benchmarks/time_to_acc.py --device $DEVICE --json "$OUT/time.json"
+        run time $PY benchmarks/time_to_acc.py --device $DEVICE ${TIME_ARGS:-} --json "$OUT/time.json"  # TIME_ARGS=--cuda-graph
       fi ;;
     steps)
       run steps $PY benchmarks/step_speed.py --device $DEVICE $SS --json "$OUT/steps.json" ;;
