@@ -293,30 +293,35 @@ def _label_smoothing(g: Group) -> torch.Tensor:
 
 def train_epoch_fused(g: Group, epoch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One pass over the training split for every member (1-based `epoch`: a member's last
-    `clean_epochs` skip augmentation): (K,) losses, (K,) accuracies, seconds."""
-    if g.graphs is not None:
-        return g.graphs.epoch(epoch)
+    `clean_epochs` skip augmentation): (K,) losses, (K,) accuracies, seconds. With `cuda_graph`
+    the steps go through g.graphs (FusedGraphs), else straight to _train_step."""
     g.base.train()
     t0 = time.perf_counter()
-    loss_sum = torch.zeros(g.k, device=g.device)
-    correct = torch.zeros(g.k, device=g.device, dtype=torch.long)
-    ls = _label_smoothing(g)
+    fg = g.graphs
+    loss_sum = fg.loss_sum.zero_() if fg else torch.zeros(g.k, device=g.device)
+    correct = fg.correct.zero_() if fg else torch.zeros(g.k, device=g.device, dtype=torch.long)
+    ls = fg.ls if fg else _label_smoothing(g)
     clean = [is_clean_epoch(m.cfg, epoch) for m in g.members]
     for idx in _batches(g):
-        _train_step(g, idx, clean, ls, g.alive_mask(), None, loss_sum, correct)
+        if fg:
+            fg.step(idx, clean)
+        else:
+            _train_step(g, idx, clean, ls, g.alive_mask(), None, loss_sum, correct)
         for m in g.members:
             if m.per_batch:
                 m.sched.step()
     n = len(g.splits.train_y)
     if g.device.type == "cuda":
         torch.cuda.synchronize()
+    if fg and fg.steps.error:  # the members' summary.json say what ran
+        g.meta.update(cuda_graph=False, cuda_graph_error=fg.steps.error)
     return loss_sum / n, correct.double() / n, time.perf_counter() - t0
 
 
 class FusedGraphs:
-    """train_epoch_fused with its step as a static-buffer function (graphs.py): the members'
-    batch indices, hyperparameters and alive flags live in tensors refreshed before each step
-    (one host-to-device copy each), full batches are replayed from a recording on CUDA (one per
+    """_train_step as a static-buffer function (graphs.py): the members' batch indices,
+    hyperparameters and alive flags live in tensors refreshed before each step (one
+    host-to-device copy each); full batches are replayed from a recording on CUDA (one per
     pattern of clean members), the epoch's last, shorter batch runs eagerly."""
 
     def __init__(self, g: Group):
@@ -330,39 +335,20 @@ class FusedGraphs:
         self.correct = torch.zeros(g.k, device=dev, dtype=torch.long)
         self.steps = StepGraphs(dev, [m.dgen for m in g.members])
 
-    def _refresh(self) -> None:
+    def step(self, idx: list[torch.Tensor], clean: list[bool]) -> None:
         g = self.g
         g.step += 1
         for k, v in step_hypers(g, "cpu").items():
             self.h[k].copy_(v)
         self.alive.copy_(torch.tensor([m.alive for m in g.members]))
-
-    def epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        g = self.g
-        g.base.train()
-        t0 = time.perf_counter()
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        clean = [is_clean_epoch(m.cfg, epoch) for m in g.members]
-        for idx in _batches(g):
-            self._refresh()
-            args = (clean, self.ls, self.alive, self.h, self.loss_sum, self.correct)
-            # Recorded once the optimizer state exists (the group's first step makes it, eagerly),
-            # for full batches only.
-            if len(idx[0]) == self.idx.shape[1] and all(name in g.opt for name in g.params):
-                self.idx.copy_(torch.stack(idx))
-                self.steps(tuple(clean), lambda: _train_step(g, list(self.idx.unbind(0)), *args))
-            else:
-                _train_step(g, idx, *args)
-            for m in g.members:
-                if m.per_batch:
-                    m.sched.step()
-        n = len(g.splits.train_y)
-        if g.device.type == "cuda":
-            torch.cuda.synchronize()
-        if self.steps.error:  # the members' summary.json say what ran
-            g.meta.update(cuda_graph=False, cuda_graph_error=self.steps.error)
-        return self.loss_sum / n, self.correct.double() / n, time.perf_counter() - t0
+        args = (clean, self.ls, self.alive, self.h, self.loss_sum, self.correct)
+        # Recorded once the optimizer state exists (the group's first step makes it, eagerly),
+        # for full batches only.
+        if len(idx[0]) == self.idx.shape[1] and all(name in g.opt for name in g.params):
+            self.idx.copy_(torch.stack(idx))
+            self.steps(tuple(clean), lambda: _train_step(g, list(self.idx.unbind(0)), *args))
+        else:
+            _train_step(g, idx, *args)
 
 
 @torch.no_grad()
