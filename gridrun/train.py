@@ -299,6 +299,8 @@ def setup(cfg: TrainConfig, arrays: dict | None = None) -> Run:
             "amp": use_amp, "channels_last": use_cl, "cuda_graph": use_graph,
             "n_train": n_train, "n_val": len(splits.val_y), "n_test": len(splits.test_y),
             "steps_per_epoch": steps_per_epoch, **versions()}
+    if wanted(cfg.cuda_graph, device) and not use_graph:
+        meta["cuda_graph_error"] = f"a single trial records SGD steps only, not {cfg.optimizer} (fused groups: Adam too)"
     run = Run(cfg, device, splits, aug, model, step_model, opt, sched, per_batch, dgen, fmt, autocast, ema, meta)
     if use_graph:
         run.graphs = TrainerGraphs(run)

@@ -108,6 +108,12 @@ def test_the_static_fused_step_is_the_fused_step(synth_dir, tmp_path, monkeypatc
         assert all(torch.equal(ws[k], wp[k]) for k in wp), i
 
 
+def test_a_single_adam_trial_says_it_ran_without_graphs(synth_dir, monkeypatch):
+    monkeypatch.setattr(graphs, "EAGER_STATIC_OFF_CUDA", True)
+    res = train(_trial(synth_dir, epochs=1, optimizer="adam", lr=0.003, cuda_graph=True))
+    assert res["cuda_graph"] is False and "SGD steps only" in res["cuda_graph_error"]
+
+
 def test_cuda_graph_with_compile_is_one_clear_error():
     with pytest.raises(ConfigError, match="cuda_graph and compile cannot both be on"):
         TrainConfig(cuda_graph=True, compile=True)
