@@ -66,7 +66,7 @@ if [ "$QUICK" = 1 ]; then
   SS="--steps 3 --batch 64 --variants eager,compile"; WK="0 2"; GS="--epochs 2 --k 2 --subset 2000"
 else
   TP="--steps 300 --batch 128"; FU="--ks 1,2,4,8,16,32 --steps 100 --batch 128 --max-processes 16"
-  PK="--ns 1,2,4,8,16 --subset 55000 --epochs 3"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,cudnn-benchmark,compile,cuda-graph"; WK="0 4 8"; GS="--epochs 3 --k 32"
+  PK="--ns 1,2,4,8,16 --subset 55000 --epochs 3"; TT=""; SS="--models tinynet_7k,resnet20,vgg_allconv --steps 100 --batch 128,512 --variants eager,channels_last+bf16,cudnn-benchmark,compile,cuda-graph"; WK="0 4 8"; GS="--epochs 2 --k 32"
 fi
 SS=${STEPS_ARGS:-$SS}  # e.g. STEPS_ARGS="--models tinynet_7k --batch 128 --variants eager,compile"
 
