@@ -328,8 +328,14 @@ class FusedGraphs:
         self.g = g
         dev = g.device
         self.idx = torch.zeros(g.k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
-        self.h = {k: torch.zeros_like(v) for k, v in step_hypers(g).items()}
+        h = step_hypers(g)
+        # the float hyperparameters are rows of one tensor, refreshed by one copy per step; the
+        # flags (nesterov, alive) are copied only when they change
+        self.floats = [k for k, v in h.items() if v.dtype.is_floating_point]
+        self.hbuf = torch.zeros(len(self.floats), g.k, device=dev)
+        self.h = {**{k: v for k, v in h.items() if k not in self.floats}, **dict(zip(self.floats, self.hbuf))}
         self.alive = torch.zeros(g.k, dtype=torch.bool, device=dev)
+        self.flags = None
         self.ls = _label_smoothing(g)
         self.loss_sum = torch.zeros(g.k, device=dev)
         self.correct = torch.zeros(g.k, device=dev, dtype=torch.long)
@@ -338,9 +344,14 @@ class FusedGraphs:
     def step(self, idx: list[torch.Tensor], clean: list[bool]) -> None:
         g = self.g
         g.step += 1
-        for k, v in step_hypers(g, "cpu").items():
-            self.h[k].copy_(v)
-        self.alive.copy_(torch.tensor([m.alive for m in g.members]))
+        h = step_hypers(g, "cpu")
+        self.hbuf.copy_(torch.stack([h[k] for k in self.floats]))
+        flags = [m.alive for m in g.members], {k: h[k].tolist() for k in h if k not in self.floats}
+        if flags != self.flags:
+            self.flags = flags
+            self.alive.copy_(torch.tensor(flags[0]))
+            for k, v in flags[1].items():
+                self.h[k].copy_(torch.tensor(v))
         args = (clean, self.ls, self.alive, self.h, self.loss_sum, self.correct)
         # Recorded once the optimizer state exists (the group's first step makes it, eagerly),
         # for full batches only.

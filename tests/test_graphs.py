@@ -147,3 +147,16 @@ def test_an_interrupted_static_run_resumes_like_an_uninterrupted_one(synth_dir, 
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_diverging_member_of_a_static_fused_group_is_retired_as_in_the_fused_trainer(synth_dir, tmp_path,
+                                                                                       monkeypatch):
+    base = dict(model="tinynet_7k", epochs=2, batch_size=40, val_size=200, subset=330, data_dir=str(synth_dir),
+                threads=2, optimizer="sgd", scheduler="none")
+    pair = [dict(base, seed=3, lr=0.01), dict(base, seed=4, lr=1e12)]
+    plain = train_fused([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(pair)])
+    monkeypatch.setattr(graphs, "EAGER_STATIC_OFF_CUDA", True)
+    static = train_fused([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(pair)])
+    assert static[1]["status"] == plain[1]["status"] and static[1]["status"].startswith("diverged at epoch")
+    assert static[0]["status"] == "ok"
+    assert [h["train_loss"] for h in static[0]["history"]] == [h["train_loss"] for h in plain[0]["history"]]
