@@ -153,6 +153,9 @@ def _constraint_summary(rows: list[dict], cons: dict) -> str:
         if target := cons.get("target_test_acc"):
             line += (f": it {'meets' if a['_ok'] else 'misses'} the target of {100 * target:.2f}% mean test "
                      f"accuracy")
+        ties = [r["_label"] for r in within if r is not a and abs(r["_val"] - a["_val"]) < 1e-9]
+        if ties:  # validation cannot tell them apart, and test must not: say so, keep the first listed
+            line += f". It ties on validation with {'; '.join(ties)} (the first listed is shown; test breaks no tie)"
         lines.append(line + ".")
     elif budget:
         lines.append(f"No config is within {' and '.join(budget)}.")

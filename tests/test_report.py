@@ -287,3 +287,15 @@ def test_the_summary_names_the_validation_choice_not_the_configs_that_pass_on_te
     line = next(l for l in text.splitlines() if l.startswith("Chosen on validation"))
     assert "within params ≤ 20,000: a," in line and "it misses the target of 99.50%" in line, line
     assert "1 of 3 configs meet every constraint" in line and "the test set chose none of them" in line
+
+
+def test_a_tie_on_validation_is_said_and_not_broken_by_test(tmp_path):
+    exp = tmp_path / "tie"
+    for s in (0, 1):
+        fake_trial(exp, f"a_s{s}", wrong_on(range(10)), val_acc=0.99, model="a", seed=s)
+        fake_trial(exp, f"b_s{s}", LABELS, val_acc=0.99, model="b", seed=s)
+    (exp / "spec.yaml").write_text("name: tie\nconstraints: {target_test_acc: 0.995}\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    line = next(l for l in text.splitlines() if l.startswith("Chosen on validation"))
+    assert "It ties on validation with b" in line and "test breaks no tie" in line, line
+    assert ": a," in line  # the first listed, not b, whose test accuracy is the better one
