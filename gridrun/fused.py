@@ -298,9 +298,11 @@ def train_epoch_fused(g: Group, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
     g.base.train()
     t0 = time.perf_counter()
     fg = g.graphs
-    loss_sum = fg.loss_sum.zero_() if fg else torch.zeros(g.k, device=g.device)
-    correct = fg.correct.zero_() if fg else torch.zeros(g.k, device=g.device, dtype=torch.long)
-    ls = fg.ls if fg else _label_smoothing(g)
+    if fg:
+        loss_sum, correct = fg.loss_sum.zero_(), fg.correct.zero_()
+    else:
+        loss_sum, correct = torch.zeros(g.k, device=g.device), torch.zeros(g.k, device=g.device, dtype=torch.long)
+        ls = _label_smoothing(g)
     clean = [is_clean_epoch(m.cfg, epoch) for m in g.members]
     for idx in _batches(g):
         if fg:
@@ -319,23 +321,22 @@ def train_epoch_fused(g: Group, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 class FusedGraphs:
-    """_train_step as a static-buffer function (graphs.py): the members' batch indices,
-    hyperparameters and alive flags live in tensors refreshed before each step (one
-    host-to-device copy each); full batches are replayed from a recording on CUDA (one per
-    pattern of clean members), the epoch's last, shorter batch runs eagerly."""
+    """_train_step as a static-buffer function (graphs.py): the members' batch indices, float
+    hyperparameters (rows of one tensor, one host-to-device copy per step) and alive flags
+    (copied when one changes) live in tensors the recording reads; nesterov never changes. Full
+    batches are replayed from a recording on CUDA (one per pattern of clean members), the
+    epoch's last, shorter batch runs eagerly."""
 
     def __init__(self, g: Group):
         self.g = g
         dev = g.device
         self.idx = torch.zeros(g.k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
-        h = step_hypers(g)
-        # the float hyperparameters are rows of one tensor, refreshed by one copy per step; the
-        # flags (nesterov, alive) are copied only when they change
+        h = step_hypers(g)  # its non-float entries (nesterov) are final already
         self.floats = [k for k, v in h.items() if v.dtype.is_floating_point]
         self.hbuf = torch.zeros(len(self.floats), g.k, device=dev)
-        self.h = {**{k: v for k, v in h.items() if k not in self.floats}, **dict(zip(self.floats, self.hbuf))}
+        self.h = {**h, **dict(zip(self.floats, self.hbuf))}
         self.alive = torch.zeros(g.k, dtype=torch.bool, device=dev)
-        self.flags = None
+        self.alive_now = None  # the members' alive flags as last copied
         self.ls = _label_smoothing(g)
         self.loss_sum = torch.zeros(g.k, device=dev)
         self.correct = torch.zeros(g.k, device=dev, dtype=torch.long)
@@ -346,12 +347,10 @@ class FusedGraphs:
         g.step += 1
         h = step_hypers(g, "cpu")
         self.hbuf.copy_(torch.stack([h[k] for k in self.floats]))
-        flags = [m.alive for m in g.members], {k: h[k].tolist() for k in h if k not in self.floats}
-        if flags != self.flags:
-            self.flags = flags
-            self.alive.copy_(torch.tensor(flags[0]))
-            for k, v in flags[1].items():
-                self.h[k].copy_(torch.tensor(v))
+        alive = [m.alive for m in g.members]
+        if alive != self.alive_now:
+            self.alive_now = alive
+            self.alive.copy_(torch.tensor(alive))
         args = (clean, self.ls, self.alive, self.h, self.loss_sum, self.correct)
         # Recorded once the optimizer state exists (the group's first step makes it, eagerly),
         # for full batches only.

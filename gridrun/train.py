@@ -356,6 +356,7 @@ class TrainerGraphs:
         self.loss_sum = torch.zeros((), device=dev)
         self.correct = torch.zeros((), device=dev, dtype=torch.long)
         self.steps = StepGraphs(dev, [run.dgen])
+        self.bufs: list[torch.Tensor] = []  # the momentum buffers, read at each epoch's start
         run.opt.step()  # no gradients: changes nothing, tells the scheduler that steps happen
 
     def _bufs(self) -> list[torch.Tensor]:
@@ -375,7 +376,7 @@ class TrainerGraphs:
             out = run.step_model(x)
             loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
         grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
-        sgd_foreach_(self.params, grads, self._bufs(), self.lr, self.momentum, self.weight_decay, self.nesterov)
+        sgd_foreach_(self.params, grads, self.bufs, self.lr, self.momentum, self.weight_decay, self.nesterov)
         if run.ema is not None:
             run.ema.update()
         self.loss_sum += loss.detach() * len(y)
@@ -387,7 +388,7 @@ class TrainerGraphs:
         t0 = time.perf_counter()
         self.loss_sum.zero_()
         self.correct.zero_()
-        self._bufs()
+        self.bufs = self._bufs()  # read each epoch: a resume replaces the optimizer's state
         for idx in run.splits.index_batches(run.cfg.batch_size, run.dgen):
             group = run.opt.param_groups[0]
             self.lr.fill_(group["lr"])
