@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from . import GridrunError, did_you_mean
+from .errors import GridrunError, did_you_mean
 
 OPS = ("none", "rotate", "affine", "jitter", "elastic", "align")
 

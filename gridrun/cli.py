@@ -13,7 +13,7 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from . import GridrunError
+from .errors import GridrunError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from . import GridrunError, did_you_mean
+from .errors import GridrunError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")

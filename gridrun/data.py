@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import GridrunError
+from .errors import GridrunError
 
 # name -> (magic, shape of the canonical file, MD5 of the decompressed canonical file)
 FILES = {

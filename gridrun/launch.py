@@ -28,7 +28,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from ray import tune  # noqa: E402
 
-from . import GridrunError, __version__, results  # noqa: E402
+from . import results  # noqa: E402
+from .errors import GridrunError, __version__  # noqa: E402
 from .spec import SpecError, load_trials, plan_units  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import GridrunError
+from .errors import GridrunError
 from .config import NOT_CONFIG, field_names
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
 

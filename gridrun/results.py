@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import GridrunError
+from .errors import GridrunError
 from .config import NOT_CONFIG, with_defaults
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from . import GridrunError, did_you_mean
+from .errors import GridrunError, did_you_mean
 from .config import ConfigError, TrainConfig, field_names
 
 CONFIG_KEYS = field_names()

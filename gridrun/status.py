@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import GridrunError
+from .errors import GridrunError
 from .config import NOT_CONFIG
 from .results import find_experiments, is_experiment, load_experiment, lock_holder
 

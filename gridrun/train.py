@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import GridrunError, __version__
+from .errors import GridrunError, __version__
 from .augment import Augment, deskew
 from .config import PLUMBING, ConfigError, TrainConfig, with_defaults
 from .data import Splits, load_splits

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .. import GridrunError
+from ..errors import GridrunError
 
 _MODELS: dict = {}   # name -> factory
 _FAMILY: dict = {}   # name -> family (the module it lives in)
