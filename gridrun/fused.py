@@ -85,7 +85,7 @@ class Group:
 
 def check_group(cfgs: list[TrainConfig]) -> None:
     """Members must share what one batched model needs (spec.FUSE_SHARED) and the deskew step."""
-    from .spec import FUSE_SHARED
+    from .identity import FUSE_SHARED
 
     for name in FUSE_SHARED:
         values = {repr(getattr(c, name)) for c in cfgs}

@@ -8,7 +8,6 @@ summary with its status. Not SummaryWriter.add_hparams: that makes a subfolder p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -39,10 +38,9 @@ def trial_hparams(train: dict, names: list[str]) -> dict:
 
 def group_name(train: dict) -> str:
     """One name for all seeds of a config (every field but seed and plumbing)."""
-    from .config import NOT_CONFIG
+    from .identity import config_id
 
-    key = json.dumps({k: v for k, v in train.items() if k not in NOT_CONFIG}, sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return config_id(train)
 
 
 def _summary(tag: str, plugin_data):

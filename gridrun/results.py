@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import NOT_CONFIG, with_defaults
+from .identity import config_key
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
@@ -64,7 +65,7 @@ class TrialRecord:
 
     def group_key(self) -> str:
         """The config without seed and plumbing: trials with the same key are seeds of one config."""
-        return json.dumps({k: v for k, v in self.config.items() if k not in NOT_CONFIG}, sort_keys=True)
+        return config_key(self.config)
 
     def updated_at(self) -> float:
         """When its folder last changed (newest file), for `status`."""

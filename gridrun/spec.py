@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
+from .identity import FUSE_SHARED, fuse_key, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
 from .config import ConfigError, TrainConfig, field_names
 
 CONFIG_KEYS = field_names()
@@ -288,11 +289,8 @@ def _short(v) -> str:
 
 
 def config_id(train: dict) -> str:
-    """A trial's identity: a hash of every field that changes what it computes."""
-    from .config import PLUMBING
-
-    key = {k: v for k, v in train.items() if k not in PLUMBING}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A trial's identity (identity.trial_id; kept under this name for its callers)."""
+    return trial_id(train)
 
 
 def expand(spec: Spec) -> list[dict]:
@@ -392,15 +390,6 @@ def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[S
 # What the members of a fused group must share: one batched model (architecture and its
 # arguments other than the dropout rate), one batch shape and length of training, one optimizer
 # kind, one data split and preprocessing, one device set-up. Everything else may differ.
-FUSE_SHARED = ("model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed",
-               "data_dir", "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp",
-               "channels_last", "gpu_memory_fraction", "eval_batch_size")
-
-
-def fuse_key(train: dict) -> str:
-    return json.dumps({k: train.get(k) for k in FUSE_SHARED}, sort_keys=True, default=str)
-
-
 def plan_units(spec: Spec, trials: list[dict]) -> list[dict]:
     """Tune trials to run: one per trial, or with `fuse: K` groups of up to K trials that share
     FUSE_SHARED, in grid order. A group's name is a hash of its members' identities, so an
