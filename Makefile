@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GRIDRUN := $(VENV)/bin/gridrun
 PYTHON ?= python3
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 $(VENV)/.deps-installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(VENV)/.deps-installed: setup.py
 install: $(VENV)/.deps-installed
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
+# The whole suite (what CI runs; under 10 minutes on 2 CPU cores). A test that hangs fails
+# after TEST_TIMEOUT seconds instead of eating CI's limit.
+TEST_TIMEOUT ?= 300
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --timeout=$(TEST_TIMEOUT)
+
+# The edit loop: everything that starts no Ray and is not marked slow (under 3 minutes).
+test-fast: install
+	$(PY) -m pytest -q tests -m "not ray and not slow" --timeout=120
 
 demo: install
 	$(GRIDRUN) launch grids/smoke.yaml

@@ -18,6 +18,7 @@ setup(
         "pyyaml",
         "matplotlib",  # report plots (PNG, Agg backend)
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis",
+                             "pytest-timeout"]},  # a hanging test fails instead of eating CI's limit
     entry_points={"console_scripts": ["gridrun=gridrun.cli:main"]},
 )

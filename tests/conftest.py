@@ -36,6 +36,20 @@ def make_data_dir(folder: Path, n_train=1200, n_test=400, gz=True) -> Path:
     return folder
 
 
+# Tiers: `make test` runs everything (CI); `make test-fast` leaves out what starts Ray or runs
+# long (`-m "not ray and not slow"`). A test that uses the `ray_local` fixture is marked `ray`
+# here, so no test file has to remember to.
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ray: starts or joins a Ray cluster (left out of make test-fast)")
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU (left out of make test-fast)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     return make_data_dir(tmp_path_factory.mktemp("synth"))
