@@ -17,6 +17,11 @@ setup(
         "tensorboard",
         "pyyaml",
         "matplotlib",  # report plots (PNG, Agg backend)
+        "numpy",
+        "protobuf",  # hparams.py builds TensorBoard's HParams protos (google.protobuf)
+        "pyarrow",  # launch.py finds a trial's checkpoint in remote storage (pyarrow.fs)
+        "pydantic>=2",  # the spec's shape (spec.py); Ray depends on it too, but gridrun imports it itself
+        "shtab",  # `gridrun completion bash|zsh|tcsh`: completion scripts from the argparse parser (pure Python)
     ],
     extras_require={"test": ["pytest", "hypothesis",
                              "pytest-timeout"]},  # a hanging test fails instead of eating CI's limit

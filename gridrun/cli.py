@@ -1,26 +1,44 @@
-"""gridrun: launch | report | status | train | models | tensorboard (benchmarks: make bench).
+"""gridrun: launch | report | status | train | models | tensorboard | completion (benchmarks: make bench).
 
 Every subcommand's options are defined here; the modules behind them are imported only when
 their subcommand runs (launch alone imports Ray and sets its environment).
+
+Exit codes: 0 done; 1 something failed (a trial failed or diverged, or an internal error);
+2 bad input or a refusal (a wrong spec, option or file; nothing was started); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .errors import GridrunError
+from .errors import GridrunError, __version__
+
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")  # a `key=value` override, wherever it stands
+PREFIX = "gridrun: error: "                            # the one prefix of every refusal
+
+
+def _storage() -> str:
+    """Where experiments live: $GRIDRUN_STORAGE, else runs/ (relative to the working directory)."""
+    return os.environ.get("GRIDRUN_STORAGE") or "runs"
+
+
+def _reports() -> str:
+    """Where reports go: $GRIDRUN_REPORTS, else reports/."""
+    return os.environ.get("GRIDRUN_REPORTS") or "reports"
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line (no usage block) and exits 2."""
 
     def error(self, message):
-        self.exit(2, f"gridrun: error: {self.prog.split(' ', 1)[-1]}: {message} (see `{self.prog} -h`)\n")
+        sub = self.prog.split(" ", 1)[1:]  # 'launch' of 'gridrun launch'; nothing for gridrun itself
+        self.exit(2, f"{PREFIX}{sub[0] + ': ' if sub else ''}{message} (see `{self.prog} -h`)\n")
 
 
 def _json_object(text: str) -> dict:
@@ -46,36 +64,69 @@ def _optional(kind):
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field (types from config.FIELD_TYPES), so `gridrun train`
-    and the config never drift apart."""
-    from .config import FIELD_TYPES, TrainConfig
+    """One --option per TrainConfig field (types from config.FIELD_TYPES; help from config.py's
+    own comments, grouped by its sections; named choices listed), so `gridrun train` and the
+    config never drift apart."""
+    from .augment import OPS, POLICIES
+    from .config import CHOICES, FIELD_TYPES, TrainConfig, field_docs
+    from .models import list_models
 
+    docs, groups = field_docs(), {}
+    listed = {"model": f"; one of: {', '.join(list_models())}",
+              "augment": f"; ops: {', '.join(OPS)}; recipes: {', '.join(POLICIES)}"}
     for f in fields(TrainConfig):
         if f.name == "out_dir":
             continue
+        section, comment = docs.get(f.name, ("", ""))
+        if section not in groups:
+            groups[section] = p.add_argument_group(f"{section} options" if section else None)
+        g = groups[section]
         ft = FIELD_TYPES[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
+        shown = json.dumps(default) if ft.kind == "dict" else default
+        extra = listed.get(f.name, "")
+        text = (f"{comment}{extra} " if comment or extra else "") + f"(default {shown})"
+        text = text.replace("%", "%%")  # argparse formats help with %
         if ft.kind == "dict":
-            p.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON",
-                           help=f"JSON object (default {json.dumps(default)})")
+            g.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=text)
         elif ft.kind == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"(default {default})")
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}[ft.kind]
-            p.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,
-                           help=f"(default {default})")
+            meta = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else None
+            g.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,
+                           metavar=meta, help=text)
+
+
+def _trial_config(path: str) -> dict:
+    """A trial's config.json (or its folder) as TrainConfig fields: `_meta` dropped, and where it
+    ran (out_dir, data_dir) left to this command's flags and environment."""
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
+    if not p.is_file():
+        raise GridrunError(f"--config {path}: no such file: give a trial's config.json, e.g. runs/NAME/TRIAL/config.json")
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GridrunError(f"--config {p}: not a JSON file ({type(e).__name__}): give a trial's config.json") from None
+    if not isinstance(cfg, dict):
+        raise GridrunError(f"--config {p}: holds {type(cfg).__name__}, not a config (a JSON object of fields)")
+    return {k: v for k, v in cfg.items() if k not in ("_meta", "out_dir", "data_dir")}
 
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
     from .train import train
 
-    opts = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "out")}
+    opts = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "out", "config")}
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise GridrunError(f"--out {args.out} is a file: give a folder for the trial's files")
-    cfg = TrainConfig.from_dict({**opts, "out_dir": args.out})
+    base = _trial_config(args.config) if args.config else {}
+    try:
+        cfg = TrainConfig.from_dict({**base, **opts, "out_dir": args.out})
+    except GridrunError as e:
+        raise GridrunError(f"--config {args.config}: {e}" if base else str(e)) from None
     print(f"gridrun train: {cfg.model} for {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
           f"lr {cfg.lr}, scheduler {cfg.scheduler}, augment {cfg.augment}, seed {cfg.seed}"
           + (f" -> {cfg.out_dir}" if cfg.out_dir else ""), flush=True)
@@ -107,14 +158,17 @@ def cmd_models(args) -> int:
 def cmd_launch(args) -> int:
     from .launch import launch
 
-    return launch(args.spec, overrides=args.overrides, dry_run=args.dry_run, address=args.address, name=args.name,
+    tokens = [args.spec, *args.overrides]  # overrides may stand anywhere, even before the spec
+    spec = next((t for t in tokens if not OVERRIDE_RE.match(t) or Path(t).is_file()), args.spec)
+    overrides = [t for t in tokens if t is not spec]
+    return launch(spec, overrides=overrides, dry_run=args.dry_run, address=args.address, name=args.name,
                   storage=args.storage, max_concurrent=args.max_concurrent, fresh=args.fresh, fuse=args.fuse)
 
 
 def cmd_report(args) -> int:
     from .report import report
 
-    report(args.targets, out=args.out, top_k=args.top_k, storage=args.storage)
+    report(args.targets, out=args.out, top_k=args.top_k, storage=args.storage, reports_dir=_reports())
     return 0
 
 
@@ -133,6 +187,17 @@ def cmd_tensorboard(args) -> int:
     if not os.path.exists(exe):
         raise GridrunError("tensorboard is not installed in this environment: `pip install tensorboard`")
     os.execv(exe, [exe, "--logdir", str(logdir), "--port", str(args.port)])
+
+
+def cmd_completion(args) -> int:
+    """A completion script for every subcommand and option (shtab reads the argparse parser)."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+_FILES = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}  # shtab.FILE, without importing shtab
 
 
 def _positive(text: str) -> int:
@@ -163,17 +228,20 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="gridrun", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="gridrun", description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1].strip())
+    ap.add_argument("--version", action="version", version=f"gridrun {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    where = "(default $GRIDRUN_STORAGE, else runs/)"
 
     p = sub.add_parser("launch", help="run a YAML grid as Ray Tune trials (resumes or grows an existing one)")
-    p.add_argument("spec", help="grid spec, e.g. grids/smoke.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="change the spec from the command line: seeds=10 base.epochs=5 grid.batch_size=[64,256]")
+    p.add_argument("spec", help="grid spec, e.g. grids/smoke.yaml").complete = _FILES
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="change the spec from the command line, anywhere on the line: seeds=10 base.epochs=5 "
+                        "grid.batch_size=[64,256] grid.lr={loguniform:[1e-4,1e-1]} samples=8")
     p.add_argument("--dry-run", action="store_true", help="print the trials and the resource plan, run nothing")
     p.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
-    p.add_argument("--storage", default=None, help="results root every node sees (default runs/)")
+    p.add_argument("--storage", default=_storage(), help=f"results root every node sees {where}")
     p.add_argument("--max-concurrent", type=_positive, default=None, help="at most N trials at once")
     p.add_argument("--fuse", type=_positive, default=None,
                    help="train up to K same-architecture trials as one batched model (the spec's fuse:)")
@@ -183,14 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="markdown tables, ensemble and plots from experiment folders")
     p.add_argument("targets", nargs="*", metavar="NAME|PATH", help="experiments (default: all under runs/)")
-    p.add_argument("--out", default=None, help="markdown file (default reports/<folder name>.md)")
+    p.add_argument("--out", default=None, help="markdown file (default $GRIDRUN_REPORTS/<folder name>.md, "
+                                                "else reports/<folder name>.md)")
     p.add_argument("--top-k", type=_positive, default=None, help="ensemble size (default: the spec's report.top_k, or 5)")
-    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="a running or finished grid at a glance, from its files (never Ray)")
     p.add_argument("name", nargs="?", default=None, metavar="NAME|PATH", help="experiment (default: the newest)")
-    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
     p.add_argument("--watch", action="store_true", help="refresh until the grid is done (Ctrl-C to stop)")
     p.add_argument("--every", type=_seconds, default=5.0, help="seconds between refreshes with --watch")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -201,8 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "gridrun's default recipe, the best measured on the tiny nets: SGD with Nesterov "
                                    "momentum, one-cycle to lr 0.2 at batch 128, weight decay 5e-4, rotate+affine "
                                    "augmentation, 15 epochs (the defaults below).")
-    _add_config_options(p)
+    p.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="start from a trial's config.json (e.g. runs/NAME/TRIAL/config.json) to reproduce it; "
+                        "options given beside it override its fields").complete = _FILES
     p.add_argument("--out", default=None, help="folder for the trial's files (default: write none)")
+    _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list registered models with family and parameters")
@@ -211,24 +283,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/), with HParams")
     p.add_argument("name", nargs="?", default=None)
-    p.add_argument("--storage", default="runs")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
     p.add_argument("--port", type=_port, default=6006)
     p.set_defaults(func=cmd_tensorboard)
+
+    p = sub.add_parser("completion", help="print a shell completion script: "
+                                          "`eval \"$(gridrun completion bash)\"` (zsh, tcsh likewise)")
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    p.set_defaults(func=cmd_completion)
+    ap.commands = sub.choices  # main() words a refusal by the subcommand's own parser
     return ap
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and getattr(args, "cmd", None) == "launch" and all(OVERRIDE_RE.match(x) for x in extra):
+        args.overrides = [*args.overrides, *extra]  # `launch SPEC --name X seeds=1`: an override after an option
+    elif extra:
+        ap.commands.get(getattr(args, "cmd", None), ap).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except GridrunError as e:
-        print(f"gridrun: error: {e}", file=sys.stderr)
+        print(f"{PREFIX}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gridrun: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk, a read-only folder: what and where, in one line
-        print(f"gridrun: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        print(f"{PREFIX}{e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
     except Exception as e:
         if os.environ.get("GRIDRUN_DEBUG"):

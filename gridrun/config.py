@@ -237,3 +237,44 @@ def check_types(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if not ft.accepts(v):
             raise ConfigError(f"config {name}={v!r}: must be {ft.words}")
+
+
+# ---------------------------------------------------------------- help text, from the source
+
+# The named values a str field takes (`gridrun train -h` lists them; validate() checks them).
+CHOICES: dict[str, tuple] = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "plateau_metric": PLATEAU_METRICS,
+                             "normalize": NORMALIZATIONS}
+
+
+def field_docs() -> dict[str, tuple[str, str]]:
+    """{field: (section, comment)} read from TrainConfig's own comments, so help never copies them.
+
+    A comment on a field's line is its help; a comment-only line indented past the fields goes on
+    with the field above; a comment-only line at the fields' indent just above a field is the
+    heading of the section that field opens (`# model`, `# data`, ...)."""
+    import inspect
+    import io
+    import tokenize
+
+    names = set(field_names())
+    lines: dict[int, list] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            lines.setdefault(tok.start[0], []).append(tok)
+    indent = min(toks[0].start[1] for toks in lines.values() if toks[0].string in names)
+    docs: dict[str, tuple[str, str]] = {}
+    section, last, heading = "", None, ""
+    for row in sorted(lines):
+        toks = lines[row]
+        comment = toks[-1].string.lstrip("#").strip() if toks[-1].type == tokenize.COMMENT else ""
+        if toks[0].string in names and toks[0].start[1] == indent and len(toks) > 1 and toks[1].string == ":":
+            section, heading = (heading or section), ""
+            last = toks[0].string
+            docs[last] = (section, comment)
+        elif toks[0].type == tokenize.COMMENT and toks[0].start[1] > indent and last:
+            docs[last] = (docs[last][0], f"{docs[last][1]} {comment}".strip())
+        elif toks[0].type == tokenize.COMMENT and toks[0].start[1] == indent:
+            heading, last = comment, None
+        else:
+            last = None
+    return docs

@@ -22,7 +22,7 @@ FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte", 2049, (10000,), "27ae3e4e09519cfbb04c329615203637"),
 }
 ENV_VAR = "GRIDRUN_DATA"
-CACHE_DIR = Path("~/.cache/gridrun/mnist").expanduser()
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gridrun" / "mnist"  # XDG base dirs
 FIX = f"set {ENV_VAR} to a folder holding the four MNIST IDX files (.gz or raw) or pass --data-dir"
 
 

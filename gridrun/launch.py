@@ -477,8 +477,7 @@ def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
         oid = config_id(with_defaults(e.get("train") or {})) if e.get("train") else e.get("id")
         if oid in new_ids:
             continue
-        mate = new_by_name.get(e["name"]) or next((t for t in trials if t["train"].get("seed") == (e.get("train") or {})
-                                                   .get("seed")), None)
+        mate = new_by_name.get(e["name"])  # only a trial of the same name is this one changed
         diff = ""
         if mate is not None:
             a, b = with_defaults(e.get("train") or {}), mate["train"]
@@ -488,8 +487,14 @@ def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
             if changed:
                 k = changed[0]
                 diff = f": {k} was {a.get(k)!r}, now {b.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
-        raise SpecError(f"{exp_dir} holds trial {e['name']} of a different grid{diff or ' (this spec no longer has it)'}: "
-                        f"a relaunch may only add trials; launch with --name NEW, or --fresh to start over")
+        lacks = [x["name"] for x in old if x["name"] not in new_by_name]
+        what = (f"trial {e['name']} of a different grid{diff}" if diff else
+                f"{len(lacks)} trial(s) this spec lacks ({', '.join(lacks[:3])}{', ...' if len(lacks) > 3 else ''})")
+        rel = os.path.relpath(exp_dir) if not os.path.relpath(exp_dir).startswith("..") else exp_dir
+        again = f"gridrun launch {rel}/spec.yaml --name {os.path.basename(rel)} --storage {os.path.dirname(rel) or '.'}"
+        raise SpecError(f"{exp_dir} holds {what}: a relaunch may only add trials; to go on with the experiment as it "
+                        f"was launched, `{again}` (overrides added to it grow it), or launch with --name NEW, or "
+                        f"--fresh to start over")
 
 
 def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hparam_names: list[str], out):

@@ -8,6 +8,8 @@
       scheduler: [none, step]
       variant:                        #   any other name: each value is a dict of fields
         - {model: resnet20, batch_size: 128}
+      lr: {loguniform: [0.001, 1]}    #   a distribution: `samples` configs are drawn from it
+    samples: 20                       # configs drawn per list-axis combination (sample_seed: 0)
     seeds: 3                          # n -> seeds 0..n-1, or a list
     resources: {cpu: 1, gpu: 0.125}   # per trial; gpu a fraction in (0, 1] or a whole number
     retries: 2                        # a trial that raises is retried from its checkpoint
@@ -27,15 +29,17 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
 from .identity import FUSE_SHARED, fuse_key, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
-from .config import ConfigError, TrainConfig, field_names
+from .config import FIELD_TYPES, ConfigError, TrainConfig, field_names
 
 CONFIG_KEYS = field_names()
 SPEC_KEYS_NOT_IN_BASE = ("out_dir", "seed")    # set by gridrun, never by a spec
@@ -92,7 +96,9 @@ class Spec(_Strict):
     description: str = ""
     data: Data = Data()
     base: dict = {}
-    grid: dict[str, list] | list[dict[str, list]] = {}  # one cross product, or a union of several
+    grid: Any = {}      # {axis: [values] | {distribution: args}}, or a list of such mappings (parse checks it)
+    samples: int | None = Field(None, ge=1, le=1_000_000)  # configs drawn from the distribution axes
+    sample_seed: int = Field(0, ge=0, lt=2**63)            # fixes the draws: same spec, same trials
     seeds: int | list[int] = Field(1)
     resources: Resources = Resources()
     retries: int = Field(1, ge=0, le=100)
@@ -132,18 +138,54 @@ class Spec(_Strict):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
 
+# pydantic's error types in words; its union tags ('int', 'list[int]', ...) never reach a message.
+_WANTS = {"int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+          "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+          "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
+          "list_type": "a list", "dict_type": "a mapping (key: value)", "model_type": "a mapping (key: value)",
+          "model_attributes_type": "a mapping (key: value)", "none_required": "null"}
+
+
+def _is_tag(part) -> bool:
+    """A union member's tag in a pydantic location (e.g. 'list[int]'), not a key of the spec."""
+    return isinstance(part, str) and ("[" in part or part in ("int", "float", "str", "bool", "list", "dict", "none")
+                                      or part.startswith("function-"))
+
+
+def _where(loc) -> str:
+    out = ""
+    for p in (p for p in loc if not _is_tag(p)):
+        out += f"[{p}]" if isinstance(p, int) else f".{p}" if out else str(p)
+    return out or "spec"
+
+
+def _got(v) -> str:
+    text = repr(v)
+    return f"; got {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 def _pydantic_line(src: str, e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    """pydantic's first error as one line in words: the key, what it must be, what it got."""
+    errs = e.errors()
+    err = max(errs, key=lambda x: len(_where(x["loc"])))  # a union's deepest miss: seeds[0], not seeds
+    where = _where(err["loc"])
+    same = [x for x in errs if _where(x["loc"]) == where]  # a union: one error per member type
+    n_more = len({w for w in map(_where, (x["loc"] for x in errs)) if not where.startswith(w)})
+    more = f" (and {n_more} more)" if n_more > 0 else ""
     if err["type"] == "extra_forbidden":
         model = Spec
-        for p in err["loc"][:-1]:
+        for p in [p for p in err["loc"] if not _is_tag(p)][:-1]:
             model = model.model_fields[p].annotation
             model = next((a for a in getattr(model, "__args__", (model,)) if isinstance(a, type)), model)
-        return f"{src}: unknown key {loc!r}{did_you_mean(err['loc'][-1], list(getattr(model, 'model_fields', {})), 0.5)}{more}"
-    msg = err["msg"].replace("Value error, ", "")
-    return f"{src}: {loc or 'spec'}: {msg}{more}"
+        return f"{src}: unknown key {where!r}{did_you_mean(err['loc'][-1], list(getattr(model, 'model_fields', {})), 0.5)}{more}"
+    if all(x["type"] in _WANTS for x in same):
+        wants = list(dict.fromkeys(_WANTS[x["type"]] for x in same))
+        return f"{src}: {where}: must be {' or '.join(wants)}{_got(err.get('input'))}{more}"
+    if err["type"] == "string_pattern_mismatch" and err["ctx"].get("pattern") == NAME_RE:
+        return (f"{src}: {where}: must be a safe folder name (letters, digits, '.', '_' and '-', starting with a letter "
+                f"or digit){_got(err.get('input'))}{more}")
+    msg = err["msg"].replace("Value error, ", "").replace("Input should be ", "must be ")
+    return f"{src}: {where}: {msg}{more}"
 
 
 def parse(raw: dict, src: str = "spec") -> Spec:
@@ -159,23 +201,7 @@ def parse(raw: dict, src: str = "spec") -> Spec:
         if key not in CONFIG_KEYS or key in SPEC_KEYS_NOT_IN_BASE:
             hint = " (seeds are set by 'seeds:')" if key == "seed" else did_you_mean(key, CONFIG_KEYS, 0.5)
             raise SpecError(f"{src}: unknown key 'base.{key}'{hint}")
-    if isinstance(spec.grid, list) and not spec.grid:
-        raise SpecError(f"{src}: grid is an empty list: give at least one sub-grid (a mapping of axes)")
-    for axis, values in ((a, v) for sub in subgrids(spec) for a, v in sub.items()):
-        if not values:
-            raise SpecError(f"{src}: grid.{axis} is empty: give it at least one value")
-        if axis in SPEC_KEYS_NOT_IN_BASE:
-            raise SpecError(f"{src}: grid.{axis}: {axis} cannot be an axis (seeds are set by 'seeds:')")
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(axis)):
-            raise SpecError(f"{src}: grid axis {axis!r} is not a plain name (letters, digits, _)")
-        if axis not in CONFIG_KEYS:
-            for v in values:
-                if not isinstance(v, dict):
-                    raise SpecError(f"{src}: unknown key 'grid.{axis}'{did_you_mean(axis, CONFIG_KEYS, 0.5)}; an axis "
-                                    f"with another name must list dicts of config fields")
-                for key in v:
-                    if key not in CONFIG_KEYS or key in SPEC_KEYS_NOT_IN_BASE:
-                        raise SpecError(f"{src}: unknown key 'grid.{axis}[].{key}'{did_you_mean(key, CONFIG_KEYS, 0.5)}")
+    _check_grid(spec, src)
     if spec.fuse and spec.fuse > 1 and spec.early_stop:
         raise SpecError(f"{src}: early_stop and fuse cannot be combined: ASHA stops whole Tune trials, and a fused "
                         f"group is one Tune trial, so one member's score would stop all of them; drop one of the two")
@@ -192,9 +218,169 @@ def subgrids(spec: Spec) -> list[dict]:
 
 
 def n_trials(spec: Spec) -> int:
-    """The number of trials, counted without expanding the grid."""
+    """The number of trials, counted without expanding the grid (or drawing a sample)."""
     n_seeds = spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds)
-    return sum(math.prod(len(v) for v in sub.values()) for sub in subgrids(spec)) * n_seeds
+    return sum(math.prod(len(v) if isinstance(v, list) else 1 for v in sub.values())
+               * ((spec.samples or 1) if any(isinstance(v, dict) for v in sub.values()) else 1)
+               for sub in subgrids(spec)) * n_seeds
+
+
+def _check_grid(spec: Spec, src: str) -> None:
+    """The grid's shape: axes with plain names, each a non-empty list of values or one
+    distribution; distributions and `samples` come together."""
+    shape = "a mapping of axes such as {lr: [0.1, 0.3]}"
+    if isinstance(spec.grid, list):
+        if not spec.grid:
+            raise SpecError(f"{src}: grid is an empty list: give at least one sub-grid (a mapping of axes)")
+        for i, sub in enumerate(spec.grid):
+            if not isinstance(sub, dict):
+                raise SpecError(f"{src}: grid[{i}]: must be {shape}{_got(sub)}")
+    elif not isinstance(spec.grid, dict):
+        raise SpecError(f"{src}: grid: must be {shape}, or a list of such mappings{_got(spec.grid)}")
+    for axis, values in ((a, v) for sub in subgrids(spec) for a, v in sub.items()):
+        if axis in SPEC_KEYS_NOT_IN_BASE:
+            raise SpecError(f"{src}: grid.{axis}: {axis} cannot be an axis (seeds are set by 'seeds:')")
+        if not isinstance(axis, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", axis):
+            raise SpecError(f"{src}: grid axis {axis!r} is not a plain name (letters, digits, _)")
+        if isinstance(values, dict):
+            _check_distribution(axis, values, src)
+            continue
+        if not isinstance(values, list):
+            raise SpecError(f"{src}: grid.{axis}: must be a list of values such as [0.1, 0.3], or a distribution "
+                            f"such as {{loguniform: [0.001, 1]}}{_got(values)}")
+        if not values:
+            raise SpecError(f"{src}: grid.{axis} is empty: give it at least one value")
+        _check_linked_axis(axis, values, src)
+    dist = next((a for sub in subgrids(spec) for a, v in sub.items() if isinstance(v, dict)), None)
+    if dist and not spec.samples:
+        raise SpecError(f"{src}: grid.{dist} is a distribution: say how many configs to draw with samples: N "
+                        f"(e.g. samples: 20)")
+    if spec.samples and not dist:
+        raise SpecError(f"{src}: samples: {spec.samples} draws configs from distribution axes, but the grid has none "
+                        f"(such as lr: {{loguniform: [0.001, 1]}}): drop samples, or make an axis a distribution")
+    if spec.sample_seed and not spec.samples:
+        raise SpecError(f"{src}: sample_seed is set but nothing is sampled: drop it, or add samples and a distribution")
+
+
+def _check_linked_axis(axis: str, values: list, src: str) -> None:
+    """An axis not named after a config field lists dicts of config fields set together."""
+    if axis in CONFIG_KEYS:
+        return
+    for v in values:
+        if not isinstance(v, dict):
+            raise SpecError(f"{src}: unknown key 'grid.{axis}'{did_you_mean(axis, CONFIG_KEYS, 0.5)}; an axis "
+                            f"with another name must list dicts of config fields")
+        for key in v:
+            if key not in CONFIG_KEYS or key in SPEC_KEYS_NOT_IN_BASE:
+                raise SpecError(f"{src}: unknown key 'grid.{axis}[].{key}'{did_you_mean(key, CONFIG_KEYS, 0.5)}")
+
+
+# ---------------------------------------------------------------- search beyond the grid
+# An axis may be a distribution instead of a list. `samples: N` configs are drawn from the
+# distribution axes once, when the spec is expanded, from `sample_seed`: the trials are known
+# before launch, fuse into groups, and grow and resume like grid trials. Draw i of an axis
+# depends only on (sample_seed, i, axis), so N + M samples start with the same N.
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+SAMPLE_DIGITS = 4   # significant digits a drawn real keeps: names and tables read well
+
+
+def _check_distribution(axis: str, d: dict, src: str) -> None:
+    """One distribution: a known kind, bounds it can use, a field whose type it produces."""
+    where = f"{src}: grid.{axis}"
+    if len(d) != 1:
+        raise SpecError(f"{where}: a distribution is one key such as {{loguniform: [0.001, 1]}}; got keys "
+                        f"{', '.join(map(str, d))}")
+    (kind, args), = d.items()
+    if kind not in DISTRIBUTIONS:
+        raise SpecError(f"{where}: unknown distribution {kind!r}{did_you_mean(kind, DISTRIBUTIONS)}")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise SpecError(f"{where}: choice takes a non-empty list of values such as {{choice: [32, 64]}}{_got(args)}")
+        _check_linked_axis(axis, args, src)
+        return
+    if axis not in CONFIG_KEYS:
+        near = did_you_mean(axis, CONFIG_KEYS, 0.5)
+        raise SpecError(f"{where}: {kind} draws numbers for a config field, and {axis!r} is not one"
+                        f"{near if 'did you mean' in near else ''}")
+    ft = FIELD_TYPES[axis]
+    if ft.kind not in (("float",) if kind != "randint" else ("int", "float")):
+        use = "{randint: [low, high]} or {choice: [...]}" if ft.kind == "int" else "{choice: [...]}"
+        takes = {"int": "whole numbers", "str": "text", "bool": "true or false", "dict": "a mapping"}[ft.kind]
+        raise SpecError(f"{where}: {kind} draws {'whole' if kind == 'randint' else 'real'} numbers, but {axis} "
+                        f"takes {takes}: use {use}")
+    if not (isinstance(args, list) and len(args) == 2 and all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args)):
+        raise SpecError(f"{where}: {kind} takes [low, high], two numbers such as [0.001, 1]{_got(args)}")
+    lo, hi = args
+    if kind == "randint" and not all(float(a).is_integer() for a in args):
+        raise SpecError(f"{where}: randint takes whole-number bounds [low, high] (both included); got [{lo}, {hi}]")
+    if not lo < hi:
+        raise SpecError(f"{where}: {kind} needs low < high in [low, high]; got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise SpecError(f"{where}: loguniform needs 0 < low (it draws the logarithm uniformly); got [{lo}, {hi}]")
+
+
+def _draw(kind: str, args: list, u: float):
+    """The value of a distribution at u in [0, 1): uniform and loguniform on [low, high), randint
+    on [low, high] (both included), choice one of the values."""
+    if kind == "choice":
+        return args[min(int(u * len(args)), len(args) - 1)]
+    lo, hi = args
+    if kind == "randint":
+        return int(lo) + min(int(u * (int(hi) - int(lo) + 1)), int(hi) - int(lo))
+    x = lo + u * (hi - lo) if kind == "uniform" else math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    r = float(f"{x:.{SAMPLE_DIGITS}g}")
+    return r if lo <= r < hi else x  # rounding must not step outside the bounds (dropout < 1)
+
+
+def _space(dists: dict[str, tuple]) -> float:
+    """How many distinct draws the distributions hold (infinite when one is real-valued)."""
+    n = 1.0
+    for kind, args in dists.values():
+        if kind == "choice":
+            n *= len({json.dumps(a, sort_keys=True) for a in args})
+        elif kind == "randint":
+            n *= int(args[1]) - int(args[0]) + 1
+        else:
+            return math.inf
+    return n
+
+
+def sample_configs(dists: dict[str, tuple], n: int, seed: int) -> list[dict]:
+    """The first n distinct draws of the distribution axes ({axis: (kind, args)}): draw i of an
+    axis comes from (seed, i, axis) alone, and a repeat is skipped, so more samples only add."""
+    if _space(dists) < n:
+        raise SpecError(f"samples: {n} but the distributions of {', '.join(dists)} hold only "
+                        f"{_space(dists):.0f} distinct configs: lower samples, or widen the ranges")
+    out, seen, i = [], set(), 0
+    while len(out) < n:
+        # random.Random(str) seeds from the text's SHA-512: the same draws on every machine and Python.
+        point = {a: _draw(k, args, random.Random(f"{seed}:{i}:{a}").random()) for a, (k, args) in dists.items()}
+        key = json.dumps(point, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(point)
+        i += 1
+        if i > 100 * n + 1000:
+            raise SpecError(f"samples: {i} draws gave only {len(out)} distinct configs of the {n} samples asked: "
+                            f"lower samples, or widen the ranges of {', '.join(dists)}")
+    return out
+
+
+def points(spec: Spec) -> list[dict]:
+    """Every point of the grid as {axis: value}, in spec order: list axes crossed, and for each
+    combination the `samples` draws of the distribution axes."""
+    out = []
+    for sub in subgrids(spec):
+        lists = {a: v for a, v in sub.items() if isinstance(v, list)}
+        dists = {a: next(iter(v.items())) for a, v in sub.items() if isinstance(v, dict)}
+        draws = sample_configs(dists, spec.samples, spec.sample_seed) if dists else [{}]
+        for combo in itertools.product(*lists.values()):
+            for draw in draws:
+                point = {**dict(zip(lists, combo)), **draw}
+                out.append({a: point[a] for a in sub})
+    return out
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -218,6 +404,15 @@ class _NoAliasLoader(yaml.SafeLoader):
             if isinstance(key, (str, int, float, bool)):
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 floats: PyYAML reads YAML 1.1, where a float needs a dot, so `1e-3` and `3e-4` were
+# strings. The 1.2 core schema's float (exponent without a dot, sign optional) is added to the
+# one loader every spec, override and stored spec goes through.
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."))
 
 
 def safe_yaml(text: str, src: str):
@@ -279,7 +474,28 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Spec:
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: a spec is a YAML mapping with at least 'name'; got {type(raw).__name__}")
         raw = apply_overrides(raw, overrides)
-    return parse(raw, str(path))
+    spec = parse(raw, str(path))
+    _check_shadowed(spec, overrides or [])
+    return spec
+
+
+def _check_shadowed(spec: Spec, overrides: list[str]) -> None:
+    """A `base.X=...` override that a grid axis setting X would silently undo is refused."""
+    for item in overrides:
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if len(parts) != 2 or parts[0] != "base":
+            continue
+        field = parts[1]
+        for sub in subgrids(spec):
+            for axis, values in sub.items():
+                options = values if isinstance(values, list) else values.get("choice", [])
+                if axis == field:
+                    raise SpecError(f"override base.{field}={text} is shadowed by the grid axis grid.{axis}, which sets "
+                                    f"{field} in every trial: override the axis instead, e.g. grid.{field}=[{text}]")
+                if any(isinstance(v, dict) and field in v for v in options):
+                    raise SpecError(f"override base.{field}={text} is shadowed by the grid axis grid.{axis}, whose "
+                                    f"values set {field}: change {field} in grid.{axis} in the spec instead")
 
 
 def _short(v) -> str:
@@ -298,17 +514,14 @@ def expand(spec: Spec) -> list[dict]:
     Names are readable (axis values and seed) and do not depend on a trial's position, so a
     grown grid keeps every existing trial's name."""
     trials = []
-    for axes, combo in ((list(sub.items()), combo) for sub in subgrids(spec)
-                        for combo in (itertools.product(*sub.values()) if sub else [()])):
+    for label in points(spec):
         for seed in spec.seed_list:
             cfg = {**spec.data.model_dump(), **spec.base}
-            label = {}
-            for (axis, _), value in zip(axes, combo):
+            for axis, value in label.items():
                 if axis in CONFIG_KEYS:
                     cfg[axis] = value
                 else:
                     cfg.update(value)
-                label[axis] = value
             cfg["seed"] = seed
             cfg.setdefault("threads", max(1, int(spec.resources.cpu)))
             if 0 < spec.resources.gpu < 1:
@@ -322,7 +535,7 @@ def expand(spec: Spec) -> list[dict]:
             if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
                 parts.insert(0, _short(tc.model))
             train = tc.to_dict()
-            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": config_id(train), "axes": label,
+            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": config_id(train), "axes": dict(label),
                            "train": train, "where": where})
     _check_trials(spec, trials)
     return trials

@@ -54,8 +54,8 @@ def test_dict_axis_sets_fields_jointly():
     ({"seeds": 0}, "seeds:", "at least 1"),
     ({"seeds": []}, "seeds:", "empty list"),
     ({"base": {"seed": 3}}, "'base.seed'", "set by 'seeds:'"),
-    ({"name": "../escape"}, "name:", "should match pattern"),
-    ({"name": ".hidden"}, "name:", "should match pattern"),
+    ({"name": "../escape"}, "name:", "safe folder name"),
+    ({"name": ".hidden"}, "name:", "safe folder name"),
     ({"base": {"dropout": 0.1, "model": "resnet20"}, "grid": {}}, "dropout=0.1", "takes no dropout"),
     ({"grid": {"run": [{"model": "vanilla"}, {"model": "vanilla"}]}}, "one config twice", "remove the repeat"),
     ({"max_trials": 5}, "12 trials", "max_trials: 12"),
@@ -217,3 +217,72 @@ def test_dry_run_refuses_a_changed_grid_as_the_launch_would(tmp_path, capsys, sy
     assert main([*argv[:2], "base.lr=0.3", *argv[2:]]) == 2
     err = capsys.readouterr().err
     assert "of a different grid: lr was" in err and len(err.strip().splitlines()) == 1
+    assert f"gridrun launch {tmp_path / 'runs' / 't'}/spec.yaml --name t" in err or "runs/t/spec.yaml --name t" in err
+
+
+# ---------------------------------------------------------------- issue 30: YAML, overrides, messages
+
+def test_yaml_1_2_floats_are_numbers(tmp_path):
+    """`1e-3` is a float in YAML 1.2 (PyYAML's 1.1 read it as a string, and the spec failed)."""
+    (tmp_path / "g.yaml").write_text("name: g\nbase: {epochs: 1, weight_decay: 5e-4}\ngrid: {lr: [1e-3, 3E-4, 2.5e+1]}\n")
+    spec, trials = load_trials(tmp_path / "g.yaml", ["base.momentum=9e-1"])
+    assert spec.grid["lr"] == [0.001, 0.0003, 25.0]
+    assert {t["train"]["weight_decay"] for t in trials} == {0.0005}
+    assert {t["train"]["momentum"] for t in trials} == {0.9}
+    from gridrun.spec import safe_yaml
+
+    assert safe_yaml("[1_000, 10, 1.5, e3, 1e, 0x1f]", "x") == [1000, 10, 1.5, "e3", "1e", 31]
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # PyYAML's own loader is left as it is
+
+
+def test_yaml_still_refuses_aliases_and_duplicate_keys():
+    from gridrun.spec import safe_yaml
+
+    with pytest.raises(SpecError, match="aliases"):
+        safe_yaml("a: &x 1e-3\nb: *x\n", "g.yaml")
+    with pytest.raises(SpecError, match="appears twice"):
+        safe_yaml("lr: 1e-3\nlr: 2e-3\n", "g.yaml")
+
+
+def test_a_base_override_shadowed_by_a_grid_axis_is_refused(tmp_path):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({**GOOD, "grid": {"lr": [0.1, 0.2], "run": [{"momentum": 0.8}]}}))
+    with pytest.raises(SpecError) as e:
+        load_trials(tmp_path / "g.yaml", ["base.lr=0.3"])
+    msg = str(e.value)
+    assert "base.lr=0.3" in msg and "grid.lr" in msg and "grid.lr=[0.3]" in msg and "\n" not in msg
+    with pytest.raises(SpecError, match="base.momentum=0.5 is shadowed by the grid axis grid.run"):
+        load_trials(tmp_path / "g.yaml", ["base.momentum=0.5"])
+    load_trials(tmp_path / "g.yaml", ["base.weight_decay=0.001"])  # a field no axis sets is fine
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("grid.lr=0.1", "grid.lr: must be a list of values such as [0.1, 0.3], or a distribution"),
+    ("seeds=abc", "seeds: must be a whole number or a list; got 'abc'"),
+    ("seeds=[a]", "seeds[0]: must be a whole number; got 'a'"),
+    ("resources=3", "resources: must be a mapping (key: value); got 3"),
+    ("data.subset=1.5", "data.subset: must be a whole number; got 1.5"),
+    ("grid=3", "grid: must be a mapping of axes"),
+    ("grid=[3]", "grid[0]: must be a mapping of axes"),
+    ("early_stop=1", "early_stop: must be a mapping"),
+])
+def test_messages_name_no_library_types(override, needle):
+    with pytest.raises(SpecError) as e:
+        parse(apply_overrides(GOOD, [override]), "g.yaml")
+    msg = str(e.value)
+    assert needle in msg, msg
+    for word in ("dict[", "list[", "str,", "any]", "int]", "Resources", "EarlyStop", "Input should"):
+        assert word not in msg, msg
+
+
+def test_the_different_grid_refusal_names_the_missing_trials_and_the_relaunch():
+    """An override grew the grid (lr 0.1 -> [0.1, 0.05]) and the original file (lr 0.05 only)
+    is relaunched: the folder holds trials the spec lacks; say which and how to go on."""
+    from gridrun.launch import _check_growth
+
+    grown = expand(parse(apply_overrides(GOOD, ["grid.lr=[0.1, 0.05]", "seeds=1"])))
+    original = expand(parse(apply_overrides(GOOD, ["grid.lr=[0.05]", "seeds=1"])))
+    with pytest.raises(SpecError) as e:
+        _check_growth("runs/t", grown, original)
+    msg = str(e.value)
+    assert "holds 4 trial(s) this spec lacks (vanilla_32_0.1_s0, vanilla_64_0.1_s0, tinynet_7k_32_0.1_s0, ...)" in msg
+    assert "gridrun launch runs/t/spec.yaml --name t --storage runs" in msg and "lr was" not in msg
