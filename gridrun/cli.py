@@ -94,9 +94,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}[ft.kind]
-            meta = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else None
             g.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,
-                           metavar=meta, help=text)
+                           choices=CHOICES.get(f.name), help=text)  # choices: shown, checked, completed
 
 
 def _trial_config(path: str) -> dict:
