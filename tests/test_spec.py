@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,131 @@ def test_the_different_grid_refusal_names_the_missing_trials_and_the_relaunch():
     msg = str(e.value)
     assert "holds 4 trial(s) this spec lacks (vanilla_32_0.1_s0, vanilla_64_0.1_s0, tinynet_7k_32_0.1_s0, ...)" in msg
     assert "gridrun launch runs/t/spec.yaml --name t --storage runs" in msg and "lr was" not in msg
+
+
+# ---------------------------------------------------------------- issue 30: search beyond the grid
+
+RANDOM = {"name": "r", "base": {"epochs": 1, "model": "tinynet_7k"}, "seeds": 2, "samples": 5,
+          "grid": {"batch_size": [32, 64], "lr": {"loguniform": [1e-3, 1]}, "label_smoothing": {"uniform": [0, 0.2]},
+                   "step_size": {"randint": [2, 4]}, "augment": {"choice": ["none", "rotate"]}}}
+
+
+def test_distributions_draw_samples_for_each_list_combination_with_all_seeds():
+    trials = expand(parse(RANDOM))
+    assert len(trials) == 2 * 5 * 2 and len({t["id"] for t in trials}) == 20
+    configs = {}
+    for t in trials:
+        c = t["train"]
+        assert 1e-3 <= c["lr"] < 1 and 0 <= c["label_smoothing"] < 0.2 and c["step_size"] in (2, 3, 4)
+        assert c["augment"] in ("none", "rotate") and float(f"{c['lr']:.4g}") == c["lr"]  # 4 significant digits
+        configs.setdefault(json.dumps({k: v for k, v in c.items() if k != "seed"}, sort_keys=True), []).append(c["seed"])
+    assert len(configs) == 10 and all(sorted(s) == [0, 1] for s in configs.values())
+    draws = {bs: [t["axes"]["lr"] for t in trials if t["train"]["batch_size"] == bs and t["train"]["seed"] == 0]
+             for bs in (32, 64)}
+    assert draws[32] == draws[64] and len(set(draws[32])) == 5  # the same draws for each combination
+    assert trials[0]["name"] == f"tinynet_7k_32_{trials[0]['axes']['lr']}_" \
+                                f"{trials[0]['axes']['label_smoothing']}_{trials[0]['axes']['step_size']}_" \
+                                f"{trials[0]['axes']['augment']}_s0"
+
+
+def test_sampled_trials_fuse_into_groups():
+    spec = parse({**RANDOM, "fuse": 4})
+    units = plan_units(spec, expand(spec))
+    assert sum(len(u["members"]) for u in units) == 20
+    assert [len(u["members"]) for u in units] == [4, 4, 2, 4, 4, 2]  # one batch size per group
+    assert all(len({m["train"]["batch_size"] for m in u["members"]}) == 1 for u in units)
+
+
+def test_more_samples_grow_the_experiment_and_another_seed_is_a_different_grid():
+    from gridrun.launch import _check_growth
+
+    five, eight = expand(parse(RANDOM)), expand(parse({**RANDOM, "samples": 8}))
+    assert {t["id"] for t in five} < {t["id"] for t in eight}
+    assert {t["name"] for t in five} < {t["name"] for t in eight}
+    _check_growth("runs/r", five, eight)  # growing: no error
+    with pytest.raises(SpecError, match="this spec lacks"):
+        _check_growth("runs/r", five, expand(parse({**RANDOM, "sample_seed": 1})))
+
+
+def test_a_discrete_space_gives_distinct_draws_or_a_clear_refusal():
+    spec = {"name": "d", "base": {"epochs": 1}, "grid": {"step_size": {"randint": [1, 3]}}, "samples": 3}
+    assert sorted(t["train"]["step_size"] for t in expand(parse(spec))) == [1, 2, 3]  # both ends included
+    with pytest.raises(SpecError, match="hold only 3 distinct configs"):
+        expand(parse({**spec, "samples": 4}))
+
+
+def test_dry_run_shows_the_drawn_values(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RANDOM))
+    assert main(["launch", "r.yaml", "--dry-run", "samples=2", "seeds=1"]) == 0
+    out = capsys.readouterr().out
+    trials = load_trials(tmp_path / "r.yaml", ["samples=2", "seeds=1"])[1]
+    assert "plan: 4 trials" in out
+    for t in trials:
+        assert t["name"] in out and str(t["axes"]["lr"]) in out
+
+
+@pytest.mark.parametrize("grid,extra,needle", [
+    ({"lr": {"loguniform": [0, 1]}}, {}, "grid.lr: loguniform needs 0 < low"),
+    ({"lr": {"uniform": [1, 0.1]}}, {}, "grid.lr: uniform needs low < high"),
+    ({"lr": {"uniform": [1]}}, {}, "grid.lr: uniform takes [low, high], two numbers"),
+    ({"lr": {"uniform": ["a", 1]}}, {}, "two numbers"),
+    ({"lr": {"logunifrom": [0.1, 1]}}, {}, "unknown distribution 'logunifrom' (did you mean 'loguniform'?)"),
+    ({"lr": {"uniform": [0.1, 1], "choice": [1]}}, {}, "a distribution is one key"),
+    ({"lr": {"choice": []}}, {}, "choice takes a non-empty list"),
+    ({"batch_size": {"uniform": [16, 64]}}, {}, "batch_size takes whole numbers: use {randint"),
+    ({"augment": {"loguniform": [1, 2]}}, {}, "augment takes text: use {choice"),
+    ({"batch_size": {"randint": [16.5, 64]}}, {}, "randint takes whole-number bounds"),
+    ({"nesterov": {"randint": [0, 1]}}, {}, "nesterov takes true or false"),
+    ({"lrr": {"uniform": [0.1, 1]}}, {}, "'lrr' is not one (did you mean 'lr'?)"),
+    ({"run": {"choice": [{"lrr": 0.1}]}}, {}, "unknown key 'grid.run[].lrr'"),
+    ({"lr": {"uniform": [0.1, 1]}}, {"samples": None}, "grid.lr is a distribution: say how many"),
+    ({"lr": [0.1]}, {"samples": 3}, "samples: 3 draws configs from distribution axes, but the grid has none"),
+    ({"lr": [0.1]}, {"sample_seed": 2, "samples": None}, "sample_seed is set but nothing is sampled"),
+    ({"dropout": {"uniform": [0.5, 1.5]}, "model": ["two_maxpool"]}, {}, "dropout="),
+])
+def test_each_search_mistake_is_one_line(grid, extra, needle):
+    raw = {"name": "m", "base": {"epochs": 1}, "grid": grid, "samples": 4, **extra}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    with pytest.raises(SpecError) as e:
+        expand(parse(raw, "g.yaml"))
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg, msg
+
+
+_bounds = st.tuples(st.floats(1e-6, 10, allow_nan=False), st.floats(1.001, 100)).map(lambda b: [b[0], b[0] * b[1]])
+_dist = st.one_of(_bounds.map(lambda b: ("loguniform", b)), _bounds.map(lambda b: ("uniform", b)),
+                  st.tuples(st.integers(-50, 50), st.integers(1, 50)).map(lambda b: ("randint", [b[0], b[0] + b[1]])),
+                  st.lists(st.integers(), min_size=1, max_size=6).map(lambda v: ("choice", v)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.sampled_from(["lr", "momentum", "gamma", "ema", "extra"]), _dist, min_size=1, max_size=3),
+       st.integers(0, 2**40), st.integers(1, 6), st.integers(0, 6))
+def test_the_same_spec_draws_the_same_and_more_samples_start_with_the_first(dists, seed, n, m):
+    """Draws are a function of (sample_seed, i, axis): the same spec gives the same trials, and
+    N + M samples begin with the N (if the space holds them; else the refusal is a SpecError)."""
+    from gridrun.spec import sample_configs
+
+    try:
+        first = sample_configs(dists, n, seed)
+    except SpecError:
+        return
+    assert sample_configs(dict(dists), n, seed) == first and len({json.dumps(p) for p in first}) == n
+    try:
+        more = sample_configs(dists, n + m, seed)
+    except SpecError:
+        return
+    assert more[:n] == first
+    for point in first:
+        for axis, (kind, args) in dists.items():
+            if kind == "choice":
+                assert point[axis] in args
+            elif kind == "randint":
+                assert args[0] <= point[axis] <= args[1] and isinstance(point[axis], int)
+            else:
+                assert args[0] <= point[axis] < args[1]
+
+
+def test_the_same_spec_expands_to_the_same_trials():
+    assert expand(parse(RANDOM)) == expand(parse(json.loads(json.dumps(RANDOM))))
