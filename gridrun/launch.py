@@ -487,9 +487,9 @@ def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
             if changed:
                 k = changed[0]
                 diff = f": {k} was {a.get(k)!r}, now {b.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
-        lacks = [x["name"] for x in old if x["name"] not in new_by_name]
-        what = (f"trial {e['name']} of a different grid{diff}" if diff else
-                f"{len(lacks)} trial(s) this spec lacks ({', '.join(lacks[:3])}{', ...' if len(lacks) > 3 else ''})")
+        more = [x["name"] for x in old if x is not e and x["name"] not in new_by_name]
+        lacks = f" and {len(more)} more ({', '.join(more[:3])}{', ...' if len(more) > 3 else ''})" if more else ""
+        what = f"trial {e['name']} of a different grid{diff or f': this spec lacks it{lacks}'}"
         rel = os.path.relpath(exp_dir) if not os.path.relpath(exp_dir).startswith("..") else exp_dir
         again = f"gridrun launch {rel}/spec.yaml --name {os.path.basename(rel)} --storage {os.path.dirname(rel) or '.'}"
         raise SpecError(f"{exp_dir} holds {what}: a relaunch may only add trials; to go on with the experiment as it "
