@@ -128,7 +128,7 @@ def cmd_train(args) -> int:
         raise GridrunError(f"--config {args.config}: {e}" if base else str(e)) from None
     print(f"gridrun train: {cfg.model} for {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
           f"lr {cfg.lr}, scheduler {cfg.scheduler}, augment {cfg.augment}, seed {cfg.seed}"
-          + (f" -> {cfg.out_dir}" if cfg.out_dir else ""), flush=True)
+          + (f" (from {args.config})" if args.config else "") + (f" -> {cfg.out_dir}" if cfg.out_dir else ""), flush=True)
 
     def line(m, _state):
         print(f"epoch {m['epoch']:3d}/{cfg.epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "

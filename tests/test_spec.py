@@ -416,3 +416,31 @@ def test_the_same_spec_draws_the_same_and_more_samples_start_with_the_first(dist
 
 def test_the_same_spec_expands_to_the_same_trials():
     assert expand(parse(RANDOM)) == expand(parse(json.loads(json.dumps(RANDOM))))
+
+
+@pytest.mark.slow
+def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir, tmp_path):
+    """Two drawn configs train as one fused group; samples=3 later runs only the third config
+    into the same experiment and leaves the first two untouched."""
+    import hashlib
+
+    from conftest import write_spec
+    from gridrun.launch import launch
+    from gridrun.results import trial_dirs
+
+    spec = write_spec(tmp_path / "rs.yaml", synth_dir, grid={"lr": {"loguniform": [0.005, 0.05]}}, samples=2,
+                      seeds=1, fuse=4, base={"epochs": 1, "model": "tinynet_7k"})
+    storage, lines = tmp_path / "runs", []
+    assert launch(str(spec), storage=str(storage), out=lines.append) == 0
+    assert "2 trials in 1 Tune trials" in "\n".join(lines) and "2 finished" in lines[-1]
+    exp = storage / "rs"
+
+    def sums():
+        return {n: hashlib.sha256((d / "summary.json").read_bytes()).hexdigest() for n, (d, _) in trial_dirs(exp).items()}
+
+    before, lines = sums(), []
+    assert launch(str(spec), overrides=["samples=3"], storage=str(storage), out=lines.append) == 0
+    after = sums()
+    assert "2 of 3 trials already finished" in "\n".join(lines) and len(after) == 3
+    assert {n: after[n] for n in before} == before
+    assert {n for n in after} == {t["name"] for t in load_trials(spec, ["samples=3"])[1]}
