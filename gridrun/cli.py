@@ -3,7 +3,7 @@
 Every subcommand's options are defined here; the modules behind them are imported only when
 their subcommand runs (launch alone imports Ray and sets its environment).
 
-Exit codes: 0 done; 1 something failed (a trial failed or diverged, or an internal error);
+Exit codes: 0 done; 1 something failed (a launch's trial failed, train's trial diverged, an internal error);
 2 bad input or a refusal (a wrong spec, option or file; nothing was started); 130 interrupted.
 """
 from __future__ import annotations
