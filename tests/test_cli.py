@@ -153,10 +153,11 @@ def _train(argv, out: Path) -> dict:
     return json.loads((out / "config.json").read_text())
 
 
+@pytest.mark.slow  # two short trainings: 20-40 s on a busy 2-core CPU
 def test_train_config_reproduces_a_trial_bit_for_bit(synth_dir, tmp_path, monkeypatch):
     """A trial trained with flags, then again from its own config.json (data found through the
     environment, not the recorded folder): the same config and the same test logits, bit for bit."""
-    flags = ["--epochs", "1", "--batch-size", "50", "--subset", "300", "--val-size", "100", "--lr", "0.05",
+    flags = ["--epochs", "1", "--batch-size", "50", "--subset", "150", "--val-size", "100", "--lr", "0.05",
              "--optimizer", "adam", "--scheduler", "cosine", "--augment", "rotate", "--seed", "3"]
     a = _train([*flags, "--data-dir", str(synth_dir)], tmp_path / "A")
     monkeypatch.setenv("GRIDRUN_DATA", str(synth_dir))
