@@ -444,3 +444,8 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
     assert "2 of 3 trials already finished" in "\n".join(lines) and len(after) == 3
     assert {n: after[n] for n in before} == before
     assert {n for n in after} == {t["name"] for t in load_trials(spec, ["samples=3"])[1]}
+    with pytest.raises(SpecError, match=r"this spec lacks it.*gridrun launch .*rs/spec.yaml --name rs --storage"):
+        launch(str(spec), storage=str(storage), out=lambda _: None)  # the file without the override
+    lines = []  # the command the refusal gives goes on with the experiment as it was launched
+    assert launch(str(exp / "spec.yaml"), name="rs", storage=str(storage), out=lines.append) == 0
+    assert "all 3 trials have finished" in lines[-1]
