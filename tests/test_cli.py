@@ -1,7 +1,6 @@
 """The command line's conventions: overrides anywhere, --version, one error prefix, exit codes,
 environment variables, shell completion, `train -h` and `train --config` (issue 30)."""
 import json
-import os
 import shutil
 import subprocess
 import sys
