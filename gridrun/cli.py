@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="grid spec, e.g. grids/smoke.yaml").complete = _FILES
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="change the spec from the command line, anywhere on the line: seeds=10 base.epochs=5 "
-                        "grid.batch_size=[64,256] grid.lr={loguniform:[1e-4,1e-1]} samples=8")
+                        "grid.batch_size=[64,256] 'grid.lr={loguniform: [1e-4, 1e-1]}' samples=8 (quote braces from the shell)")
     p.add_argument("--dry-run", action="store_true", help="print the trials and the resource plan, run nothing")
     p.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
