@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import NOT_CONFIG, field_names
+from .identity import config_label, varying_fields
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
 
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
@@ -179,18 +180,140 @@ def _cons_words(cons: dict) -> list[str]:
 # ---------------------------------------------------------------- the report
 
 def _plots(exp: Experiment, out_md: Path) -> list[str]:
+    """The report's figures, written beside `out_md`; returns their file names. A figure that
+    would say nothing (parameters when every config has the same count) is not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [t for t in exp.trials if t.status == "finished"]
-    if not done:
-        return []
-    names = []
     groups = config_groups(exp.trials)
+    if not groups:
+        return []
+    stem = out_md.stem
+    figures = [(_hparams_plot, f"{stem}_hparams.png"), (_curves_plot, f"{stem}_curves.png"),
+               (_params_plot, f"{stem}_params.png")]
+    names = []
+    for draw, name in figures:
+        path = out_md.with_name(name)
+        if draw(plt, exp.name, groups, path):
+            names.append(name)
+        else:
+            path.unlink(missing_ok=True)  # an earlier report's figure that no longer applies
+    return names
+
+
+def _val_pct(members: list[Trial]) -> list[float]:
+    return [100 * m.final["val_acc"] for m in members
+            if m.final.get("val_acc") is not None and not math.isnan(m.final["val_acc"])]
+
+
+def _mean_std(v: list[float]) -> tuple[float, float]:
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+LOG_AXES = ("lr", "weight_decay")  # spread over decades: equal ratios get equal room
+
+
+def _hparams_plot(plt, name: str, groups: dict, path: Path) -> bool:
+    """Validation accuracy (mean ± std over seeds, one point per config) against each field
+    the grid varies: a subplot per field, categories for text and choices, log axes for lr and
+    weight decay."""
+    scored = [g for g in groups.values() if _val_pct(g)]
+    fields = varying_fields([g[0].config for g in scored])[:12]
+    if not fields:
+        return False
+    cols = min(3, len(fields))
+    rows = -(-len(fields) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    models = sorted({str(g[0].config.get("model")) for g in scored})
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    for ax, field in zip(axes.flat, fields):
+        _hparam_axis(ax, field, scored, colors if len(models) > 1 else None)
+    for ax in list(axes.flat)[len(fields):]:
+        ax.set_visible(False)
+    if len(models) > 1:
+        axes.flat[0].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=colors[m], label=m) for m in models],
+                            fontsize=7)
+    fig.suptitle(f"{name}: validation accuracy against each varying field (mean ± std over seeds, "
+                 f"one point per config)", fontsize=10)
+    return _save(plt, fig, path)
+
+
+def _hparam_axis(ax, field: str, groups: list[list[Trial]], colors: dict | None) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    values = [g[0].config.get(field) for g in groups]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    log = numeric and field in LOG_AXES and all(v > 0 for v in values)
+    if numeric:  # ticks at the grid's own values, written as in the spec
+        xs = [float(v) for v in values]
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the decades' minor labels collide
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
+    else:  # categories, in sorted order, at 0, 1, 2, ...
+        cats = sorted({_short(v) for v in values})
+        xs = [cats.index(_short(v)) for v in values]
+        crowded = sum(map(len, cats)) > 40
+        ax.set_xticks(range(len(cats)), cats, fontsize=7, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    for x, dx, g in zip(xs, _dodge([math.log10(x) for x in xs] if log else xs, numeric and not log), groups):
+        mean, std = _mean_std(_val_pct(g))
+        color = colors[str(g[0].config.get("model"))] if colors else "tab:blue"
+        ax.errorbar(x * 10 ** dx if log else x + dx, mean, yerr=std, fmt="o", color=color, capsize=3, alpha=0.8)
+    ax.set_xlabel(field + (" (log scale)" if log else ""))
+    ax.set_ylabel("val acc, %")
+    ax.grid(alpha=0.3)
+
+
+def _dodge(xs: list[float], linear: bool) -> list[float]:
+    """Small sideways offsets so that configs sharing a value do not hide each other's bars
+    (in axis units: categories and log10 of a log axis, or a share of a linear axis' span)."""
+    unit = 0.025 * ((max(xs) - min(xs)) or 1) if linear else 0.06
+    seen: dict[float, int] = {}
+    rank = []
+    for x in xs:
+        rank.append(seen.get(x, 0))
+        seen[x] = rank[-1] + 1
+    return [(r - (seen[x] - 1) / 2) * unit for x, r in zip(xs, rank)]
+
+
+def _short(v) -> str:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) or v is None else str(v)
+
+
+def _curves_plot(plt, name: str, groups: dict, path: Path) -> bool:
+    """Validation curves of the five best configs by validation: the mean over seeds, with a
+    band of ± one std across them."""
+    from matplotlib.ticker import MaxNLocator
+
+    with_val = [g for g in groups.values() if all(t.final.get("val_acc") is not None for t in g)]
+    ranked = sorted(with_val, key=lambda g: -np.mean([t.final["val_acc"] for t in g]))[:5]
+    if not ranked:
+        return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    models = sorted({str(t.config.get("model")) for t in done})
+    for g in ranked:
+        n_ep = min(len(t.history) for t in g)
+        acc = 100 * np.array([[h["val_acc"] for h in t.history[:n_ep]] for t in g], dtype=float)
+        epochs = np.arange(1, n_ep + 1)
+        line, = ax.plot(epochs, acc.mean(0), marker=".", label=f"{_label(g[0], groups)} (n={len(g)})")
+        if len(g) > 1:
+            sd = acc.std(0, ddof=1)
+            ax.fill_between(epochs, acc.mean(0) - sd, acc.mean(0) + sd, color=line.get_color(), alpha=0.2, lw=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _finish(plt, fig, ax, "epoch", "validation accuracy, % (mean ± std over seeds)",
+                   f"{name}: validation curves of the best configs (by validation)", path) is not None
+
+
+def _params_plot(plt, name: str, groups: dict, path: Path) -> bool:
+    """Test accuracy against parameter count, one point per config; only when the configs'
+    counts differ (one count would stack every point on one vertical line)."""
+    if len({g[0].params for g in groups.values()}) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = sorted({str(g[0].config.get("model")) for g in groups.values()})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     for members in groups.values():
         acc = [100 * m.test_acc_recomputed for m in members]
@@ -199,30 +322,13 @@ def _plots(exp: Experiment, out_md: Path) -> list[str]:
                     color=colors[str(m0.config.get("model"))], capsize=3, alpha=0.8)
     for m in models:
         ax.plot([], [], "o", color=colors[m], label=m)
-    names.append(_finish(plt, fig, ax, "parameters", "test accuracy, % (mean ± std over seeds)",
-                         f"{exp.name}: test accuracy against parameters (one point per config)",
-                         out_md.with_name(out_md.stem + "_params.png")))
-
-    with_val = [g for g in groups.values() if all(t.final.get("val_acc") is not None for t in g)]
-    ranked_groups = sorted(with_val, key=lambda g: -np.mean([t.final["val_acc"] for t in g]))[:5]
-    if ranked_groups:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for g in ranked_groups:
-            n_ep = min(len(t.history) for t in g)
-            curve = 100 * np.mean([[h["val_acc"] for h in t.history[:n_ep]] for t in g], axis=0)
-            ax.plot(range(1, n_ep + 1), curve, marker=".", label=f"{_label(g[0], groups)} (n={len(g)})")
-        names.append(_finish(plt, fig, ax, "epoch", "validation accuracy, %",
-                             f"{exp.name}: validation curves of the best configs (by validation)",
-                             out_md.with_name(out_md.stem + "_curves.png")))
-    return names
+    return _finish(plt, fig, ax, "parameters", "test accuracy, % (mean ± std over seeds)",
+                   f"{name}: test accuracy against parameters (one point per config)", path) is not None
 
 
 def _label(t: Trial, groups: dict) -> str:
     """A config's model plus the fields in which configs differ."""
-    cfgs = [g[0].config for g in groups.values()]
-    keys = sorted(k for k in t.config if k not in NOT_CONFIG and k != "model"
-                  and len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1)
-    return ", ".join([str(t.config.get("model"))] + [f"{k}={t.config.get(k)}" for k in keys])
+    return config_label(t.config, varying_fields([g[0].config for g in groups.values()]))
 
 
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
@@ -232,10 +338,15 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> s
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    _save(plt, fig, path)
+    return path.name
+
+
+def _save(plt, fig, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
-    return path.name
+    return True
 
 
 def write_csv(exp: Experiment, path: Path) -> None:

@@ -130,10 +130,10 @@ def test_rerun_gives_the_same_report(tmp_path):
         fake_trial(exp, f"t{i}", wrong_on(range(i)), val_acc=0.9 + 0.01 * i, seed=i)
     out = tmp_path / "r"
     first = report([str(exp)], reports_dir=str(out), echo=lambda _: None)[0]
-    md, csv_text, png = first.read_text(), first.with_suffix(".csv").read_text(), (out / "same_params.png").read_bytes()
+    md, csv_text, png = first.read_text(), first.with_suffix(".csv").read_text(), (out / "same_curves.png").read_bytes()
     report([str(exp)], reports_dir=str(out), echo=lambda _: None)
     assert first.read_text() == md and first.with_suffix(".csv").read_text() == csv_text
-    assert (out / "same_params.png").read_bytes() == png
+    assert (out / "same_curves.png").read_bytes() == png
     assert "99.00 ± 1.00 (n=3)" not in md and "96.67 ± 3.33 (n=3)" in md  # mean ± sample std over seeds
 
 
