@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ from . import results  # noqa: E402
 from .errors import GridrunError, __version__  # noqa: E402
 from .spec import SpecError, load_trials, plan_units  # noqa: E402
 
+RAY_LOG = "gridrun_ray.log"  # Ray's per-trial lines, kept out of the terminal
+
 
 # ---------------------------------------------------------------- inside a trial (a Ray worker)
 
@@ -50,7 +53,7 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     _sweep_stale_state()
     work = tempfile.mkdtemp(prefix=f"gridrun-state-{os.getpid()}-")
     state_dir = os.path.join(work, "state")
-    notice = []
+    notice, reported = [], []
     from . import hparams
 
     member_dirs = [os.path.join(trial_dir, t["name"]) if unit["fused"] else trial_dir for t in unit["members"]]
@@ -62,6 +65,7 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
         resume = _resume_state(unit, work)
 
         def on_epoch(m, state_path):
+            reported.append(m["epoch"])
             # The state folder holds only the state, and report() copies it to storage before
             # it returns, so it is the checkpoint as it stands (no second copy per epoch).
             Path(state_dir, "state.json").write_text(json.dumps({"epoch": m["epoch"], "launch": unit["launch"]}))
@@ -94,8 +98,14 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     for r, d in zip(res, member_dirs):
         hparams.write_session_end(d, r["status"] == "ok")
     bad = [r["status"] for r in res if r["status"] != "ok"]
-    if len(bad) == len(res):  # every member diverged: end the trial with its reason, not an error
-        tune.report({"status": bad[0], "node_id": node, "epoch": max(r["epochs"] for r in res)})
+    if len(bad) == len(res) or not reported:
+        # Every member diverged (end the trial with its reason, not an error), or it resumed
+        # from a state saved after its last epoch and trained nothing: say how it ended, or the
+        # driver would see a trial with no result and take it for one stopped early.
+        val = [r["final"]["val_acc"] for r in res if r["status"] == "ok" and (r.get("final") or {}).get("val_acc")
+               is not None]
+        tune.report({"status": bad[0] if len(bad) == len(res) else "ok", "node_id": node,
+                     "epoch": max(r["epochs"] for r in res), **({"val_acc": max(val)} if val else {})})
 
 
 def _sweep_stale_state() -> None:
@@ -151,53 +161,147 @@ def _resume_state(unit: dict, work: str) -> str | None:
 # ---------------------------------------------------------------- the driver
 
 class _Progress(tune.Callback):
-    """Compact progress: one line per finished/failed trial, a small table of running ones."""
+    """The launch's voice: one line per finished or failed trial, and one live progress line
+    (done/total, running, failed, elapsed, ETA). On a terminal (`live`, a stream) the line is
+    redrawn in place; in a log it is printed when a count changes, or every `every_s`."""
 
-    def __init__(self, n: int, out, exp_dir: str, every_s: float = 15.0):
-        self.n, self.out, self.exp_dir, self.every = n, out, exp_dir, every_s
-        self.last: dict = {}
-        self.t = 0.0
-        self.done = self.failed = 0
+    def __init__(self, units: list[dict], out, exp_dir: str, live=None, every_s: float = 30.0,
+                 early_stop: bool = False, clock=time.time):
+        self.units = {u["name"]: u for u in units}
+        self.n = sum(len(u["members"]) for u in units)
+        self.out, self.exp_dir, self.live, self.every, self.early_stop, self.clock = \
+            out, exp_dir, live, every_s, early_stop, clock
+        self.t0 = clock()
+        self.last: dict = {}                      # trial id -> its last result
+        self.started: dict = {}                   # trial id -> when Tune started it
+        self.reported_at: dict = {}               # trial id -> when its last result came
+        self.first_s: list[float] = []            # start to first report, per trial (start-up + one epoch)
+        self.epoch_s: list[float] = []            # between two reports of one trial
+        self.ended: set = set()                   # names of the units that completed or failed
+        self.done = self.failed = self.slots = 0
+        self.shown, self.shown_at, self.drawn = None, 0.0, False
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = self.clock()
+        self.update(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.last[trial.trial_id] = result
+        now, tid = self.clock(), trial.trial_id
+        if tid in self.reported_at:
+            self.epoch_s.append(now - self.reported_at[tid])
+        elif tid in self.started and result.get("status") == "running":
+            self.first_s.append(now - self.started[tid])
+        self.reported_at[tid], self.last[tid] = now, result
         if result.get("notice"):
-            self.out(f"[notice] {_tname(trial)}: {result['notice']}")
-        self.maybe_table(trials)
+            self.say(f"[notice] {_tname(trial)}: {result['notice']}")
+        self.update(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = self.last.get(trial.trial_id, {})
         unit = trial.config.get("unit", {})
-        status = r.get("status", "ok")
-        status = "ok" if status == "running" else status
-        epochs = max((m["train"]["epochs"] for m in unit.get("members", [])), default=0)
-        if status == "ok" and r.get("epoch", 0) < epochs and "://" not in self.exp_dir:
+        status = {"running": "finished", "ok": "finished"}.get(r.get("status", "ok"), r.get("status"))
+        epochs = _epochs(unit)
+        if self.early_stop and status == "finished" and isinstance(r.get("epoch"), int) and r["epoch"] < epochs:
             status = "stopped early"  # ASHA ended it before its last epoch: mark its folders
-            for d in _member_dirs(self.exp_dir, unit):
-                if d.is_dir() and not (d / "summary.json").exists():
-                    (d / "stopped.json").write_text(json.dumps({"after_epoch": r.get("epoch"), "by": "ASHA"}))
-        self.done += 1
-        self.out(f"[done {self.done}/{self.n}] {_tname(trial)}: {status}, epoch {r.get('epoch', '?')}, "
+            if "://" not in self.exp_dir:
+                for d in _member_dirs(self.exp_dir, unit):
+                    if d.is_dir() and not (d / "summary.json").exists():
+                        (d / "stopped.json").write_text(json.dumps({"after_epoch": r["epoch"], "by": "ASHA"}))
+        self.ended.add(_tname(trial))
+        self.done += len(unit.get("members", [])) or 1
+        self.say(f"[done {self.done}/{self.n}] {_tname(trial)}: {status}, epoch {r.get('epoch', '?')}, "
                  f"val acc {_fmt(r.get('val_acc'))}")
+        self.update(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.failed += 1
-        self.out(f"[failed {self.failed}] {_tname(trial)}: {_error_line(trial)}")
+        self.ended.add(_tname(trial))
+        self.failed += len(trial.config.get("unit", {}).get("members", [])) or 1
+        self.say(f"[failed {self.failed}] {_tname(trial)}: {_error_line(trial)}")
+        self.update(trials)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.out(f"[retry] {_tname(trial)}: {_error_line(trial)}; resuming from its last checkpoint")
+        self.started[trial.trial_id] = self.clock()  # it starts again: its start-up counts again
+        self.reported_at.pop(trial.trial_id, None)
+        self.say(f"[retry] {_tname(trial)}: {_error_line(trial)}; resuming from its last checkpoint")
 
-    def maybe_table(self, trials):
-        if time.time() - self.t < self.every:
-            return
-        self.t = time.time()
-        counts = {}
-        for t in trials:
-            counts[t.status] = counts.get(t.status, 0) + 1
-        self.out(" | ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
-        for t in [t for t in trials if t.status == "RUNNING"][:16]:
-            r = self.last.get(t.trial_id, {})
-            self.out(f"  {_tname(t):<48} epoch {r.get('epoch', '-'):>3}  val acc {_fmt(r.get('val_acc'))}")
+    def on_step_end(self, iteration, trials, **info):
+        self.update(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def say(self, text: str) -> None:
+        """An event line, printed above the live line (which is redrawn after it)."""
+        self._clear()
+        self.out(text)
+        self.shown = None
+
+    def update(self, trials) -> None:
+        running = [t for t in trials if t.status == "RUNNING"]
+        self.slots = max(self.slots, len(running))
+        line = self.line(running, self.clock())
+        key = line.split(", elapsed")[0]
+        now = self.clock()
+        if self.live is not None:
+            if key != self.shown or now - self.shown_at >= 1.0:
+                self.live.write("\r\x1b[K" + line)
+                self.live.flush()
+                self.shown, self.shown_at, self.drawn = key, now, True
+        elif key != self.shown or now - self.shown_at >= self.every:
+            self.out(line)
+            self.shown, self.shown_at = key, now
+
+    def line(self, running: list, now: float) -> str:
+        text = (f"progress: {self.done}/{self.n} done, "
+                f"{sum(len(t.config.get('unit', {}).get('members', [])) or 1 for t in running)} running, "
+                f"{self.failed} failed, elapsed {_dur(now - self.t0)}")
+        eta = self.eta(running, now)
+        if eta is not None:
+            text += f", ETA {_dur(eta[0])} (start-up {eta[1]:.0f}s, {eta[2]:.1f}s per epoch, measured)"
+        return text
+
+    def eta(self, running: list, now: float) -> tuple[float, float, float] | None:
+        """Seconds left, from what this launch measured: each trial's start-up (start to first
+        report, less one epoch) and epoch time; the work left is shared by the trials seen
+        running at once. None until an epoch has been timed."""
+        per = [*self.epoch_s, *[r["seconds"] for r in self.last.values() if isinstance(r.get("seconds"), (int, float))]]
+        if not per:
+            return None
+        epoch = statistics.median(self.epoch_s or per)
+        startup = max(0.0, statistics.median(self.first_s) - epoch) if self.first_s else 0.0
+        left = 0.0
+        for t in running:
+            done_epochs = self.last.get(t.trial_id, {}).get("epoch") or 0
+            if t.trial_id in self.reported_at:
+                left += max(0, _epochs(t.config.get("unit", {})) - done_epochs) * epoch
+            else:  # still starting, or in its first epoch
+                since = now - self.started.get(t.trial_id, now)
+                left += max(0.0, startup + _epochs(t.config.get("unit", {})) * epoch - since)
+        busy = self.ended | {_tname(t) for t in running}
+        left += sum(startup + _epochs(u) * epoch for name, u in self.units.items() if name not in busy)
+        return left / max(1, self.slots), startup, epoch
+
+    def _clear(self) -> None:
+        if self.live is not None and self.drawn:
+            self.live.write("\r\x1b[K")
+            self.live.flush()
+            self.drawn = False
+
+    def close(self) -> None:
+        """End the live line, leaving the last state of the launch as an ordinary line."""
+        if self.live is not None and self.drawn:
+            self._clear()
+            self.out(self.line([], self.clock()).split(", ETA")[0])
+
+
+def _epochs(unit: dict) -> int:
+    return max((m["train"]["epochs"] for m in unit.get("members", [])), default=0)
+
+
+def _dur(seconds: float) -> str:
+    from .status import _dur as dur
+
+    return dur(seconds)
 
 
 def _member_dirs(exp_dir: str, unit: dict) -> list[Path]:
@@ -314,12 +418,15 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
         t0 = time.time()
         from .hparams import hparam_fields
 
-        tuner = _build_tuner(ray, spec, todo, exp_dir, max_concurrent, hparam_fields(trials), out)
+        progress = _Progress(todo, out, exp_dir, live=_live_stream(out), early_stop=bool(spec.early_stop))
+        tuner = _build_tuner(ray, spec, todo, exp_dir, max_concurrent, hparam_fields(trials), out, progress)
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
+            progress.close()
             out(f"interrupted: run the same command again to resume {exp_dir}")
             return 130
+        progress.close()
         code = _summarize(grid, todo, time.time() - t0, exp_dir, local, out)
         if local:
             _record_launch(exp_dir, ray, spec_path, time.time() - t0, code)
@@ -497,7 +604,8 @@ def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
                         f"--fresh to start over")
 
 
-def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hparam_names: list[str], out):
+def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hparam_names: list[str], out,
+                 progress: "_Progress"):
     res = ray.cluster_resources()
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resources["gpu"] and not res.get("GPU"):
@@ -526,7 +634,7 @@ def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hpa
         sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[_Progress(len(units), out, exp_dir), *_loggers()],
+        callbacks=[progress, _ray_trial_log(exp_dir), *_loggers()],
     )
     scheduler = None
     if spec.early_stop:
@@ -544,6 +652,28 @@ def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hpa
                                                   trial_dirname_creator=lambda t: t.config["unit"]["name"],
                                                   trial_name_creator=lambda t: t.config["unit"]["name"]),
                       run_config=run_config)
+
+
+def _live_stream(out):
+    """Where the live progress line is redrawn: the terminal, when launch prints to one."""
+    return sys.stdout if out is print and sys.stdout.isatty() else None
+
+
+def _ray_trial_log(exp_dir: str):
+    """Ray's own per-trial lines ("Trial ... completed. Last result: ...") go to the experiment
+    folder's gridrun_ray.log, not to the terminal, where _Progress speaks. Passing Ray a
+    TrialProgressCallback is what keeps it from adding its own, which prints."""
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    path = os.path.join(exp_dir, RAY_LOG) if "://" not in exp_dir else None
+
+    class ToLog(TrialProgressCallback):
+        def _print(self, msg: str):
+            if path:
+                with open(path, "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
+    return ToLog()
 
 
 def _loggers():

@@ -1,0 +1,147 @@
+"""The launch's progress line, its ETA, and the record of a relaunch after the last epoch."""
+import io
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from gridrun.launch import _Progress
+
+
+def unit(name, epochs=4, members=1):
+    return {"name": name, "fused": members > 1,
+            "members": [{"name": f"{name}_{i}", "train": {"epochs": epochs}} for i in range(members)]}
+
+
+def trial(u, status="RUNNING"):
+    return SimpleNamespace(trial_id=u["name"], status=status, config={"unit": u}, error_file=None)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_eta_counts_the_measured_start_up_of_trials_still_to_start():
+    """Two slots, three 4-epoch trials: start-up 20 s, then 5 s an epoch. The first trial's
+    first report comes 25 s after its start; the ETA counts the third trial's start-up too."""
+    clock, lines = Clock(), []
+    units = [unit("a"), unit("b"), unit("c")]
+    p = _Progress(units, lines.append, "/nowhere", clock=clock)
+    a, b = trial(units[0]), trial(units[1])
+    p.on_trial_start(0, [a, b], a)
+    p.on_trial_start(0, [a, b], b)
+    clock.t += 25
+    p.on_trial_result(0, [a, b], a, {"epoch": 1, "status": "running", "val_acc": 0.5, "seconds": 4.0})
+    clock.t += 5
+    p.on_trial_result(0, [a, b], a, {"epoch": 2, "status": "running", "val_acc": 0.6, "seconds": 4.0})
+    left, startup, epoch = p.eta([a, b], clock.t)
+    assert (startup, epoch) == (20.0, 5.0)
+    # a: 2 epochs left (10 s); b: started 30 s ago, no report (20 + 4*5 - 30 = 10 s);
+    # c: not started (20 + 4*5 = 40 s); shared by 2 slots
+    assert left == pytest.approx((10 + 10 + 40) / 2)
+    assert "ETA 30s (start-up 20s, 5.0s per epoch, measured)" in lines[-1]
+    assert lines[-1].startswith("progress: 0/3 done, 2 running, 0 failed, elapsed 30s")
+
+
+def test_without_a_terminal_the_line_is_printed_on_change_or_every_n_seconds():
+    clock, lines = Clock(), []
+    u = unit("a")
+    p = _Progress([u], lines.append, "/nowhere", every_s=30, clock=clock)
+    a = trial(u)
+    p.on_trial_start(0, [a], a)
+    for _ in range(10):  # nothing changes for 10 s: no new line
+        clock.t += 1
+        p.on_step_end(0, [a])
+    assert len(lines) == 1 and lines[0].startswith("progress: 0/1 done, 1 running")
+    clock.t += 25
+    p.on_step_end(0, [a])
+    assert len(lines) == 2 and "elapsed 35s" in lines[1]
+    p.on_trial_complete(0, [trial(u, "TERMINATED")], trial(u, "TERMINATED"))
+    assert any(l.startswith("[done 1/1] a: finished") for l in lines)
+    assert lines[-1].startswith("progress: 1/1 done, 0 running")
+    assert not any("terminated" in l.lower() for l in lines)
+
+
+def test_on_a_terminal_the_line_is_redrawn_in_place_and_events_print_above_it():
+    clock, lines, tty = Clock(), [], io.StringIO()
+    u = unit("a", members=3)  # a fused group counts as its three trials
+    p = _Progress([u], lines.append, "/nowhere", live=tty, clock=clock)
+    a = trial(u)
+    p.on_trial_start(0, [a], a)
+    clock.t += 2
+    p.on_step_end(0, [a])
+    assert "\n" not in tty.getvalue() and tty.getvalue().count("\r\x1b[K") == 2
+    assert tty.getvalue().endswith("progress: 0/3 done, 3 running, 0 failed, elapsed 2s")
+    assert lines == []  # nothing printed as a line while it runs
+    p.on_trial_complete(0, [], a)
+    assert lines[0] == "[done 3/3] a: finished, epoch ?, val acc -" and tty.getvalue().endswith("elapsed 2s")
+    p.close()
+    assert tty.getvalue().endswith("\r\x1b[K") and lines[-1] == "progress: 3/3 done, 0 running, 0 failed, elapsed 2s"
+
+
+def test_stopped_early_is_only_said_under_asha_and_only_from_a_known_epoch(tmp_path):
+    u = unit("a", epochs=4)
+    (tmp_path / "a").mkdir()
+    for early_stop, result, said in ((False, {"epoch": 2, "status": "running"}, "finished, epoch 2"),
+                                     (True, {}, "finished, epoch ?"),
+                                     (True, {"epoch": 2, "status": "running"}, "stopped early, epoch 2")):
+        lines = []
+        p = _Progress([u], lines.append, str(tmp_path), early_stop=early_stop)
+        if result:
+            p.on_trial_result(0, [], trial(u), result)
+        p.on_trial_complete(0, [], trial(u, "TERMINATED"))
+        assert said in lines[-2]
+        stopped = tmp_path / "a" / "stopped.json"
+        assert stopped.exists() == said.startswith("stopped")
+        if stopped.exists():
+            assert json.loads(stopped.read_text()) == {"after_epoch": 2, "by": "ASHA"}
+            stopped.unlink()
+
+
+def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(ray_local, synth_dir, tmp_path, capfd):
+    """The folder a Ctrl-C leaves when it lands after a trial's last checkpoint but before its
+    final files reached storage: the checkpoint says its last epoch, there is no summary.json.
+    The relaunch resumes past the last epoch (trains nothing) and must record it as finished,
+    not as stopped by an ASHA the grid does not have."""
+    from conftest import write_spec
+    from gridrun.launch import launch
+    from gridrun.results import load_experiment, trial_dirs
+
+    spec = write_spec(tmp_path / "last.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=1,
+                      base={"epochs": 1})
+    storage = tmp_path / "runs"
+    assert launch(str(spec), storage=str(storage), out=lambda _: None) == 0
+    exp = storage / "last"
+    for d, _ in trial_dirs(exp).values():
+        assert json.loads(next(d.glob("checkpoint_*/state.json")).read_text())["epoch"] == 1
+        for f in ("summary.json", "model.pt", "logits_val.npy", "logits_test.npy", "labels_val.npy",
+                  "labels_test.npy"):
+            (d / f).unlink()
+    lines = []
+    assert launch(str(spec), storage=str(storage), out=lines.append) == 0
+    done = [l for l in lines if l.startswith("[done")]
+    assert done == [done[0]] and done[0].startswith("[done 1/1] tinynet_7k") and \
+        done[0].endswith(": finished, epoch 1, val acc " + done[0].split()[-1]) and done[0].split()[-1] != "-", lines
+    assert not list(exp.rglob("stopped.json"))
+    assert {t.status for t in load_experiment(exp).trials} == {"finished"}
+    assert "1 finished, 0 diverged, 0 failed" in lines[-1]
+    assert "Last result" not in capfd.readouterr().out  # Ray printed it for a trial with no result
+
+
+def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
+    from gridrun.launch import RAY_LOG, _ray_trial_log
+
+    class Trial:  # what Ray's callback reads of a trial that reported nothing
+        last_result: dict = {}
+
+        def __str__(self):
+            return "grid_s0"
+
+    t = Trial()
+    _ray_trial_log(str(tmp_path)).on_trial_complete(0, [], t)
+    assert "completed. Last result" not in capfd.readouterr().out
+    assert "completed. Last result" in (tmp_path / RAY_LOG).read_text()
