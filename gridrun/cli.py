@@ -294,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit finds no closed pipe to complain about."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
@@ -309,6 +318,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("gridrun: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `gridrun status --json | head -1`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
     except OSError as e:  # a full disk, a read-only folder: what and where, in one line
         print(f"{PREFIX}{e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2

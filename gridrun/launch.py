@@ -176,6 +176,8 @@ class _Progress(tune.Callback):
         self.started: dict = {}                   # trial id -> when Tune started it
         self.reported_at: dict = {}               # trial id -> when its last result came
         self.first_s: list[float] = []            # start to first report, per trial (start-up + one epoch)
+        self.gaps_s: list[float] = []             # a slot freeing to the next trial's start
+        self.freed: list[float] = []              # when trials ended, not yet followed by a start
         self.epoch_s: list[float] = []            # between two reports of one trial
         self.ended: set = set()                   # names of the units that completed or failed
         self.done = self.failed = self.slots = 0
@@ -183,6 +185,8 @@ class _Progress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = self.clock()
+        if self.freed:
+            self.gaps_s.append(self.clock() - self.freed.pop(0))
         self.update(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -208,6 +212,7 @@ class _Progress(tune.Callback):
                     if d.is_dir() and not (d / "summary.json").exists():
                         (d / "stopped.json").write_text(json.dumps({"after_epoch": r["epoch"], "by": "ASHA"}))
         self.ended.add(_tname(trial))
+        self.freed.append(self.clock())
         self.done += len(unit.get("members", [])) or 1
         self.say(f"[done {self.done}/{self.n}] {_tname(trial)}: {status}, epoch {r.get('epoch', '?')}, "
                  f"val acc {_fmt(r.get('val_acc'))}")
@@ -215,6 +220,7 @@ class _Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended.add(_tname(trial))
+        self.freed.append(self.clock())
         self.failed += len(trial.config.get("unit", {}).get("members", [])) or 1
         self.say(f"[failed {self.failed}] {_tname(trial)}: {_error_line(trial)}")
         self.update(trials)
@@ -257,29 +263,30 @@ class _Progress(tune.Callback):
                 f"{self.failed} failed, elapsed {_dur(now - self.t0)}")
         eta = self.eta(running, now)
         if eta is not None:
-            text += f", ETA {_dur(eta[0])} (start-up {eta[1]:.0f}s, {eta[2]:.1f}s per epoch, measured)"
+            text += f", ETA {_dur(eta[0])} (start-up {eta[1]:.0f}s, {eta[2]:.1f}s per epoch, as measured)"
         return text
 
     def eta(self, running: list, now: float) -> tuple[float, float, float] | None:
-        """Seconds left, from what this launch measured: each trial's start-up (start to first
-        report, less one epoch) and epoch time; the work left is shared by the trials seen
-        running at once. None until an epoch has been timed."""
-        per = [*self.epoch_s, *[r["seconds"] for r in self.last.values() if isinstance(r.get("seconds"), (int, float))]]
-        if not per:
+        """Seconds left, from what this launch measured: the start-up of a trial (from a slot
+        freeing, or its start, to its first report, less one epoch) and the time between two
+        reports of a trial (an epoch with its evaluation and checkpoint); the work left is
+        shared by the most trials seen running at once. None until these were measured."""
+        most = max([_epochs(u) for u in self.units.values()] or [1])
+        if not self.first_s or (most > 1 and not self.epoch_s):
             return None
-        epoch = statistics.median(self.epoch_s or per)
-        startup = max(0.0, statistics.median(self.first_s) - epoch) if self.first_s else 0.0
+        epoch = statistics.median(self.epoch_s) if self.epoch_s else 0.0
+        first = statistics.median(self.first_s)  # start-up and one epoch
+        wait = statistics.median(self.gaps_s) if self.gaps_s else 0.0
         left = 0.0
         for t in running:
-            done_epochs = self.last.get(t.trial_id, {}).get("epoch") or 0
+            epochs = _epochs(t.config.get("unit", {}))
             if t.trial_id in self.reported_at:
-                left += max(0, _epochs(t.config.get("unit", {})) - done_epochs) * epoch
+                left += max(0, epochs - (self.last.get(t.trial_id, {}).get("epoch") or 0)) * epoch
             else:  # still starting, or in its first epoch
-                since = now - self.started.get(t.trial_id, now)
-                left += max(0.0, startup + _epochs(t.config.get("unit", {})) * epoch - since)
+                left += max(0.0, first + (epochs - 1) * epoch - (now - self.started.get(t.trial_id, now)))
         busy = self.ended | {_tname(t) for t in running}
-        left += sum(startup + _epochs(u) * epoch for name, u in self.units.items() if name not in busy)
-        return left / max(1, self.slots), startup, epoch
+        left += sum(wait + first + (_epochs(u) - 1) * epoch for name, u in self.units.items() if name not in busy)
+        return left / max(1, self.slots), wait + max(0.0, first - epoch), epoch
 
     def _clear(self) -> None:
         if self.live is not None and self.drawn:

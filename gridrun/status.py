@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -45,9 +47,13 @@ def snapshot(path: Path) -> dict:
                      "group": t.group})
     counts = {s: sum(r["status"] == s for r in rows) for s in ORDER}
     per_epoch = [r["seconds_per_epoch"] for r in rows if r["seconds_per_epoch"]]
-    left = sum(max(0, (r["epochs"] or 0) - r["epoch"]) for r in rows if r["status"] in ("running", "pending"))
+    startup, per_report = _tune_times(exp)
+    epoch_s = per_report or (float(np.median(per_epoch)) if per_epoch else None)
+    todo = [r for r in rows if r["status"] in ("running", "pending")]
+    left = sum(max(0, (r["epochs"] or 0) - r["epoch"]) for r in todo)
+    starting = sum(r["epoch"] == 0 for r in todo)  # each still pays its start-up
     parallel = max(1, counts["running"])
-    eta = left * float(np.median(per_epoch)) / parallel if per_epoch and holder else None
+    eta = (left * epoch_s + starting * (startup or 0.0)) / parallel if epoch_s and holder else None
     launches = exp.launches
     elapsed = now - holder["since"] if holder and holder.get("since") else \
         sum(l.get("wall_s", 0) for l in launches if isinstance(l.get("wall_s"), (int, float)))
@@ -55,8 +61,32 @@ def snapshot(path: Path) -> dict:
             "running": [r for r in rows if r["status"] == "running"],
             "problems": [r for r in rows if r["status"] in ("failed", "broken", "diverged")],
             "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None,
-            "seconds_per_epoch": round(float(np.median(per_epoch)), 2) if per_epoch else None,
+            "seconds_per_epoch": round(epoch_s, 2) if epoch_s else None,
+            "startup_s": round(startup, 1) if startup is not None else None,
             "best": _best(exp)}
+
+
+def _tune_times(exp) -> tuple[float | None, float | None]:
+    """(start-up, seconds per epoch) as Ray timed the trials in their result.json: a launch's
+    first report of a trial comes after its start-up and one epoch; the others, one epoch
+    apart, evaluation and checkpoint included (metrics.csv's seconds are the training alone)."""
+    first, later = [], []
+    for d in {t.dir.parent if t.group else t.dir for t in exp.trials if t.dir is not None}:
+        try:
+            lines = (d / "result.json").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            s = r.get("time_this_iter_s") if isinstance(r, dict) else None
+            if isinstance(s, (int, float)) and math.isfinite(s):
+                (first if r.get("iterations_since_restore") == 1 else later).append(float(s))
+    epoch = float(np.median(later)) if later else None
+    startup = max(0.0, float(np.median(first)) - (epoch or 0.0)) if first else None
+    return startup, epoch
 
 
 def _best(exp) -> dict | None:
@@ -100,7 +130,8 @@ def render(snap: dict) -> str:
         lines.append(f"  {r['status']:<8} {r['trial']:<40} {r['reason'][:80]}")
     time_line = f"  elapsed {_dur(snap['elapsed_s'])}"
     if snap["eta_s"] is not None:
-        time_line += (f"; ETA {_dur(snap['eta_s'])} (from {snap['seconds_per_epoch']} s per epoch, "
+        startup = f"start-up {snap['startup_s']:.0f} s + " if snap.get("startup_s") is not None else ""
+        time_line += (f"; ETA {_dur(snap['eta_s'])} (from {startup}{snap['seconds_per_epoch']} s per epoch as measured, "
                       f"{max(1, c['running'])} at a time)")
     lines.append(time_line)
     b = snap["best"]
@@ -113,19 +144,34 @@ def render(snap: dict) -> str:
 
 
 def status(name: str | None = None, storage: str = "runs", watch: bool = False, as_json: bool = False,
-           every_s: float = 5.0, out=print) -> int:
+           every_s: float = 5.0, out=print, tty: bool | None = None) -> int:
+    """Print the grid's state once, or (watch) until it is done: on a terminal each refresh
+    redraws the previous block in place; in a log or a pipe the blocks follow each other."""
     path = _pick(name, storage)
+    tty = (out is print and sys.stdout.isatty()) if tty is None else tty
+    rows = 0  # terminal rows the previous block took
     while True:
         snap = snapshot(path)
-        out(json.dumps(snap, default=str) if as_json else render(snap))
+        text = json.dumps(snap, default=str) if as_json else render(snap)
+        if watch and tty and not as_json:
+            out((f"\x1b[{rows}F\x1b[J" if rows else "") + text)  # up to the block's first row, clear below
+            rows = _rows(text)
+        else:
+            out(text)
         if not watch or (snap["launch"] is None and not snap["counts"]["running"]):
             return 0
         try:
             time.sleep(every_s)
         except KeyboardInterrupt:
             return 0
-        if not as_json:
+        if not as_json and not tty:
             out("")
+
+
+def _rows(text: str) -> int:
+    """Terminal rows `text` takes, long lines wrapping at the terminal's width."""
+    cols = max(1, shutil.get_terminal_size().columns)
+    return sum(max(1, -(-len(line) // cols)) for line in text.split("\n"))
 
 
 __all__ = ["snapshot", "render", "status", "GridrunError"]

@@ -43,8 +43,28 @@ def test_eta_counts_the_measured_start_up_of_trials_still_to_start():
     # a: 2 epochs left (10 s); b: started 30 s ago, no report (20 + 4*5 - 30 = 10 s);
     # c: not started (20 + 4*5 = 40 s); shared by 2 slots
     assert left == pytest.approx((10 + 10 + 40) / 2)
-    assert "ETA 30s (start-up 20s, 5.0s per epoch, measured)" in lines[-1]
+    assert "ETA 30s (start-up 20s, 5.0s per epoch, as measured)" in lines[-1]
     assert lines[-1].startswith("progress: 0/3 done, 2 running, 0 failed, elapsed 30s")
+
+
+def test_eta_counts_the_wait_between_a_trial_ending_and_the_next_starting():
+    clock, lines = Clock(), []
+    units = [unit("a", epochs=2), unit("b", epochs=2), unit("c", epochs=2)]
+    p = _Progress(units, lines.append, "/nowhere", clock=clock)
+    a, b = trial(units[0]), trial(units[1])
+    p.on_trial_start(0, [a], a)
+    assert p.eta([a], clock.t) is None  # nothing measured yet: no ETA, not a guess
+    clock.t += 10
+    p.on_trial_result(0, [a], a, {"epoch": 1, "status": "running"})
+    assert p.eta([a], clock.t) is None and "ETA" not in lines[-1]  # no epoch time yet
+    clock.t += 4
+    p.on_trial_result(0, [a], a, {"epoch": 2, "status": "running"})
+    p.on_trial_complete(0, [], a)
+    clock.t += 6  # Ray takes 6 s to start the next trial in the freed slot
+    p.on_trial_start(0, [b], b)
+    left, startup, epoch = p.eta([b], clock.t)
+    # b: first report 10 s after its start, then 4 s; c: 6 s wait + 10 s + 4 s
+    assert (left, startup, epoch) == (34.0, 12.0, 4.0)
 
 
 def test_without_a_terminal_the_line_is_printed_on_change_or_every_n_seconds():
@@ -145,3 +165,70 @@ def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
     _ray_trial_log(str(tmp_path)).on_trial_complete(0, [], t)
     assert "completed. Last result" not in capfd.readouterr().out
     assert "completed. Last result" in (tmp_path / RAY_LOG).read_text()
+
+
+# ---------------------------------------------------------------- status: ETA, --watch, a closed pipe
+
+def running_experiment(root):
+    """A launch holding the lock (this process), trial a running (2 of 4 epochs; Ray timed its
+    first report at 12 s and the next 8 s later) and trial b not started."""
+    import os
+
+    exp = root / "runs" / "live"
+    d = exp / "a"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"model": "m", "epochs": 4, "seed": 0}))
+    (d / "metrics.csv").write_text("epoch,val_acc,seconds\n1,0.5,0.4\n2,0.6,0.4\n")
+    (d / "result.json").write_text("".join(json.dumps({"epoch": e, "time_this_iter_s": s, "iterations_since_restore": e})
+                                           + "\n" for e, s in ((1, 12.0), (2, 8.0))))
+    (exp / "gridrun_trials.json").write_text(json.dumps([{"name": "b", "train": {"model": "m", "epochs": 4, "seed": 1}}]))
+    (exp / "gridrun.lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                  "since": 1.0}))
+    return exp
+
+
+def test_status_eta_counts_the_measured_start_up_and_report_interval(tmp_path):
+    from gridrun.status import render, snapshot
+
+    snap = snapshot(running_experiment(tmp_path))
+    assert snap["counts"]["running"] == 1 and snap["counts"]["pending"] == 1
+    # 6 epochs left at 8 s (not the 0.4 s of training alone), and b's start-up (12 - 8 s)
+    assert (snap["seconds_per_epoch"], snap["startup_s"], snap["eta_s"]) == (8.0, 4.0, 52.0)
+    assert "ETA 52s (from start-up 4 s + 8.0 s per epoch as measured, 1 at a time)" in render(snap)
+
+
+def test_status_watch_redraws_its_block_in_place_on_a_terminal(tmp_path, monkeypatch):
+    from gridrun import status as st
+
+    exp = running_experiment(tmp_path)
+    snaps = iter([st.snapshot(exp), st.snapshot(exp), {**st.snapshot(exp), "launch": None,
+                                                       "counts": {k: 0 for k in st.ORDER}}])
+    monkeypatch.setattr(st, "snapshot", lambda path: next(snaps))
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    monkeypatch.setenv("COLUMNS", "1000")
+    out = []
+    assert st.status(str(exp), watch=True, out=out.append, tty=True) == 0
+    rows = len(out[0].split("\n"))
+    assert len(out) == 3 and not out[0].startswith("\x1b")
+    assert all(o.startswith(f"\x1b[{rows}F\x1b[J") for o in out[1:])  # up to the block's first row, clear below
+    monkeypatch.setenv("COLUMNS", "40")
+    assert st._rows("x" * 100 + "\n" + "y") == 4  # a long line wraps onto three rows
+
+
+def test_a_closed_pipe_is_a_quiet_exit(tmp_path):
+    """`gridrun status --json | head -1`: the reader goes away; no 'Broken pipe' error, code 0."""
+    import os
+    import subprocess
+    import sys
+
+    exp = running_experiment(tmp_path)
+    for i in range(40):  # enough text to fill a pipe's buffer
+        d = exp / f"t{i}"
+        d.mkdir()
+        (d / "error.txt").write_text("Traceback\nValueError: " + "x" * 2000 + "\n")
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first byte
+    proc = subprocess.run([sys.executable, "-m", "gridrun.cli", "status", str(exp), "--json"], stdout=w,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(w)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
