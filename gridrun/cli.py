@@ -178,14 +178,35 @@ def cmd_status(args) -> int:
 
 
 def cmd_tensorboard(args) -> int:
-    """TensorBoard over one experiment (or all of them): curves and the HParams dashboard."""
+    """TensorBoard over one experiment (or all of them): curves and the HParams dashboard, read
+    from a view of links (hparams.build_view) that is kept up to date while it runs."""
+    import subprocess
+    import time
+
+    from . import hparams
+    from .results import find_experiments
+
     logdir = Path(args.storage) / args.name if args.name else Path(args.storage)
     if not logdir.is_dir():
         raise GridrunError(f"no experiment folder {logdir}: run `gridrun launch SPEC` first, or pass --storage")
     exe = shutil.which("tensorboard") or os.path.join(os.path.dirname(sys.executable), "tensorboard")
     if not os.path.exists(exe):
         raise GridrunError("tensorboard is not installed in this environment: `pip install tensorboard`")
-    os.execv(exe, [exe, "--logdir", str(logdir), "--port", str(args.port)])
+    experiments = [logdir] if args.name else find_experiments([], args.storage)
+    view = hparams.view_dir(logdir)
+    n = hparams.build_view(logdir, experiments, view)
+    print(f"gridrun tensorboard: {n} trials of {len(experiments)} experiment(s) from {logdir}, viewed through "
+          f"{view}", flush=True)
+    tb = subprocess.Popen([exe, "--logdir", str(view), "--port", str(args.port), *args.tensorboard_args])
+    try:
+        while tb.poll() is None:
+            time.sleep(5)
+            hparams.sync_view(logdir, experiments, view)  # trials started since, new event files
+    except KeyboardInterrupt:
+        tb.terminate()
+        tb.wait()
+        return 0
+    return tb.returncode
 
 
 def cmd_completion(args) -> int:
@@ -280,10 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'resnet*'")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/), with HParams")
-    p.add_argument("name", nargs="?", default=None)
+    p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/), with HParams",
+                       usage="gridrun tensorboard [NAME] [--storage S] [--port P] [-- TENSORBOARD OPTIONS]")
+    p.add_argument("name", nargs="?", default=None, help="experiment (default: all under --storage)")
     p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
     p.add_argument("--port", type=_port, default=6006)
+    p.set_defaults(tensorboard_args=[])  # what follows `--`, given to TensorBoard as it is, e.g. --bind_all
     p.set_defaults(func=cmd_tensorboard)
 
     p = sub.add_parser("completion", help="print a shell completion script: "
@@ -304,12 +327,18 @@ def _quiet_stdout() -> None:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passed = []
+    if argv[:1] == ["tensorboard"] and "--" in argv:  # `gridrun tensorboard NAME -- --bind_all`
+        passed, argv = argv[argv.index("--") + 1:], argv[:argv.index("--")]
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
     if extra and getattr(args, "cmd", None) == "launch" and all(OVERRIDE_RE.match(x) for x in extra):
         args.overrides = [*args.overrides, *extra]  # `launch SPEC --name X seeds=1`: an override after an option
     elif extra:
         ap.commands.get(getattr(args, "cmd", None), ap).error(f"unrecognized arguments: {' '.join(extra)}")
+    if passed:
+        args.tensorboard_args = passed
     try:
         return args.func(args)
     except GridrunError as e:

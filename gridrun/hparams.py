@@ -1,18 +1,31 @@
-"""TensorBoard's HParams dashboard for a grid, written as protos (no TensorFlow needed).
+"""TensorBoard's HParams dashboard for grids, written as protos with tensorboard's own
+summary_v2 helpers (no TensorFlow needed).
 
-The experiment's summary (the grid's axes with their discrete values; the metrics val/acc and
-val/loss, never test accuracy, which chooses nothing) goes once into the experiment folder.
-Each trial's folder gets a session-start summary with its values and a group name shared by
-the seeds of one config, so TensorBoard shows a config's seeds together, and a session-end
-summary with its status. Not SummaryWriter.add_hparams: that makes a subfolder per call.
+Each trial's folder gets a session-start summary (its values, and a group name shared by the
+seeds of one config: the config's readable label) and a session-end summary with its status,
+written before the trial's last report, since a scheduler may stop a trial at that report
+(the driver writes it for trials that ASHA stopped early or that failed).
+
+The experiment summary (the axes with their sorted values; the metrics val/acc and val/loss,
+never test accuracy, which chooses nothing) is not written into the experiment folder:
+every folder holding events is a run to TensorBoard, so it would show as a run named ".",
+and over all of runs/ the plugin takes the first experiment summary it finds, with that one
+experiment's values. The plugin reads it from any run, so `gridrun tensorboard` writes one
+for everything it shows into a view: a folder of links to the trials' files in which the
+summary lives inside the first trial's run. Plain `tensorboard --logdir runs/NAME` works too;
+TensorBoard then derives the columns from the sessions.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 METRICS = ("val/acc", "val/loss")
+SUFFIX = ".hparams"  # the file name ending of the HParams summaries gridrun writes
 
 
 def hparam_fields(trials: list[dict]) -> list[str]:
@@ -36,88 +49,125 @@ def trial_hparams(train: dict, names: list[str]) -> dict:
     return {n: _value(train.get(n)) for n in names}
 
 
-def group_name(train: dict) -> str:
-    """One name for all seeds of a config (every field but seed and plumbing)."""
-    from .identity import config_id
+def group_name(train: dict, names: list[str]) -> str:
+    """One name for all seeds of a config: its readable label over the grid's axes (the
+    HParams columns), which stay the same when a grid grows more values."""
+    from .identity import config_label
 
-    return config_id(train)
-
-
-def _summary(tag: str, plugin_data):
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    content = HParamsPluginData(version=PLUGIN_DATA_VERSION, **plugin_data)
-    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
-                                                                  content=content.SerializeToString()))
-    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
-
-
-def _struct_value(v):
-    from google.protobuf import struct_pb2
-
-    if isinstance(v, bool):
-        return struct_pb2.Value(bool_value=v)
-    if isinstance(v, (int, float)):
-        return struct_pb2.Value(number_value=float(v))
-    return struct_pb2.Value(string_value=str(v))
+    return config_label(train, names)
 
 
 def _write(folder: Path, summary) -> None:
-    from torch.utils.tensorboard.writer import FileWriter
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    w = FileWriter(str(folder), filename_suffix=".hparams")
-    w.add_summary(summary)
-    w.flush()
+    w = EventFileWriter(str(folder), filename_suffix=SUFFIX)
+    w.add_event(Event(wall_time=time.time(), summary=summary))
     w.close()
 
 
-def write_experiment(exp_dir: str | Path, trials: list[dict]) -> None:
-    """The experiment-level summary, replacing the one a previous launch wrote."""
-    from google.protobuf import struct_pb2
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
-
-    names = hparam_fields(trials)
-    infos = []
-    for n in names:
-        values = []
-        for t in trials:
-            v = _value(t["train"].get(n))
-            if v not in values:
-                values.append(v)
-        kind = ("DATA_TYPE_BOOL" if all(isinstance(v, bool) for v in values) else "DATA_TYPE_FLOAT64"
-                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else "DATA_TYPE_STRING")
-        if kind == "DATA_TYPE_STRING":
-            values = [str(v) for v in values]
-        infos.append(api_pb2.HParamInfo(name=n, type=api_pb2.DataType.Value(kind),
-                                        domain_discrete=struct_pb2.ListValue(values=[_struct_value(v) for v in values])))
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m), display_name=m,
-                                  dataset_type=api_pb2.DatasetType.Value("DATASET_VALIDATION")) for m in METRICS]
-    exp = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
-    folder = Path(exp_dir)
-    for old in folder.glob("events.out.tfevents.*.hparams"):
-        old.unlink()
-    _write(folder, _summary(EXPERIMENT_TAG, {"experiment": exp}))
-
-
 def write_session_start(trial_dir: str | Path, train: dict, names: list[str]) -> None:
-    from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
-    from tensorboard.plugins.hparams.plugin_data_pb2 import SessionStartInfo
+    from tensorboard.plugins.hparams import summary_v2
 
-    ssi = SessionStartInfo(group_name=group_name(train), start_time_secs=time.time())
-    for k, v in trial_hparams(train, names).items():
-        ssi.hparams[k].CopyFrom(_struct_value(v))
     Path(trial_dir).mkdir(parents=True, exist_ok=True)
-    _write(Path(trial_dir), _summary(SESSION_START_INFO_TAG, {"session_start_info": ssi}))
+    _write(Path(trial_dir), summary_v2.hparams_pb(trial_hparams(train, names), trial_id=group_name(train, names)))
 
 
-def write_session_end(trial_dir: str | Path, ok: bool) -> None:
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG
-    from tensorboard.plugins.hparams.plugin_data_pb2 import SessionEndInfo
+def write_session_end(trial_dir: str | Path, status: str) -> None:
+    """status: "ok" (a finished trial) or anything else: diverged, failed, stopped early.
+    TensorBoard knows no "stopped": a trial that did not finish reads as a failure."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 
-    sei = SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS" if ok else "STATUS_FAILURE"),
+    sei = SessionEndInfo(status=api_pb2.STATUS_SUCCESS if status == "ok" else api_pb2.STATUS_FAILURE,
                          end_time_secs=time.time())
-    _write(Path(trial_dir), _summary(SESSION_END_INFO_TAG, {"session_end_info": sei}))
+    meta = metadata.create_summary_metadata(HParamsPluginData(session_end_info=sei))
+    _write(Path(trial_dir), Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=meta,
+                                                         tensor=metadata.NULL_TENSOR)]))
+
+
+def has_session_end(trial_dir: str | Path) -> bool:
+    """Whether a session end was written into the folder (read back from its summaries)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    for f in Path(trial_dir).glob(f"events.out.tfevents.*{SUFFIX}"):
+        try:
+            if any(v.tag == metadata.SESSION_END_INFO_TAG for e in EventFileLoader(str(f)).Load()
+                   for v in e.summary.value):
+                return True
+        except Exception:  # a truncated file is no end
+            continue
+    return False
+
+
+def remove_experiment_summary(exp_dir: str | Path) -> None:
+    """Earlier versions wrote the experiment summary into the experiment folder itself (the
+    run "."): remove it."""
+    for old in Path(exp_dir).glob(f"events.out.tfevents.*{SUFFIX}"):
+        old.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the view `gridrun tensorboard` shows
+
+def experiment_summary(manifests: list[list[dict]]):
+    """The experiment summary over every trial of the given manifests: each axis field with
+    all its values, sorted; the validation metrics."""
+    from tensorboard.plugins.hparams import metadata, summary_v2
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    trials = [t for m in manifests for t in m if isinstance(t.get("axes"), dict) and isinstance(t.get("train"), dict)]
+    hps = []
+    for name in hparam_fields(trials):
+        values = {_value(t["train"].get(name)) for t in trials}
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        bools = all(isinstance(v, bool) for v in values)
+        values = values if numbers or bools else {str(v) for v in values}
+        hps.append(summary_v2.HParam(name, summary_v2.Discrete(sorted(values))))
+    metrics = [summary_v2.Metric(m, display_name=m, dataset_type=summary_v2.Metric.VALIDATION) for m in METRICS]
+    pb = summary_v2.hparams_config_pb(hps, metrics, time_created_secs=time.time())
+    experiment = metadata.parse_experiment_plugin_data(pb.value[0].metadata.plugin_data.content)
+    for info in experiment.hparam_infos:  # a column whose values differ is shown first
+        info.differs = len(info.domain_discrete.values) > 1
+    data = HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, experiment=experiment)
+    pb.value[0].metadata.plugin_data.content = data.SerializeToString()
+    return pb
+
+
+def view_dir(logdir: Path) -> Path:
+    """Where the view of `logdir` is built: the user's cache, one folder per logdir."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "gridrun" / "tensorboard" / hashlib.sha256(str(logdir.resolve()).encode()).hexdigest()[:12]
+
+
+def build_view(logdir: Path, experiments: list[Path], view: Path) -> int:
+    """A fresh view: the experiment summary over `experiments`, in the first trial's run, and
+    the links to every trial's files (sync_view). Returns the number of trials linked."""
+    from .results import read_manifest
+
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    n = sync_view(logdir, experiments, view)
+    runs = sorted(p.parent for p in view.rglob("events.out.tfevents.*"))
+    if runs:
+        _write(runs[0], experiment_summary([read_manifest(e) for e in experiments]))
+    return n
+
+
+def sync_view(logdir: Path, experiments: list[Path], view: Path) -> int:
+    """Link what the trials wrote since the last call (new trials, new event files), each
+    trial's run named by its path under `logdir`."""
+    from .results import trial_dirs
+
+    n = 0
+    for exp in experiments:
+        for d, _ in trial_dirs(exp).values():
+            run = view / d.resolve().relative_to(logdir.resolve())
+            run.mkdir(parents=True, exist_ok=True)
+            n += 1
+            for f in d.glob("events.out.tfevents.*"):
+                link = run / f.name
+                if not link.is_symlink():
+                    link.symlink_to(f.resolve())
+    return n

@@ -53,7 +53,7 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     _sweep_stale_state()
     work = tempfile.mkdtemp(prefix=f"gridrun-state-{os.getpid()}-")
     state_dir = os.path.join(work, "state")
-    notice, reported = [], []
+    notice, reported, ended = [], [], set()
     from . import hparams
 
     member_dirs = [os.path.join(trial_dir, t["name"]) if unit["fused"] else trial_dir for t in unit["members"]]
@@ -66,6 +66,8 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
 
         def on_epoch(m, state_path):
             reported.append(m["epoch"])
+            if m["epoch"] >= _epochs(unit):  # its final files are written: its status goes before
+                _end_sessions(member_dirs, ended)  # the last report, at which ASHA may stop it
             # The state folder holds only the state, and report() copies it to storage before
             # it returns, so it is the checkpoint as it stands (no second copy per epoch).
             Path(state_dir, "state.json").write_text(json.dumps({"epoch": m["epoch"], "launch": unit["launch"]}))
@@ -95,8 +97,7 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(trial_dir, "node.json").write_text(json.dumps({"node_id": node, "host": os.uname().nodename}))
-    for r, d in zip(res, member_dirs):
-        hparams.write_session_end(d, r["status"] == "ok")
+    _end_sessions(member_dirs, ended)  # diverged, or resumed after its last epoch
     bad = [r["status"] for r in res if r["status"] != "ok"]
     if len(bad) == len(res) or not reported:
         # Every member diverged (end the trial with its reason, not an error), or it resumed
@@ -106,6 +107,22 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
                is not None]
         tune.report({"status": bad[0] if len(bad) == len(res) else "ok", "node_id": node,
                      "epoch": max(r["epochs"] for r in res), **({"val_acc": max(val)} if val else {})})
+
+
+def _end_sessions(dirs: list, ended: set, status: str | None = None) -> None:
+    """TensorBoard's session end for each trial folder not yet ended: `status`, else what its
+    summary.json says ("ok", "diverged at epoch k"), else failed."""
+    from . import hparams
+
+    for d in dirs:
+        if d in ended:
+            continue
+        try:
+            s = status or json.loads(Path(d, "summary.json").read_text()).get("status", "failed")
+        except (OSError, ValueError, AttributeError):
+            s = "failed"
+        hparams.write_session_end(d, s)
+        ended.add(d)
 
 
 def _sweep_stale_state() -> None:
@@ -208,9 +225,10 @@ class _Progress(tune.Callback):
         if self.early_stop and status == "finished" and isinstance(r.get("epoch"), int) and r["epoch"] < epochs:
             status = "stopped early"  # ASHA ended it before its last epoch: mark its folders
             if "://" not in self.exp_dir:
-                for d in _member_dirs(self.exp_dir, unit):
-                    if d.is_dir() and not (d / "summary.json").exists():
-                        (d / "stopped.json").write_text(json.dumps({"after_epoch": r["epoch"], "by": "ASHA"}))
+                stopped = [d for d in _member_dirs(self.exp_dir, unit) if d.is_dir() and not (d / "summary.json").exists()]
+                for d in stopped:
+                    (d / "stopped.json").write_text(json.dumps({"after_epoch": r["epoch"], "by": "ASHA"}))
+                _end_sessions(stopped, set(), "stopped early")
         self.ended.add(_tname(trial))
         self.freed.append(self.clock())
         self.done += len(unit.get("members", [])) or 1
@@ -219,6 +237,10 @@ class _Progress(tune.Callback):
         self.update(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        unit = trial.config.get("unit")
+        if unit and "://" not in self.exp_dir:  # its TensorBoard session ends as failed
+            _end_sessions([d for d in _member_dirs(self.exp_dir, unit)
+                           if d.is_dir() and not (d / "summary.json").exists()], set(), "failed")
         self.ended.add(_tname(trial))
         self.freed.append(self.clock())
         self.failed += len(trial.config.get("unit", {}).get("members", [])) or 1
@@ -562,7 +584,7 @@ def _prepare_experiment(exp_dir: str, spec, spec_path: str, trials: list[dict], 
         shutil.copy(reference, exp / "reference.csv")
     from . import hparams
 
-    hparams.write_experiment(exp, list(merged.values()))
+    hparams.remove_experiment_summary(exp)  # `gridrun tensorboard` writes it into its view
     done = results.settled(exp)
     todo_trials = [t for t in trials if t["name"] not in done]
     if len(todo_trials) < len(trials):

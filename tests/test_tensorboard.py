@@ -1,0 +1,174 @@
+"""TensorBoard's HParams dashboard: the summaries gridrun writes, and what a real TensorBoard
+serves from them over HTTP (and shows in a real browser, where one is installed)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gridrun import hparams
+
+STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def scalars(folder: Path, tag: str, values: list[float]) -> None:
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    w = EventFileWriter(str(folder))
+    for step, v in enumerate(values, 1):
+        w.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=v)])))
+    w.close()
+
+
+def experiment(root: Path, name: str, lrs: list[float], model="m", seeds=2, failed=()) -> Path:
+    """An experiment folder as a launch leaves it: manifest, and per trial its config, a
+    session start and end, and validation accuracy per epoch."""
+    exp = root / name
+    manifest = []
+    for lr in lrs:
+        for seed in range(seeds):
+            trial = f"{model}_lr{lr}_s{seed}"
+            train = {"model": model, "lr": lr, "seed": seed, "epochs": 2}
+            manifest.append({"name": trial, "axes": {"lr": lr}, "train": train})
+            d = exp / trial
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps(train))
+            hparams.write_session_start(d, train, ["lr"])
+            scalars(d, "val/acc", [0.5, 0.8 + lr / 10 + seed / 100])
+            hparams.write_session_end(d, "failed" if trial in failed else "ok")
+    (exp / "gridrun_trials.json").write_text(json.dumps(manifest))
+    return exp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, route: str, body: dict):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/{route}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def get(port: int, route: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def until(what: str, fn, timeout: float = 90.0):
+    """Poll `fn` until it returns something true (TensorBoard loads in the background)."""
+    deadline, last = time.time() + timeout, None
+    while time.time() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except OSError as e:  # not listening yet
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"TensorBoard: no {what} after {timeout:.0f}s (last: {last!r})")
+
+
+class Board:
+    """`gridrun tensorboard ARGS -- --host 127.0.0.1` on a free port, stopped with Ctrl-C."""
+
+    def __init__(self, tmp: Path, *args: str):
+        self.port = free_port()
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
+        self.proc = subprocess.Popen([sys.executable, "-m", "gridrun.cli", "tensorboard", *args, "--port",
+                                      str(self.port), "--", "--host", "127.0.0.1"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def runs(self, n: int) -> list[str]:
+        return until(f"{n} runs", lambda: (r := get(self.port, "/data/runs")) and len(r) >= n and r)
+
+    def groups(self, n: int) -> list[dict]:
+        body = {"experimentName": "", "allowedStatuses": STATUSES, "colParams": [], "startIndex": 0, "sliceSize": 100}
+        return until(f"{n} session groups", lambda: (g := post(self.port, "session_groups", body)["sessionGroups"])
+                     and len(g) >= n and sum(len(x["sessions"]) for x in g) >= 2 * n and g)
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+@pytest.fixture
+def two_experiments(tmp_path):
+    runs = tmp_path / "runs"
+    experiment(runs, "a", [0.1, 0.01], failed=("m_lr0.1_s1",))
+    experiment(runs, "b", [0.3], model="n")
+    return runs
+
+
+def test_session_start_names_its_group_by_the_readable_config_label(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    hparams.write_session_start(tmp_path, {"model": "m", "lr": 0.1, "seed": 3, "augment": "none"}, ["lr", "augment"])
+    hparams.write_session_end(tmp_path, "stopped early")
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    start = metadata.parse_session_start_info_plugin_data(
+        acc.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+    end = metadata.parse_session_end_info_plugin_data(acc.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
+    assert start.group_name == "m lr=0.1 augment=none" and start.hparams["lr"].number_value == 0.1
+    assert end.status == 2 and hparams.has_session_end(tmp_path)  # STATUS_FAILURE: it did not finish
+
+
+def test_the_experiment_summary_has_every_experiments_values_sorted():
+    from tensorboard.plugins.hparams import metadata
+
+    a = [{"axes": {"lr": lr}, "train": {"lr": lr, "augment": aug}} for lr, aug in ((0.3, "rotate"), (0.01, "none"))]
+    b = [{"axes": {"lr": 0.1, "augment": "affine"}, "train": {"lr": 0.1, "augment": "affine"}}]
+    pb = hparams.experiment_summary([a, b])
+    exp = metadata.parse_experiment_plugin_data(pb.value[0].metadata.plugin_data.content)
+    domains = {h.name: [v.number_value or v.string_value for v in h.domain_discrete.values] for h in exp.hparam_infos}
+    assert domains == {"lr": [0.01, 0.1, 0.3], "augment": ["affine", "none", "rotate"]}
+    assert all(h.differs for h in exp.hparam_infos)
+    assert [m.name.tag for m in exp.metric_infos] == ["val/acc", "val/loss"]  # never test accuracy
+
+
+def test_a_real_tensorboard_over_all_of_runs_serves_one_group_per_config(two_experiments, tmp_path):
+    tb = Board(tmp_path, "--storage", str(two_experiments))
+    try:
+        runs = tb.runs(6)
+        assert sorted(runs) == ["a/m_lr0.01_s0", "a/m_lr0.01_s1", "a/m_lr0.1_s0", "a/m_lr0.1_s1", "b/n_lr0.3_s0",
+                                "b/n_lr0.3_s1"]  # no run "." for the experiment summary
+        groups = tb.groups(3)
+        exp = post(tb.port, "experiment", {"experimentName": ""})
+    finally:
+        out = tb.stop()
+    assert [h["domainDiscrete"] for h in exp["hparamInfos"] if h["name"] == "lr"] == [[0.01, 0.1, 0.3]]
+    assert [m["name"]["tag"] for m in exp["metricInfos"]] == ["val/acc", "val/loss"]
+    by_name = {g["name"]: g for g in groups}
+    assert sorted(by_name) == ["m lr=0.01", "m lr=0.1", "n lr=0.3"]
+    assert sorted(s["name"] for s in by_name["m lr=0.1"]["sessions"]) == ["a/m_lr0.1_s0", "a/m_lr0.1_s1"]
+    assert by_name["m lr=0.1"]["hparams"] == {"lr": 0.1}
+    status = {s["name"]: s["status"] for g in groups for s in g["sessions"]}
+    assert status.pop("a/m_lr0.1_s1") == "STATUS_FAILURE" and set(status.values()) == {"STATUS_SUCCESS"}
+    assert tb.proc.returncode == 0 and "6 trials of 2 experiment(s)" in out
+
+
+def test_a_real_tensorboard_over_one_experiment_shows_its_own_values(two_experiments, tmp_path):
+    tb = Board(tmp_path, "a", "--storage", str(two_experiments))
+    try:
+        assert sorted(tb.runs(4)) == ["m_lr0.01_s0", "m_lr0.01_s1", "m_lr0.1_s0", "m_lr0.1_s1"]
+        groups = tb.groups(2)
+        exp = post(tb.port, "experiment", {"experimentName": ""})
+    finally:
+        tb.stop()
+    assert [h["domainDiscrete"] for h in exp["hparamInfos"]] == [[0.01, 0.1]]
+    assert sorted(g["name"] for g in groups) == ["m lr=0.01", "m lr=0.1"]
