@@ -24,6 +24,9 @@ setup(
         "shtab",  # `gridrun completion bash|zsh|tcsh`: completion scripts from the argparse parser (pure Python)
     ],
     extras_require={"test": ["pytest", "hypothesis",
-                             "pytest-timeout"]},  # a hanging test fails instead of eating CI's limit
+                             "pytest-timeout",  # a hanging test fails instead of eating CI's limit
+                             # the HParams page checked in a real browser: drives the system's
+                             # Chromium (apt-get install chromium); the test skips without either
+                             "playwright"]},
     entry_points={"console_scripts": ["gridrun=gridrun.cli:main"]},
 )

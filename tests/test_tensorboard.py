@@ -172,3 +172,37 @@ def test_a_real_tensorboard_over_one_experiment_shows_its_own_values(two_experim
         tb.stop()
     assert [h["domainDiscrete"] for h in exp["hparamInfos"]] == [[0.01, 0.1]]
     assert sorted(g["name"] for g in groups) == ["m lr=0.01", "m lr=0.1"]
+
+
+def _browser() -> str:
+    """The installed Chromium for the page check, or a skip that says what is missing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not exe:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    return exe
+
+
+def test_the_hparams_tab_in_a_real_browser_lists_the_grids_configs(two_experiments, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    exe = _browser()
+    tb = Board(tmp_path, "a", "--storage", str(two_experiments))
+    try:
+        tb.groups(2)  # TensorBoard has loaded the sessions
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{tb.port}/#hparams", timeout=60_000)
+                for label in ("m lr=0.01", "m lr=0.1"):  # the Trial ID column: readable labels, not hashes
+                    page.get_by_text(label, exact=True).first.wait_for(timeout=60_000)
+                text = page.locator("body").inner_text()
+            finally:
+                browser.close()
+    finally:
+        tb.stop()
+    assert "STATUS_UNKNOWN" not in text
