@@ -180,6 +180,7 @@ def cmd_status(args) -> int:
 def cmd_tensorboard(args) -> int:
     """TensorBoard over one experiment (or all of them): curves and the HParams dashboard, read
     from a view of links (hparams.build_view) that is kept up to date while it runs."""
+    import signal
     import subprocess
     import time
 
@@ -198,14 +199,17 @@ def cmd_tensorboard(args) -> int:
     print(f"gridrun tensorboard: {n} trials of {len(experiments)} experiment(s) from {logdir}, viewed through "
           f"{view}", flush=True)
     tb = subprocess.Popen([exe, "--logdir", str(view), "--port", str(args.port), *args.tensorboard_args])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops TensorBoard too, not only us
     try:
         while tb.poll() is None:
             time.sleep(5)
             hparams.sync_view(logdir, experiments, view)  # trials started since, new event files
     except KeyboardInterrupt:
-        tb.terminate()
-        tb.wait()
         return 0
+    finally:
+        if tb.poll() is None:
+            tb.terminate()
+            tb.wait()
     return tb.returncode
 
 

@@ -225,7 +225,7 @@ def _hparams_plot(plt, name: str, groups: dict, path: Path) -> bool:
         return False
     cols = min(3, len(fields))
     rows = -(-len(fields) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.5, 4.2 * cols), 3.4 * rows + 0.4), squeeze=False)
     models = sorted({str(g[0].config.get("model")) for g in scored})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     for ax, field in zip(axes.flat, fields):
@@ -235,7 +235,7 @@ def _hparams_plot(plt, name: str, groups: dict, path: Path) -> bool:
     if len(models) > 1:
         axes.flat[0].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=colors[m], label=m) for m in models],
                             fontsize=7)
-    fig.suptitle(f"{name}: validation accuracy against each varying field (mean ± std over seeds, "
+    fig.suptitle(f"{name}: validation accuracy against each varying field\n(mean ± std over seeds, "
                  f"one point per config)", fontsize=10)
     return _save(plt, fig, path)
 

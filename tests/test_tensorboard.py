@@ -99,10 +99,17 @@ class Board:
         return until(f"{n} session groups", lambda: (g := post(self.port, "session_groups", body)["sessionGroups"])
                      and len(g) >= n and sum(len(x["sessions"]) for x in g) >= 2 * n and g)
 
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig=signal.SIGINT) -> str:
+        self.proc.send_signal(sig)
         out, _ = self.proc.communicate(timeout=30)
         return out
+
+    def serving(self) -> bool:
+        try:
+            get(self.port, "/data/runs")
+            return True
+        except OSError:
+            return False
 
 
 @pytest.fixture
@@ -169,7 +176,8 @@ def test_a_real_tensorboard_over_one_experiment_shows_its_own_values(two_experim
         groups = tb.groups(2)
         exp = post(tb.port, "experiment", {"experimentName": ""})
     finally:
-        tb.stop()
+        tb.stop(signal.SIGTERM)
+    until("stop after `kill` of gridrun tensorboard", lambda: not tb.serving(), timeout=30)  # no orphan server
     assert [h["domainDiscrete"] for h in exp["hparamInfos"]] == [[0.01, 0.1]]
     assert sorted(g["name"] for g in groups) == ["m lr=0.01", "m lr=0.1"]
 
