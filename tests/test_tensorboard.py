@@ -194,6 +194,7 @@ def _browser() -> str:
     return exe
 
 
+@pytest.mark.slow  # a browser and a TensorBoard: about 20 s on the 2-core CPU
 def test_the_hparams_tab_in_a_real_browser_lists_the_grids_configs(two_experiments, tmp_path):
     from playwright.sync_api import sync_playwright
 
