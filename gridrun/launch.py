@@ -284,8 +284,10 @@ class _Progress(tune.Callback):
                 f"{sum(len(t.config.get('unit', {}).get('members', [])) or 1 for t in running)} running, "
                 f"{self.failed} failed, elapsed {_dur(now - self.t0)}")
         eta = self.eta(running, now)
-        if eta is not None:
+        if eta is not None and eta[2]:
             text += f", ETA {_dur(eta[0])} (start-up {eta[1]:.0f}s, {eta[2]:.1f}s per epoch, as measured)"
+        elif eta is not None:  # one epoch a trial: no time between reports to tell the two apart
+            text += f", ETA {_dur(eta[0])} ({eta[1]:.0f}s per trial with its start-up, as measured)"
         return text
 
     def eta(self, running: list, now: float) -> tuple[float, float, float] | None:

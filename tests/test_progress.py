@@ -232,3 +232,15 @@ def test_a_closed_pipe_is_a_quiet_exit(tmp_path):
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(w)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_one_epoch_trials_get_an_eta_per_trial():
+    clock, lines = Clock(), []
+    units = [unit("a", epochs=1), unit("b", epochs=1)]
+    p = _Progress(units, lines.append, "/nowhere", clock=clock)
+    a = trial(units[0])
+    p.on_trial_start(0, [a], a)
+    clock.t += 12
+    p.on_trial_result(0, [a], a, {"epoch": 1, "status": "running"})
+    assert p.eta([a], clock.t) == (12.0, 12.0, 0.0)  # b still to run: 12 s, start-up included
+    assert p.line([a], clock.t).endswith("ETA 12s (12s per trial with its start-up, as measured)")
