@@ -177,6 +177,20 @@ def cmd_status(args) -> int:
     return status(args.name, storage=args.storage, watch=args.watch, as_json=args.json, every_s=args.every)
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    export(args.name, out=args.out, storage=args.storage)
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from .export import restore
+
+    restore(args.source, storage=args.storage, name=args.name)
+    return 0
+
+
 def cmd_tensorboard(args) -> int:
     """TensorBoard over one experiment (or all of them): curves and the HParams dashboard, read
     from a view of links (hparams.build_view) that is kept up to date while it runs."""
@@ -288,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_seconds, default=5.0, help="seconds between refreshes with --watch")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="a slim copy of an experiment to commit: no weights, checkpoints, logits or "
+                                      "Ray state; report, status, load and a relaunch read it")
+    p.add_argument("name", metavar="NAME|PATH", help="experiment under --storage, or its folder")
+    p.add_argument("--out", default=None, help="a folder (default exports/NAME) or FILE.tar.gz")
+    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("restore", help="an exported folder or .tar.gz back into the storage folder")
+    p.add_argument("source", metavar="FOLDER|FILE.tar.gz", help="what `gridrun export` wrote")
+    p.add_argument("--storage", default="runs", help="where it goes: STORAGE/NAME (default runs/)")
+    p.add_argument("--name", default=None, help="the experiment's name there (default: the exported one)")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train", help="train one config here, without Ray",
                        description="Train one config here, without Ray. With no options it trains tinynet_7k with "

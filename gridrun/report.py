@@ -44,6 +44,37 @@ def majority_vote(logits: list[np.ndarray]) -> np.ndarray:
     return np.where(votes == votes.max(1, keepdims=True), probs, -np.inf).argmax(1)
 
 
+def majority_vote_labels(preds: list[np.ndarray]) -> np.ndarray:
+    """Per-image majority vote of predicted classes, members best-by-validation first; a tie goes
+    to the tied class voted by the best member among those that voted for one (labels only: a
+    slim export keeps no logits, so there is no softmax to sum)."""
+    stack = np.stack([np.asarray(p, np.int64) for p in preds])        # (K, N)
+    k, n = stack.shape
+    votes = np.zeros((n, 10))
+    for p in stack:
+        votes[np.arange(n), p] += 1
+    tied = votes == votes.max(1, keepdims=True)                        # (N, C)
+    first = tied[np.arange(n), stack].argmax(0)                        # best member voting a tied class
+    return stack[first, np.arange(n)]
+
+
+TIE_RULES = {"softmax": "a tie goes to the class with the larger summed softmax",
+             "labels": "a tie goes to the tied class voted by the member best on validation (some members "
+                       "kept predicted labels only, as a slim export does, so there is no softmax to sum)"}
+
+
+def tie_rule(exp: Experiment) -> str:
+    """One rule for the whole experiment: summed softmax when every finished trial has logits."""
+    return "labels" if exp.labels_only else "softmax"
+
+
+def vote(members: list[Trial], rule: str) -> np.ndarray:
+    """The ensemble's class per test image; members in validation order."""
+    if rule == "softmax":
+        return majority_vote([t.test_logits for t in members])
+    return majority_vote_labels([t.test_preds for t in members])
+
+
 def rank_by_validation(trials: list[Trial]) -> list[Trial]:
     """Finished trials, best validation accuracy first (then lower val loss, then name)."""
     done = [t for t in trials if t.status == "finished" and t.final.get("val_acc") is not None
@@ -51,8 +82,8 @@ def rank_by_validation(trials: list[Trial]) -> list[Trial]:
     return sorted(done, key=lambda t: (-t.final["val_acc"], t.final.get("val_loss") or 0.0, t.name))
 
 
-def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int]) -> list[tuple[int, float]]:
-    return [(k, float((majority_vote([t.test_logits for t in ranked[:k]]) == labels).mean())) for k in ks]
+def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int], rule: str = "softmax") -> list[tuple[int, float]]:
+    return [(k, float((vote(ranked[:k], rule) == labels).mean())) for k in ks]
 
 
 def _ks(n: int, top_k: int) -> list[int]:
@@ -406,7 +437,8 @@ def _ensemble_section(exp: Experiment, done: list[Trial], top_k: int) -> list[st
     if not ranked:
         return ["## Ensemble", "", "No validation split (val_size: 0): members cannot be chosen honestly, "
                 "so no ensemble is reported.", ""] if done else []
-    curve = ensemble_curve(ranked, exp.test_labels, _ks(len(ranked), top_k))
+    rule = tie_rule(exp)
+    curve = ensemble_curve(ranked, exp.test_labels, _ks(len(ranked), top_k), rule)
     best, k_main = ranked[0], min(top_k, len(ranked))
     ens_main = next(a for k, a in curve if k == k_main)
     return ["## Ensemble: majority vote of the top K runs by validation accuracy", "",
@@ -417,8 +449,7 @@ def _ensemble_section(exp: Experiment, done: list[Trial], top_k: int) -> list[st
             f"- mean single run: {_pct([t.test_acc_recomputed for t in done])}",
             "", pd.DataFrame([{"K": k, "test acc, %": 100 * a} for k, a in curve]).to_markdown(
                 index=False, floatfmt=(".0f", ".2f")),
-            "", "Each test image gets the class most members predict; a tie goes to the class with the "
-            "larger summed softmax.", ""]
+            "", f"Each test image gets the class most members predict; {TIE_RULES[rule]}.", ""]
 
 
 def _runs_section(done: list[Trial]) -> list[str]:
@@ -447,8 +478,9 @@ def _others_section(exp: Experiment) -> list[str]:
 def _checks_section(exp: Experiment, done: list[Trial], out_md: Path) -> list[str]:
     if not done:
         return []
+    scores = "predicted labels (a slim export: the argmax of its logits)" if exp.labels_only else "logits"
     return ["## Checks", "",
-            f"Test accuracy of every finished trial was recomputed from its saved logits against "
+            f"Test accuracy of every finished trial was recomputed from its saved {scores} against "
             f"{exp.label_source} and agrees with what the trial reported (to {AGREE_TOL:.0e}). "
             f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""]
 

@@ -6,20 +6,29 @@ Reads files only: never starts Ray, never trains, never unpickles (JSON, CSV, .n
 pickles, YAML without aliases), so a folder made by someone else runs no code here.
 
 A trial's status, from its folder:
-  finished    summary.json says ok and its logits and labels are readable
+  finished    summary.json says ok and its logits (or, in a slim export, its predicted labels)
+              and true labels are readable
   diverged    summary.json says "diverged at epoch k"
   failed      Ray's error.txt and no summary: the trial raised (after its retries)
   stopped     stopped.json: early stopping (ASHA) ended it before its last epoch
   unfinished  a folder with some epochs and no summary: running, interrupted or killed
   pending     in the launch manifest, no folder yet
   broken      files that cannot be read, or a test accuracy its logits do not reproduce
+
+Every file is read bounded: regular files only (never a symlink, FIFO, device or folder), at
+most a size fixed per kind of file, .npy headers checked against the bytes before any array is
+made. A malformed file marks its trial broken (or is one of its experiment's `problems`) with
+a reason; nothing read here raises on what a folder holds.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GridrunError
-from .config import NOT_CONFIG, with_defaults
+from .config import FIELD_TYPES, NOT_CONFIG, with_defaults
 from .identity import config_key
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
 MANIFEST, LAUNCHES, SPEC_COPY, LOCK = "gridrun_trials.json", "gridrun_launches.jsonl", "spec.yaml", "gridrun.lock"
 GROUP_FILE = "fused_group.json"  # a fused trial's folder: its members' folders live inside
+# What a file may cost to read: a trial's JSON is small; tables and arrays grow with the grid or
+# the split (a 5,000-trial manifest is ~5 MB, 10,000 float16 logits 200 KB); of error.txt only
+# its end is read (the exception line is the last one).
+MAX_SMALL, MAX_LARGE, MAX_TAIL = 1 << 20, 256 << 20, 64 << 10
+N_CLASSES = 10
 
 
 @dataclass
@@ -49,6 +63,8 @@ class TrialRecord:
     test_logits: np.ndarray | None = None
     val_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    val_preds: np.ndarray | None = None         # predicted classes: argmax of the logits, or a slim export's
+    test_preds: np.ndarray | None = None
     test_acc_recomputed: float | None = None
     meta: dict = field(default_factory=dict)    # config.json's _meta: params, device, versions, ...
     summary: dict = field(default_factory=dict)
@@ -84,6 +100,12 @@ class Experiment:
     launches: list[dict] = field(default_factory=list)
     label_source: str = ""
     test_labels: np.ndarray | None = None  # what every finished trial was scored against
+    problems: list[str] = field(default_factory=list)  # experiment files that could not be read
+
+    @property
+    def labels_only(self) -> bool:
+        """Whether some finished trial has predicted labels but no logits (a slim export)."""
+        return any(t.status == "finished" and t.test_logits is None for t in self.trials)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -92,92 +114,204 @@ class Experiment:
         return out
 
 
-# ---------------------------------------------------------------- reading one trial
+# ---------------------------------------------------------------- reading files, bounded
 
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+class Unreadable(ValueError):
+    """A file that is not what it should be; its message names the file and why."""
+
+
+def present(path: Path) -> bool:
+    """Whether a name exists in the folder (a dangling symlink too: it is a bad file, not no file)."""
+    return os.path.lexists(path)
+
+
+def read_bytes(path: Path, limit: int = MAX_SMALL, tail: bool = False) -> bytes:
+    """A regular file's bytes (with tail=True only its last `limit`), never more than `limit`:
+    a symlink, FIFO, device or folder raises Unreadable, and opening never blocks."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        why = "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+        raise Unreadable(f"{path.name} {why}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable(f"{path.name} is not a regular file")
+        if st.st_size > limit and not tail:
+            raise Unreadable(f"{path.name} is {st.st_size:,} bytes (at most {limit:,} expected)")
+        if tail and st.st_size > limit:
+            f.seek(st.st_size - limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise Unreadable(f"{path.name} grew past {limit:,} bytes while read")
+    return data
+
+
+def read_text(path: Path, limit: int = MAX_SMALL) -> str:
+    try:
+        return read_bytes(path, limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Unreadable(f"{Path(path).name} is not UTF-8 text") from None
+
+
+def read_json(path: Path, limit: int = MAX_SMALL):
+    try:
+        return json.loads(read_text(path, limit))
+    except ValueError as e:
+        if isinstance(e, Unreadable):
+            raise
+        raise Unreadable(f"{Path(path).name} is not JSON ({str(e)[:80]})") from None
+
+
+def read_npy(path: Path, limit: int = MAX_LARGE) -> np.ndarray:
+    """A .npy array without pickles, its header checked against the file's bytes first (a header
+    that claims a huge shape costs nothing)."""
+    name, data = Path(path).name, read_bytes(path, limit)
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, fortran, dtype = header[version](f)
+    except (ValueError, KeyError, EOFError, SyntaxError, TypeError) as e:
+        raise Unreadable(f"{name} is not a .npy array ({str(e)[:80] or 'bad header'})") from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise Unreadable(f"{name} holds {dtype} (numbers expected)")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(data) - f.tell() != count * dtype.itemsize:
+        raise Unreadable(f"{name} is truncated ({len(data) - f.tell():,} bytes of data for shape {shape})")
+    arr = np.frombuffer(data, dtype, count, offset=f.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def read_history(path: Path) -> list[dict]:
+    """metrics.csv: one dict of floats (None where empty) per epoch."""
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({k: (float(v) if v not in ("", None, "None") else None) for k, v in row.items()})
+    text = read_text(path, MAX_LARGE)
+    for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
+        if None in row or None in row.values():
+            raise Unreadable(f"metrics.csv row {i + 1} has another number of values than its header")
+        try:
+            rows.append({k: (float(v) if v not in ("", "None") else None) for k, v in row.items()})
+        except ValueError:
+            raise Unreadable(f"metrics.csv row {i + 1} holds a value that is not a number") from None
     return rows
 
 
 def error_line(path: Path) -> str:
     """The last line of a traceback: the exception and its message."""
-    lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+    try:
+        text = read_bytes(path, MAX_TAIL, tail=True).decode("utf-8", "replace")
+    except Unreadable as e:
+        return f"failed ({e})"
+    lines = [l for l in text.splitlines() if l.strip()]
     last = next((l for l in reversed(lines) if not l.startswith((" ", "\t"))), lines[-1] if lines else "error")
     return last.strip()[:200]
 
 
-def _load_logits(d: Path, split: str) -> np.ndarray:
-    arr = np.load(d / f"logits_{split}.npy", allow_pickle=False)
-    if arr.ndim != 2 or arr.shape[1] != 10 or not np.isfinite(arr).all():
-        raise ValueError(f"logits_{split}.npy has shape {arr.shape} or non-finite values")
-    return arr
+# ---------------------------------------------------------------- reading one trial
+
+# What may stand for each split: the logits (N, 10), or in a slim export the predicted classes (N,).
+SCORES = {split: (f"logits_{split}.npy", f"preds_{split}.npy") for split in ("val", "test")}
+
+
+def _check_config(cfg) -> tuple[dict, dict]:
+    """config.json -> (config, _meta), every known field of its type."""
+    if not isinstance(cfg, dict):
+        raise Unreadable("config.json is not a JSON object")
+    meta = cfg.pop("_meta", {})
+    if not isinstance(meta, dict):
+        raise Unreadable("config.json's _meta is not a JSON object")
+    bad = next((k for k, v in cfg.items() if k in FIELD_TYPES and not FIELD_TYPES[k].accepts(v)), None)
+    if bad is not None:
+        raise Unreadable(f"config.json: {bad}={str(cfg[bad])[:40]!r} is not {FIELD_TYPES[bad].words}")
+    if not _count(meta.get("params")):
+        meta.pop("params", None)
+    return cfg, meta
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _load_scores(d: Path, split: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """(logits or None, predicted classes) of one split: the logits when saved, else the
+    predicted labels of a slim export."""
+    logits_file, preds_file = SCORES[split]
+    if present(d / logits_file):
+        arr = read_npy(d / logits_file)
+        if arr.ndim != 2 or arr.shape[1] != N_CLASSES or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+            raise Unreadable(f"{logits_file} has shape {arr.shape} ({arr.dtype}) or non-finite values")
+        return arr, arr.argmax(1)
+    if not present(d / preds_file):
+        raise Unreadable(f"{logits_file} is missing")
+    return None, _classes(d / preds_file)
+
+
+def _classes(path: Path) -> np.ndarray:
+    """A vector of class indices (predicted or true labels)."""
+    arr = read_npy(path)
+    if arr.ndim != 1 or arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES)):
+        raise Unreadable(f"{path.name} is not a vector of classes 0..{N_CLASSES - 1} ({arr.dtype}, shape {arr.shape})")
+    return arr.astype(np.int64)
 
 
 def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bool = True) -> TrialRecord:
     """One trial folder -> TrialRecord with its status and reason; a broken file never raises.
-    With logits=False the logits are not loaded (status and metrics only)."""
-    t = TrialRecord(name=name, dir=d, config=dict(config or {}))
+    With logits=False the scores are not loaded (status and metrics only)."""
+    t = TrialRecord(name=name, dir=d, config=dict(config) if isinstance(config, dict) else {})
     if d is None or not d.is_dir():
         return t
+    if d.is_symlink():
+        t.status, t.reason = "broken", "its folder is a symbolic link (not read)"
+        return t
     try:
-        cfg = read_json(d / "config.json")
-        t.meta = cfg.pop("_meta", {}) if isinstance(cfg, dict) else {}
+        _read_files(t, d, logits)
+    except (Unreadable, OSError) as e:
+        t.status, t.reason = "broken", str(e)[:200]
+    return t
+
+
+def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
+    if present(d / "config.json"):
+        t.config, t.meta = _check_config(read_json(d / "config.json"))
         t.params = t.meta.get("params")
-        t.config = cfg if isinstance(cfg, dict) else t.config
-    except (OSError, ValueError):
-        pass
     t.config = {k: v for k, v in with_defaults(t.config).items() if k != "out_dir"} if t.config else {}
-    if (d / "metrics.csv").exists():
-        try:
-            t.history = read_history(d / "metrics.csv")
-        except (OSError, ValueError, csv.Error) as e:
-            t.status, t.reason = "broken", f"metrics.csv unreadable ({str(e)[:100]})"
-            return t
-    summary = None
-    if (d / "summary.json").exists():
-        try:
-            summary = read_json(d / "summary.json")
-            if not isinstance(summary, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            t.status, t.reason = "broken", f"summary.json unreadable ({str(e)[:100]})"
-            return t
-    if summary is None:
-        if (d / "error.txt").exists():
+    if present(d / "metrics.csv"):
+        t.history = read_history(d / "metrics.csv")
+    if not present(d / "summary.json"):
+        if present(d / "error.txt"):
             t.status, t.reason = "failed", error_line(d / "error.txt")
-        elif (d / "stopped.json").exists():
+        elif present(d / "stopped.json"):
             t.status, t.reason = "stopped", f"stopped early by ASHA after epoch {len(t.history)}"
         else:
             epochs = t.config.get("epochs", "?")
             t.status, t.reason = "unfinished", f"epoch {len(t.history)} of {epochs} (running, stopped or interrupted)"
-        return t
+        return
+    summary = read_json(d / "summary.json")
+    if not isinstance(summary, dict):
+        raise Unreadable("summary.json is not a JSON object")
     t.summary = summary
-    t.params = t.params or summary.get("params")
+    t.params = t.params if t.params is not None else summary.get("params") if _count(summary.get("params")) else None
     if summary.get("status") != "ok":
         t.status, t.reason = "diverged", str(summary.get("status", "unknown status"))[:200]
-        return t
+        return
     try:
         if logits:
-            t.val_logits, t.test_logits = _load_logits(d, "val"), _load_logits(d, "test")
-            t.val_labels = np.load(d / "labels_val.npy", allow_pickle=False).astype(np.int64)
-            t.test_labels = np.load(d / "labels_test.npy", allow_pickle=False).astype(np.int64)
+            t.val_logits, t.val_preds = _load_scores(d, "val")
+            t.test_logits, t.test_preds = _load_scores(d, "test")
+            t.val_labels, t.test_labels = _classes(d / "labels_val.npy"), _classes(d / "labels_test.npy")
+            for split, preds, labels in (("val", t.val_preds, t.val_labels), ("test", t.test_preds, t.test_labels)):
+                if len(preds) != len(labels):
+                    raise Unreadable(f"{len(preds)} {split} predictions for {len(labels)} {split} labels")
         else:
-            missing = [f for f in ("logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy")
-                       if not (d / f).is_file()]
-            if missing:
-                raise ValueError(f"{missing[0]} is missing")
-    except (OSError, ValueError, EOFError) as e:
-        t.status, t.reason = "broken", f"finished, but its logits/labels are missing or truncated ({str(e)[:120]})"
-        return t
+            need = [f for f in ("labels_val.npy", "labels_test.npy") if not present(d / f)]
+            need += [a for a, b in SCORES.values() if not present(d / a) and not present(d / b)]
+            if need:
+                raise Unreadable(f"{need[0]} is missing")
+    except Unreadable as e:
+        raise Unreadable(f"finished, but its logits/labels are missing or truncated ({str(e)[:120]})") from None
     t.status = "finished"
-    return t
 
 
 # ---------------------------------------------------------------- reading an experiment
@@ -199,7 +333,7 @@ def trial_dirs(path: Path) -> dict[str, tuple[Path, str | None]]:
     for c in sorted(path.iterdir()):
         if not c.is_dir() or c.name.startswith("."):
             continue
-        if (c / GROUP_FILE).exists():
+        if present(c / GROUP_FILE) and not c.is_symlink():  # a linked folder is read as one (broken) trial
             for m in sorted(c.iterdir()):
                 if m.is_dir() and not m.name.startswith(".") and _looks_like_trial(m):
                     add(m.name, m, c.name)
@@ -215,65 +349,131 @@ def settled(path: Path) -> dict[str, Path]:
 
 
 def _looks_like_trial(d: Path) -> bool:
-    return any((d / f).exists() for f in ("config.json", "params.json", "error.txt", "metrics.csv"))
+    return any(present(d / f) for f in ("config.json", "params.json", "error.txt", "metrics.csv"))
 
 
 def is_experiment(d: Path) -> bool:
     return d.is_dir() and ((d / MANIFEST).exists() or bool(trial_dirs(d)))
 
 
-def read_manifest(path: Path) -> list[dict]:
-    try:
-        data = read_json(path / MANIFEST) if (path / MANIFEST).exists() else []
-    except (OSError, ValueError):
+def read_manifest(path: Path, problems: list | None = None) -> list[dict]:
+    """The launch manifest's entries (name, train config, group, params), each of its type; an
+    unreadable manifest reads as none (and says why in `problems`)."""
+    if not present(path / MANIFEST):
         return []
-    return [e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str)] if isinstance(data, list) else []
+    try:
+        data = read_json(path / MANIFEST, MAX_LARGE)
+        if not isinstance(data, list):
+            raise Unreadable(f"{MANIFEST} is not a JSON list")
+    except (Unreadable, OSError) as e:
+        _note(problems, f"{e} (its trials are read from their folders)")
+        return []
+    good = [e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str)
+            and isinstance(e.get("train", {}), dict) and isinstance(e.get("group"), (str, type(None)))]
+    if len(good) < len(data):
+        _note(problems, f"{MANIFEST}: {len(data) - len(good)} malformed entries skipped")
+    return [{**e, "params": e.get("params") if _count(e.get("params")) else None} for e in good]
 
 
-def read_launches(path: Path) -> list[dict]:
-    out = []
-    if (path / LAUNCHES).exists():
-        for line in (path / LAUNCHES).read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
+def _note(problems: list | None, line: str) -> None:
+    if problems is not None:
+        problems.append(line[:300])
+
+
+def read_launches(path: Path, problems: list | None = None) -> list[dict]:
+    """The launch records, fields of the wrong type dropped (the report quotes them)."""
+    if not present(path / LAUNCHES):
+        return []
+    try:
+        text = read_bytes(path / LAUNCHES, MAX_LARGE).decode("utf-8", "replace")
+    except (Unreadable, OSError) as e:
+        _note(problems, str(e))
+        return []
+    out, bad = [], 0
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append(_clean_launch(rec))
+        elif line.strip():
+            bad += 1
+    if bad:
+        _note(problems, f"{LAUNCHES}: {bad} unreadable lines skipped")
     return out
 
 
-def read_spec(path: Path) -> dict:
-    """The experiment's effective spec (as launched, overrides applied), read without aliases."""
-    from .spec import SpecError, safe_yaml
+def _clean_launch(rec: dict) -> dict:
+    kinds = {"command": str, "cluster": str, "wall_s": (int, float), "exit": int, "finished_at": (int, float),
+             "provenance": dict}
+    out = {k: v for k, v in rec.items() if k in kinds and isinstance(v, kinds[k]) and not isinstance(v, bool)}
+    prov = out.get("provenance")
+    if prov is not None:
+        out["provenance"] = {k: v for k, v in prov.items()
+                             if (k == "git" and isinstance(v, dict)) or (k != "git" and isinstance(v, (str, int, float)))}
+        git = out["provenance"].get("git")
+        if git is not None:
+            out["provenance"]["git"] = {k: v for k, v in git.items() if isinstance(v, (str, bool, int))}
+    return out
 
-    if not (path / SPEC_COPY).exists():
+
+def read_spec(path: Path, problems: list | None = None) -> dict:
+    """The experiment's effective spec (as launched, overrides applied), read without aliases."""
+    from .spec import MAX_SPEC_BYTES, SpecError, safe_yaml
+
+    if not present(path / SPEC_COPY):
         return {}
     try:
-        raw = safe_yaml((path / SPEC_COPY).read_text(errors="replace"), str(path / SPEC_COPY))
-    except SpecError:
+        raw = safe_yaml(read_text(path / SPEC_COPY, MAX_SPEC_BYTES), str(path / SPEC_COPY))
+    except (Unreadable, OSError, SpecError) as e:
+        _note(problems, f"{SPEC_COPY} unreadable ({str(e)[:150]}): reported without it")
         return {}
-    return raw if isinstance(raw, dict) else {}
+    if not isinstance(raw, dict):
+        _note(problems, f"{SPEC_COPY} is not a mapping: reported without it")
+        return {}
+    return _clean_spec(raw, problems)
+
+
+def _clean_spec(raw: dict, problems: list | None) -> dict:
+    """The parts of the spec the report reads, each of its type (a wrong one is dropped and said)."""
+    kinds = {"description": str, "constraints": dict, "report": dict, "data": dict, "name": str}
+    out = {}
+    for k, v in raw.items():
+        if k in kinds and not isinstance(v, kinds[k]):
+            _note(problems, f"{SPEC_COPY}: {k} is not a {kinds[k].__name__}: ignored")
+            continue
+        out[k] = v
+    cons = out.get("constraints")
+    if cons:
+        want = {"max_params": int, "max_epochs": int, "target_test_acc": (int, float)}
+        keep = {k: v for k, v in cons.items() if k in want and isinstance(v, want[k]) and not isinstance(v, bool)}
+        if len(keep) < len(cons):
+            _note(problems, f"{SPEC_COPY}: constraints of the wrong type ignored")
+        out["constraints"] = keep
+    return out
 
 
 def load_experiment(path: Path, logits: bool = True, check_labels: bool = True) -> Experiment:
     """Every trial of an experiment folder, with statuses; finished trials' test accuracies are
-    recomputed from their logits (check_labels, needs logits)."""
+    recomputed from their logits or predicted labels (check_labels, needs logits=True)."""
     path = Path(path)
-    manifest = read_manifest(path)
+    problems: list[str] = []
+    manifest = read_manifest(path, problems)
     dirs = trial_dirs(path)
     trials = []
     for e in manifest:
         d, group = dirs.pop(e["name"], (None, e.get("group")))
         trials.append(read_trial(d, e["name"], e.get("train"), logits))
-        trials[-1].params = trials[-1].params or e.get("params")
+        trials[-1].params = trials[-1].params if trials[-1].params is not None else e.get("params")
         trials[-1].group = group
     for n, (d, group) in sorted(dirs.items()):
         trials.append(read_trial(d, n, None, logits))
         trials[-1].group = group
     # Named by its folder, never by the name inside its spec: an old copy (NAME.prev-1) or a
     # foreign folder must not write its report over another experiment's.
-    exp = Experiment(path.resolve().name, path, read_spec(path), trials, manifest, read_launches(path))
+    exp = Experiment(path.resolve().name, path, read_spec(path, problems), trials, manifest,
+                     read_launches(path, problems), problems=problems)
     if logits and check_labels:
         check_test_accuracy(exp)
     return exp
@@ -305,20 +505,22 @@ def true_test_labels(exp: Experiment) -> np.ndarray | None:
 
 
 def check_test_accuracy(exp: Experiment) -> None:
-    """Recompute each finished trial's test accuracy from its logits; a disagreement with what
-    the trial reported marks it broken."""
+    """Recompute each finished trial's test accuracy from its predictions (the argmax of its
+    logits, or a slim export's saved labels, which are that argmax); a disagreement with what the
+    trial reported marks it broken."""
     labels = exp.test_labels = true_test_labels(exp)
     for t in exp.trials:
         if t.status != "finished":
             continue
-        if t.test_logits.shape[0] != len(labels):
-            t.status, t.reason = "broken", f"logits_test.npy has {t.test_logits.shape[0]} rows for {len(labels)} labels"
+        if len(t.test_preds) != len(labels):
+            t.status, t.reason = "broken", f"{len(t.test_preds)} test predictions for {len(labels)} test labels"
             continue
-        t.test_acc_recomputed = float((t.test_logits.argmax(1) == labels).mean())
+        t.test_acc_recomputed = float((t.test_preds == labels).mean())
         said = t.final.get("test_acc")
-        if said is None or abs(said - t.test_acc_recomputed) > AGREE_TOL:
+        if said is None or not abs(said - t.test_acc_recomputed) <= AGREE_TOL:
             t.status = "broken"
-            t.reason = f"reported test acc {said} but its logits score {t.test_acc_recomputed:.4f}"
+            scores = "logits" if t.test_logits is not None else "predicted labels"
+            t.reason = f"reported test acc {said} but its {scores} score {t.test_acc_recomputed:.4f}"
 
 
 def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
@@ -370,7 +572,7 @@ def lock_holder(path: Path, stale_s: float = 120.0) -> dict | None:
 
 # ---------------------------------------------------------------- results as pandas
 
-def _resolve(name_or_path: str | os.PathLike, storage: str) -> Path:
+def resolve_experiment(name_or_path: str | os.PathLike, storage: str) -> Path:
     p = Path(name_or_path)
     if p.is_dir() and is_experiment(p):
         return p
@@ -386,7 +588,7 @@ def load(name_or_path: str | os.PathLike, storage: str = "runs"):
     metrics, epochs, train seconds, device. Reads files only (no logits)."""
     import pandas as pd
 
-    exp = load_experiment(_resolve(name_or_path, storage), logits=False)
+    exp = load_experiment(resolve_experiment(name_or_path, storage), logits=False)
     rows = []
     for t in exp.trials:
         final = t.final
@@ -404,7 +606,7 @@ def history(name_or_path: str | os.PathLike, storage: str = "runs"):
     """One row per trial and epoch: trial, its config fields, and that epoch's metrics."""
     import pandas as pd
 
-    exp = load_experiment(_resolve(name_or_path, storage), logits=False)
+    exp = load_experiment(resolve_experiment(name_or_path, storage), logits=False)
     rows = []
     for t in exp.trials:
         cfg = _config_columns({k: v for k, v in t.config.items() if k not in NOT_CONFIG or k == "seed"})

@@ -1,0 +1,270 @@
+"""`gridrun export NAME [--out DIR | --out FILE.tar.gz]` and `gridrun restore`: a slim copy of an
+experiment that outlives the machine it ran on.
+
+What a slim export keeps (tens of KB a trial, so a 180-trial study is a few MB to commit):
+  the experiment's manifest, effective spec, launch records and their diffs, reference.csv and
+  HParams summary; each settled or failed trial's config.json, metrics.csv, summary.json,
+  error.txt / stopped.json, TensorBoard events, its true labels and its PREDICTED labels for val
+  and test (preds_*.npy, uint8: the argmax of its float16 logits, all a majority vote and the
+  test-accuracy check need).
+What it leaves out: model weights, checkpoints, Ray's state, the logits themselves, and the
+trials that had not settled (without a checkpoint they start over anyway: a launch over the
+export reruns them and keeps every finished trial).
+
+`report`, `status`, `gridrun.load`/`history` and `launch --storage` read an exported folder as
+they read the original. A folder is the default: diff-friendly, readable in place and committed
+file by file; FILE.tar.gz is one file to carry, and `gridrun restore` puts either back under the
+storage folder. Only the files named here travel, regular files only, in both directions.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from . import results
+from .errors import GridrunError, __version__
+from .spec import NAME_RE
+
+MARK = "gridrun_export.json"  # what the export says about itself; also marks a folder as safe to replace
+EXPERIMENT_FILES = (results.MANIFEST, results.SPEC_COPY, results.LAUNCHES, "reference.csv", MARK,
+                    "gridrun_diff-*.patch", "events.out.tfevents.*")
+TRIAL_FILES = ("config.json", "metrics.csv", "summary.json", "error.txt", "stopped.json", "labels_val.npy",
+               "labels_test.npy", "preds_val.npy", "preds_test.npy", "events.out.tfevents.*")
+GROUP_FILES = (results.GROUP_FILE,)
+SETTLED = ("finished", "diverged", "failed", "stopped", "broken")  # what an export keeps of a trial
+MAX_ARCHIVE_BYTES = 4 << 30  # what a restore unpacks at most (a 5,000-trial export is ~200 MB)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def kept(rel: PurePosixPath) -> bool:
+    """Whether a path inside an experiment folder belongs in a slim export: experiment files at
+    the top, trial files one level down (or two, inside a fused group's folder)."""
+    parts = rel.parts
+    if not parts or any(p.startswith(".") or p in ("", "..") or "\x00" in p or len(p) > 255 for p in parts):
+        return False
+    if len(parts) == 1:
+        return _matches(parts[0], EXPERIMENT_FILES)
+    if len(parts) == 2:
+        return _matches(parts[1], TRIAL_FILES + GROUP_FILES)
+    return len(parts) == 3 and _matches(parts[2], TRIAL_FILES)
+
+
+def _walk(src: Path):
+    """(relative path, absolute path) of every regular file under src that an export keeps;
+    symlinks are neither followed nor kept."""
+    stack = [(src, PurePosixPath())]
+    while stack:
+        folder, rel = stack.pop()
+        if len(rel.parts) >= 3:
+            continue
+        with os.scandir(folder) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                r = rel / e.name
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                    stack.append((Path(e.path), r))
+                elif e.is_file(follow_symlinks=False) and kept(r):
+                    yield r, Path(e.path)
+
+
+# ---------------------------------------------------------------- export
+
+def export(name_or_path: str, out: str | None = None, storage: str = "runs", echo=print) -> Path:
+    """Write the slim export of an experiment to a folder or a .tar.gz; returns where."""
+    src = results.resolve_experiment(name_or_path, storage)
+    exp = results.load_experiment(src)
+    out_path = Path(out) if out else Path("exports") / exp.name
+    archive = out_path.name.endswith((".tar.gz", ".tgz"))
+    _check_out(src, out_path, archive)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{exp.name}.export-", dir=out_path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
+    try:
+        kept_trials, left_out = _write_slim(src, exp, tmp)
+        _verify(exp, tmp)
+        if archive:
+            _pack(tmp, out_path, exp.name)
+        else:
+            _replace(tmp, out_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = out_path.stat().st_size if archive else sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
+    echo(f"exported {exp.name}: {kept_trials} trials to {out_path} ({size / 1024:,.0f} KB, "
+         f"{size / 1024 / max(1, kept_trials):,.1f} KB per trial); no weights, checkpoints, logits or Ray state"
+         + (f"; {len(left_out)} unsettled trials left out (a launch over the export reruns them)" if left_out else ""))
+    return out_path
+
+
+def _check_out(src: Path, out: Path, archive: bool) -> None:
+    """Never write into the experiment itself, never replace what is not an earlier export."""
+    o, s = out.resolve(), src.resolve()
+    if o == s or s in o.parents or o in s.parents:
+        raise GridrunError(f"--out {out} is the experiment folder or inside it (or holds it): give another path")
+    if archive:
+        if out.is_dir():
+            raise GridrunError(f"--out {out} is a folder: give a file name ending in .tar.gz")
+    elif out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARK).is_file())):
+        raise GridrunError(f"--out {out} exists and is not an earlier export: give a new folder, or FILE.tar.gz")
+
+
+def _write_slim(src: Path, exp: results.Experiment, dest: Path) -> tuple[int, list[str]]:
+    """Copy the kept files of the settled trials and the experiment; write each finished trial's
+    predicted labels. Returns (trials kept, names left out)."""
+    keep = {t.dir.resolve(): t for t in exp.trials if t.dir is not None and t.status in SETTLED}
+    left_out = [t.name for t in exp.trials if t.dir is not None and t.status not in SETTLED]
+    for rel, path in _walk(src):
+        owner = path.parent.resolve()
+        if len(rel.parts) > 1 and not (rel.name in GROUP_FILES or owner in keep):
+            continue
+        _copy(path, dest / rel)
+    for d, t in keep.items():
+        target = dest / d.relative_to(src.resolve())
+        for split, preds in (("val", t.val_preds), ("test", t.test_preds)):
+            if preds is not None:
+                with open(target / f"preds_{split}.npy", "wb") as f:
+                    np.save(f, preds.astype(np.uint8))
+    (dest / MARK).write_text(json.dumps({
+        "experiment": exp.name, "from": str(src.resolve()), "exported_at": round(time.time()),
+        "gridrun": __version__, "trials": exp.counts(), "left_out": left_out,
+        "scores": "predicted labels (uint8 argmax of the float16 logits), no logits"}, indent=1))
+    return len(keep), left_out
+
+
+def _copy(path: Path, target: Path) -> None:
+    """One regular file, read bounded (a link or FIFO planted in a folder is not followed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = results.read_bytes(path, results.MAX_LARGE)
+    except results.Unreadable:
+        return  # its trial already reads as broken; the export keeps what can be kept
+    target.write_bytes(data)
+
+
+def _verify(exp: results.Experiment, dest: Path) -> None:
+    """The export must read as the experiment did: every kept trial's status and rechecked test
+    accuracy the same."""
+    slim = {t.name: t for t in results.load_experiment(dest).trials}
+    for t in exp.trials:
+        s = slim.get(t.name)
+        if t.dir is None or t.status not in SETTLED or s is None:
+            continue
+        if (s.status, s.test_acc_recomputed) != (t.status, t.test_acc_recomputed):
+            raise GridrunError(f"the export of {exp.name} reads {t.name} as {s.status} "
+                               f"({s.test_acc_recomputed}), the experiment as {t.status} ({t.test_acc_recomputed}): "
+                               f"nothing written; please report it")
+
+
+def _pack(folder: Path, out: Path, name: str) -> None:
+    """folder -> out (.tar.gz) with one top folder NAME/, files in sorted order, owners dropped."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for p in sorted(folder.rglob("*")):
+            info = tar.gettarinfo(str(p), arcname=str(PurePosixPath(name, *p.relative_to(folder).parts)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if p.is_file():
+                with open(p, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    os.replace(tmp, out)
+
+
+def _replace(folder: Path, out: Path) -> None:
+    """Move the finished export into place; an earlier export there goes only once the new one is whole."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(folder, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- restore
+
+def restore(source: str, storage: str = "runs", name: str | None = None, echo=print) -> Path:
+    """An exported folder or .tar.gz -> storage/NAME (which must not exist), ready for report,
+    status or a launch that resumes it."""
+    src = Path(source)
+    if not src.exists():
+        raise GridrunError(f"no export {source}: give an exported folder or FILE.tar.gz")
+    tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=_mkdir(Path(storage))))
+    try:
+        top = _unpack(src, tmp) if src.is_file() else _copy_folder(src, tmp)
+        target = Path(storage) / (name or top)
+        if not re.match(NAME_RE, target.name):
+            raise GridrunError(f"{target.name!r} is not a safe experiment name: restore with --name NEW "
+                               f"(letters, digits, '.', '_' and '-')")
+        if target.exists():
+            raise GridrunError(f"{target} exists: restore with --name NEW, or move it away first")
+        exp = results.load_experiment(tmp / top)
+        if not exp.trials:
+            raise GridrunError(f"{source} holds no trials of a gridrun experiment: give a folder or archive "
+                               f"written by `gridrun export`")
+        os.replace(tmp / top, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(exp.counts().items()))
+    echo(f"restored {target}: {len(exp.trials)} trials ({counts}); `gridrun launch SPEC --storage {storage}` "
+         f"runs the rest")
+    return target
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _copy_folder(src: Path, tmp: Path) -> str:
+    if not results.is_experiment(src):
+        raise GridrunError(f"{src} is not an experiment folder: give one written by `gridrun export`")
+    top = src.resolve().name
+    for rel, path in _walk(src):
+        _copy(path, tmp / top / rel)
+    return top
+
+
+def _unpack(archive: Path, tmp: Path) -> str:
+    """Unpack only regular files and folders under one top folder, each a kept name, sizes bounded
+    as declared and as read (a member never writes outside tmp)."""
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (tarfile.TarError, OSError) as e:
+        raise GridrunError(f"{archive} is not a .tar.gz ({str(e)[:80]}): give one written by `gridrun export`") from None
+    tops, total = set(), 0
+    with tar:
+        try:
+            for m in tar:
+                rel = PurePosixPath(m.name)
+                if rel.is_absolute() or ".." in rel.parts or not (m.isfile() or m.isdir()):
+                    raise GridrunError(f"{archive}: member {m.name[:80]!r} is not a plain file or folder inside "
+                                       f"the archive: not restored")
+                tops.add(rel.parts[0])
+                if len(tops) > 1:
+                    raise GridrunError(f"{archive} holds more than one top folder: not an export")
+                total += m.size
+                if m.size > results.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
+                    raise GridrunError(f"{archive}: {m.name[:80]} makes it larger than an export can be: not restored")
+                if m.isfile() and kept(PurePosixPath(*rel.parts[1:])):
+                    data = tar.extractfile(m).read(m.size + 1)
+                    if len(data) != m.size:
+                        raise GridrunError(f"{archive}: {m.name[:80]} is not the size its header says")
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / rel).write_bytes(data)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            raise GridrunError(f"{archive} is truncated or corrupt ({str(e)[:80]}): not restored") from None
+    if not tops:
+        raise GridrunError(f"{archive} is empty: give one written by `gridrun export`")
+    return tops.pop()
