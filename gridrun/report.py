@@ -8,6 +8,7 @@ trial's saved logits as a check on what the trial said.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import analysis
 from .errors import GridrunError
-from .config import NOT_CONFIG, field_names
-from .identity import config_label, varying_fields
-from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
+from .config import field_names
+from .identity import config_key, config_label, varying_fields
+from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment, present, read_text
 
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
                  ("batch_size", "Batch"), ("epochs", "Epochs")]
@@ -105,90 +107,82 @@ def _pct(values) -> str:
 
 def config_groups(trials: list[Trial]) -> dict[str, list[Trial]]:
     """Finished trials grouped by config (every field but the seed and plumbing)."""
-    groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        if t.status == "finished":
-            groups.setdefault(t.group_key(), []).append(t)
-    return groups
+    return {config_key(s.config): s.members for s in analysis.config_summaries(trials)}
 
 
 def config_table(exp: Experiment) -> tuple[list[dict], str]:
     """Rows of the per-config table (markdown-ready) and the constraint summary."""
-    done = [t for t in exp.trials if t.status == "finished"]
-    groups = config_groups(exp.trials)
-    varying = sorted({k for t in done for k in t.config if k not in NOT_CONFIG
-                      and len({json.dumps(u.config.get(k), sort_keys=True) for u in done}) > 1}
-                     - {c for c, _ in STUDY_COLUMNS})
+    summaries = analysis.config_summaries(exp.trials)
+    varying = [k for k in summaries[0].varying if k not in {c for c, _ in STUDY_COLUMNS}] if summaries else []
     cons = exp.spec.get("constraints") or {}
-    rows = []
-    for members in groups.values():
-        cfg = members[0].config
-        val = [m.final.get("val_acc") for m in members]
-        test = [m.test_acc_recomputed for m in members]
-        row = {"_model": cfg.get("model"), "_val": np.nanmean([v for v in val if v is not None] or [np.nan]),
-               "_test": float(np.mean(test))}
-        for k, title in STUDY_COLUMNS[:1]:
-            row[title] = cfg.get(k)
-        row["Params"] = f"{members[0].params:,}" if members[0].params else "?"
-        for k, title in STUDY_COLUMNS[1:]:
-            row[title] = cfg.get(k)
-        for k in varying:
-            row[k] = json.dumps(cfg.get(k)) if isinstance(cfg.get(k), dict) else cfg.get(k)
-        row["Train acc"] = _pct([m.final.get("train_acc") for m in members])
-        row["Val acc"] = _pct(val)
-        row["Test acc"] = _pct(test)
-        checks = []  # (column, ok, what follows the mark)
-        if cons.get("max_params"):
-            checks.append(("params ≤ {:,}".format(cons["max_params"]), (members[0].params or 0) <= cons["max_params"], ""))
-        if cons.get("max_epochs"):
-            checks.append((f"epochs ≤ {cons['max_epochs']}", cfg.get("epochs", 0) <= cons["max_epochs"], ""))
-        row["_budget_ok"] = all(ok for _, ok, _ in checks)  # parameters and epochs, before the test target
-        if target := cons.get("target_test_acc"):
-            hit = row["_test"] >= target
-            # a miss whose mean the table's two decimals round up to the target shows its digits
-            near = not hit and round(100 * row["_test"], 2) >= round(100 * target, 2)
-            checks.append((f"test ≥ {100 * target:.2f}", hit, f" ({100 * row['_test']:.3f})" if near else ""))
-        for title, ok, why in checks:
-            row[title] = ("✓" if ok else "✗") + why
-        row["_ok"] = all(ok for _, ok, _ in checks)
-        row["_label"] = ", ".join([str(cfg.get("model"))] + [f"{k} {row[t]}" for k, t in STUDY_COLUMNS[1:]]
-                                  + [f"{k} {row[k]}" for k in varying if row[k] not in (None, "", "{}")])
-        rows.append(row)
-    summary = _constraint_summary(rows, cons)  # before the best rows' cells turn bold
-    rows.sort(key=lambda r: (str(r["_model"]), -r["_val"]))
-    best = {}
-    for r in rows:  # best config per model: highest mean validation accuracy, never test
-        if r["_model"] not in best or r["_val"] > best[r["_model"]]["_val"]:
-            best[r["_model"]] = r
-    for r in best.values():
+    rows = [_config_row(s, varying, cons) for s in summaries]
+    summary = _constraint_summary(summaries, rows, cons)  # before the best rows' cells turn bold
+    rows.sort(key=lambda r: (str(r["_model"]), -r["_val"] if r["_val"] is not None else math.inf))
+    for best in analysis.best_per_model(summaries).values():  # by mean validation accuracy, never test
+        r = next(r for r in rows if r["_summary"] is best)
         for k in list(r):
             if not k.startswith("_") and r[k] not in (None, ""):
                 r[k] = f"**{r[k]}**"
     return rows, summary
 
 
-def _constraint_summary(rows: list[dict], cons: dict) -> str:
+def _config_row(s: "analysis.ConfigSummary", varying: list[str], cons: dict) -> dict:
+    members, cfg = s.members, s.config
+    test = [m.test_acc_recomputed for m in members]
+    row = {"_model": cfg.get("model"), "_val": s.val_mean, "_test": float(np.mean(test)), "_summary": s}
+    for k, title in STUDY_COLUMNS[:1]:
+        row[title] = cfg.get(k)
+    row["Params"] = f"{s.params:,}" if s.params else "?"
+    for k, title in STUDY_COLUMNS[1:]:
+        row[title] = cfg.get(k)
+    for k in varying:
+        row[k] = json.dumps(cfg.get(k)) if isinstance(cfg.get(k), dict) else cfg.get(k)
+    row["Train acc"] = _pct([m.final.get("train_acc") for m in members])
+    row["Val acc"] = _pct([m.final.get("val_acc") for m in members])
+    row["Test acc"] = _pct(test)
+    checks = []  # (column, ok, what follows the mark)
+    if cons.get("max_params"):
+        checks.append(("params ≤ {:,}".format(cons["max_params"]), (s.params or 0) <= cons["max_params"], ""))
+    if cons.get("max_epochs"):
+        checks.append((f"epochs ≤ {cons['max_epochs']}", cfg.get("epochs", 0) <= cons["max_epochs"], ""))
+    if target := cons.get("target_test_acc"):
+        hit = row["_test"] >= target
+        # a miss whose mean the table's two decimals round up to the target shows its digits
+        near = not hit and round(100 * row["_test"], 2) >= round(100 * target, 2)
+        checks.append((f"test ≥ {100 * target:.2f}", hit, f" ({100 * row['_test']:.3f})" if near else ""))
+    for title, ok, why in checks:
+        row[title] = ("✓" if ok else "✗") + why
+    row["_ok"] = all(ok for _, ok, _ in checks)
+    row["_label"] = ", ".join([str(cfg.get("model"))] + [f"{k} {row[t]}" for k, t in STUDY_COLUMNS[1:]]
+                              + [f"{k} {row[k]}" for k in varying if row[k] not in (None, "", "{}")])
+    return row
+
+
+def _constraint_summary(summaries: list, rows: list[dict], cons: dict) -> str:
     """The answer first: the config with the best mean validation accuracy among those within
     the budget (parameters, epochs), and whether its test mean meets the target. How many
     configs' test means pass comes second, said to be no choice: picking among them by test
-    accuracy would be choosing on the test set."""
+    accuracy would be choosing on the test set. With no validation value, nothing is chosen."""
     if not cons:
         return ""
     words = _cons_words(cons)
     budget = [w for w in words if not w.startswith("mean test")]
-    within = [r for r in rows if r["_budget_ok"]]
+    row_of = {id(r["_summary"]): r for r in rows}
+    best, ties = analysis.chosen(summaries, cons)
     lines = []
-    if within:
-        a = max(within, key=lambda r: r["_val"])
+    if best is not None:
+        a = row_of[id(best)]
         where = f" among the configs within {' and '.join(budget)}" if budget else ""
         line = f"Chosen on validation{where}: {a['_label']}, val {a['Val acc']}, test {a['Test acc']}"
         if target := cons.get("target_test_acc"):
             line += (f": it {'meets' if a['_ok'] else 'misses'} the target of {100 * target:.2f}% mean test "
                      f"accuracy")
-        ties = [r["_label"] for r in within if r is not a and abs(r["_val"] - a["_val"]) < 1e-9]
         if ties:  # validation cannot tell them apart, and test must not: say so, keep the first listed
-            line += f". It ties on validation with {'; '.join(ties)} (the first listed is shown; test breaks no tie)"
+            line += (f". It ties on validation with {'; '.join(row_of[id(t)]['_label'] for t in ties)} "
+                     f"(the first listed is shown; test breaks no tie)")
         lines.append(line + ".")
+    elif summaries and not analysis.has_validation(summaries):
+        lines.append("No config is chosen: no trial recorded a validation accuracy (val_size: 0).")
     elif budget:
         lines.append(f"No config is within {' and '.join(budget)}.")
     n_ok = sum(r["_ok"] for r in rows)
@@ -416,8 +410,17 @@ def _header(exp: Experiment) -> list[str]:
     counts = exp.counts()
     return lines + [f"Experiment folder `{exp.dir}`: {len(exp.trials)} trials; "
                     + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".", "",
-                    "Configs are compared by mean validation accuracy (bold: the best config of each model); "
-                    "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.", ""]
+                    _compared(exp), ""]
+
+
+def _compared(exp: Experiment) -> str:
+    summaries = analysis.config_summaries(exp.trials)
+    if summaries and not analysis.has_validation(summaries):
+        return ("No trial recorded a validation accuracy (val_size: 0): no config is chosen or bold, and no "
+                "ensemble is formed; test accuracy is the final epoch's, mean ± sample std over seeds, and "
+                "chose nothing.")
+    return ("Configs are compared by mean validation accuracy (bold: the best config of each model); "
+            "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.")
 
 
 def _config_section(exp: Experiment) -> list[str]:
@@ -476,13 +479,15 @@ def _others_section(exp: Experiment) -> list[str]:
 
 
 def _checks_section(exp: Experiment, done: list[Trial], out_md: Path) -> list[str]:
+    unread = ["Files of the experiment that could not be read (the rest is reported without them): "
+              + "; ".join(exp.problems) + ".", ""] if exp.problems else []
     if not done:
-        return []
+        return ["## Checks", ""] + unread if unread else []
     scores = "predicted labels (a slim export: the argmax of its logits)" if exp.labels_only else "logits"
     return ["## Checks", "",
             f"Test accuracy of every finished trial was recomputed from its saved {scores} against "
             f"{exp.label_source} and agrees with what the trial reported (to {AGREE_TOL:.0e}). "
-            f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""]
+            f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""] + unread
 
 
 def _reference_section(exp: Experiment) -> list[str]:
@@ -491,10 +496,10 @@ def _reference_section(exp: Experiment) -> list[str]:
     import pandas as pd
 
     path = exp.dir / "reference.csv"
-    if not path.is_file():
+    if not present(path):
         return []
     try:
-        ref = pd.read_csv(path, dtype=str, keep_default_na=False)
+        ref = pd.read_csv(io.StringIO(read_text(path)), dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as e:
         return ["## Beside the study", "", f"reference.csv could not be read ({str(e)[:100]}).", ""]
     keys = [c for c in ref.columns if c in field_names()]
@@ -568,9 +573,15 @@ def report(targets: list[str], out: str | None = None, top_k: int | None = None,
         raise GridrunError("--out names one file but several experiments were given: drop --out")
     if out and Path(out).is_dir():
         raise GridrunError(f"--out {out} is a folder: give a file name such as {Path(out) / 'report.md'}")
-    written = []
+    written, broken = [], []
     for p in paths:
-        exp = load_experiment(p)
+        try:
+            exp = load_experiment(p)
+        except (GridrunError, OSError) as e:
+            if len(paths) == 1:
+                raise
+            broken.append(f"{p} ({str(e)[:160]})")
+            continue
         md = Path(out) if out else report_path(exp, reports_dir)
         try:
             md.parent.mkdir(parents=True, exist_ok=True)
@@ -582,4 +593,15 @@ def report(targets: list[str], out: str | None = None, top_k: int | None = None,
         echo(text)
         echo(f"wrote {md}, {md.with_suffix('.csv')}")
         written.append(md)
+    if broken:
+        raise BrokenExperiments(written, broken)
     return written
+
+
+class BrokenExperiments(GridrunError):
+    """Some experiments could not be read; the others were reported."""
+
+    def __init__(self, written: list[Path], broken: list[str]):
+        self.written, self.broken = written, broken
+        super().__init__(f"{len(broken)} of {len(written) + len(broken)} experiments could not be read and have no "
+                         f"report: {'; '.join(broken)}")

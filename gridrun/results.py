@@ -46,7 +46,7 @@ GROUP_FILE = "fused_group.json"  # a fused trial's folder: its members' folders 
 # What a file may cost to read: a trial's JSON is small; tables and arrays grow with the grid or
 # the split (a 5,000-trial manifest is ~5 MB, 10,000 float16 logits 200 KB); of error.txt only
 # its end is read (the exception line is the last one).
-MAX_SMALL, MAX_LARGE, MAX_TAIL = 1 << 20, 256 << 20, 64 << 10
+MAX_SMALL, MAX_LARGE, MAX_TAIL = 1 << 20, 64 << 20, 64 << 10
 N_CLASSES = 10
 
 
@@ -85,9 +85,10 @@ class TrialRecord:
 
     def updated_at(self) -> float:
         """When its folder last changed (newest file), for `status`."""
-        if self.dir is None or not self.dir.is_dir():
+        try:
+            return max([p.lstat().st_mtime for p in self.dir.iterdir()] or [self.dir.lstat().st_mtime])
+        except (OSError, AttributeError):
             return 0.0
-        return max([p.stat().st_mtime for p in self.dir.iterdir() if p.is_file()] or [self.dir.stat().st_mtime])
 
 
 @dataclass
@@ -134,15 +135,24 @@ def read_bytes(path: Path, limit: int = MAX_SMALL, tail: bool = False) -> bytes:
     except OSError as e:
         why = "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
         raise Unreadable(f"{path.name} {why}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise Unreadable(f"{path.name} is not a regular file")
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise Unreadable(f"{path.name} is {what}")
         if st.st_size > limit and not tail:
             raise Unreadable(f"{path.name} is {st.st_size:,} bytes (at most {limit:,} expected)")
         if tail and st.st_size > limit:
-            f.seek(st.st_size - limit)
-        data = f.read(limit + 1)
+            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
+        chunks, got = [], 0
+        while got <= limit and (chunk := os.read(fd, limit + 1 - got)):
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise Unreadable(f"{path.name} cannot be read ({e.strerror})") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise Unreadable(f"{path.name} grew past {limit:,} bytes while read")
     return data
@@ -225,9 +235,16 @@ def _check_config(cfg) -> tuple[dict, dict]:
     bad = next((k for k, v in cfg.items() if k in FIELD_TYPES and not FIELD_TYPES[k].accepts(v)), None)
     if bad is not None:
         raise Unreadable(f"config.json: {bad}={str(cfg[bad])[:40]!r} is not {FIELD_TYPES[bad].words}")
-    if not _count(meta.get("params")):
-        meta.pop("params", None)
+    # the report quotes _meta: numbers where it computes, scalars elsewhere
+    meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    for k in ("params", "peak_gpu_mem_mb", "threads"):
+        if k in meta and not (_count(meta[k]) or (k == "peak_gpu_mem_mb" and finite_number(meta[k]))):
+            meta.pop(k)
     return cfg, meta
+
+
+def finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _count(v) -> bool:
@@ -291,8 +308,10 @@ def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
     summary = read_json(d / "summary.json")
     if not isinstance(summary, dict):
         raise Unreadable("summary.json is not a JSON object")
+    if not isinstance(summary.get("status"), str) or not _count(summary.get("params", 0)):
+        raise Unreadable("summary.json: its status is not text or its params not a whole number")
     t.summary = summary
-    t.params = t.params if t.params is not None else summary.get("params") if _count(summary.get("params")) else None
+    t.params = t.params if t.params is not None else summary.get("params")
     if summary.get("status") != "ok":
         t.status, t.reason = "diverged", str(summary.get("status", "unknown status"))[:200]
         return
@@ -353,7 +372,10 @@ def _looks_like_trial(d: Path) -> bool:
 
 
 def is_experiment(d: Path) -> bool:
-    return d.is_dir() and ((d / MANIFEST).exists() or bool(trial_dirs(d)))
+    try:
+        return d.is_dir() and (present(d / MANIFEST) or bool(trial_dirs(d)))
+    except OSError:  # a folder that cannot be listed is no experiment to read
+        return False
 
 
 def read_manifest(path: Path, problems: list | None = None) -> list[dict]:
@@ -368,11 +390,16 @@ def read_manifest(path: Path, problems: list | None = None) -> list[dict]:
     except (Unreadable, OSError) as e:
         _note(problems, f"{e} (its trials are read from their folders)")
         return []
-    good = [e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str)
-            and isinstance(e.get("train", {}), dict) and isinstance(e.get("group"), (str, type(None)))]
+    good = [e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str) and _typed(e.get("train", {}))
+            and isinstance(e.get("group"), (str, type(None)))]
     if len(good) < len(data):
         _note(problems, f"{MANIFEST}: {len(data) - len(good)} malformed entries skipped")
     return [{**e, "params": e.get("params") if _count(e.get("params")) else None} for e in good]
+
+
+def _typed(train) -> bool:
+    """A manifest's train config: a JSON object whose known fields have their types."""
+    return isinstance(train, dict) and all(FIELD_TYPES[k].accepts(v) for k, v in train.items() if k in FIELD_TYPES)
 
 
 def _note(problems: list | None, line: str) -> None:
@@ -558,7 +585,7 @@ def lock_holder(path: Path, stale_s: float = 120.0) -> dict | None:
     if info.get("host") == os.uname().nodename:
         try:
             os.kill(int(info.get("pid", -1)), 0)
-        except (ProcessLookupError, ValueError, OverflowError):
+        except (ProcessLookupError, ValueError, OverflowError, TypeError):
             return None
         except PermissionError:
             pass
@@ -612,6 +639,6 @@ def history(name_or_path: str | os.PathLike, storage: str = "runs"):
         cfg = _config_columns({k: v for k, v in t.config.items() if k not in NOT_CONFIG or k == "seed"})
         for h in t.history:
             rows.append({"trial": t.name, "status": t.status, **cfg,
-                         **{k: (int(v) if k == "epoch" and v is not None and not math.isnan(v) else v)
+                         **{k: (int(v) if k == "epoch" and v is not None and math.isfinite(v) else v)
                             for k, v in h.items()}})
     return pd.DataFrame(rows)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GridrunError
-from .config import NOT_CONFIG
+from . import analysis
 from .results import find_experiments, is_experiment, load_experiment, lock_holder
 
 ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
@@ -55,7 +55,7 @@ def snapshot(path: Path) -> dict:
     parallel = max(1, counts["running"])
     eta = (left * epoch_s + starting * (startup or 0.0)) / parallel if epoch_s and holder else None
     launches = exp.launches
-    elapsed = now - holder["since"] if holder and holder.get("since") else \
+    elapsed = now - holder["since"] if holder and analysis.finite(holder.get("since")) else \
         sum(l.get("wall_s", 0) for l in launches if isinstance(l.get("wall_s"), (int, float)))
     return {"experiment": exp.name, "folder": str(path), "launch": holder, "trials": len(rows), "counts": counts,
             "running": [r for r in rows if r["status"] == "running"],
@@ -63,7 +63,7 @@ def snapshot(path: Path) -> dict:
             "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None,
             "seconds_per_epoch": round(epoch_s, 2) if epoch_s else None,
             "startup_s": round(startup, 1) if startup is not None else None,
-            "best": _best(exp)}
+            "best": _best(exp), "problems_experiment": exp.problems}
 
 
 def _tune_times(exp) -> tuple[float | None, float | None]:
@@ -90,21 +90,28 @@ def _tune_times(exp) -> tuple[float | None, float | None]:
 
 
 def _best(exp) -> dict | None:
-    """The best config so far by mean validation accuracy over its finished seeds."""
-    groups: dict[str, list] = {}
-    for t in exp.trials:
-        if t.status == "finished" and t.final.get("val_acc") is not None:
-            groups.setdefault(t.group_key(), []).append(t)
-    if not groups:
+    """The best config so far by mean validation accuracy over its finished seeds (the report's
+    rule, analysis.py); None when no finished trial recorded a validation accuracy."""
+    best, ties = analysis.best_by_validation(analysis.config_summaries(exp.trials))
+    if best is None:
         return None
-    key, members = max(groups.items(), key=lambda kv: float(np.mean([m.final["val_acc"] for m in kv[1]])))
-    cfgs = [g[0].config for g in groups.values()]
-    varying = sorted(k for k in members[0].config if k not in NOT_CONFIG
-                     and len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1)
-    val = [m.final["val_acc"] for m in members]
-    return {"config": {k: members[0].config.get(k) for k in ["model", *varying] if k in members[0].config},
-            "val_acc_mean": float(np.mean(val)), "val_acc_std": float(np.std(val, ddof=1)) if len(val) > 1 else None,
-            "n": len(val), "trials": [m.name for m in members]}
+    mean, std, n = best.val
+    return {"config": {k: best.config.get(k) for k in ["model", *best.varying] if k in best.config},
+            "config_id": best.id, "label": best.label, "val_acc_mean": mean, "val_acc_std": std, "n": n,
+            "trials": [m.name for m in best.members], "ties": [t.label for t in ties]}
+
+
+def strict_json(obj) -> str:
+    """JSON that every parser reads: NaN and infinities as null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def _dur(s: float | None) -> str:
@@ -122,12 +129,14 @@ def render(snap: dict) -> str:
             + ", ".join(f"{v} {k}" for k, v in c.items() if v))
     lines = [head]
     for r in snap["running"]:
-        va = f"{r['val_acc']:.4f}" if r["val_acc"] is not None else "-"
+        va = f"{r['val_acc']:.4f}" if analysis.finite(r["val_acc"]) else "-"
         ips = f"{r['images_per_s']:,.0f} img/s" if r["images_per_s"] else "- img/s"
         lines.append(f"  running {r['trial']:<40} epoch {r['epoch']:>3}/{r['epochs']}  val acc {va}  {ips}"
                      f"  (updated {_dur(r['updated_s_ago'])} ago)")
     for r in snap["problems"][:10]:
         lines.append(f"  {r['status']:<8} {r['trial']:<40} {r['reason'][:80]}")
+    for line in snap["problems_experiment"][:5]:
+        lines.append(f"  unreadable: {line[:120]}")
     time_line = f"  elapsed {_dur(snap['elapsed_s'])}"
     if snap["eta_s"] is not None:
         startup = f"start-up {snap['startup_s']:.0f} s + " if snap.get("startup_s") is not None else ""
@@ -152,7 +161,7 @@ def status(name: str | None = None, storage: str = "runs", watch: bool = False, 
     rows = 0  # terminal rows the previous block took
     while True:
         snap = snapshot(path)
-        text = json.dumps(snap, default=str) if as_json else render(snap)
+        text = strict_json(snap) if as_json else render(snap)
         if watch and tty and not as_json:
             out((f"\x1b[{rows}F\x1b[J" if rows else "") + text)  # up to the block's first row, clear below
             rows = _rows(text)

@@ -1,6 +1,8 @@
 """gridrun report on fabricated experiment folders with known answers."""
 import csv
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from gridrun.cli import main
 from gridrun.report import load_experiment, majority_vote, rank_by_validation, report
+from gridrun.results import MAX_LARGE
 
 N = 30
 LABELS = np.arange(N) % 10
@@ -299,3 +302,162 @@ def test_a_tie_on_validation_is_said_and_not_broken_by_test(tmp_path):
     line = next(l for l in text.splitlines() if l.startswith("Chosen on validation"))
     assert "It ties on validation with b" in line and "test breaks no tie" in line, line
     assert ": a," in line  # the first listed, not b, whose test accuracy is the better one
+
+
+# ---------------------------------------------------------------- reading never crashes (issue 31 item 4)
+
+def _npy_claiming_a_huge_shape() -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f2", "fortran_order": False, "shape": (10 ** 12, 10)})
+    return buf.getvalue() + b"\x00" * 64
+
+
+CORRUPTIONS = {
+    "not_json": lambda p: p.write_bytes(b"{not json \xff\x00"),
+    "wrong_types": lambda p: p.write_text(json.dumps({"model": 5, "epochs": "x", "lr": "fast", "status": "ok",
+                                                      "params": "many", "_meta": {"params": "x", "device": [1]},
+                                                      "members": 3})),
+    "json_list": lambda p: p.write_text("[1, \"x\", null]"),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: max(1, len(p.read_bytes()) // 2)]),
+    "empty": lambda p: p.write_bytes(b""),
+    "huge": lambda p: os.truncate(p, MAX_LARGE + 1),  # sparse: costs nothing to make, 64 MB to read
+    "fifo": lambda p: (p.unlink(), os.mkfifo(p)),
+    "symlink": lambda p: (p.unlink(), p.symlink_to("/dev/zero")),
+    "dangling": lambda p: (p.unlink(), p.symlink_to(p.parent / "nowhere")),
+    "directory": lambda p: (p.unlink(), p.mkdir()),
+    "npy_huge_shape": lambda p: p.write_bytes(_npy_claiming_a_huge_shape()),
+    "npy_of_text": lambda p: np.save(p.open("wb"), np.array(["a", "b"])),
+    "csv_rows": lambda p: p.write_text("epoch,val_acc,test_acc\n1,0.5\n2,0.5,0.9,7\nx,y,z\n"),
+}
+# Where each kind of file lives in the fixture below, and whose it is (None: the experiment's).
+FILES = {"config.json": "t0", "metrics.csv": "t0", "summary.json": "t0", "logits_test.npy": "t0",
+         "logits_val.npy": "t0", "labels_test.npy": "t0", "labels_val.npy": "t0", "preds_test.npy": "p0",
+         "preds_val.npy": "p0", "error.txt": "bad", "fused_group.json": "fused_g", "gridrun_trials.json": None,
+         "spec.yaml": None, "gridrun_launches.jsonl": None, "reference.csv": None, "gridrun.lock": None}
+NOT_REGULAR = ("huge", "fifo", "symlink", "directory")
+
+
+def _all_kinds_experiment(exp: Path) -> Path:
+    """Finished trials with logits and with predicted labels only, a failed one, a fused group's
+    member, a pending one in the manifest, and every experiment file."""
+    fake_trial(exp, "t0", wrong_on(range(2)), val_acc=0.9, model="m", seed=0)
+    fake_trial(exp, "t1", wrong_on(range(3)), val_acc=0.92, model="m", seed=1)
+    p0 = fake_trial(exp, "p0", wrong_on(range(4)), val_acc=0.8, model="n")
+    for split in ("val", "test"):
+        np.save(p0 / f"preds_{split}.npy", np.load(p0 / f"logits_{split}.npy").argmax(1).astype(np.uint8))
+        (p0 / f"logits_{split}.npy").unlink()
+    (exp / "bad").mkdir()
+    (exp / "bad" / "error.txt").write_text("Traceback\n  x\nRuntimeError: boom\n")
+    (exp / "fused_g").mkdir()
+    (exp / "fused_g" / "fused_group.json").write_text('{"members": ["f0"]}')
+    fake_trial(exp / "fused_g", "f0", LABELS, val_acc=0.85, model="f")
+    names = ["t0", "t1", "p0", "bad", "f0", "pending0"]
+    (exp / "gridrun_trials.json").write_text(json.dumps([{"name": n, "train": {"model": "m"}, "group": None}
+                                                         for n in names]))
+    (exp / "spec.yaml").write_text("name: kinds\nconstraints: {max_params: 5000, target_test_acc: 0.9}\n")
+    (exp / "gridrun_launches.jsonl").write_text(json.dumps({"command": "gridrun launch k", "wall_s": 3.0,
+                                                            "provenance": {"git": {"commit": "abc"}}}) + "\n")
+    (exp / "reference.csv").write_text("label,model,test_acc\nA,m,99.0\n")
+    (exp / "gridrun.lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    return exp
+
+
+@pytest.fixture(scope="module")
+def kinds_base(tmp_path_factory):
+    exp = _all_kinds_experiment(tmp_path_factory.mktemp("kinds") / "kinds")
+    return exp, {t.name: t.status for t in load_experiment(exp).trials}
+
+
+def _read_every_way(exp: Path, out: Path):
+    """Everything that reads a folder: the report, status (text and JSON), load and history."""
+    import gridrun
+    from gridrun.status import render as render_status, snapshot, strict_json
+
+    e = load_experiment(exp)
+    md = report([str(exp)], reports_dir=str(out), echo=lambda _: None)[0]
+    snap = snapshot(exp)
+    render_status(snap)
+    json.loads(strict_json(snap), parse_constant=lambda c: pytest.fail(f"{c} in status --json"))
+    gridrun.load(exp), gridrun.history(exp)
+    return e, md.read_text()
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_every_kind_of_malformed_file_is_read_without_a_crash(name, kinds_base, tmp_path, monkeypatch):
+    """Each kind of file in turn, each corruption: no exception from report, status, load or
+    history; the file's trial is broken (or, for a file it does not need, as before) with a reason
+    naming the file; every other trial reads as before; a FIFO never blocks."""
+    import shutil
+    import signal
+
+    import gridrun.report as rep
+
+    monkeypatch.setattr(rep, "_plots", lambda exp, out: [])  # plots read the same records; seconds saved
+    base, before = kinds_base
+    owner = FILES[name]
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"reading hung on {name}"))
+    for kind, corrupt in CORRUPTIONS.items():
+        exp = tmp_path / kind / "kinds"
+        shutil.copytree(base, exp, symlinks=True)
+        path = next(p for p in exp.rglob(name) if owner is None or p.parent.name == owner)
+        corrupt(path)
+        signal.alarm(60)
+        try:
+            e, text = _read_every_way(exp, tmp_path / kind / "r")
+        finally:
+            signal.alarm(0)
+        after = {t.name: t for t in e.trials}
+        for n, status in before.items():
+            if n == owner or (owner is None and n == "pending0"):
+                continue  # a damaged manifest forgets the trial only it names
+            assert after[n].status == status, (name, kind, n, after[n].reason)
+        if owner in ("t0", "p0"):
+            t = after[owner]
+            assert t.status in ("broken", before[owner]), (name, kind)
+            if kind != "truncated":  # a metrics.csv cut at a row's end is a shorter history, not a bad file
+                assert t.status == "broken" and t.reason in text, (name, kind, t.status)  # the report says why
+            if kind in NOT_REGULAR or kind == "dangling":
+                assert name in t.reason and ("at most" in t.reason or kind != "huge"), (name, kind, t.reason)
+        if owner is None and name != "gridrun.lock" and kind in NOT_REGULAR + ("not_json",):
+            assert e.problems or "could not be read" in text, (name, kind)
+
+
+def test_report_of_every_experiment_goes_on_past_a_broken_one(tmp_path, capsys):
+    """One experiment whose trials saved different test labels (and no data files to decide):
+    the others are reported, and the broken one is named with why."""
+    runs = tmp_path / "runs"
+    fake_trial(runs / "a_good", "t0", LABELS, val_acc=0.9)
+    fake_trial(runs / "b_bad", "t0", LABELS, val_acc=0.9)
+    d = fake_trial(runs / "b_bad", "t1", LABELS, val_acc=0.9, seed=1)
+    np.save(d / "labels_test.npy", ((LABELS + 1) % 10).astype(np.uint8))
+    fake_trial(runs / "c_good", "t0", LABELS, val_acc=0.9)
+    assert main(["report", "--storage", str(runs)]) == 2
+    out, err = capsys.readouterr()
+    assert "wrote reports/a_good.md" in out.replace(str(tmp_path) + "/", "") or "a_good.md" in out
+    assert "c_good.md" in out and "b_bad.md" not in out
+    assert "1 of 3 experiments could not be read" in err and "b_bad" in err and "different test labels" in err
+    assert err.count("\n") == 1
+
+
+def test_no_choice_without_validation(tmp_path, capsys):
+    """val_size: 0: every validation value is missing (NaN or empty), so no config is bold or
+    chosen, status names no best config, and --json stays strict JSON."""
+    runs = tmp_path / "runs"
+    exp = runs / "noval"
+    for s in (0, 1):
+        fake_trial(exp, f"a_s{s}", wrong_on(range(3)), val_acc=float("nan"), model="a", seed=s)
+        fake_trial(exp, f"b_s{s}", LABELS, val_acc=float("nan"), model="b", seed=s)
+    (exp / "spec.yaml").write_text("name: noval\ndata: {val_size: 0}\nconstraints: {target_test_acc: 0.95}\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    table = text.split("## Results by config")[1].split("##")[0]
+    assert "**" not in table and "Chosen on validation" not in text and "No config is chosen" in text
+    assert "no ensemble is reported" in text
+    assert main(["status", "noval", "--storage", str(runs)]) == 0
+    assert "best config" not in capsys.readouterr().out
+    assert main(["status", "noval", "--storage", str(runs), "--json"]) == 0
+    raw = capsys.readouterr().out
+    snap = json.loads(raw, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert snap["best"] is None and "NaN" not in raw
+    import gridrun.analysis as analysis
+    from gridrun.results import load_experiment as load
+    assert analysis.chosen(analysis.config_summaries(load(exp).trials)) == (None, [])
