@@ -184,6 +184,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_best(args) -> int:
+    from .report import best
+
+    print(best(args.name, storage=args.storage, how="yaml" if args.yaml else "command" if args.command else "text"))
+    return 0
+
+
 def cmd_restore(args) -> int:
     from .export import restore
 
@@ -309,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="a folder (default exports/NAME) or FILE.tar.gz")
     p.add_argument("--storage", default="runs", help="where experiment names are looked up")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("best", help="the config chosen on validation (the report's rule), with mean ± std and n")
+    p.add_argument("name", metavar="NAME|PATH", help="experiment under --storage, or its folder")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--yaml", action="store_true", help="print it as a spec-ready YAML block")
+    how.add_argument("--command", action="store_true", help="print the `gridrun train --config` command of its "
+                                                            "first seed's trial")
+    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("restore", help="an exported folder or .tar.gz back into the storage folder")
     p.add_argument("source", metavar="FOLDER|FILE.tar.gz", help="what `gridrun export` wrote")

@@ -605,3 +605,62 @@ class BrokenExperiments(GridrunError):
         self.written, self.broken = written, broken
         super().__init__(f"{len(broken)} of {len(written) + len(broken)} experiments could not be read and have no "
                          f"report: {'; '.join(broken)}")
+
+
+# ---------------------------------------------------------------- gridrun best
+
+def best(target: str, storage: str = "runs", how: str = "text") -> str:
+    """The config the report's validation rule chooses (within the spec's budget when it sets
+    one), with its mean ± std and n: as text, as a spec-ready YAML block, or as the command that
+    retrains its first seed's trial."""
+    exp = load_experiment(find_experiments([target], storage)[0])
+    summaries = analysis.config_summaries(exp.trials)
+    if not summaries:
+        raise GridrunError(f"{exp.name} has no finished trial yet: `gridrun status {target}` shows where it is")
+    cons = exp.spec.get("constraints") or {}
+    chosen, ties = analysis.chosen(summaries, cons)
+    if chosen is None:
+        why = ("no trial recorded a validation accuracy (val_size: 0), and test accuracy chooses nothing"
+               if not analysis.has_validation(summaries) else f"no config is within {' and '.join(_cons_words(cons)[:2])}")
+        raise GridrunError(f"no config of {exp.name} can be chosen: {why}")
+    if how == "command":
+        first = min(chosen.members, key=lambda t: (t.config.get("seed", 0), t.name))
+        return f"gridrun train --config {_shown_path(first.dir / 'config.json')}"
+    budget = [w for w in _cons_words(cons) if not w.startswith("mean test")]
+    rule = "highest mean validation accuracy" + (f" among the configs within {' and '.join(budget)}" if budget else "")
+    numbers = f"val {_pm(chosen.val)}, test {_pm(chosen.test)}"
+    tie = f"; ties on validation with {'; '.join(t.label for t in ties)} (the first in trial order is shown)" if ties else ""
+    if how == "yaml":
+        return _spec_block(exp, chosen, f"# gridrun best {exp.name}: {chosen.label} ({rule}): {numbers}{tie}")
+    return (f"{exp.name}: {chosen.label} (config {chosen.id}), chosen by {rule}{tie}\n"
+            f"  {numbers}\n  trials: {', '.join(t.name for t in chosen.members)}")
+
+
+def _pm(stats: tuple) -> str:
+    mean, std, n = stats
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
+
+
+def _shown_path(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def _spec_block(exp: Experiment, chosen, comment: str) -> str:
+    """A YAML spec that reruns the chosen config with as many seeds: data fields under data:, every
+    other config field (not seed, not plumbing) under base:."""
+    import yaml
+
+    from .config import NOT_CONFIG
+    from .spec import Data
+
+    cfg = {k: v for k, v in chosen.config.items() if k not in NOT_CONFIG}
+    data = {k: cfg.pop(k) for k in list(cfg) if k in Data.model_fields}
+    seeds = sorted({t.config.get("seed", 0) for t in chosen.members})
+    spec = {"name": f"{exp.name}-best", "data": data, "base": cfg,
+            "seeds": seeds if seeds != list(range(len(seeds))) else len(seeds)}
+    return comment + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=False).rstrip()

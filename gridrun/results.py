@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, with_defaults
-from .identity import config_key
+from .identity import config_id, config_key, config_label, varying_fields
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
@@ -606,39 +606,63 @@ def resolve_experiment(name_or_path: str | os.PathLike, storage: str) -> Path:
     return find_experiments([str(name_or_path)], storage)[0]
 
 
+ROW_COLUMNS = ("trial", "status", "reason", "config", "config_id")  # what no config key or metric may overwrite
+
+
 def _config_columns(config: dict) -> dict:
-    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in config.items()}
+    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in config.items()
+            if k not in ROW_COLUMNS}
+
+
+def _identity_columns(exp: Experiment) -> dict[str, dict]:
+    """Per trial: `config`, a readable label of its config among the experiment's (model, then
+    the fields the configs vary), and `config_id`, stable and shared by its seeds."""
+    configs = [t.config for t in exp.trials if t.config]
+    varying = varying_fields(configs)
+    return {t.name: {"config": config_label(t.config, varying) if t.config else None,
+                     "config_id": config_id(t.config) if t.config else None} for t in exp.trials}
+
+
+def _metric_name(name: str) -> str:
+    """A metric's column: its own name, or epoch_NAME where a config field has that name (the
+    epoch's scheduled `lr` must not overwrite the config's)."""
+    return f"epoch_{name}" if name in FIELD_TYPES or name in ROW_COLUMNS else name
 
 
 def load(name_or_path: str | os.PathLike, storage: str = "runs"):
-    """One row per trial of an experiment: trial, status, reason, config fields, params, final
-    metrics, epochs, train seconds, device. Reads files only (no logits)."""
+    """One row per trial of an experiment: trial, status, reason, config, config_id, the config's
+    fields as the grid set them, params, epochs_done, final metrics (final_*), train seconds,
+    the device it ran on. Metrics never overwrite a config column. Reads files only (no logits)."""
     import pandas as pd
 
     exp = load_experiment(resolve_experiment(name_or_path, storage), logits=False)
+    ident = _identity_columns(exp)
     rows = []
     for t in exp.trials:
         final = t.final
-        rows.append({"trial": t.name, "status": t.status, "reason": t.reason, **_config_columns(t.config),
-                     "params": t.params, "epochs": len(t.history),
+        rows.append({"trial": t.name, "status": t.status, "reason": t.reason, **ident[t.name],
+                     **_config_columns(t.config),
+                     "params": t.params, "epochs_done": len(t.history),
                      **{f"final_{k}": final.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc",
                                                               "test_acc")},
                      "train_seconds": round(sum(t.epoch_seconds), 1),
-                     "device": t.meta.get("device"), "peak_gpu_mem_mb": t.meta.get("peak_gpu_mem_mb"),
+                     "ran_on": t.meta.get("device"), "peak_gpu_mem_mb": t.meta.get("peak_gpu_mem_mb"),
                      "group": t.group})
     return pd.DataFrame(rows)
 
 
 def history(name_or_path: str | os.PathLike, storage: str = "runs"):
-    """One row per trial and epoch: trial, its config fields, and that epoch's metrics."""
+    """One row per trial and epoch: trial, status, config, config_id, its config fields (not
+    plumbing) as the grid set them, and that epoch's metrics (`lr` as epoch_lr: see _metric_name)."""
     import pandas as pd
 
     exp = load_experiment(resolve_experiment(name_or_path, storage), logits=False)
+    ident = _identity_columns(exp)
     rows = []
     for t in exp.trials:
         cfg = _config_columns({k: v for k, v in t.config.items() if k not in NOT_CONFIG or k == "seed"})
         for h in t.history:
-            rows.append({"trial": t.name, "status": t.status, **cfg,
-                         **{k: (int(v) if k == "epoch" and v is not None and math.isfinite(v) else v)
+            rows.append({"trial": t.name, "status": t.status, **ident[t.name], **cfg,
+                         **{_metric_name(k): (int(v) if k == "epoch" and v is not None and math.isfinite(v) else v)
                             for k, v in h.items()}})
     return pd.DataFrame(rows)

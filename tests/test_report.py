@@ -461,3 +461,71 @@ def test_no_choice_without_validation(tmp_path, capsys):
     import gridrun.analysis as analysis
     from gridrun.results import load_experiment as load
     assert analysis.chosen(analysis.config_summaries(load(exp).trials)) == (None, [])
+
+
+def test_metrics_never_overwrite_config_columns(tmp_path):
+    """The grid's lr and epochs stay the config's in load and history (the epoch's scheduled lr is
+    epoch_lr, the epochs run epochs_done), beside a readable config label and a stable config id."""
+    import gridrun
+    from gridrun.identity import config_id
+
+    exp = tmp_path / "cols"
+    for lr in (0.05, 0.2):
+        for s in (0, 1):
+            d = fake_trial(exp, f"lr{lr}_s{s}", LABELS, val_acc=0.9, seed=s, epochs=2)
+            cfg = json.loads((d / "config.json").read_text())
+            (d / "config.json").write_text(json.dumps({**cfg, "lr": lr, "epochs": 5}))  # stopped after 2 of 5
+    h = gridrun.history(exp)
+    assert sorted(h.groupby("lr").groups) == [0.05, 0.2] and set(h["epoch_lr"]) == {0.01}
+    assert sorted(h.groupby("config")["trial"].nunique().items()) == [("m lr=0.05", 2), ("m lr=0.2", 2)]
+    df = gridrun.load(exp)
+    assert set(df["epochs"]) == {5} and set(df["epochs_done"]) == {2} and set(df["lr"]) == {0.05, 0.2}
+    assert df.groupby("config_id")["trial"].count().tolist() == [2, 2]
+    cfg = json.loads((exp / "lr0.05_s1" / "config.json").read_text())
+    cfg.pop("_meta")
+    from gridrun.config import with_defaults
+    assert df.set_index("trial").loc["lr0.05_s1", "config_id"] == config_id(with_defaults(cfg))
+
+
+def test_best_is_the_reports_validation_choice_as_text_yaml_and_command(tmp_path, capsys, monkeypatch):
+    """Config vanilla has the better validation mean within the budget; tinynet the better test
+    accuracy; a config over the parameter budget has the best validation of all: `best` names
+    vanilla, as the report's summary line does, with mean ± std and n; its YAML block is a spec
+    whose trials are that config; its command trains the first seed's trial from its file."""
+    from gridrun.identity import config_id
+    from gridrun.spec import load_trials
+
+    runs = tmp_path / "runs"
+    exp = runs / "pick"
+    for s in (0, 1):
+        fake_trial(exp, f"v_s{s}", wrong_on(range(10)), val_acc=0.95 + s / 100, model="vanilla", seed=s)
+        fake_trial(exp, f"t_s{s}", LABELS, val_acc=0.90, model="tinynet_7k", seed=s)
+        fake_trial(exp, f"big_s{s}", LABELS, val_acc=0.99, model="tinynet_7k", seed=s, params=90_000, epochs=3)
+    (exp / "spec.yaml").write_text("name: pick\nconstraints: {max_params: 20000, target_test_acc: 0.9}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["best", "pick"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("pick: vanilla epochs=2 (config ") and "within params ≤ 20,000" in text, text
+    assert "val 95.50 ± 0.71 (n=2), test 66.67 ± 0.00 (n=2)" in text
+    assert "trials: v_s0, v_s1" in text
+    rep = report(["pick"], storage=str(runs), reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "Chosen on validation among the configs within params ≤ 20,000: vanilla," in rep
+    assert main(["best", "pick", "--command"]) == 0
+    assert capsys.readouterr().out.strip() == "gridrun train --config runs/pick/v_s0/config.json"
+    assert main(["best", "pick", "--yaml"]) == 0
+    block = capsys.readouterr().out
+    (tmp_path / "best.yaml").write_text(block)
+    _, trials = load_trials(tmp_path / "best.yaml")
+    chosen = json.loads((exp / "v_s0" / "config.json").read_text())
+    chosen.pop("_meta")
+    from gridrun.config import with_defaults
+    assert {config_id(t["train"]) for t in trials} == {config_id(with_defaults(chosen))}
+    assert sorted(t["train"]["seed"] for t in trials) == [0, 1]
+
+
+def test_best_refuses_when_nothing_can_be_chosen(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_trial(runs / "nv", "a_s0", LABELS, val_acc=float("nan"))
+    assert main(["best", "nv", "--storage", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "no config of nv can be chosen" in err and "val_size: 0" in err and err.count("\n") == 1
