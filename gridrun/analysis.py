@@ -116,3 +116,10 @@ def chosen(summaries: list[ConfigSummary], cons: dict | None = None) -> tuple[Co
     """The report's choice: the best by validation among the configs within the budget."""
     cons = cons or {}
     return best_by_validation([s for s in summaries if s.within(cons)])
+
+
+def rank_by_validation(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Finished runs, best validation accuracy first (then lower val loss, then name): the
+    ensemble's members are the first K."""
+    done = [t for t in trials if t.status == "finished" and finite(t.final.get("val_acc"))]
+    return sorted(done, key=lambda t: (-t.final["val_acc"], t.final.get("val_loss") or 0.0, t.name))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis
+from .analysis import rank_by_validation
 from .errors import GridrunError
 from .config import field_names
 from .identity import config_key, config_label, varying_fields
@@ -75,13 +76,6 @@ def vote(members: list[Trial], rule: str) -> np.ndarray:
     if rule == "softmax":
         return majority_vote([t.test_logits for t in members])
     return majority_vote_labels([t.test_preds for t in members])
-
-
-def rank_by_validation(trials: list[Trial]) -> list[Trial]:
-    """Finished trials, best validation accuracy first (then lower val loss, then name)."""
-    done = [t for t in trials if t.status == "finished" and t.final.get("val_acc") is not None
-            and not math.isnan(t.final["val_acc"])]
-    return sorted(done, key=lambda t: (-t.final["val_acc"], t.final.get("val_loss") or 0.0, t.name))
 
 
 def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int], rule: str = "softmax") -> list[tuple[int, float]]:

@@ -386,26 +386,21 @@ def _read_every_way(exp: Path, out: Path):
 def test_every_kind_of_malformed_file_is_read_without_a_crash(name, kinds_base, tmp_path, monkeypatch):
     """Each kind of file in turn, each corruption: no exception from report, status, load or
     history; the file's trial is broken (or, for a file it does not need, as before) with a reason
-    naming the file; every other trial reads as before; a FIFO never blocks."""
+    naming the file; every other trial reads as before; a FIFO never blocks (a hang is caught by
+    pytest-timeout)."""
     import shutil
-    import signal
 
     import gridrun.report as rep
 
     monkeypatch.setattr(rep, "_plots", lambda exp, out: [])  # plots read the same records; seconds saved
     base, before = kinds_base
     owner = FILES[name]
-    signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"reading hung on {name}"))
     for kind, corrupt in CORRUPTIONS.items():
         exp = tmp_path / kind / "kinds"
         shutil.copytree(base, exp, symlinks=True)
         path = next(p for p in exp.rglob(name) if owner is None or p.parent.name == owner)
         corrupt(path)
-        signal.alarm(60)
-        try:
-            e, text = _read_every_way(exp, tmp_path / kind / "r")
-        finally:
-            signal.alarm(0)
+        e, text = _read_every_way(exp, tmp_path / kind / "r")
         after = {t.name: t for t in e.trials}
         for n, status in before.items():
             if n == owner or (owner is None and n == "pending0"):
