@@ -148,7 +148,7 @@ def render(snap: dict) -> str:
         spread = f" ± {100 * b['val_acc_std']:.2f}" if b["val_acc_std"] is not None else ""
         cfg = ", ".join(f"{k}={v}" for k, v in b["config"].items())
         lines.append(f"  best config so far by validation: {cfg}: val {100 * b['val_acc_mean']:.2f}{spread} "
-                     f"(n={b['n']})")
+                     f"(n={b['n']})" + (f"; ties with {'; '.join(b['ties'])}" if b["ties"] else ""))
     return "\n".join(lines)
 
 
