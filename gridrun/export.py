@@ -100,7 +100,7 @@ def export(name_or_path: str, out: str | None = None, storage: str = "runs", ech
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = out_path.stat().st_size if archive else sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
-    echo(f"exported {exp.name}: {kept_trials} trials to {out_path} ({size / 1024:,.0f} KB, "
+    echo(f"exported {exp.name}: {kept_trials} trial{'s' if kept_trials != 1 else ''} to {out_path} ({size / 1024:,.0f} KB, "
          f"{size / 1024 / max(1, kept_trials):,.1f} KB per trial); no weights, checkpoints, logits or Ray state"
          + (f"; {len(left_out)} unsettled trials left out (a launch over the export reruns them)" if left_out else ""))
     return out_path

@@ -424,13 +424,18 @@ def test_report_of_every_experiment_goes_on_past_a_broken_one(tmp_path, capsys):
     fake_trial(runs / "a_good", "t0", LABELS, val_acc=0.9)
     fake_trial(runs / "b_bad", "t0", LABELS, val_acc=0.9)
     d = fake_trial(runs / "b_bad", "t1", LABELS, val_acc=0.9, seed=1)
-    np.save(d / "labels_test.npy", ((LABELS + 1) % 10).astype(np.uint8))
+    np.save(d / "labels_test.npy", ((LABELS + 1) % 10).astype(np.uint8))  # one against one: no majority
+    fake_trial(runs / "c_good", "t2", LABELS, val_acc=0.9, seed=2)
+    d = fake_trial(runs / "c_good", "t3", LABELS, val_acc=0.9, seed=3)
+    np.save(d / "labels_test.npy", ((LABELS + 1) % 10).astype(np.uint8))  # two against one: t3 is broken
     fake_trial(runs / "c_good", "t0", LABELS, val_acc=0.9)
     assert main(["report", "--storage", str(runs)]) == 2
     out, err = capsys.readouterr()
     assert "wrote reports/a_good.md" in out.replace(str(tmp_path) + "/", "") or "a_good.md" in out
     assert "c_good.md" in out and "b_bad.md" not in out
     assert "1 of 3 experiments could not be read" in err and "b_bad" in err and "different test labels" in err
+    t3 = next(t for t in load_experiment(runs / "c_good").trials if t.name == "t3")
+    assert t3.status == "broken" and "differs from the one 2 of 3 finished trials saved" in t3.reason
     assert err.count("\n") == 1
 
 
