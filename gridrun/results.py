@@ -168,6 +168,8 @@ def read_text(path: Path, limit: int = MAX_SMALL) -> str:
 def read_json(path: Path, limit: int = MAX_SMALL):
     try:
         return json.loads(read_text(path, limit))
+    except RecursionError:  # brackets nested deeper than Python's stack: no gridrun file is
+        raise Unreadable(f"{Path(path).name} nests too deep to be a gridrun file") from None
     except ValueError as e:
         if isinstance(e, Unreadable):
             raise
@@ -183,8 +185,9 @@ def read_npy(path: Path, limit: int = MAX_LARGE) -> np.ndarray:
         version = np.lib.format.read_magic(f)
         header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
         shape, fortran, dtype = header[version](f)
-    except (ValueError, KeyError, EOFError, SyntaxError, TypeError) as e:
-        raise Unreadable(f"{name} is not a .npy array ({str(e)[:80] or 'bad header'})") from None
+    except Exception as e:  # numpy parses the header with ast.literal_eval: any of its errors (a
+        # TokenError, a RecursionError from nested brackets, ...) means the header is not one
+        raise Unreadable(f"{name} is not a .npy array ({type(e).__name__})") from None
     if dtype.hasobject or dtype.itemsize == 0:
         raise Unreadable(f"{name} holds {dtype} (numbers expected)")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -198,13 +201,16 @@ def read_history(path: Path) -> list[dict]:
     """metrics.csv: one dict of floats (None where empty) per epoch."""
     rows = []
     text = read_text(path, MAX_LARGE)
-    for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
-        if None in row or None in row.values():
-            raise Unreadable(f"metrics.csv row {i + 1} has another number of values than its header")
-        try:
-            rows.append({k: (float(v) if v not in ("", "None") else None) for k, v in row.items()})
-        except ValueError:
-            raise Unreadable(f"metrics.csv row {i + 1} holds a value that is not a number") from None
+    try:
+        for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
+            if None in row or None in row.values():
+                raise Unreadable(f"metrics.csv row {i + 1} has another number of values than its header")
+            try:
+                rows.append({k: (float(v) if v not in ("", "None") else None) for k, v in row.items()})
+            except ValueError:
+                raise Unreadable(f"metrics.csv row {i + 1} holds a value that is not a number") from None
+    except csv.Error as e:
+        raise Unreadable(f"metrics.csv is not CSV ({str(e)[:80]})") from None
     return rows
 
 
@@ -420,7 +426,7 @@ def read_launches(path: Path, problems: list | None = None) -> list[dict]:
     for line in text.splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             rec = None
         if isinstance(rec, dict):
             out.append(_clean_launch(rec))
@@ -453,7 +459,7 @@ def read_spec(path: Path, problems: list | None = None) -> dict:
         return {}
     try:
         raw = safe_yaml(read_text(path / SPEC_COPY, MAX_SPEC_BYTES), str(path / SPEC_COPY))
-    except (Unreadable, OSError, SpecError) as e:
+    except (Unreadable, OSError, SpecError, RecursionError) as e:
         _note(problems, f"{SPEC_COPY} unreadable ({str(e)[:150]}): reported without it")
         return {}
     if not isinstance(raw, dict):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gridrun.cli import main
 from gridrun.report import load_experiment, majority_vote, rank_by_validation, report
@@ -328,6 +330,7 @@ CORRUPTIONS = {
     "npy_huge_shape": lambda p: p.write_bytes(_npy_claiming_a_huge_shape()),
     "npy_of_text": lambda p: np.save(p.open("wb"), np.array(["a", "b"])),
     "csv_rows": lambda p: p.write_text("epoch,val_acc,test_acc\n1,0.5\n2,0.5,0.9,7\nx,y,z\n"),
+    "deep_nesting": lambda p: p.write_text("[" * 200_000 + "]" * 200_000),
 }
 # Where each kind of file lives in the fixture below, and whose it is (None: the experiment's).
 FILES = {"config.json": "t0", "metrics.csv": "t0", "summary.json": "t0", "logits_test.npy": "t0",
@@ -529,3 +532,27 @@ def test_best_refuses_when_nothing_can_be_chosen(tmp_path, capsys):
     assert main(["best", "nv", "--storage", str(runs)]) == 2
     err = capsys.readouterr().err
     assert "no config of nv can be chosen" in err and "val_size: 0" in err and err.count("\n") == 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(FILES)), keep=st.integers(0, 400),
+       data=st.binary(max_size=300) | st.text("0123456789,.-e\n{}[]\":nulaN ", max_size=120).map(str.encode))
+def test_random_bytes_in_any_file_never_crash_a_reader(kinds_base, tmp_path_factory, name, data, keep):
+    """Property: any bytes (random, or a prefix of the real file followed by random ones) in any
+    kind of file leave every other trial as it was and raise nothing in load, status or pandas."""
+    import shutil
+
+    import gridrun
+    from gridrun.status import snapshot, strict_json
+
+    base, before = kinds_base
+    exp = tmp_path_factory.mktemp("prop") / "kinds"
+    shutil.copytree(base, exp, symlinks=True)
+    owner = FILES[name]
+    path = next(p for p in exp.rglob(name) if owner is None or p.parent.name == owner)
+    path.write_bytes(path.read_bytes()[:keep] + data)
+    after = {t.name: t.status for t in load_experiment(exp).trials}
+    json.loads(strict_json(snapshot(exp)))
+    gridrun.load(exp), gridrun.history(exp)
+    assert {n: s for n, s in after.items() if n not in (owner, "pending0")} == \
+           {n: s for n, s in before.items() if n not in (owner, "pending0")}
