@@ -41,7 +41,7 @@ TRIAL_FILES = ("config.json", "metrics.csv", "summary.json", "error.txt", "stopp
                "labels_test.npy", "preds_val.npy", "preds_test.npy", "events.out.tfevents.*")
 GROUP_FILES = (results.GROUP_FILE,)
 SETTLED = ("finished", "diverged", "failed", "stopped", "broken")  # what an export keeps of a trial
-MAX_ARCHIVE_BYTES = 4 << 30  # what a restore unpacks at most (a 5,000-trial export is ~200 MB)
+MAX_ARCHIVE_BYTES = 1 << 30  # what a restore unpacks at most (a 5,000-trial export is ~200 MB)
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -163,6 +163,7 @@ def test_export_never_writes_into_the_experiment_or_over_other_files(tmp_path, c
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow  # two Ray launches: ~30 s on a 2-core CPU
 def test_a_launch_over_an_export_keeps_its_finished_trials_and_runs_the_rest(ray_local, synth_dir, tmp_path):
     from conftest import write_spec
     from gridrun.launch import launch
@@ -184,3 +185,6 @@ def test_a_launch_over_an_export_keeps_its_finished_trials_and_runs_the_rest(ray
     assert {t.status for t in trials.values()} == {"finished"}
     text = report([str(out)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
     assert "voted by the member best on validation" in text  # one rule for all: a member has labels only
+    h = gridrun.history(out)  # a real run's scheduled lr (onecycle) is epoch_lr; lr stays the grid's
+    assert sorted(h.groupby("lr").groups) == [0.01] and (h["epoch_lr"] != 0.01).all()
+    assert set(h["config"]) == {"tinynet_7k"} and h["config_id"].nunique() == 1
