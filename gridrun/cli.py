@@ -165,9 +165,13 @@ def cmd_launch(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report
+    from .report import BrokenExperiments, report
 
-    report(args.targets, out=args.out, top_k=args.top_k, storage=args.storage, reports_dir=_reports())
+    try:
+        report(args.targets, out=args.out, top_k=args.top_k, storage=args.storage, reports_dir=_reports())
+    except BrokenExperiments as e:  # the others were reported: something failed, nothing was refused
+        print(f"{PREFIX}{e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -314,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "Ray state; report, status, load and a relaunch read it")
     p.add_argument("name", metavar="NAME|PATH", help="experiment under --storage, or its folder")
     p.add_argument("--out", default=None, help="a folder (default exports/NAME) or FILE.tar.gz")
-    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("best", help="the config chosen on validation (the report's rule), with mean ± std and n")
@@ -323,12 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--yaml", action="store_true", help="print it as a spec-ready YAML block")
     how.add_argument("--command", action="store_true", help="print the `gridrun train --config` command of its "
                                                             "first seed's trial")
-    p.add_argument("--storage", default="runs", help="where experiment names are looked up")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("restore", help="an exported folder or .tar.gz back into the storage folder")
     p.add_argument("source", metavar="FOLDER|FILE.tar.gz", help="what `gridrun export` wrote")
-    p.add_argument("--storage", default="runs", help="where it goes: STORAGE/NAME (default runs/)")
+    p.add_argument("--storage", default=_storage(), help=f"where it goes: STORAGE/NAME {where}")
     p.add_argument("--name", default=None, help="the experiment's name there (default: the exported one)")
     p.set_defaults(func=cmd_restore)
 
