@@ -25,7 +25,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import time
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -100,6 +99,9 @@ def export(name_or_path: str, out: str | None = None, storage: str = "runs", ech
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = out_path.stat().st_size if archive else sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
+    if holder := results.lock_holder(src):
+        echo(f"notice: a launch of {exp.name} is running (pid {holder.get('pid')} on {holder.get('host')}): "
+             f"its unfinished trials are left out; export again when it ends")
     echo(f"exported {exp.name}: {kept_trials} trial{'s' if kept_trials != 1 else ''} to {out_path} ({size / 1024:,.0f} KB, "
          f"{size / 1024 / max(1, kept_trials):,.1f} KB per trial); no weights, checkpoints, logits or Ray state"
          + (f"; {len(left_out)} unsettled trials left out (a launch over the export reruns them)" if left_out else ""))
@@ -135,7 +137,7 @@ def _write_slim(src: Path, exp: results.Experiment, dest: Path) -> tuple[int, li
                 with open(target / f"preds_{split}.npy", "wb") as f:
                     np.save(f, preds.astype(np.uint8))
     (dest / MARK).write_text(json.dumps({
-        "experiment": exp.name, "from": str(src.resolve()), "exported_at": round(time.time()),
+        "experiment": exp.name, "from": str(src.resolve()),  # no timestamp: an unchanged re-export is the same bytes
         "gridrun": __version__, "trials": exp.counts(), "left_out": left_out,
         "scores": "predicted labels (uint8 argmax of the float16 logits), no logits"}, indent=1))
     return len(keep), left_out

@@ -188,3 +188,13 @@ def test_a_launch_over_an_export_keeps_its_finished_trials_and_runs_the_rest(ray
     h = gridrun.history(out)  # a real run's scheduled lr (onecycle) is epoch_lr; lr stays the grid's
     assert sorted(h.groupby("lr").groups) == [0.01] and (h["epoch_lr"] != 0.01).all()
     assert set(h["config"]) == {"tinynet_7k"} and h["config_id"].nunique() == 1
+
+
+def test_an_unchanged_reexport_is_the_same_bytes(tmp_path):
+    """What a window commits does not churn: exporting again over an earlier export of the same
+    folder changes no file."""
+    exp = full_experiment(tmp_path / "runs" / "full")
+    out = export(str(exp), out=str(tmp_path / "ex" / "full"), echo=lambda _: None)
+    first = {f: (out / f).read_bytes() for f in files(out)}
+    export(str(exp), out=str(out), echo=lambda _: None)
+    assert {f: (out / f).read_bytes() for f in files(out)} == first
