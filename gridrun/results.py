@@ -314,7 +314,7 @@ def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
     summary = read_json(d / "summary.json")
     if not isinstance(summary, dict):
         raise Unreadable("summary.json is not a JSON object")
-    if not isinstance(summary.get("status"), str) or not _count(summary.get("params", 0)):
+    if not isinstance(summary.get("status"), str) or not (summary.get("params") is None or _count(summary["params"])):
         raise Unreadable("summary.json: its status is not text or its params not a whole number")
     t.summary = summary
     t.params = t.params if t.params is not None else summary.get("params")
