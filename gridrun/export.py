@@ -123,15 +123,15 @@ def _check_out(src: Path, out: Path, archive: bool) -> None:
 def _write_slim(src: Path, exp: results.Experiment, dest: Path) -> tuple[int, list[str]]:
     """Copy the kept files of the settled trials and the experiment; write each finished trial's
     predicted labels. Returns (trials kept, names left out)."""
-    keep = {t.dir.resolve(): t for t in exp.trials if t.dir is not None and t.status in SETTLED}
+    # Trial folders as the reader found them (src joined with their names; a linked one is never followed)
+    keep = {t.dir: t for t in exp.trials if t.dir is not None and t.status in SETTLED and not t.dir.is_symlink()}
     left_out = [t.name for t in exp.trials if t.dir is not None and t.status not in SETTLED]
     for rel, path in _walk(src):
-        owner = path.parent.resolve()
-        if len(rel.parts) > 1 and not (rel.name in GROUP_FILES or owner in keep):
+        if len(rel.parts) > 1 and not (rel.name in GROUP_FILES or path.parent in keep):
             continue
         _copy(path, dest / rel)
     for d, t in keep.items():
-        target = dest / d.relative_to(src.resolve())
+        target = dest / d.relative_to(src)
         for split, preds in (("val", t.val_preds), ("test", t.test_preds)):
             if preds is not None:
                 with open(target / f"preds_{split}.npy", "wb") as f:

@@ -42,6 +42,7 @@ def full_experiment(exp: Path) -> Path:
     (exp / "fused_x" / "fused_group.json").write_text('{"members": ["f_s0"]}')
     fake_trial(exp / "fused_x", "f_s0", wrong_on(range(3)), val_acc=0.85, model="f")
     (exp / "spec.yaml").write_text("name: full\nreport: {top_k: 3}\n")
+    (exp / "linked").symlink_to(exp / "t0")  # a trial folder that is a link: broken, never followed
     (exp / "gridrun_launches.jsonl").write_text(json.dumps({"command": "gridrun launch x", "wall_s": 3}) + "\n")
     for f in ("tuner.pkl", "experiment_state-1.json", "gridrun.lock"):
         (exp / f).write_text("{}")
@@ -61,12 +62,13 @@ def test_export_keeps_the_slim_files_and_reads_as_the_original(tmp_path):
             "fused_x/fused_group.json", "fused_x/f_s0/preds_test.npy", "bad/error.txt", "div/summary.json",
             "spec.yaml", "gridrun_launches.jsonl", "gridrun_export.json"} <= kept
     assert not any(f.startswith("half/") for f in kept)  # unsettled: a relaunch reruns it from scratch
+    assert not any(f.startswith("linked/") for f in kept)
     preds = np.load(out / "t1" / "preds_test.npy")
     assert preds.dtype == np.uint8 and np.array_equal(preds, wrong_on(range(5, 10)))
     a, b = load_experiment(exp), load_experiment(out)
-    same = {t.name: (t.status, t.test_acc_recomputed, t.group, t.final) for t in a.trials if t.name != "half"}
-    assert {t.name: (t.status, t.test_acc_recomputed, t.group, t.final) for t in b.trials if t.name != "half"} == same
-    assert [t.status for t in b.trials if t.name == "half"] == []
+    same = {t.name: (t.status, t.test_acc_recomputed, t.group, t.final) for t in a.trials
+            if t.name not in ("half", "linked")}
+    assert {t.name: (t.status, t.test_acc_recomputed, t.group, t.final) for t in b.trials} == same
     assert b.labels_only and not a.labels_only
 
 
@@ -83,7 +85,7 @@ def test_report_status_and_load_from_an_export(tmp_path, capsys):
     snap = json.loads(capsys.readouterr().out)
     assert snap["counts"]["finished"] == 4 and snap["counts"]["failed"] == 1 and snap["best"]["config"]["model"] == "m0"
     df = gridrun.load(tmp_path / "ex" / "full")
-    assert sorted(df["trial"]) == ["bad", "div", "f_s0", "t0", "t1", "t2"]
+    assert sorted(df["trial"]) == ["bad", "div", "f_s0", "t0", "t1", "t2"]  # "linked" was never exported
     assert df.set_index("trial").loc["t0", "final_val_acc"] == 0.9
     orig = report([str(exp)], reports_dir=str(tmp_path / "r0"), echo=lambda _: None)[0].read_text()
     assert "a tie goes to the class with the larger summed softmax" in orig  # logits: the rule is unchanged
