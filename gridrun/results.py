@@ -283,7 +283,8 @@ def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bo
     """One trial folder -> TrialRecord with its status and reason; a broken file never raises.
     With logits=False the scores are not loaded (status and metrics only)."""
     t = TrialRecord(name=name, dir=d, config=dict(config) if isinstance(config, dict) else {})
-    if d is None or not d.is_dir():
+    if d is None or not d.is_dir():  # pending: its config as the manifest has it, filled as a trial's is
+        t.config = {k: v for k, v in with_defaults(t.config).items() if k != "out_dir"} if t.config else {}
         return t
     if d.is_symlink():
         t.status, t.reason = "broken", "its folder is a symbolic link (not read)"

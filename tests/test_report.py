@@ -556,3 +556,18 @@ def test_random_bytes_in_any_file_never_crash_a_reader(kinds_base, tmp_path_fact
     gridrun.load(exp), gridrun.history(exp)
     assert {n: s for n, s in after.items() if n not in (owner, "pending0")} == \
            {n: s for n, s in before.items() if n not in (owner, "pending0")}
+
+
+def test_a_pending_trial_has_the_config_id_of_its_finished_seeds(tmp_path):
+    """The manifest's config of a trial not yet started is filled with defaults like a trial's
+    own config.json, so its config and config_id match its config's other seeds."""
+    import gridrun
+
+    exp = tmp_path / "pend"
+    fake_trial(exp, "m_s0", LABELS, val_acc=0.9)
+    cfg = json.loads((exp / "m_s0" / "config.json").read_text())
+    cfg.pop("_meta")
+    (exp / "gridrun_trials.json").write_text(json.dumps([{"name": "m_s0", "train": cfg},
+                                                         {"name": "m_s1", "train": {**cfg, "seed": 1}}]))
+    df = gridrun.load(exp).set_index("trial")
+    assert df.loc["m_s1", "status"] == "pending" and df.loc["m_s1", "config_id"] == df.loc["m_s0", "config_id"]
