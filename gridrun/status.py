@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import GridrunError
 from . import analysis
-from .results import find_experiments, is_experiment, load_experiment, lock_holder
+from .results import MAX_LARGE, Unreadable, find_experiments, is_experiment, load_experiment, lock_holder, read_bytes
 
 ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
 
@@ -72,14 +72,14 @@ def _tune_times(exp) -> tuple[float | None, float | None]:
     apart, evaluation and checkpoint included (metrics.csv's seconds are the training alone)."""
     first, later = [], []
     for d in {t.dir.parent if t.group else t.dir for t in exp.trials if t.dir is not None}:
-        try:
-            lines = (d / "result.json").read_text(errors="replace").splitlines()
-        except OSError:
+        try:  # bounded, regular files only, like every file the reader opens
+            lines = read_bytes(d / "result.json", MAX_LARGE).decode("utf-8", "replace").splitlines()
+        except (Unreadable, OSError):
             continue
         for line in lines:
             try:
                 r = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             s = r.get("time_this_iter_s") if isinstance(r, dict) else None
             if isinstance(s, (int, float)) and math.isfinite(s):
