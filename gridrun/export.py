@@ -102,7 +102,8 @@ def export(name_or_path: str, out: str | None = None, storage: str = "runs", ech
     if holder := results.lock_holder(src):
         echo(f"notice: a launch of {exp.name} is running (pid {holder.get('pid')} on {holder.get('host')}): "
              f"its unfinished trials are left out; export again when it ends")
-    echo(f"exported {exp.name}: {kept_trials} trial{'s' if kept_trials != 1 else ''} to {out_path} ({size / 1024:,.0f} KB, "
+    trials = f"{kept_trials} trial{'s' if kept_trials != 1 else ''}"
+    echo(f"exported {exp.name}: {trials} to {out_path} ({size / 1024:,.0f} KB, "
          f"{size / 1024 / max(1, kept_trials):,.1f} KB per trial); no weights, checkpoints, logits or Ray state"
          + (f"; {len(left_out)} unsettled trials left out (a launch over the export reruns them)" if left_out else ""))
     return out_path

@@ -78,7 +78,8 @@ def vote(members: list[Trial], rule: str) -> np.ndarray:
     return majority_vote_labels([t.test_preds for t in members])
 
 
-def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int], rule: str = "softmax") -> list[tuple[int, float]]:
+def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int],
+                   rule: str = "softmax") -> list[tuple[int, float]]:
     return [(k, float((vote(ranked[:k], rule) == labels).mean())) for k in ks]
 
 
@@ -614,8 +615,9 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
     cons = exp.spec.get("constraints") or {}
     chosen, ties = analysis.chosen(summaries, cons)
     if chosen is None:
+        budget = " and ".join(w for w in _cons_words(cons) if not w.startswith("mean test"))
         why = ("no trial recorded a validation accuracy (val_size: 0), and test accuracy chooses nothing"
-               if not analysis.has_validation(summaries) else f"no config is within {' and '.join(_cons_words(cons)[:2])}")
+               if not analysis.has_validation(summaries) else f"no config is within {budget}")
         raise GridrunError(f"no config of {exp.name} can be chosen: {why}")
     if how == "command":
         first = min(chosen.members, key=lambda t: (t.config.get("seed", 0), t.name))
@@ -623,7 +625,8 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
     budget = [w for w in _cons_words(cons) if not w.startswith("mean test")]
     rule = "highest mean validation accuracy" + (f" among the configs within {' and '.join(budget)}" if budget else "")
     numbers = f"val {_pm(chosen.val)}, test {_pm(chosen.test)}"
-    tie = f"; ties on validation with {'; '.join(t.label for t in ties)} (the first in trial order is shown)" if ties else ""
+    tie = (f"; ties on validation with {'; '.join(t.label for t in ties)} (the first in trial order is shown)"
+           if ties else "")
     if how == "yaml":
         return _spec_block(exp, chosen, f"# gridrun best {exp.name}: {chosen.label} ({rule}): {numbers}{tie}")
     return (f"{exp.name}: {chosen.label} (config {chosen.id}), chosen by {rule}{tie}\n"

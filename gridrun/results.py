@@ -445,7 +445,7 @@ def _clean_launch(rec: dict) -> dict:
     prov = out.get("provenance")
     if prov is not None:
         out["provenance"] = {k: v for k, v in prov.items()
-                             if (k == "git" and isinstance(v, dict)) or (k != "git" and isinstance(v, (str, int, float)))}
+                             if isinstance(v, dict if k == "git" else (str, int, float))}
         git = out["provenance"].get("git")
         if git is not None:
             out["provenance"]["git"] = {k: v for k, v in git.items() if isinstance(v, (str, bool, int))}
