@@ -4,13 +4,18 @@ or names trials (spec, plan, launch, results, report, status, hparams) asks this
 
 A *trial* is identified by every field that changes what it computes (not plumbing); a
 *config* by those fields less the seed, so the seeds of one config share a config id.
+Identity is by value (`canonical`): however a spec writes a config (an axis or base, a
+default written out or left out, 5e-4 or 0.0005, 1 or 1.0 for a float field, a model
+argument at its factory's default), the same resolved values are the same trial. A config
+already in canonical form hashes as it always did, so older experiments keep their ids.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
-from .config import NOT_CONFIG, PLUMBING
+from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
 
 # What the members of one fused group must share: one batched model, one data split, one
 # epoch loop, one device. The other config fields (lr, weight decay, augmentation, seed, ...)
@@ -28,14 +33,87 @@ def _hash(text: str, n: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+def _number(v):
+    """A float field's value as a float (1 and 1.0 are one value); -0.0 is 0.0."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    v = float(v)
+    return 0.0 if v == 0 else v
+
+
+def _numbers(d: dict) -> dict:
+    return {k: _number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in d.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _model_defaults(model: str) -> dict:
+    from .models import model_defaults
+
+    try:
+        return model_defaults(model)
+    except Exception:  # an unknown model (a foreign or older folder): no defaults to drop
+        return {}
+
+
+@functools.lru_cache(maxsize=64)
+def _aug_defaults(policy: str) -> dict:
+    from dataclasses import asdict
+
+    from .augment import make_params
+
+    try:
+        return asdict(make_params(None, policy))
+    except Exception:  # an unknown policy: no defaults to drop
+        return {}
+
+
+def _same(a, b) -> bool:
+    """Equal values (1 == 1.0), but None, False and 0 stay apart."""
+    return a == b and (a is None) == (b is None) and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _model_part(train: dict) -> tuple:
+    """(dropout, model_args) with every argument at its factory's default left out, and a
+    dropout given in model_args moved to `dropout`: the spellings of one model are one value."""
+    args = dict(train.get("model_args") or {}) if isinstance(train.get("model_args"), dict) else train.get("model_args")
+    dropout = train.get("dropout")
+    if not isinstance(args, dict) or (not args and dropout is None):
+        return dropout, args
+    defaults = _model_defaults(str(train.get("model")))
+    if dropout is None and "dropout" in args:
+        dropout = args.pop("dropout")
+    if dropout is not None and "dropout" in defaults and _same(_number(dropout), _number(defaults["dropout"])):
+        dropout = None
+    args = {k: v for k, v in args.items() if not (k in defaults and _same(v, defaults[k]))}
+    return (_number(dropout) if dropout is not None else None), _numbers(args)
+
+
+def canonical(train: dict) -> dict:
+    """A config's resolved values: every field present (defaults filled in), float fields as
+    floats, model arguments and augmentation strengths at their defaults left out."""
+    c = with_defaults(train)
+    if not isinstance(c, dict):
+        return c
+    for k, ft in FIELD_TYPES.items():
+        if ft.kind == "float" and k in c:
+            c[k] = _number(c[k])
+    if c.get("dropout") is not None or c.get("model_args"):
+        c["dropout"], c["model_args"] = _model_part(c)
+    aug = c.get("aug")
+    if isinstance(aug, dict) and aug:
+        defaults = _aug_defaults(str(c.get("augment")))
+        c["aug"] = {k: _number(v) for k, v in aug.items() if not (k in defaults and _same(_number(v), _number(defaults[k])))}
+    return c
+
+
 def trial_id(train: dict) -> str:
-    """A trial's identity: a hash of every field that changes what it computes."""
-    return _hash(_text({k: v for k, v in train.items() if k not in PLUMBING}))
+    """A trial's identity: a hash of the resolved value of every field that changes what it computes."""
+    return _hash(_text({k: v for k, v in canonical(train).items() if k not in PLUMBING}))
 
 
 def config_key(train: dict) -> str:
     """The config without seed and plumbing, as text: trials with the same key are seeds of one config."""
-    return _text({k: v for k, v in train.items() if k not in NOT_CONFIG})
+    return _text({k: v for k, v in canonical(train).items() if k not in NOT_CONFIG})
 
 
 def config_id(train: dict) -> str:
@@ -45,11 +123,13 @@ def config_id(train: dict) -> str:
 
 def fuse_key(train: dict) -> str:
     """Trials with the same key can train as one fused group."""
-    return _text({k: train.get(k) for k in FUSE_SHARED})
+    c = canonical(train)
+    return _text({k: c.get(k) for k in FUSE_SHARED})
 
 
 def varying_fields(configs: list[dict]) -> list[str]:
     """The config fields (not seed, not plumbing) whose values differ across `configs`, sorted."""
+    configs = [canonical(c) for c in configs]
     keys = {k for c in configs for k in c if k not in NOT_CONFIG}
     return sorted(k for k in keys if len({_text({"v": c.get(k)}) for c in configs}) > 1)
 

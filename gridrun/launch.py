@@ -418,13 +418,15 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     """Run (or resume, or grow) a grid; returns the process exit code (1 when any trial
     failed, 130 when interrupted)."""
     spec, trials = load_trials(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
-    units = plan_units(spec, trials)
     name = name or spec.name
     _check_name(name)
     storage = storage or "runs"
     local = "://" not in storage
     exp_dir = os.path.join(os.path.abspath(storage) if local else storage.rstrip("/"), name)
     reference = _reference_file(spec, spec_path)
+    if local and not fresh:
+        _adopt_names(exp_dir, trials, out)
+    units = plan_units(spec, trials)
     if dry_run:
         if local and not fresh and (old := results.read_manifest(Path(exp_dir))):
             _check_growth(exp_dir, old, trials)  # refuse what the launch would refuse
@@ -433,7 +435,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
                 if len(todo) < len(trials):
                     out(f"{exp_dir}: {len(trials) - len(todo)} of {len(trials)} trials already finished; "
                         f"the launch would run the other {len(todo)}:")
-                trials, units = todo, plan_units(spec, todo)
+                trials, units = todo, _plan(spec, todo, old, Path(exp_dir), out)
             else:
                 out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
                 return 0
@@ -441,7 +443,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     if fresh and local and os.path.exists(exp_dir):
         _set_aside(exp_dir, out)
     with _experiment_lock(exp_dir, local):
-        todo = _prepare_experiment(exp_dir, spec, spec_path, trials, units, reference, local, out)
+        todo = _prepare_experiment(exp_dir, spec, trials, reference, out) if local else units
         if not todo:
             out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
             return 0
@@ -562,22 +564,26 @@ def _experiment_lock(exp_dir: str, local: bool, heartbeat_s: float = 20.0):
             pass
 
 
-def _prepare_experiment(exp_dir: str, spec, spec_path: str, trials: list[dict], units: list[dict],
-                        reference: Path | None, local: bool, out) -> list[dict]:
+def _prepare_experiment(exp_dir: str, spec, trials: list[dict], reference: Path | None, out) -> list[dict]:
     """Check the grid against what the folder already holds, record the effective spec and the
-    manifest, and return the units that still have work to do."""
-    if not local:
-        return units
+    manifest (with the fused group each trial runs in), and return the units still to run."""
     exp = Path(exp_dir)
     old = results.read_manifest(exp)
     if old:
         _check_growth(exp_dir, old, trials)
     exp.mkdir(parents=True, exist_ok=True)
+    done = results.settled(exp)
+    todo_trials = [t for t in trials if t["name"] not in done]
+    if len(todo_trials) < len(trials):
+        out(f"{exp_dir}: {len(trials) - len(todo_trials)} of {len(trials)} trials already finished (kept untouched); "
+            f"{len(todo_trials)} to run")
+    todo = _plan(spec, todo_trials, old, exp, out)
     merged = {e["name"]: e for e in old}
-    group_of = {m["name"]: u["name"] for u in units if u["fused"] for m in u["members"]}
+    group_of = {m["name"]: u["name"] for u in todo if u["fused"] for m in u["members"]}
     for t in trials:
+        group = group_of.get(t["name"]) if t["name"] not in done else (merged.get(t["name"]) or {}).get("group")
         merged[t["name"]] = {"name": t["name"], "id": t["id"], "axes": t["axes"], "params": t["params"],
-                             "train": t["train"], "group": group_of.get(t["name"])}
+                             "train": t["train"], "group": group}
     results_atomic_write(exp / results.MANIFEST, json.dumps(list(merged.values()), indent=1))
     import yaml
 
@@ -587,12 +593,53 @@ def _prepare_experiment(exp_dir: str, spec, spec_path: str, trials: list[dict], 
     from . import hparams
 
     hparams.remove_experiment_summary(exp)  # `gridrun tensorboard` writes it into its view
-    done = results.settled(exp)
-    todo_trials = [t for t in trials if t["name"] not in done]
-    if len(todo_trials) < len(trials):
-        out(f"{exp_dir}: {len(trials) - len(todo_trials)} of {len(trials)} trials already finished (kept untouched); "
-            f"{len(todo_trials)} to run")
-    return plan_units(spec, todo_trials)
+    return todo
+
+
+def _adopt_names(exp_dir: str, trials: list[dict], out) -> None:
+    """A planned trial that the experiment already holds under another name (the same values
+    written another way: an axis instead of base, a default written out, 5e-4 for 0.0005)
+    takes that name, so it is found finished, or resumed from its own folder, never run twice."""
+    from .identity import trial_id
+
+    held: dict[str, str] = {}
+    for e in results.read_manifest(Path(exp_dir)):
+        if isinstance(e.get("train"), dict):
+            held.setdefault(trial_id(e["train"]), e["name"])
+    if not held:
+        return
+    matched = []
+    for t in trials:
+        old = held.get(t["id"])
+        if old and old != t["name"]:
+            matched.append((t["name"], old))
+            t["name"] = old
+    from collections import Counter
+
+    count = Counter(t["name"] for t in trials)
+    for t in trials:  # a new trial whose label reads like an adopted one: its hash tells them apart
+        if count[t["name"]] > 1 and held.get(t["id"]) != t["name"]:
+            t["name"] = f"{t['name']}_{t['id'][:6]}"
+    if matched:
+        shown = ", ".join(f"{new} = {old}" for new, old in matched[:5]) + (", ..." if len(matched) > 5 else "")
+        out(f"{exp_dir}: {len(matched)} trial(s) of this grid are already in the experiment under another name "
+            f"(the same values, written differently), matched by value and kept under their names: {shown}")
+
+
+def _plan(spec, todo: list[dict], old: list[dict], exp: Path, out) -> list[dict]:
+    """The units to run: a fused group interrupted by an earlier launch keeps its members
+    together under its name, so they resume from its checkpoint, even when the grid has grown
+    (regrouping would restart them from epoch 1); the dry run says when one cannot."""
+    prior = {e["name"]: e["group"] for e in old if e.get("group")}
+    has_state = {g for g in set(prior.values()) if any((exp / g).glob("checkpoint_*"))}
+    units = plan_units(spec, todo, keep={n: g for n, g in prior.items() if g in has_state})
+    kept = {u["name"] for u in units}
+    for g in sorted(has_state - kept):
+        members = [n for n, gg in prior.items() if gg == g and any(t["name"] == n for t in todo)]
+        if members:
+            out(f"notice: fused group {g} was interrupted, but its unfinished members {', '.join(members[:4])} are "
+                f"regrouped (fuse or the fused fields changed): they start again from epoch 1")
+    return units
 
 
 def results_atomic_write(path: Path, text: str) -> None:

@@ -603,17 +603,25 @@ def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[S
 # What the members of a fused group must share: one batched model (architecture and its
 # arguments other than the dropout rate), one batch shape and length of training, one optimizer
 # kind, one data split and preprocessing, one device set-up. Everything else may differ.
-def plan_units(spec: Spec, trials: list[dict]) -> list[dict]:
+def plan_units(spec: Spec, trials: list[dict], keep: dict[str, str] | None = None) -> list[dict]:
     """Tune trials to run: one per trial, or with `fuse: K` groups of up to K trials that share
     FUSE_SHARED, in grid order. A group's name is a hash of its members' identities, so an
-    interrupted group is found again by the next launch."""
+    interrupted group is found again by the next launch; `keep` (trial name -> group name)
+    holds the members of groups that must stay together (interrupted ones, with a checkpoint)."""
     k = spec.fuse or 1
     if k <= 1:
         return [{"name": t["name"], "fused": False, "members": [t]} for t in trials]
+    kept: dict[str, list[dict]] = {}
+    for t in trials:
+        if (keep or {}).get(t["name"]):
+            kept.setdefault(keep[t["name"]], []).append(t)
+    units = [{"name": g, "fused": True, "members": ms} for g, ms in kept.items()
+             if 1 < len(ms) <= k and len({fuse_key(m["train"]) for m in ms}) == 1]
+    taken = {m["name"] for u in units for m in u["members"]}
     by_key: dict[str, list[dict]] = {}
     for t in trials:
-        by_key.setdefault(fuse_key(t["train"]), []).append(t)
-    units = []
+        if t["name"] not in taken:
+            by_key.setdefault(fuse_key(t["train"]), []).append(t)
     for members in by_key.values():
         for i in range(0, len(members), k):
             chunk = members[i:i + k]

@@ -1,0 +1,133 @@
+"""Identity by value: a trial is its resolved config values however the spec writes them, for
+duplicates, finished-trial matching, growth and fused-group membership."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gridrun.config import PLUMBING, TrainConfig
+from gridrun.identity import canonical, config_key, fuse_key, trial_id, varying_fields
+from gridrun.spec import SpecError, load_trials, parse, plan_units
+from conftest import write_spec
+
+
+def base(**kw) -> dict:
+    return TrainConfig.from_dict({"model": "tinynet_7k", **kw}).to_dict()
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"lr": 1}, {"lr": 1.0}),                                   # an int for a float field
+    ({"weight_decay": 0.0005}, {"weight_decay": 0.00050}),      # the number's spelling
+    ({"weight_decay": 5e-4}, {}),                               # a default written out
+    ({"label_smoothing": 0}, {"label_smoothing": 0.0}),
+    ({"model_args": {"dropout": 0.0}}, {}),                     # a model default written out
+    ({"dropout": 0.0}, {}),
+    ({"model_args": {"dropout": 0.1}}, {"dropout": 0.1}),       # the same argument, either place
+    ({"augment": "rotate", "aug": {"rotate_deg": 10}}, {"augment": "rotate"}),  # a policy's strength
+    ({"augment": "rotate", "aug": {"rotate_deg": 10}}, {"augment": "rotate", "aug": {"rotate_deg": 10.0}}),
+])
+def test_one_config_written_two_ways_is_one_trial(a, b):
+    x, y = base(**a), base(**b)
+    assert trial_id(x) == trial_id(y) and config_key(x) == config_key(y) and fuse_key(x) == fuse_key(y)
+    assert varying_fields([x, y]) == []
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"lr": 0.1}, {"lr": 0.10000001}), ({"dropout": 0.1}, {}), ({"model_args": {"dropout": 0.05}}, {}),
+    ({"augment": "rotate", "aug": {"rotate_deg": 11}}, {"augment": "rotate"}), ({"nesterov": False}, {}),
+])
+def test_different_values_stay_different(a, b):
+    assert trial_id(base(**a)) != trial_id(base(**b))
+
+
+def test_ids_of_configs_already_in_canonical_form_are_unchanged():
+    """Older experiments keep their ids (and fused group names): the hash of a config whose
+    values are already canonical is the hash the earlier, by-key version computed."""
+    for cfg in (base(), base(lr=0.05, weight_decay=0.0), base(model="chaos_net", seed=3)):
+        old = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if k not in PLUMBING}, sort_keys=True,
+                                        default=str).encode()).hexdigest()[:12]
+        assert trial_id(cfg) == old
+    assert canonical({"model": "tinynet_7k"})["weight_decay"] == 5e-4  # filled in from the defaults
+
+
+def test_a_grid_listing_one_value_twice_is_refused(synth_dir, tmp_path):
+    spec = write_spec(tmp_path / "dup.yaml", synth_dir, grid={"model": ["tinynet_7k"], "weight_decay": [0.0005, 0.00050]})
+    with pytest.raises(SpecError, match="holds one config twice"):
+        load_trials(spec)
+    spec = write_spec(tmp_path / "dup2.yaml", synth_dir, grid={"variant": [{"model": "tinynet_7k"},
+                                                                           {"model": "tinynet_7k",
+                                                                            "model_args": {"dropout": 0.0}}]})
+    with pytest.raises(SpecError, match="holds one config twice"):
+        load_trials(spec)
+
+
+def spec_without_weight_decay(tmp_path: Path, synth_dir: Path, **kw) -> Path:
+    """write_spec's grid with the weight decay left at TrainConfig's default (5e-4)."""
+    path = write_spec(tmp_path / "copies.yaml", synth_dir, **kw)
+    raw = yaml.safe_load(path.read_text())
+    del raw["base"]["weight_decay"]
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_local, synth_dir, tmp_path):
+    """The probe's case 2: a one-value axis at the default re-planned the same configs under
+    new names, ran them again and reported each config with n=2."""
+    from gridrun.launch import launch
+    from gridrun.results import load_experiment, read_manifest
+
+    spec = spec_without_weight_decay(tmp_path, synth_dir, seeds=1, grid={"model": ["tinynet_7k"], "lr": [0.1, 0.05]},
+                                     base={"epochs": 1})
+    storage = tmp_path / "runs"
+    assert launch(str(spec), storage=str(storage), out=lambda _: None) == 0
+    exp = storage / "copies"
+    names = sorted(e["name"] for e in read_manifest(exp))
+    summaries = {p: p.read_bytes() for p in exp.rglob("summary.json")}
+    grid = "grid={model: [tinynet_7k], lr: [0.1, 0.05], weight_decay: [0.00050]}"
+    lines = []
+    assert launch(str(spec), overrides=[grid], storage=str(storage), dry_run=True, out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "matched by value" in text and "nothing to run" in text
+    lines = []
+    assert launch(str(spec), overrides=[grid], storage=str(storage), out=lines.append) == 0
+    assert "2 trial(s) of this grid are already in the experiment under another name" in "\n".join(lines)
+    assert "nothing to run" in lines[-1]
+    assert sorted(e["name"] for e in read_manifest(exp)) == names  # no second entry per config
+    assert {p: p.read_bytes() for p in exp.rglob("summary.json")} == summaries  # nothing rerun or rewritten
+    assert len(load_experiment(exp, logits=False).trials) == 2
+    lines = []  # a real new value next to the default: only the new configs are planned
+    grow = "grid={model: [tinynet_7k], lr: [0.1, 0.05], weight_decay: [0.0005, 0.001]}"
+    assert launch(str(spec), overrides=[grow], storage=str(storage), dry_run=True, out=lines.append) == 0
+    assert "2 of 4 trials already finished; the launch would run the other 2" in "\n".join(lines)
+
+
+def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_dir, tmp_path):
+    """Item 8: inserting an axis value used to regroup an interrupted group's members (a new
+    group name, no checkpoint) and restart them from epoch 1."""
+    from gridrun.launch import _plan
+
+    spec_path = write_spec(tmp_path / "fz.yaml", synth_dir, grid={"lr": [0.01, 0.03]}, seeds=2, fuse=4,
+                           base={"model": "tinynet_7k"})
+    spec, trials = load_trials(spec_path)
+    (group,) = plan_units(spec, trials)
+    exp = tmp_path / "runs" / "fz"
+    (exp / group["name"] / "checkpoint_000001").mkdir(parents=True)
+    old = [{"name": t["name"], "train": t["train"], "group": group["name"]} for t in trials]
+    grown_spec, grown = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}"])
+    assert all(u["name"] != group["name"] for u in plan_units(grown_spec, grown))  # regrouped without keep
+    lines = []
+    units = _plan(grown_spec, grown, old, exp, lines.append)
+    kept = next(u for u in units if u["name"] == group["name"])
+    assert sorted(m["name"] for m in kept["members"]) == sorted(t["name"] for t in trials)
+    assert sorted(m["name"] for u in units for m in u["members"]) == sorted(t["name"] for t in grown)
+    assert not lines
+    fewer_spec, fewer = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}", "fuse=2"])
+    _plan(fewer_spec, fewer, old, exp, lines.append)  # a group that cannot be kept is said
+    assert "start again from epoch 1" in lines[0]
+
+
+def test_parse_keeps_spellings_apart_from_identity(tmp_path):
+    spec = parse({"name": "x", "base": {"lr": 1}})
+    assert spec.base["lr"] == 1  # the spec as written is recorded as written; identity is by value
