@@ -23,10 +23,16 @@ setup(
         "pydantic>=2",  # the spec's shape (spec.py); Ray depends on it too, but gridrun imports it itself
         "shtab",  # `gridrun completion bash|zsh|tcsh`: completion scripts from the argparse parser (pure Python)
     ],
-    extras_require={"test": ["pytest", "hypothesis",
-                             "pytest-timeout",  # a hanging test fails instead of eating CI's limit
-                             # the HParams page checked in a real browser: drives the system's
-                             # Chromium (apt-get install chromium); the test skips without either
-                             "playwright"]},
+    extras_require={
+        # s3:// storage: the experiment lock is an S3 object taken by conditional writes (boto3)
+        "s3": ["boto3"],
+        "test": ["pytest", "hypothesis",
+                 "pytest-timeout",  # a hanging test fails instead of eating CI's limit
+                 # the HParams page checked in a real browser: drives the system's
+                 # Chromium (apt-get install chromium); the test skips without either
+                 "playwright",
+                 # a real S3-protocol server on loopback for the object-storage tests
+                 "moto[server]>=5.0.9", "boto3"],
+    },
     entry_points={"console_scripts": ["gridrun=gridrun.cli:main"]},
 )

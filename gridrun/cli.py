@@ -167,8 +167,11 @@ def cmd_launch(args) -> int:
 def cmd_report(args) -> int:
     from .report import BrokenExperiments, report
 
+    from .store import local_view
+
     try:
-        report(args.targets, out=args.out, top_k=args.top_k, storage=args.storage, reports_dir=_reports())
+        report(args.targets, out=args.out, top_k=args.top_k, storage=local_view(args.storage, args.targets),
+               reports_dir=_reports())
     except BrokenExperiments as e:  # the others were reported: something failed, nothing was refused
         print(f"{PREFIX}{e}", file=sys.stderr)
         return 1
@@ -178,7 +181,10 @@ def cmd_report(args) -> int:
 def cmd_status(args) -> int:
     from .status import status
 
-    return status(args.name, storage=args.storage, watch=args.watch, as_json=args.json, every_s=args.every)
+    from .store import local_view
+
+    storage = local_view(args.storage, [args.name] if args.name else [])  # s3://: a mirror in the cache
+    return status(args.name, storage=storage, watch=args.watch, as_json=args.json, every_s=args.every)
 
 
 def cmd_export(args) -> int:

@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from ray import tune  # noqa: E402
 
-from . import results  # noqa: E402
+from . import results, store  # noqa: E402
 from .errors import GridrunError, __version__  # noqa: E402
 from .spec import SpecError, load_trials, plan_units  # noqa: E402
 
@@ -416,53 +415,67 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
            name: str | None = None, storage: str | None = None, max_concurrent: int | None = None,
            fresh: bool = False, fuse: int | None = None, out=print) -> int:
     """Run (or resume, or grow) a grid; returns the process exit code (1 when any trial
-    failed, 130 when interrupted)."""
+    failed, 130 when interrupted). Storage is a folder, file:///folder or s3://bucket/prefix."""
     spec, trials = load_trials(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
     name = name or spec.name
     _check_name(name)
-    storage = storage or "runs"
-    local = "://" not in storage
-    exp_dir = os.path.join(os.path.abspath(storage) if local else storage.rstrip("/"), name)
+    where = store.local_path(storage or "runs")
+    remote = None if where is not None else store.Remote(storage, name)
+    exp_dir = os.path.join(where, name) if remote is None else remote.uri
     reference = _reference_file(spec, spec_path)
-    if local and not fresh:
-        _adopt_names(exp_dir, trials, out)
-    units = plan_units(spec, trials)
     if dry_run:
-        if local and not fresh and (old := results.read_manifest(Path(exp_dir))):
-            _check_growth(exp_dir, old, trials)  # refuse what the launch would refuse
-            done = results.settled(Path(exp_dir))
-            if todo := [t for t in trials if t["name"] not in done]:
-                if len(todo) < len(trials):
-                    out(f"{exp_dir}: {len(trials) - len(todo)} of {len(trials)} trials already finished; "
-                        f"the launch would run the other {len(todo)}:")
-                trials, units = todo, _plan(spec, todo, old, Path(exp_dir), out)
-            else:
-                out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
-                return 0
-        return _dry_run(spec, trials, units, address or os.environ.get("RAY_ADDRESS"), out)
-    if fresh and local and os.path.exists(exp_dir):
+        with _mirror(remote, exp_dir) as view:
+            return _dry_run(spec, trials, None if fresh else view, exp_dir, address or os.environ.get("RAY_ADDRESS"), out)
+    if fresh and remote is None and os.path.exists(exp_dir):
         _set_aside(exp_dir, out)
-    with _experiment_lock(exp_dir, local):
-        todo = _prepare_experiment(exp_dir, spec, trials, reference, out) if local else units
-        if not todo:
-            out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
-            return 0
-        ray = _connect(address)
-        t0 = time.time()
-        from .hparams import hparam_fields
+    with store.folder_lock(exp_dir) if remote is None else remote.lock():
+        if fresh and remote is not None:
+            remote.set_aside(out)
+        with _mirror(remote, exp_dir) as view:
+            return _run(spec, spec_path, trials, view, remote, exp_dir, reference, address, max_concurrent, out)
 
-        progress = _Progress(todo, out, exp_dir, live=_live_stream(out), early_stop=bool(spec.early_stop))
-        tuner = _build_tuner(ray, spec, todo, exp_dir, max_concurrent, hparam_fields(trials), out, progress)
-        try:
-            grid = tuner.fit()
-        except KeyboardInterrupt:
-            progress.close()
-            out(f"interrupted: run the same command again to resume {exp_dir}")
-            return 130
+
+@contextmanager
+def _mirror(remote, exp_dir: str):
+    """The experiment as a folder here: itself, or a private mirror of the object store's copy."""
+    if remote is None:
+        yield Path(exp_dir)
+        return
+    tmp = tempfile.mkdtemp(prefix="gridrun-mirror-")
+    try:
+        yield remote.pull(Path(tmp, remote.name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(spec, spec_path, trials, view: Path, remote, exp_dir: str, reference, address, max_concurrent, out) -> int:
+    """Under the lock: match, check and record the grid, run what is left, count and record it."""
+    _adopt_names(view, trials, out, exp_dir)
+    todo = _prepare_experiment(str(view), spec, trials, reference, out, exp_dir)
+    if remote is not None:
+        remote.push(view, [p.name for p in view.iterdir() if p.is_file() and p.name != results.LOCK])
+    if not todo:
+        out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
+        return 0
+    ray = _connect(address)
+    t0 = time.time()
+    from .hparams import hparam_fields
+
+    progress = _Progress(todo, out, exp_dir, live=_live_stream(out), early_stop=bool(spec.early_stop))
+    tuner = _build_tuner(ray, spec, todo, exp_dir, max_concurrent, hparam_fields(trials), out, progress, remote)
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
         progress.close()
-        code = _summarize(grid, todo, time.time() - t0, exp_dir, local, out)
-        if local:
-            _record_launch(exp_dir, ray, spec_path, time.time() - t0, code)
+        out(f"interrupted: run the same command again to resume {exp_dir}")
+        return 130
+    progress.close()
+    if remote is not None:
+        remote.pull(view)  # the trials' files, as the nodes wrote them to the store
+    code = _summarize(grid, todo, time.time() - t0, str(view), True, out, shown=exp_dir)
+    _record_launch(str(view), ray, spec_path, time.time() - t0, code)
+    if remote is not None:
+        remote.push(view, [results.LAUNCHES, *(p.name for p in view.glob("gridrun_diff-*.patch"))])
     return code
 
 
@@ -486,7 +499,23 @@ def _reference_file(spec, spec_path: str) -> Path | None:
     return ref
 
 
-def _dry_run(spec, trials, units, address, out) -> int:
+def _dry_run(spec, trials, view: Path | None, exp_dir: str, address, out) -> int:
+    """What a launch would run (the trials an existing experiment lacks) and how it packs."""
+    old = results.read_manifest(view) if view is not None else []
+    if view is not None:
+        _adopt_names(view, trials, out, exp_dir)
+    units = plan_units(spec, trials)
+    if old:
+        _check_growth(exp_dir, old, trials)  # refuse what the launch would refuse
+        done = results.settled(view)
+        if todo := [t for t in trials if t["name"] not in done]:
+            if len(todo) < len(trials):
+                out(f"{exp_dir}: {len(trials) - len(todo)} of {len(trials)} trials already finished; "
+                    f"the launch would run the other {len(todo)}:")
+            trials, units = todo, _plan(spec, todo, old, view, out)
+        else:
+            out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
+            return 0
     if address:
         ray = _connect(address)
         out(_cluster_line(ray, per_node=True))
@@ -514,60 +543,13 @@ def _set_aside(exp_dir: str, out) -> None:
     out(f"--fresh: the previous experiment is kept as {exp_dir}.prev-{k}")
 
 
-@contextmanager
-def _experiment_lock(exp_dir: str, local: bool, heartbeat_s: float = 20.0):
-    """One launch per experiment at a time. The lock names its pid and host and is touched every
-    `heartbeat_s`; a lock whose process is gone (or whose heartbeat stopped) is taken over, so
-    a killed launch never leaves it stuck."""
-    if not local:
-        yield
-        return
-    path = Path(exp_dir, results.LOCK)
-    created = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            break
-        except FileExistsError:
-            holder = results.lock_holder(path.parent)
-            if holder:
-                raise GridrunError(
-                    f"{exp_dir} is already being launched (pid {holder.get('pid')} on {holder.get('host')}): wait for "
-                    f"it (`gridrun status {path.parent.name}` shows it), or launch with --name NEW") from None
-            path.unlink(missing_ok=True)  # stale: its launch is dead
-    else:
-        raise GridrunError(f"cannot take the lock {path}: remove it if no launch is running")
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(heartbeat_s):
-            try:
-                os.utime(path)
-            except OSError:
-                pass
-
-    threading.Thread(target=beat, daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-            if created and not any(path.parent.iterdir()):
-                path.parent.rmdir()  # a launch refused before any work leaves nothing behind
-        except (OSError, ValueError):
-            pass
-
-
-def _prepare_experiment(exp_dir: str, spec, trials: list[dict], reference: Path | None, out) -> list[dict]:
+def _prepare_experiment(exp_dir: str, spec, trials: list[dict], reference: Path | None, out,
+                        shown: str | None = None) -> list[dict]:
     """Check the grid against what the folder already holds, record the effective spec and the
-    manifest (with the fused group each trial runs in), and return the units still to run."""
+    manifest (with the fused group each trial runs in), and return the units still to run.
+    `shown` names the experiment in messages (its URI when `exp_dir` is a mirror)."""
     exp = Path(exp_dir)
+    exp_dir = shown or exp_dir
     old = results.read_manifest(exp)
     if old:
         _check_growth(exp_dir, old, trials)
@@ -596,7 +578,7 @@ def _prepare_experiment(exp_dir: str, spec, trials: list[dict], reference: Path 
     return todo
 
 
-def _adopt_names(exp_dir: str, trials: list[dict], out) -> None:
+def _adopt_names(exp_dir, trials: list[dict], out, shown: str | None = None) -> None:
     """A planned trial that the experiment already holds under another name (the same values
     written another way: an axis instead of base, a default written out, 5e-4 for 0.0005)
     takes that name, so it is found finished, or resumed from its own folder, never run twice."""
@@ -621,9 +603,9 @@ def _adopt_names(exp_dir: str, trials: list[dict], out) -> None:
         if count[t["name"]] > 1 and held.get(t["id"]) != t["name"]:
             t["name"] = f"{t['name']}_{t['id'][:6]}"
     if matched:
-        shown = ", ".join(f"{new} = {old}" for new, old in matched[:5]) + (", ..." if len(matched) > 5 else "")
-        out(f"{exp_dir}: {len(matched)} trial(s) of this grid are already in the experiment under another name "
-            f"(the same values, written differently), matched by value and kept under their names: {shown}")
+        pairs = ", ".join(f"{new} = {old}" for new, old in matched[:5]) + (", ..." if len(matched) > 5 else "")
+        out(f"{shown or exp_dir}: {len(matched)} trial(s) of this grid are already in the experiment under another "
+            f"name (the same values, written differently), matched by value and kept under their names: {pairs}")
 
 
 def _plan(spec, todo: list[dict], old: list[dict], exp: Path, out) -> list[dict]:
@@ -683,7 +665,7 @@ def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
 
 
 def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hparam_names: list[str], out,
-                 progress: "_Progress"):
+                 progress: "_Progress", remote=None):
     res = ray.cluster_resources()
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resources["gpu"] and not res.get("GPU"):
@@ -702,10 +684,15 @@ def _build_tuner(ray, spec, units: list[dict], exp_dir: str, max_concurrent, hpa
     mnist = load_arrays(units[0]["members"][0]["train"]["data_dir"])
     launch_id = f"{time.time():.0f}-{os.getpid()}"
     for u in units:
-        u["storage"], u["launch"], u["hparams"] = f"{exp_dir}/{u['name']}", launch_id, hparam_names
+        u["storage"] = f"{exp_dir}/{u['name']}" if remote is None else remote.child(u["name"])
+        u["launch"], u["hparams"] = launch_id, hparam_names
     trainable = tune.with_resources(tune.with_parameters(run_trial, mnist=mnist), resources)
+    # On an object store Ray writes through gridrun's pyarrow filesystem (endpoint and options
+    # from the URI), which it ships to every node with the trials.
+    where = dict(storage_path=os.path.dirname(exp_dir)) if remote is None else \
+        dict(storage_path=remote.root, storage_filesystem=remote.fs)
     run_config = tune.RunConfig(
-        name=os.path.basename(exp_dir), storage_path=os.path.dirname(exp_dir), verbose=0, log_to_file=True,
+        name=os.path.basename(exp_dir) if remote is None else remote.name, **where, verbose=0, log_to_file=True,
         # Trial files (metrics, TensorBoard, logits) go to storage at every epoch's checkpoint,
         # from whichever node ran the trial: live reports and TensorBoard, and nothing left
         # behind on a node that dies. (Ray 2.60 syncs no artifacts by default.)
@@ -760,7 +747,7 @@ def _loggers():
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
-def _summarize(grid, units: list[dict], seconds: float, exp_dir: str, local: bool, out) -> int:
+def _summarize(grid, units: list[dict], seconds: float, exp_dir: str, local: bool, out, shown: str | None = None) -> int:
     """Count this launch's trials by what their folders say (Ray's ResultGrid for errors, and
     for everything when storage is not a local path)."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
@@ -791,7 +778,7 @@ def _summarize(grid, units: list[dict], seconds: float, exp_dir: str, local: boo
         words += f", {counts['stopped']} stopped early"
     if counts["interrupted"]:
         words += f", {counts['interrupted']} interrupted (run the same command again to resume them)"
-    out(f"{exp_dir}: {n} trials in {seconds:.0f}s: {words}"
+    out(f"{shown or exp_dir}: {n} trials in {seconds:.0f}s: {words}"
         + (" (see the [failed] lines above; rerun the same command to retry them)" if counts["failed"] else ""))
     return 1 if counts["failed"] else 130 if counts["interrupted"] else 0
 
