@@ -101,6 +101,9 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
     grow = "grid={model: [tinynet_7k], lr: [0.1, 0.05], weight_decay: [0.0005, 0.001]}"
     assert launch(str(spec), overrides=[grow], storage=str(storage), dry_run=True, out=lines.append) == 0
     assert "2 of 4 trials already finished; the launch would run the other 2" in "\n".join(lines)
+    lines = []  # the probe's item 1: --storage file:///... is the same folder, not a rerun of everything
+    assert launch(str(spec), storage=f"file://{storage}", dry_run=True, out=lines.append) == 0
+    assert "nothing to run" in lines[-1]
 
 
 def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_dir, tmp_path):

@@ -136,6 +136,11 @@ def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
         with pytest.raises(GridrunError, match="already being launched"):
             with remote.lock():
                 pass
+        from gridrun.results import lock_holder
+        from gridrun.store import local_view
+
+        mirror = Path(local_view(s3["uri"], ["lockrace0"]))  # what `gridrun status` reads
+        assert lock_holder(mirror / "lockrace0")["pid"] == os.getpid()
 
 
 def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypatch):

@@ -11,13 +11,16 @@ from ._registry import register_model
 
 class ChaosNet(nn.Module):
     """Conv + GAP + linear; raises RuntimeError after `fail_after` training steps when
-    fail='always', or once per marker file when fail='once' (the marker records the crash)."""
+    fail='always', or once per marker file when fail='once' (the marker records the crash).
+    With `hold` (a folder), training stops after `fail_after` steps, says so in a file named
+    after its node's address and process, and goes on once `hold`/go exists: a test can act
+    while trials are known to be mid-grid on known hosts."""
 
-    def __init__(self, fail: str = "never", fail_after: int = 0, marker: str | None = None):
+    def __init__(self, fail: str = "never", fail_after: int = 0, marker: str | None = None, hold: str | None = None):
         super().__init__()
         if fail not in ("never", "once", "always") or (fail == "once" and not marker):
             raise ValueError("fail is never|once|always, and 'once' needs a marker path")
-        self.fail, self.fail_after, self.marker, self.steps = fail, fail_after, marker, 0
+        self.fail, self.fail_after, self.marker, self.steps, self.hold = fail, fail_after, marker, 0, hold
         self.body = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
                                   nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(16, 10)
@@ -27,7 +30,22 @@ class ChaosNet(nn.Module):
             self.steps += 1
             if self.steps > self.fail_after and self._should_fail():
                 raise RuntimeError(f"chaos_net: injected failure after {self.fail_after} steps")
+            if self.hold and self.steps == self.fail_after + 1:
+                self._wait()
         return self.fc(self.body(x))
+
+    def _wait(self) -> None:
+        import time
+
+        try:
+            import ray
+
+            where = ray.util.get_node_ip_address()
+        except Exception:  # not in a Ray worker
+            where = "local"
+        open(os.path.join(self.hold, f"held-{where}-{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(self.hold, "go")):
+            time.sleep(0.05)
 
     def _should_fail(self) -> bool:
         if self.fail == "always":
@@ -39,5 +57,5 @@ class ChaosNet(nn.Module):
 
 
 @register_model
-def chaos_net(fail: str = "never", fail_after: int = 0, marker: str | None = None) -> nn.Module:
-    return ChaosNet(fail, fail_after, marker)
+def chaos_net(fail: str = "never", fail_after: int = 0, marker: str | None = None, hold: str | None = None) -> nn.Module:
+    return ChaosNet(fail, fail_after, marker, hold)
