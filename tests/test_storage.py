@@ -143,6 +143,7 @@ def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
         assert lock_holder(mirror / "lockrace0")["pid"] == os.getpid()
 
 
+@pytest.mark.slow
 def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypatch):
     """The probe's item 1 on a real S3 server: a relaunch of a finished experiment runs nothing,
     a changed value is refused, --fresh keeps the old results, status and report read it."""

@@ -121,6 +121,8 @@ def wait_for(cond, timeout: float, what: str):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(600)  # two Ray nodes start on a loaded 2-core CPU: ~3 min here
 def test_a_grid_on_two_hosts_survives_losing_the_worker_host(two_hosts, synth_dir, tmp_path):
     head, worker = two_hosts["head"], two_hosts["worker"]
     env = env_for_cluster(tmp_path)
