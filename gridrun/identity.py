@@ -41,10 +41,6 @@ def _number(v):
     return 0.0 if v == 0 else v
 
 
-def _numbers(d: dict) -> dict:
-    return {k: _number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in d.items()}
-
-
 @functools.lru_cache(maxsize=256)
 def _model_defaults(model: str) -> dict:
     from .models import model_defaults
@@ -85,7 +81,7 @@ def _model_part(train: dict) -> tuple:
     if dropout is not None and "dropout" in defaults and _same(_number(dropout), _number(defaults["dropout"])):
         dropout = None
     args = {k: v for k, v in args.items() if not (k in defaults and _same(v, defaults[k]))}
-    return (_number(dropout) if dropout is not None else None), _numbers(args)
+    return (_number(dropout) if dropout is not None else None), args  # an int argument stays an int
 
 
 def canonical(train: dict) -> dict:

@@ -615,9 +615,9 @@ def _plan(spec, todo: list[dict], old: list[dict], exp: Path, out) -> list[dict]
     prior = {e["name"]: e["group"] for e in old if e.get("group")}
     has_state = {g for g in set(prior.values()) if any((exp / g).glob("checkpoint_*"))}
     units = plan_units(spec, todo, keep={n: g for n, g in prior.items() if g in has_state})
-    kept = {u["name"] for u in units}
+    kept, names = {u["name"] for u in units}, {t["name"] for t in todo}
     for g in sorted(has_state - kept):
-        members = [n for n, gg in prior.items() if gg == g and any(t["name"] == n for t in todo)]
+        members = [n for n, gg in prior.items() if gg == g and n in names]
         if members:
             out(f"notice: fused group {g} was interrupted, but its unfinished members {', '.join(members[:4])} are "
                 f"regrouped (fuse or the fused fields changed): they start again from epoch 1")

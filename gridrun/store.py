@@ -179,12 +179,16 @@ class Remote:
 
     def pull(self, dest: Path) -> Path:
         """Mirror the experiment into `dest` (every file but checkpoints, each with the store's
-        modification time); files gone from the store go from the mirror too."""
+        modification time; a checkpoint is mirrored as its empty folder, which says it exists);
+        files gone from the store go from the mirror too."""
         dest.mkdir(parents=True, exist_ok=True)
         keep = set()
         for info in self.files():
             rel = info.path[len(self.path) + 1:]
-            if any(p.startswith("checkpoint_") for p in rel.split("/")):
+            parts = rel.split("/")
+            if any(p.startswith("checkpoint_") for p in parts):
+                at = next(i for i, p in enumerate(parts) if p.startswith("checkpoint_"))
+                (dest / "/".join(parts[:at + 1])).mkdir(parents=True, exist_ok=True)
                 continue
             local, mtime = dest / rel, info.mtime.timestamp() if info.mtime else time.time()
             keep.add(local)

@@ -162,6 +162,11 @@ def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypat
             assert f"runs/objs/{t}/{f}" in files
     assert "runs/objs/gridrun_trials.json" in files and "runs/objs/gridrun_launches.jsonl" in files
     assert "runs/objs/gridrun.lock" not in files  # released
+    from gridrun.store import Remote
+
+    mirror = Remote(s3["uri"], "objs").pull(tmp_path / "mirror")  # what launch and status read
+    (ckpt,) = (mirror / "0.01_tinynet_7k_s0").glob("checkpoint_*")  # a checkpoint shows as its empty folder
+    assert not any(ckpt.iterdir()) and (mirror / "0.01_tinynet_7k_s0" / "summary.json").is_file()
 
     lines = []  # a relaunch runs nothing and rewrites no trial file
     assert launch(str(spec), storage=s3["uri"], out=lines.append) == 0
