@@ -166,7 +166,6 @@ def cmd_launch(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import BrokenExperiments, report
-
     from .store import local_view
 
     try:
@@ -180,7 +179,6 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     from .status import status
-
     from .store import local_view
 
     storage = local_view(args.storage, [args.name] if args.name else [])  # s3://: a mirror in the cache
