@@ -659,8 +659,12 @@ def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
         what = f"trial {e['name']} of a different grid{diff or f': this spec lacks it{lacks}'}"
         rel = os.path.relpath(exp_dir) if not os.path.relpath(exp_dir).startswith("..") else exp_dir
         again = f"gridrun launch {rel}/spec.yaml --name {os.path.basename(rel)} --storage {os.path.dirname(rel) or '.'}"
+        copy = ""
+        if "://" in exp_dir:  # the spec as launched is in the object store: it must be copied here first
+            again = f"gridrun launch spec.yaml --name {os.path.basename(exp_dir)} --storage {os.path.dirname(exp_dir)}"
+            copy = f" with spec.yaml copied from {exp_dir}/spec.yaml"
         raise SpecError(f"{exp_dir} holds {what}: a relaunch may only add trials; to go on with the experiment as it "
-                        f"was launched, `{again}` (overrides added to it grow it), or launch with --name NEW, or "
+                        f"was launched, `{again}`{copy} (overrides added to it grow it), or launch with --name NEW, or "
                         f"--fresh to start over")
 
 
