@@ -243,7 +243,7 @@ def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
     spec, trials = load_trials(write_spec(tmp_path / "nogpu.yaml", synth_dir))
     units = plan_units(spec, trials)
     lines = []
-    _build_tuner(NoGPU(), spec, units, str(tmp_path / "runs" / "nogpu"), None, [], lines.append)
+    _build_tuner(NoGPU(), spec, units, str(tmp_path / "runs" / "nogpu"), None, [], lines.append, progress=None)
     assert lines[0].startswith("notice: the spec asks 0.5 GPU per trial but this Ray has none")
     assert all(m["train"]["gpu_memory_fraction"] is None for u in units for m in u["members"])
 
