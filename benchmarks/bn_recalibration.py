@@ -23,7 +23,8 @@ import torch
 
 from gridrun.config import TrainConfig
 from gridrun.results import load_experiment
-from gridrun.train import build_model, prepare_splits
+from gridrun.models import create_model, resolve_model_args
+from gridrun.train import prepare_splits
 
 
 def accuracy(model, splits, x, y, batch=4096) -> float:
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
         cfg = {k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__}
         cfg = TrainConfig.from_dict({**cfg, "data_dir": a.data_dir or cfg.get("data_dir"), "out_dir": None})
         splits = prepare_splits(cfg, torch.device("cpu"))
-        model = build_model(cfg)
+        model = create_model(cfg.model, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args))
         if a.weights == "raw":
             last = max(t.dir.glob("checkpoint_*/state.pt"), default=None)
             if last is None:

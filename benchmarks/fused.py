@@ -39,7 +39,7 @@ def configs(k: int, a) -> list[dict]:
 
 
 def rate_fused(k: int, a, strategy: str) -> float:
-    res = train_fused(configs(k, a), strategy=strategy)
+    res = train_fused([dict(c, fuse_strategy=strategy) for c in configs(k, a)])
     return k * res[0]["n_train"] / res[0]["history"][1]["seconds"]
 
 

@@ -17,6 +17,7 @@ from .errors import GridrunError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
+FUSE_STRATEGIES = ("auto", "vmap", "loop", "blockdiag")
 PLATEAU_METRICS = ("val_loss", "val_acc")
 NORMALIZATIONS = ("dataset", "mnist", "per_image")
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -79,11 +80,13 @@ class TrainConfig:
     threads: int = _f(0, "plumbing")     # CPU threads for torch; 0 leaves torch's default
     compile: bool = _f(False, "plumbing")  # torch.compile the model (CUDA only)
     cuda_graph: bool = _f(False, "plumbing")  # record the training step once as a CUDA graph and
-                                         # replay it (CUDA and SGD only; graphs.py says why)
+                                         # replay it (CUDA only; engine/step.py says why)
     amp: bool | None = _f(None, "plumbing")  # bf16 autocast on CUDA; None: for nets of >= 100k
                                          # parameters (train.fast_formats says why)
     channels_last: bool | None = _f(None, "plumbing")  # memory format on CUDA; None: as amp
     gpu_memory_fraction: float | None = _f(None, "plumbing")  # soft cap per process
+    fuse_strategy: str = _f("auto", "plumbing")  # how a group computes its K members: auto | vmap |
+                                         # loop | blockdiag (engine/strategies.py says what each is)
     eval_batch_size: int = _f(4096, "plumbing")
     out_dir: str | None = _f(None, "plumbing")  # where the trial writes its files; None: nowhere
 
@@ -118,6 +121,8 @@ class TrainConfig:
             bad("cuda_graph", "cuda_graph and compile cannot both be on: each replays the step its own way; pick one")
         if not self.lr > 0:
             bad("lr", "learning rate must be > 0")
+        if self.fuse_strategy not in FUSE_STRATEGIES:
+            bad("fuse_strategy", f"use one of {', '.join(FUSE_STRATEGIES)}")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"unknown optimizer{did_you_mean(self.optimizer, OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:

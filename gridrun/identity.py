@@ -22,7 +22,7 @@ from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
 # may differ member by member.
 FUSE_SHARED = ("model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed",
                "data_dir", "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp",
-               "channels_last", "gpu_memory_fraction", "eval_batch_size")
+               "channels_last", "gpu_memory_fraction", "eval_batch_size", "fuse_strategy")
 
 
 def _text(d: dict) -> str:

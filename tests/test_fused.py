@@ -1,9 +1,10 @@
-"""Fused trials: K configs of one architecture as one batched model, against the same configs
-trained one by one.
+"""Fused trials: K configs of one architecture as one group of the engine, computed by each
+strategy (fuse_strategy: loop, vmap, blockdiag), against the same configs trained one by one
+(each a group of one, the plain strategy).
 
-Tolerance, and why it is not exact: vmap runs each conv as one batched (grouped) conv, whose
-sums are ordered differently from K separate convs, and the loss of all members is computed in
-one go; after one step the weights agree to ~1e-7 relative. Training amplifies such rounding
+Tolerance, and why it is not exact: vmap runs each conv as one batched (grouped) conv and
+blockdiag as one dense conv over K*C channels, whose sums are ordered differently from K
+separate convs; after one step the weights agree to ~1e-7 relative. Training amplifies such rounding
 differences where a trajectory crosses a ReLU or max-pool tie, so after two short epochs a
 member can drift to ~3e-3 relative. The test allows 2e-2 relative L2 distance of the final
 weights, 1e-3 relative train loss and 2% accuracy per epoch (4 of 200 images).
@@ -36,10 +37,13 @@ def _rel_l2(a: dict, b: dict) -> float:
 
 
 @pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)` before")  # members' schedules
-@pytest.mark.parametrize("opt,strategy", [("sgd", "vmap"), ("adam", "vmap"), ("sgd", "loop")])
+@pytest.mark.parametrize("opt,strategy", [("sgd", "vmap"), ("adam", "vmap"), ("sgd", "loop"), ("sgd", "blockdiag"),
+                                          ("adamw", "blockdiag")])
 def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_path, opt, strategy):
     cfgs = _configs(synth_dir, opt)
-    fused = train_fused([dict(c, out_dir=str(tmp_path / "f" / str(i))) for i, c in enumerate(cfgs)], strategy=strategy)
+    fused = train_fused([dict(c, fuse_strategy=strategy, out_dir=str(tmp_path / "f" / str(i)))
+                         for i, c in enumerate(cfgs)])
+    assert all(f["fuse_strategy"] == strategy for f in fused)
     alone = [train(dict(c, out_dir=str(tmp_path / "a" / str(i)))) for i, c in enumerate(cfgs)]
     for i, (f, a) in enumerate(zip(fused, alone)):
         assert f["status"] == a["status"] == "ok" and len(f["history"]) == len(a["history"]) == 2
@@ -56,12 +60,13 @@ def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_pat
         assert {"config.json", "metrics.csv", "summary.json", "logits_test.npy", "labels_test.npy"} <= set(files)
 
 
-def test_members_are_independent_and_a_diverging_member_does_not_touch_the_others(synth_dir, tmp_path):
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "blockdiag"])
+def test_members_are_independent_and_a_diverging_member_does_not_touch_the_others(synth_dir, tmp_path, strategy):
     base = dict(model="tinynet_7k", epochs=2, batch_size=40, val_size=200, subset=400, data_dir=str(synth_dir),
-                threads=2, optimizer="sgd", scheduler="none")
+                threads=2, optimizer="sgd", scheduler="none", fuse_strategy=strategy)
     ok = dict(base, seed=3, lr=0.01)
     pair = train_fused([dict(ok, out_dir=str(tmp_path / "ok")), dict(base, seed=4, lr=1e12, out_dir=str(tmp_path / "nan"))])
-    solo = train_fused([dict(ok, out_dir=str(tmp_path / "solo"))])
+    solo = train_fused([dict(ok, fuse_strategy="auto", out_dir=str(tmp_path / "solo"))])  # a group of one: plain
     assert pair[1]["status"].startswith("diverged at epoch") and pair[0]["status"] == "ok"
     assert json.loads((tmp_path / "nan" / "summary.json").read_text())["status"] == pair[1]["status"]
     assert [h["train_loss"] for h in pair[0]["history"]] == pytest.approx([h["train_loss"] for h in solo[0]["history"]],
@@ -70,8 +75,8 @@ def test_members_are_independent_and_a_diverging_member_does_not_touch_the_other
 
 
 def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_path):
-    cfgs = [dict(c, epochs=3) for c in _configs(synth_dir, "adam")]
-    straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)], strategy="vmap")
+    cfgs = [dict(c, epochs=3, fuse_strategy="vmap") for c in _configs(synth_dir, "adam")]
+    straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)])
 
     class Stop(Exception):
         pass
@@ -82,9 +87,8 @@ def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_p
 
     out = [dict(c, out_dir=str(tmp_path / "r" / str(i))) for i, c in enumerate(cfgs)]
     with pytest.raises(Stop):
-        train_fused(out, on_epoch=stop_after_2, state_dir=str(tmp_path / "state"), strategy="vmap")
-    resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"),
-                          strategy="vmap")
+        train_fused(out, on_epoch=stop_after_2, state_dir=str(tmp_path / "state"))
+    resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"))
     for s, r in zip(straight, resumed):
         assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
         for k in ("train_loss", "val_acc", "test_acc", "lr"):
@@ -125,13 +129,13 @@ def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_
     recomputing them from the saved weights over the un-augmented training images gives, and
     the saved logits are that model's; without it they are not."""
     from gridrun.config import TrainConfig
-    from gridrun.train import infer, prepare_splits
+    from gridrun.train import prepare_splits
     base = dict(model="tinynet_7k", epochs=2, batch_size=64, val_size=200, subset=1500, data_dir=str(synth_dir),
                 threads=2, augment="rotate+affine", ema=0.9, lr=0.05)
     cfgs = [dict(base, seed=s, precise_bn=p, out_dir=str(tmp_path / f"{p}{s}")) for p in (True, False) for s in (0, 1)]
     if fused:
-        train_fused(cfgs[:2], strategy="vmap")
-        train_fused(cfgs[2:], strategy="loop")
+        train_fused([dict(c, fuse_strategy="vmap") for c in cfgs[:2]])
+        train_fused([dict(c, fuse_strategy="blockdiag") for c in cfgs[2:]])
     else:
         for c in cfgs:
             train(c)
@@ -145,6 +149,7 @@ def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_
         close = all(torch.allclose(saved[n], ref[n], rtol=1e-3, atol=1e-5) for n in stats)
         assert close == c["precise_bn"], c["out_dir"]
         if c["precise_bn"]:
-            logits = infer(model, splits.val_x, splits.normalize)
+            with torch.no_grad():
+                logits = model.eval()(splits.normalize(splits.val_x))
             np.testing.assert_allclose(np.load(f"{c['out_dir']}/logits_val.npy").astype(np.float32),
                                        logits.numpy(), rtol=2e-2, atol=2e-2)

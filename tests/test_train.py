@@ -51,8 +51,8 @@ def test_fast_formats_follow_the_net_size_unless_set(amp, cl, cuda, params, want
 
 
 def _weights_and_opt(out):
-    state = torch.load(out / "state.pt", weights_only=True)
-    return state["model"], state["optimizer"]
+    state = torch.load(out / "state.pt", weights_only=True)  # the engine's group state (K = 1)
+    return {**state["params"], **state["buffers"]}, state["opt"]
 
 
 @pytest.mark.parametrize("sched", ["step", "onecycle"])
@@ -74,7 +74,8 @@ def test_resumed_run_equals_a_straight_one(synth_dir, tmp_path, sched):
     w_b, o_b = _weights_and_opt(part)
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
     sa, sb = o_a["state"], o_b["state"]
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert o_a["t"] == o_b["t"] and len(sa) == len(sb) and all(torch.equal(a[k], b[k]) for a, b in zip(sa, sb)
+                                                               for k in a)
     assert len(list(csv.DictReader(open(part / "metrics.csv")))) == 2
 
 
@@ -165,8 +166,9 @@ def test_weight_average_is_what_gets_scored_and_saved(synth_dir, tmp_path):
     assert res["status"] == "ok"
     saved = torch.load(tmp_path / "e" / "model.pt", weights_only=True)
     state = torch.load(tmp_path / "e" / "state.pt", weights_only=True)
-    assert all(torch.equal(saved[k], state["ema"][k]) for k in saved)
-    assert any(not torch.equal(saved[k], state["model"][k]) for k in saved)
+    live = {**state["params"], **state["buffers"]}  # the engine's group state: (1, ...) tensors
+    assert all(torch.equal(saved[k], state["ema"][k][0]) for k in saved)
+    assert any(not torch.equal(saved[k], live[k][0]) for k in saved)
 
 
 @pytest.mark.parametrize("opt,sched,aug", [("sgd", "step", "align"), ("adamw", "plateau", "elastic+jitter"),
@@ -275,7 +277,7 @@ def test_a_state_from_before_a_field_existed_resumes(synth_dir, tmp_path):
     path = tmp_path / "r" / "state.pt"
     state = torch.load(path, weights_only=True)
     for k in ("clean_epochs", "precise_bn"):
-        del state["config"][k]
+        del state["members"][0]["config"][k]  # the engine's group state: one config per member
     torch.save(state, path)
     again = train(cfg, resume_from=str(path))
     assert again["status"] == "ok" and again["final"]["test_acc"] == first["final"]["test_acc"]
@@ -289,7 +291,7 @@ def test_cuda_device_gets_an_index_before_the_memory_cap(monkeypatch, fraction):
     index) must reach set_per_process_memory_fraction as "cuda:N": on an H100 (torch 2.11) the
     unindexed device failed every trial of tiny_nets with "Expected a torch.device with a
     specified index". Exercised here without a GPU by standing in for the CUDA calls."""
-    import gridrun.train as gt
+    import gridrun.engine.group as gt
 
     seen = {}
     monkeypatch.setattr(gt, "resolve_device", lambda name: torch.device("cuda"))

@@ -16,9 +16,10 @@ def conv_bn(cin: int, cout: int, k=3, stride: int = 1, pad=None) -> nn.Sequentia
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _keep_mask(shape, seed: torch.Tensor, step: torch.Tensor, p: torch.Tensor, device) -> torch.Tensor:
+def keep_mask(shape, seed: torch.Tensor, step: torch.Tensor, p: torch.Tensor, device) -> torch.Tensor:
     """Which elements survive dropout: a 32-bit integer hash of (element index, seed, step),
-    compared with p. Every product stays below 2**63, so int64 never overflows."""
+    compared with p. Every product stays below 2**63, so int64 never overflows. seed, step and
+    p may carry leading member dims shaped to broadcast (K, 1, ...): the masks of K members."""
     n = 1
     for s in shape:
         n *= int(s)
@@ -60,9 +61,15 @@ class Dropout(nn.Module):
         if not self.training or not self.active:
             return x
         shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.channelwise else tuple(x.shape)
-        keep = _keep_mask(shape, self.seed, self.step, self.p, x.device)
+        keep = keep_mask(shape, self.seed, self.step, self.p, x.device)
         self.step.add_(1)
         return x * keep.to(x.dtype) / (1 - self.p).to(x.dtype)
+
+
+def cached_indices() -> list[torch.Tensor]:
+    """The index tensors the masks read (reused across steps): a CUDA graph that recorded a mask
+    must keep them alive as long as it is replayed."""
+    return list(_IDX.values())
 
 
 def dropouts(model: nn.Module) -> list[Dropout]:

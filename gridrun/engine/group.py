@@ -1,0 +1,296 @@
+"""A group: K >= 1 trials of one architecture trained as one (a single trial is a group of one).
+
+Each member keeps what makes it its own trial: its batch order and augmentation draws (its own
+generator), its initial weights (its seed), its BatchNorm statistics and dropout masks (its
+slice of the stacked buffers), its learning-rate schedule (a shadow torch scheduler) and its
+optimizer state and hyperparameters (its column of the optimizer's rows). Setup builds each
+member's model exactly as it would be built alone, stacks their weights and picks the strategy
+that computes them (strategies.py).
+"""
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..augment import Augment, deskew
+from ..config import PLUMBING, ConfigError, TrainConfig, with_defaults
+from ..data import Splits, load_splits
+from ..models import create_model, model_defaults, model_kwargs, resolve_model_args
+from ..models._layers import seed_dropout, set_dropout_rate
+from . import strategies
+from .files import StateError, Writer, read_state, versions
+from .optim import Optimizer, make_shadow
+from .step import Trainer
+
+
+@dataclass
+class Member:
+    """One trial inside a group."""
+
+    cfg: TrainConfig
+    aug: Augment
+    dgen: torch.Generator              # batch order and augmentation
+    shadow: torch.optim.Optimizer      # holds this member's lr/momentum/betas as its scheduler sets them
+    sched: object
+    per_batch: bool                    # the scheduler steps per batch (onecycle, cosine)
+    keys: list[str]                    # its state_dict's keys (what model.pt must hold)
+    history: list = field(default_factory=list)
+    status: str = "ok"
+    alive: bool = True
+    result: dict | None = None
+    writer: Writer | None = None
+
+
+@dataclass
+class Group:
+    cfgs: list[TrainConfig]
+    device: torch.device
+    splits: Splits
+    members: list[Member]
+    strategy: strategies.Strategy
+    opt: Optimizer
+    ema: dict | None                   # stacked weight average (params and buffers)
+    meta: dict
+    trainer: Trainer | None = None
+    start_epoch: int = 1
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    @property
+    def params(self) -> dict:
+        return self.strategy.params
+
+    @property
+    def buffers(self) -> dict:
+        return self.strategy.buffers
+
+    def scored(self) -> tuple[dict, dict]:
+        """The weights that are evaluated and saved: the weight average when there is one."""
+        if self.ema is None:
+            return self.params, self.buffers
+        return {n: self.ema[n] for n in self.params}, {n: self.ema[n] for n in self.buffers}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when there is one; a device that is not there is one error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        n = torch.cuda.device_count()
+        idx = int(name[5:]) if ":" in name else 0
+        if idx >= n:
+            raise ConfigError(f"config device={name!r}: torch sees {n} GPU(s) here: use device auto or cpu, "
+                              f"or cuda:0..cuda:{n - 1}" if n else
+                              f"config device={name!r}: torch sees no GPU here: use device auto or cpu")
+    return torch.device(name)
+
+
+def prepare_device(cfg: TrainConfig) -> torch.device:
+    """The config's device, with its CPU thread count, GPU memory cap and a fresh peak-memory mark."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        if device.index is None:  # "cuda" -> "cuda:N": set_per_process_memory_fraction wants an index
+            device = torch.device("cuda", torch.cuda.current_device())
+        if cfg.gpu_memory_fraction:
+            torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
+
+
+def prepare_splits(cfg: TrainConfig, device: torch.device, arrays: dict | None = None) -> Splits:
+    """The config's train/validation/test split on the device, deskewed when its policy aligns."""
+    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays, cfg.normalize)
+    if Augment(cfg.augment, cfg.aug).align:  # deskewing is preprocessing: the same for all three splits
+        splits.train_x, splits.val_x, splits.test_x = (deskew(splits.train_x), deskew(splits.val_x),
+                                                        deskew(splits.test_x))
+    return splits
+
+
+# bf16 autocast and channels_last pay off only for nets wide enough for tensor cores. Measured on
+# an H100 (reports/benchmarks.md, 2026-11-23, bare training step): both together ran 0.64x
+# (batch 128) and 0.84x (batch 512) the fp32 speed of tinynet_7k (7,594 parameters, 10-16
+# channels), and 1.07x / 1.29x that of resnet20 (272,090). The threshold lies between the two.
+FAST_FORMATS_MIN_PARAMS = 100_000
+
+
+def fast_formats(cfg: TrainConfig, cuda: bool, n_params: int) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) for a net of n_params: never off CUDA; a field left at None
+    follows the net's size, an explicit true/false is obeyed."""
+    if not cuda:
+        return False, False
+    big = n_params >= FAST_FORMATS_MIN_PARAMS
+    amp = big if cfg.amp is None else cfg.amp
+    return amp, amp if cfg.channels_last is None else cfg.channels_last
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_group(cfgs: list[TrainConfig]) -> None:
+    """Members must share what one batched model needs (identity.FUSE_SHARED) and the deskew step."""
+    from ..identity import FUSE_SHARED
+
+    for name in FUSE_SHARED:
+        values = {repr(getattr(c, name)) for c in cfgs}
+        if len(values) > 1:
+            raise ConfigError(f"fused trials must share {name}, but the group has {', '.join(sorted(values))}")
+    if len({Augment(c.augment, c.aug).align for c in cfgs}) > 1:
+        raise ConfigError("fused trials must agree on 'align' (deskewing changes the data they share)")
+
+
+def _dropout_rate(cfg: TrainConfig) -> float | None:
+    """The member's dropout rate: its config's, else its model's default; None if it has none."""
+    if "dropout" not in model_kwargs(cfg.model):
+        return None
+    return cfg.dropout if cfg.dropout is not None else model_defaults(cfg.model)["dropout"]
+
+
+def build_members(cfgs: list[TrainConfig], device: torch.device, n_train: int) -> tuple[list, list]:
+    """(members, models): each member's model, generator and schedule exactly as it would be alone."""
+    members, models = [], []
+    for cfg in cfgs:
+        seed_all(cfg.seed)
+        dgen = torch.Generator(device=device).manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # again: the initial weights must not depend on data-loading work
+        model = create_model(cfg.model, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args)).to(device)
+        seed_dropout(model, cfg.seed)  # dropout masks: a hash of (seed, step, element), not the global RNG
+        shadow, sched, per_batch = make_shadow(cfg, math.ceil(n_train / cfg.batch_size))
+        members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
+                              list(model.state_dict().keys())))
+        models.append(model)
+    rates = [_dropout_rate(c) for c in cfgs]
+    if len(cfgs) > 1 and any(rates):  # a member at rate 0 still runs the (identity) mask so that others can drop
+        for model, r in zip(models, rates):
+            set_dropout_rate(model, r or 0.0, active=True)
+    return members, models
+
+
+def choose_strategy(cfg: TrainConfig, models: list, splits: Splits, device: torch.device, timed: bool) -> tuple:
+    """(strategy name, timings or None): the config's, or for `auto` plain at K = 1, loop on a
+    CPU, else the fastest of a few timed passes (`timed`: on CUDA, or when a test asks)."""
+    if cfg.fuse_strategy != "auto":
+        return cfg.fuse_strategy, None
+    if len(models) == 1:
+        return "plain", None
+    if not timed:
+        return "loop", None
+    idx = torch.arange(len(models) * cfg.batch_size, device=device).remainder(len(splits.train_y))
+    idx = idx.view(len(models), cfg.batch_size)
+    times = strategies.time_strategies(models, splits.normalize(splits.train_x[idx].flatten(0, 1)).view(
+        *idx.shape, *splits.train_x.shape[1:]), splits.train_y[idx])
+    return min(times, key=times.get), times
+
+
+def setup(cfgs: list[TrainConfig], arrays: dict | None = None, record_off_cuda: bool = False,
+          timed: bool | None = None) -> Group:
+    """Device, data, members, strategy, optimizer, weight average and trainer of a group.
+    `record_off_cuda`: with `cuda_graph`, replay a stand-in recording on a CPU (tests);
+    `timed`: time the strategies for `auto` (default: on CUDA)."""
+    c0 = cfgs[0]
+    device = prepare_device(c0)
+    cuda = device.type == "cuda"
+    splits = prepare_splits(c0, device, arrays)
+    n_train = len(splits.train_y)
+    members, models = build_members(cfgs, device, n_train)
+    name, times = choose_strategy(c0, models, splits, device, cuda if timed is None else timed)
+    n_params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
+    # Only a plain trial trains in bf16 / channels_last: on CUDA (torch 2.11, H100) the backward
+    # of vmap's batch norm refuses bf16 activations with fp32 running statistics, and bf16 bought
+    # a tiny net nothing there (reports/benchmarks.md).
+    amp, cl = fast_formats(c0, cuda, n_params) if name == "plain" else (False, False)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    plain = {}
+    if name == "plain":
+        models[0] = models[0].to(memory_format=fmt)
+        plain = dict(step_model=torch.compile(models[0]) if (c0.compile and cuda) else None, fmt=fmt,
+                     autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext)
+    strategy = strategies.make(name, models, **plain)
+    if name == "blockdiag":
+        strategies.check_same(strategy, strategies.make("loop", models), splits.normalize(splits.train_x[:8]))
+    opt = Optimizer(c0.optimizer, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
+    ema = {n: t.detach().clone() for n, t in {**strategy.params, **strategy.buffers}.items()} if c0.ema else None
+    record = "cuda" if (c0.cuda_graph and cuda) else "stand-in" if (c0.cuda_graph and record_off_cuda) else None
+    meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "amp": amp,
+            "channels_last": cl, "cuda_graph": record is not None, "n_train": n_train, "n_val": len(splits.val_y),
+            "n_test": len(splits.test_y), "steps_per_epoch": n_train // c0.batch_size + (n_train % c0.batch_size >= 2),
+            "fuse_strategy": name, **({"fuse_timings_s": times} if times else {}), **versions()}
+    g = Group(cfgs, device, splits, members, strategy, opt, ema, meta)
+    g.trainer = Trainer(g, record)
+    return g
+
+
+@torch.no_grad()
+def retire(g: Group, k: int) -> None:
+    """A diverged member: zero its slice everywhere so its NaNs cost nothing and touch nothing."""
+    g.members[k].alive = False
+    g.trainer.alive[k] = False
+    for t in [*g.params.values(), *g.buffers.values(), *(g.ema or {}).values()]:
+        if t.dtype.is_floating_point:
+            t[k] = 0
+    for t in (t for ts in g.opt.state for t in ts):  # stacked, or a plain model's own shapes (K = 1)
+        t[k].zero_() if g.k > 1 else t.zero_()
+
+
+def member_state_dict(g: Group, k: int) -> dict:
+    """Member k's scored weights as its own model's state_dict (loadable into create_model(name))."""
+    p, b = g.scored()
+    src = {**p, **b}
+    return {n: src[n][k].detach().clone() for n in g.members[k].keys}
+
+
+def state_dict(g: Group, epoch: int) -> dict:
+    """Everything the group needs to go on after `epoch`, as plain tensors and containers."""
+    return {"epoch": epoch, "params": {n: t.detach() for n, t in g.params.items()}, "buffers": g.buffers,
+            "opt": g.opt.state_dict(list(g.params)), "ema": g.ema, "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(g.device) if g.device.type == "cuda" else None,
+            "members": [{"config": m.cfg.to_dict(), "history": m.history, "status": m.status, "alive": m.alive,
+                         "dgen": m.dgen.get_state(), "shadow": m.shadow.state_dict(),
+                         "scheduler": m.sched.state_dict() if m.sched is not None else None} for m in g.members]}
+
+
+def _check_configs(g: Group, path, saved: list) -> None:
+    if len(saved) != g.k:
+        raise StateError(f"resume state {path} is the state of a group of {len(saved)}, not of these {g.k} trials")
+    for m, s in zip(g.members, saved):
+        ours = {k: v for k, v in m.cfg.to_dict().items() if k not in PLUMBING}
+        theirs = {k: v for k, v in with_defaults(s.get("config") or {}).items() if k in ours}
+        if ours != theirs:
+            changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+            raise StateError(f"resume state {path} belongs to another config (differs in {', '.join(changed)})")
+
+
+@torch.no_grad()
+def load_state(g: Group, path) -> None:
+    """Continue `g` from a saved state: weights, optimizer, schedules, generators, histories."""
+    state = read_state(path, g.device)
+    _check_configs(g, path, state.get("members") or [])
+    try:
+        for mine, saved in ((g.params, state["params"]), (g.buffers, state["buffers"]), (g.ema, state["ema"])):
+            for n, t in (mine or {}).items():
+                t.copy_(saved[n])
+        g.opt.load_state_dict(state["opt"], list(g.params))
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if g.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), g.device)
+        for k, (m, s) in enumerate(zip(g.members, state["members"])):
+            m.history, m.status, m.alive = list(s["history"]), s["status"], bool(s["alive"])
+            g.trainer.alive[k] = m.alive
+            m.dgen.set_state(s["dgen"].cpu())
+            m.shadow.load_state_dict(s["shadow"])
+            if m.sched is not None:
+                m.sched.load_state_dict(s["scheduler"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise StateError(f"resume state {path} does not fit this model ({str(e).splitlines()[0][:120]})") from None
+    g.start_epoch = int(state["epoch"]) + 1

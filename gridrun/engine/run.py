@@ -1,0 +1,184 @@
+"""run(configs) -> results: a group of K >= 1 trials from start to finish. Knows nothing of Ray.
+
+One epoch loop for every trial: train an epoch (step.Trainer), retire a member whose loss went
+non-finite (the others go on), after the last epoch recompute the scored model's BatchNorm
+statistics (precise BN), score every member, step the per-epoch schedules, write each member's
+row, its final files after the last epoch (files.py) and the group's resumable state.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from .files import Writer, save_state, write_final
+from .group import Group, check_group, load_state, member_state_dict, retire, setup, state_dict
+from .optim import step_epoch_scheduler
+
+PRECISE_BN_BATCH = 1024  # images per forward pass of precise BN (a constant: results must not
+                         # depend on plumbing such as eval_batch_size)
+
+
+def evaluate(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of logits against labels. The accuracy is that of the
+    logits as saved (float16), so the report's recheck from the files is exact."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    return F.cross_entropy(logits, y).item(), (logits.half().argmax(1) == y).float().mean().item()
+
+
+@torch.no_grad()
+def infer(g: Group, x: torch.Tensor) -> torch.Tensor:
+    """(K, N, 10) float32 logits of every member's scored model on the images x (shared)."""
+    g.strategy.module.eval()
+    chunk = max(256, g.cfgs[0].eval_batch_size // g.k)
+    out = [g.strategy.forward(g.splits.normalize(xb), g.scored(), shared=True) for xb in x.split(chunk)]
+    return torch.cat(out, 1) if out else torch.empty(g.k, 0, 10, device=x.device)
+
+
+def score(g: Group) -> list[dict]:
+    """Every member's validation and test logits, loss and accuracy."""
+    s = g.splits
+    val, test = infer(g, s.val_x), infer(g, s.test_x)
+    out = []
+    for k in range(g.k):
+        vl, va = evaluate(val[k], s.val_y)
+        tl, ta = evaluate(test[k], s.test_y)
+        out.append({"val_logits": val[k], "test_logits": test[k], "val_loss": vl, "val_acc": va,
+                    "test_loss": tl, "test_acc": ta})
+    return out
+
+
+def bn_layers(module: torch.nn.Module) -> list:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def precise_bn(g: Group, batch: int = PRECISE_BN_BATCH) -> None:
+    """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): every BN
+    layer's running mean and variance of the scored weights become the average over the
+    un-augmented training images of its per-batch statistics, in place of the running average
+    over augmented batches of a moving model. Only the BN layers run in training mode (dropout
+    stays off). Deterministic: the images go in their stored order, and the cumulative average is
+    written as momentum 1/i for the i-th batch (what momentum=None does, without reading a buffer)."""
+    bns = bn_layers(g.strategy.module)
+    if not bns:
+        return
+    weights = g.scored()
+    for n, t in weights[1].items():
+        if n.endswith("running_var"):
+            t.fill_(1)
+        elif n.endswith(("running_mean", "num_batches_tracked")):
+            t.zero_()
+    momenta = [m.momentum for m in bns]
+    g.strategy.module.eval()
+    for m in bns:
+        m.train()
+    chunks = [c for c in g.splits.train_x.split(batch) if len(c) >= 2]  # BN cannot take a batch of one
+    for i, xb in enumerate(chunks, 1):
+        for m in bns:
+            m.momentum = 1.0 / i
+        g.strategy.forward(g.splits.normalize(xb), weights, shared=True)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    g.strategy.module.train()
+
+
+def is_clean_epoch(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch `epoch` (1-based) is one of the last `clean_epochs`, trained without augmentation."""
+    return epoch > cfg.epochs - cfg.clean_epochs
+
+
+def epoch_metrics(epoch: int, train_loss: float, train_acc: float, seconds: float, scores: dict, lr: float,
+                  n_train: int) -> dict:
+    return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": scores["val_loss"],
+            "val_acc": scores["val_acc"], "test_acc": scores["test_acc"], "lr": lr,
+            "seconds": round(seconds, 3), "images_per_s": round(n_train / seconds, 1)}
+
+
+@contextmanager
+def threads_restored():
+    """`threads` sets torch's thread count for the trial; give the caller its own back."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(configs: list, on_epoch=None, resume_from: str | None = None, state_dir: str | None = None,
+        arrays: dict | None = None, group_dir: str | None = None, single: bool = False,
+        record_off_cuda: bool = False, timed: bool | None = None) -> list[dict]:
+    """Train K configs of one architecture as one group; returns their results in order.
+    `on_epoch(metrics, state_path)` gets, with `single` (K = 1, gridrun train), the trial's
+    epoch row, else the group's epoch with its members' mean and best validation accuracy.
+    `record_off_cuda` and `timed`: see group.setup."""
+    cfgs = [TrainConfig.from_dict(c) for c in configs]
+    check_group(cfgs)
+    with threads_restored():
+        g = setup(cfgs, arrays, record_off_cuda, timed)
+        if resume_from:
+            load_state(g, resume_from)
+        group_meta = {} if single else {"fused": g.k, "fused_group": group_dir and Path(group_dir).name}
+        for m in g.members:
+            m.writer = Writer(m.cfg.out_dir, m.history)
+            m.writer.config(m.cfg.to_dict(), {**g.meta, **group_meta})
+        if single:
+            state_dir = state_dir or cfgs[0].out_dir
+        _epochs(g, on_epoch, Path(state_dir) if state_dir else None, single)
+        return [m.result for m in g.members]
+
+
+def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
+    epochs = g.cfgs[0].epochs
+    for epoch in range(g.start_epoch, epochs + 1):
+        losses, accs, seconds = g.trainer.epoch(tuple(is_clean_epoch(m.cfg, epoch) for m in g.members))
+        for k, m in enumerate(g.members):
+            if m.alive and not math.isfinite(float(losses[k])):
+                m.status = f"diverged at epoch {epoch}"
+                _final(g, k, None)
+                retire(g, k)
+        if not any(m.alive for m in g.members):
+            break
+        if epoch == epochs and g.cfgs[0].precise_bn:  # a shared key (identity.FUSE_SHARED)
+            precise_bn(g)
+        scores = score(g)  # the last epoch's logits are the ones saved: scored exactly once
+        for k, m in enumerate(g.members):
+            if not m.alive:
+                continue
+            lr = m.shadow.param_groups[0]["lr"]
+            step_epoch_scheduler(m.cfg, m.sched, m.per_batch, scores[k]["val_loss"], scores[k]["val_acc"])
+            row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"])
+            m.history.append(row)
+            m.writer.epoch(row)
+            if epoch == epochs:
+                # Final files before the last report: a scheduler (ASHA at max_t) may stop the
+                # trial at that report, and nothing after it would run.
+                _final(g, k, scores[k])
+        state_path = save_state(state_dir, state_dict(g, epoch))
+        if on_epoch is not None:
+            on_epoch(g.members[0].history[-1] if single else _group_row(g, epoch, seconds), state_path)
+    if any(m.result is None for m in g.members):  # resumed from a state saved after the last epoch
+        scores = score(g)
+        for k, m in enumerate(g.members):
+            if m.result is None:
+                _final(g, k, scores[k] if m.status == "ok" else None)
+    for m in g.members:
+        m.writer.close()
+
+
+def _group_row(g: Group, epoch: int, seconds: float) -> dict:
+    val = [m.history[-1]["val_acc"] for m in g.members if m.alive]
+    return {"epoch": epoch, "val_acc": max(val), "mean_val_acc": sum(val) / len(val), "members_alive": len(val),
+            "seconds": round(seconds, 3), "images_per_s": round(g.meta["n_train"] * g.k / seconds, 1)}
+
+
+def _final(g: Group, k: int, scores: dict | None) -> None:
+    m = g.members[k]
+    labels = {"val": g.splits.val_y, "test": g.splits.test_y}
+    m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, scores, labels,
+                           lambda: member_state_dict(g, k))

@@ -1,0 +1,181 @@
+"""The training step of a group, written once over static buffers, and the epoch of steps.
+
+A tiny net's step is a few hundred small kernels (gather, augmentation, forward, backward,
+optimizer, weight average, metrics), each launched from Python: at batch 128 the GPU waits on
+the CPU. Replaying the whole step as one recorded CUDA graph ran tinynet_7k's step 3.5x and
+resnet20's 2.7x as fast on an H100 (reports/benchmarks.md, `benchmarks/step_speed.py`).
+
+So the step reads and writes only long-lived tensors: the data on the device, the stacked
+weights, optimizer state and weight average, and small static tensors refreshed before each
+step (the members' batch indices, the optimizer's hyperparameter rows, alive flags). Eager runs
+call it as it is; `cuda_graph: true` on CUDA records it once per variant (which members train
+on clean images) and replays it; the epoch's last, shorter batch always runs eagerly.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import Augment, Draws
+from ..models._layers import cached_indices
+
+
+class StepGraphs:
+    """Runs a step function by key: eagerly for its first `warmup` calls (on a side stream, as
+    torch.cuda.graph asks), recorded on the next and replayed from then on (the call that
+    records also replays, so every call is one step). `record`: "cuda", None (always eager) or
+    "stand-in" (tests on a CPU: the first recorded call's function is kept and called again on
+    every replay, so a step that read anything but its static buffers would show)."""
+
+    def __init__(self, device: torch.device, generators=(), record: str | None = None, warmup: int = 3):
+        self.device, self.record, self.warmup = device, record, warmup
+        self.error: str | None = None  # why a recording failed; the steps then all run eagerly
+        self.generators = [g for g in generators if g.device.type == "cuda"]
+        self.graphs: dict = {}
+        self.calls: dict = {}
+        self.keep: list = []  # tensors made before a recording that it reads: alive as long as it is
+        self.stream = torch.cuda.Stream(device) if record == "cuda" else None
+
+    def __call__(self, key, step) -> None:
+        if self.record is None:
+            step()
+            return
+        graph = self.graphs.get(key)
+        if graph is None:
+            n = self.calls[key] = self.calls.get(key, 0) + 1
+            if n <= self.warmup:
+                self._warm(step)
+                return
+            try:
+                graph = self.graphs[key] = self._record(step)
+            except Exception as e:  # an op that cannot be recorded: say so once, go on eagerly
+                # (a recording executes nothing, so the weights and optimizer state are untouched)
+                self.record, self.graphs = None, {}
+                self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                print(f"gridrun: recording the training step as a CUDA graph failed ({self.error}); "
+                      f"this trial goes on without it", file=sys.stderr, flush=True)
+                torch.cuda.synchronize(self.device)
+                step()
+                return
+        graph.replay() if self.record == "cuda" else graph()
+
+    def _warm(self, step) -> None:
+        if self.stream is None:
+            step()
+            return
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            step()
+        current.wait_stream(self.stream)
+
+    def _record(self, step):
+        if self.record != "cuda":
+            return step
+        graph = torch.cuda.CUDAGraph()
+        for gen in self.generators:
+            graph.register_generator_state(gen)
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            step()
+        self.keep.append(cached_indices())  # dropout's index tensors, read by the recording
+        return graph
+
+
+def smoothed_ce(out: torch.Tensor, y: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+    """(K,) mean cross-entropy of (K, B, C) logits with each member's label smoothing, as
+    F.cross_entropy(label_smoothing=...) computes it."""
+    logp = F.log_softmax(out, -1)
+    nll = -logp.gather(-1, y[..., None]).squeeze(-1)
+    return ((1 - ls[:, None]) * nll + ls[:, None] * -logp.mean(-1)).mean(1)
+
+
+def augmented(g, idx: torch.Tensor, clean: tuple) -> torch.Tensor:
+    """(K, B, 1, 28, 28): each member's batch, drawn and augmented from its own generator (left
+    as is for a member whose `clean` is set); the warps of members whose draws have the same
+    parts run as one grid_sample."""
+    s = g.splits
+    x = s.train_x[idx]                                                 # (K, B, 1, H, W)
+    draws = [None if c else m.aug.draw(idx.shape[1], m.dgen, s.train_x.device, tuple(x.shape[-2:]))
+             for m, c in zip(g.members, clean)]
+    out = [x[k] if d is None else None for k, d in enumerate(draws)]
+    for key in {d.key for d in draws if d is not None}:
+        ks = [k for k, d in enumerate(draws) if d is not None and d.key == key]
+        if key == (False, False, False):
+            for k in ks:
+                out[k] = x[k]
+            continue
+        # members picked by stacking views, not x[ks]: a list index is a host-to-device copy,
+        # which a CUDA graph cannot record
+        joined = Augment.apply(torch.stack([x[k] for k in ks]).flatten(0, 1), Draws.cat([draws[k] for k in ks]))
+        for j, k in enumerate(ks):
+            out[k] = joined[j * x.shape[1]:(j + 1) * x.shape[1]]
+    return s.normalize(torch.stack(out).flatten(0, 1)).view(x.shape)
+
+
+class Trainer:
+    """A group's epochs of steps: `epoch` refreshes the static buffers and runs `step`."""
+
+    def __init__(self, g, record: str | None):
+        dev, k = g.device, g.k
+        self.g = g
+        self.idx = torch.zeros(k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
+        self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # cleared by `retire`
+        self.ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=dev)
+        self.loss_sum = torch.zeros(k, device=dev)
+        self.correct = torch.zeros(k, device=dev, dtype=torch.long)
+        self.graphs = StepGraphs(dev, [m.dgen for m in g.members], record)
+        ema = list(g.ema.items()) if g.ema is not None else []
+        live = {**g.params, **g.buffers}
+        self.ema_floats = [(e, live[n]) for n, e in ema if e.dtype.is_floating_point]
+        self.ema_others = [(e, live[n]) for n, e in ema if not e.dtype.is_floating_point]
+
+    def step(self, idx: torch.Tensor, clean: tuple) -> None:
+        """Every member's step: forward, backward, update, weight average, running metrics. A
+        member whose loss is not finite (or that was retired) gets no gradient."""
+        g = self.g
+        x, y = augmented(g, idx, clean), g.splits.train_y[idx]          # (K, B, ...), (K, B)
+        out = g.strategy.forward(x)                                      # (K, B, 10)
+        loss = smoothed_ce(out, y, self.ls)
+        live = torch.where(self.alive & torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
+        grads = torch.autograd.grad(live, g.strategy.leaves, materialize_grads=True)
+        g.opt.step(grads)
+        if self.ema_floats:
+            self._update_ema()
+        self.loss_sum += loss.detach() * y.shape[1]
+        self.correct += (out.argmax(-1) == y).sum(1)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Exponential moving average of the weights and buffers (ema is shared by a group)."""
+        torch._foreach_lerp_([e for e, _ in self.ema_floats], [t for _, t in self.ema_floats], 1 - self.g.cfgs[0].ema)
+        for e, t in self.ema_others:
+            e.copy_(t)
+
+    def epoch(self, clean: tuple) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One pass over the training split for every member ((K,) losses, (K,) accuracies,
+        seconds); `clean` says which members skip augmentation this epoch."""
+        g = self.g
+        g.strategy.module.train()
+        t0 = time.perf_counter()
+        self.loss_sum.zero_(), self.correct.zero_()
+        per = [g.splits.index_batches(m.cfg.batch_size, m.dgen) for m in g.members]
+        for idx in zip(*per):
+            g.opt.refresh([m.shadow.param_groups[0] for m in g.members], [m.alive for m in g.members])
+            idx = torch.stack(idx)
+            if idx.shape == self.idx.shape:
+                self.idx.copy_(idx)
+                self.graphs(clean, lambda: self.step(self.idx, clean))
+            else:
+                self.step(idx, clean)
+            for m in g.members:
+                if m.per_batch:
+                    m.sched.step()
+        n = len(g.splits.train_y)
+        losses, accs = (self.loss_sum / n).cpu(), (self.correct.double() / n).cpu()
+        if self.graphs.error:  # the members' summary.json say what ran
+            g.meta.update(cuda_graph=False, cuda_graph_error=self.graphs.error)
+        return losses, accs, time.perf_counter() - t0

@@ -1,0 +1,143 @@
+"""The engine's parts against their references: the one optimizer against torch.optim, each
+strategy against the members computed one by one, `auto`, and the fuse_strategy key's place.
+
+Tolerances: the optimizer follows torch.optim's formulas with the hyperparameters read from a
+tensor (a separate multiply where torch fuses an `alpha`): rtol 1e-5, atol 1e-6 after four
+steps. A strategy's logits, gradients and BatchNorm statistics agree with the member's own
+model to rtol 1e-4, atol 1e-5 (one pass: only the order of a conv's sums differs).
+"""
+import json
+
+import pytest
+import torch
+
+from gridrun.config import ConfigError, TrainConfig
+from gridrun.engine import run, strategies
+from gridrun.engine.optim import Optimizer, host_values
+from gridrun.identity import fuse_key, trial_id
+from gridrun.models import create_model
+
+
+@pytest.mark.parametrize("kind,nesterov,wd", [("sgd", [True, True], 5e-4), ("sgd", [False, False], 0.0),
+                                              ("sgd", [True, False], 1e-3), ("adam", [False, False], 1e-3),
+                                              ("adamw", [False, False], 1e-2)])
+def test_the_optimizer_is_torch_optim_member_by_member(kind, nesterov, wd):
+    """Two members with their own hyperparameters, changed every step as a scheduler does."""
+    torch.manual_seed(0)
+    models = [create_model("tinynet_7k") for _ in range(2)]
+    stacked = [torch.stack([p.detach().clone() for p in ps]) for ps in zip(*(m.parameters() for m in models))]
+    torch_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
+    extra = lambda k: dict(momentum=0.9, nesterov=nesterov[k]) if kind == "sgd" else {}  # noqa: E731
+    refs = [torch_cls(m.parameters(), lr=0.1, weight_decay=wd * (k + 1), **extra(k)) for k, m in enumerate(models)]
+    opt = Optimizer(kind, stacked, nesterov)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for step, (lr, mom) in enumerate([(0.1, 0.9), (0.05, 0.85), (0.2, 0.95), (0.01, 0.9)]):
+        grads = []
+        for k, (m, ref) in enumerate(zip(models, refs)):
+            for g in ref.param_groups:
+                g["lr"] = lr / (k + 1)
+                g["momentum" if kind == "sgd" else "betas"] = mom if kind == "sgd" else (mom, 0.999)
+            ref.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            grads.append([p.grad.clone() for p in m.parameters()])
+        opt.refresh([r.param_groups[0] for r in refs], [True, True])
+        opt.step([torch.stack(gs) for gs in zip(*grads)])
+        for ref in refs:
+            ref.step()
+        for k, m in enumerate(models):
+            for a, b in zip(m.parameters(), stacked):
+                torch.testing.assert_close(b[k], a, rtol=1e-5, atol=1e-6, msg=f"step {step} member {k}")
+
+
+def test_a_retired_member_gets_no_update():
+    p = [torch.ones(2, 3)]
+    opt = Optimizer("adam", p, [False, False])
+    groups = [{"lr": 0.1, "weight_decay": 0.0, "betas": (0.9, 0.999)}] * 2
+    assert host_values("adam", groups, [True, False], 1)[-2] == [pytest.approx(1.0), 0.0]  # step sizes
+    opt.refresh(groups, [True, False])
+    opt.step([torch.ones(2, 3)])
+    assert torch.equal(p[0][1], torch.ones(3)) and not torch.equal(p[0][0], torch.ones(3))
+
+
+def _members(name: str, k: int, **kw) -> list:
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        m = create_model(name, **kw)
+        from gridrun.models._layers import seed_dropout
+
+        seed_dropout(m, seed)
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("name,kw,strategy", [(n, kw, s) for n, kw in (("tinynet_7k", {}), ("two_maxpool", {"dropout": 0.3}))
+                                               for s in ("loop", "vmap", "blockdiag")] +
+                         [("resnet20", {}, "blockdiag")])  # residual adds and strided shortcuts, dense
+def test_each_strategy_computes_each_member_as_alone(name, kw, strategy):
+    """Logits, weight gradients, BatchNorm statistics and dropout masks of K=3 members from
+    their own batches, against each member's own model: a strategy that mixed members (a
+    mask that let off-diagonal blocks through, a slice of the wrong member) would fail here."""
+    k = 3
+    alone = _members(name, k, **kw)
+    s = strategies.make(strategy, _members(name, k, **kw))
+    x, y = torch.randn(k, 8, 1, 28, 28), torch.randint(0, 10, (k, 8))
+    for _ in range(2):  # twice: the dropout step counters move on as they do alone
+        out = s.forward(x)
+        loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="sum")
+        grads = dict(zip(s.params, torch.autograd.grad(loss, s.leaves)))
+        for i, m in enumerate(alone):
+            ref = m(x[i])
+            torch.testing.assert_close(out[i], ref, rtol=1e-4, atol=1e-5)
+            ref_grads = torch.autograd.grad(torch.nn.functional.cross_entropy(ref, y[i], reduction="sum"),
+                                            list(m.parameters()))
+            for (n, _), g in zip(m.named_parameters(), ref_grads):
+                torch.testing.assert_close(grads[n][i], g, rtol=1e-4, atol=1e-5, msg=f"{n} of member {i}")
+            for n, b in m.named_buffers():
+                torch.testing.assert_close(s.buffers[n][i], b, rtol=1e-4, atol=1e-5, msg=f"{n} of member {i}")
+    shared = torch.randn(5, 1, 28, 28)
+    s.module.eval()
+    with torch.no_grad():
+        out = s.forward(shared, shared=True)
+    for i, m in enumerate(alone):
+        torch.testing.assert_close(out[i], m.eval()(shared), rtol=1e-4, atol=1e-5)
+
+
+def test_blockdiag_refuses_a_model_it_cannot_compute_with_one_line():
+    class Cat(torch.nn.Module):  # a channel concatenation interleaves the members' channels
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(1, 2, 3)
+            self.fc = torch.nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x):
+            return self.fc(torch.cat([self.a(x), self.b(x)], 1).flatten(1))
+
+    models = [Cat() for _ in range(2)]
+    s = strategies.make("blockdiag", models)
+    with pytest.raises(ConfigError, match="blockdiag does not compute this model's members apart.*use vmap or loop"):
+        strategies.check_same(s, strategies.make("loop", models), torch.randn(4, 1, 28, 28))
+
+
+def _tiny(synth_dir, **kw):
+    return dict(dict(model="tinynet_7k", epochs=1, batch_size=40, val_size=100, subset=200, data_dir=str(synth_dir),
+                     threads=2, lr=0.05, augment="none"), **kw)
+
+
+def test_auto_takes_plain_for_one_loop_on_a_cpu_and_the_fastest_when_timed(synth_dir, tmp_path):
+    one = run([_tiny(synth_dir)], single=True)[0]
+    two = run([_tiny(synth_dir, seed=s) for s in (0, 1)])
+    assert one["fuse_strategy"] == "plain" and "fused" not in one
+    assert {r["fuse_strategy"] for r in two} == {"loop"} and "fuse_timings_s" not in two[0]
+    timed = run([_tiny(synth_dir, seed=s, out_dir=str(tmp_path / str(s))) for s in (0, 1)], timed=True)
+    meta = json.loads((tmp_path / "0" / "config.json").read_text())["_meta"]
+    times = meta["fuse_timings_s"]
+    assert set(times) == {"loop", "vmap", "blockdiag"} and all(t > 0 for t in times.values())
+    assert meta["fuse_strategy"] == timed[0]["fuse_strategy"] == min(times, key=times.get)
+
+
+def test_fuse_strategy_is_plumbing_shared_by_a_group():
+    a, b = TrainConfig(fuse_strategy="vmap").to_dict(), TrainConfig(fuse_strategy="blockdiag").to_dict()
+    assert trial_id(a) == trial_id(b) and fuse_key(a) != fuse_key(b)
+    with pytest.raises(ConfigError, match="fuse_strategy='grouped'.*auto, vmap, loop, blockdiag"):
+        TrainConfig(fuse_strategy="grouped")
