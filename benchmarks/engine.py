@@ -50,17 +50,19 @@ def group(model: str, k: int, strategy: str, device: str, batch: int, graph: boo
     return g, (lambda: tr.graphs(clean, lambda: tr.step(tr.idx, clean)))
 
 
-def measure(step, steps: int, device) -> float:
-    """Seconds per step after warm-up calls (the recording, for graphs)."""
-    for _ in range(5 if device.type == "cuda" else 1):
+def measure(step, steps: int, device, least_s: float = 1.0) -> float:
+    """Seconds per step after warm-up calls (the recording, for graphs): at least `steps`
+    steps and `least_s` seconds."""
+    for _ in range(5 if device.type == "cuda" else 2):
         step()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    t0, n = time.perf_counter(), 0
+    while n < steps or time.perf_counter() - t0 < least_s:
         step()
-    sync()
-    return (time.perf_counter() - t0) / steps
+        n += 1
+        sync()
+    return (time.perf_counter() - t0) / n
 
 
 def count_ops(step) -> int:

@@ -73,7 +73,7 @@ def _members(name: str, k: int, **kw) -> list:
 
 @pytest.mark.parametrize("name,kw,strategy", [(n, kw, s) for n, kw in (("tinynet_7k", {}), ("two_maxpool", {"dropout": 0.3}))
                                                for s in ("loop", "vmap", "blockdiag")] +
-                         [("resnet20", {}, "blockdiag")])  # residual adds and strided shortcuts, dense
+                         [pytest.param("resnet20", {}, "blockdiag", marks=pytest.mark.slow)])  # residual adds, dense
 def test_each_strategy_computes_each_member_as_alone(name, kw, strategy):
     """Logits, weight gradients, BatchNorm statistics and dropout masks of K=3 members from
     their own batches, against each member's own model: a strategy that mixed members (a
@@ -124,6 +124,7 @@ def _tiny(synth_dir, **kw):
                      threads=2, lr=0.05, augment="none"), **kw)
 
 
+@pytest.mark.slow  # three short trainings: 20-160 s on the busy 2-core CPU
 def test_auto_takes_plain_for_one_loop_on_a_cpu_and_the_fastest_when_timed(synth_dir, tmp_path):
     one = run([_tiny(synth_dir)], single=True)[0]
     two = run([_tiny(synth_dir, seed=s) for s in (0, 1)])

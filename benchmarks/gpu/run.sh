@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu/run.sh [STAGE ...] [--device cpu] [--quick]
 #
 # Stages (default: all, in this order): check graphs throughput fused packing mps time steps.
+# engine (not in the default list): benchmarks/engine.py, the engine's strategies side by side.
 # graphs: the trainer's CUDA-graph step (`cuda_graph: true`) against the same trainer without it,
 # one trial and one fused group, speed ratio and accuracy of both (benchmarks/graph_step.py).
 # A session has 10 minutes per command: run the stages over several calls if need be, e.g.
@@ -109,6 +110,8 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
         --workers $WK --json "$OUT/throughput.json" ;;
     fused)
       run fused $PY benchmarks/fused.py --device $DEVICE $FU --json "$OUT/fused.json" ;;
+    engine)  # the engine's strategies (loop, vmap, blockdiag) x eager/graph, K in 1, 8, 32
+      run engine $PY benchmarks/engine.py --device $DEVICE $([ "$QUICK" = 1 ] && echo --ks 1,8 --batch 32) ;;
     packing)
       run packing $PY benchmarks/packing.py $PK --gpus $([ $DEVICE = cpu ] && echo 0 || echo 1) \
         --json "$OUT/packing.json" ;;
@@ -159,7 +162,7 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
         && echo "== grid $g: $(wc -l < /tmp/grid-new-$g.txt) new or changed files in $(ls "$OUT/${g}_new.tgz".part-* | wc -l) part(s):" \
              "cat ${g}_new.tgz.part-* | tar xz -C runs" | tee -a "$OUT/summary.txt"
       [ $DEVICE = cuda ] && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>&1 | tail -1 >> "$OUT/summary.txt" ;;
-    *) echo "unknown stage $stage (check graphs throughput fused packing mps time steps grid:NAME)"; exit 2 ;;
+    *) echo "unknown stage $stage (check graphs throughput fused engine packing mps time steps grid:NAME)"; exit 2 ;;
   esac
 done
 echo; echo "== summary ($OUT)"; cat "$OUT/summary.txt"
