@@ -38,10 +38,10 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def group(model: str, k: int, strategy: str, device: str, batch: int, graph: bool, arrays: dict):
+def group(model: str, k: int, strategy: str, device: str, batch: int, graph: bool, arrays: dict, threads: int):
     cfgs = [TrainConfig(model=model, seed=s, batch_size=batch, subset=max(batch * 2, 200), val_size=100,
                         augment="none", epochs=1, device=device, fuse_strategy=strategy, cuda_graph=graph,
-                        scheduler="none", ema=0.0) for s in range(k)]
+                        scheduler="none", ema=0.0, threads=threads) for s in range(k)]
     g = setup(cfgs, arrays)
     g.opt.refresh([m.shadow.param_groups[0] for m in g.members], [True] * k)
     idx = torch.arange(k * batch, device=g.device).remainder(len(g.splits.train_y)).view(k, batch)
@@ -50,10 +50,10 @@ def group(model: str, k: int, strategy: str, device: str, batch: int, graph: boo
     return g, (lambda: tr.graphs(clean, lambda: tr.step(tr.idx, clean)))
 
 
-def measure(step, steps: int, device, least_s: float = 1.0) -> float:
-    """Seconds per step after warm-up calls (the recording, for graphs): at least `steps`
+def measure(step, steps: int, device, least_s: float, warmup: int) -> float:
+    """Seconds per step after `warmup` calls (the recording, for graphs): at least `steps`
     steps and `least_s` seconds."""
-    for _ in range(5 if device.type == "cuda" else 2):
+    for _ in range(warmup):
         step()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -79,12 +79,14 @@ def main() -> None:
     ap.add_argument("--ks", default="1,8,32")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip", default="", help="model:K pairs not to run, e.g. resnet20:32 (minutes on a CPU)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: no spinning OpenMP threads on a shared CPU)")
+    ap.add_argument("--least-s", type=float, default=1.0, help="time each cell for at least this long")
     a = ap.parse_args()
     arrays = load_arrays()
     skip = set(filter(None, a.skip.split(",")))
     cuda = a.device.startswith("cuda")
-    print(f"device {a.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch} "
-          f"per member, {a.steps} timed steps per cell, SGD, no augmentation\n")
+    print(f"device {a.device}, torch {torch.__version__}, threads {a.threads}, batch {a.batch} "
+          f"per member, at least {a.steps} timed steps and {a.least_s} s per cell, SGD, no augmentation\n")
     print("| model | K | strategy | mode | images/s | ratio to one eager trial | ATen ops/step | ops/member |")
     print("|---|---:|---|---|---:|---:|---:|---:|")
     for model in a.models.split(","):
@@ -95,9 +97,9 @@ def main() -> None:
                 continue
             for strategy in (["auto"] if k == 1 else []) + ["loop", "vmap", "blockdiag"]:
                 for graph in ([False, True] if cuda else [False]):
-                    g, step = group(model, k, strategy, a.device, a.batch, graph, arrays)
-                    ops = count_ops(step) if not cuda else None
-                    sec = measure(step, a.steps, g.device)
+                    g, step = group(model, k, strategy, a.device, a.batch, graph, arrays, a.threads)
+                    ops = count_ops(step) if not cuda else None  # on a CPU also the warm-up step
+                    sec = measure(step, a.steps, g.device, a.least_s, 5 if cuda else 1)
                     ips = k * a.batch / sec
                     base = base or ips  # the first cell: one eager plain trial
                     name = g.meta["fuse_strategy"]

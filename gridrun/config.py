@@ -248,7 +248,7 @@ def check_types(cfg: TrainConfig) -> None:
 
 # The named values a str field takes (`gridrun train -h` lists them; validate() checks them).
 CHOICES: dict[str, tuple] = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "plateau_metric": PLATEAU_METRICS,
-                             "normalize": NORMALIZATIONS}
+                             "normalize": NORMALIZATIONS, "fuse_strategy": FUSE_STRATEGIES}
 
 
 def field_docs() -> dict[str, tuple[str, str]]:

@@ -101,6 +101,8 @@ def augmented(g, idx: torch.Tensor, clean: tuple) -> torch.Tensor:
     x = s.train_x[idx]                                                 # (K, B, 1, H, W)
     draws = [None if c else m.aug.draw(idx.shape[1], m.dgen, s.train_x.device, tuple(x.shape[-2:]))
              for m, c in zip(g.members, clean)]
+    if all(d is None or d.key == (False, False, False) for d in draws):  # nothing to warp: no per-member ops
+        return s.normalize(x.flatten(0, 1)).view(x.shape)
     out = [x[k] if d is None else None for k, d in enumerate(draws)]
     for key in {d.key for d in draws if d is not None}:
         ks = [k for k, d in enumerate(draws) if d is not None and d.key == key]

@@ -89,8 +89,9 @@ class Vmap(Strategy):
 
 
 class _Finite(torch.autograd.Function):
-    """Non-finite values to finite ones, both ways: a diverged member's NaNs meet the zero
-    off-diagonal blocks of a dense layer as finite numbers (0 * NaN would be NaN in the others)."""
+    """Non-finite values to finite ones, both ways: around a dense conv, a diverged member's
+    NaNs meet the zero off-diagonal blocks as finite numbers, its activations on the way in and
+    its gradients on the way back (0 * NaN would be NaN in the other members)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -122,7 +123,7 @@ class BlockConv(nn.Module):
         else:
             w, groups = w.reshape(k * co, ci, *w.shape[3:]), k * self.groups
         b = None if self.bias is None else self.bias.reshape(-1)
-        return F.conv2d(_Finite.apply(x), w, b, self.stride, self.padding, self.dilation, groups)
+        return _Finite.apply(F.conv2d(_Finite.apply(x), w, b, self.stride, self.padding, self.dilation, groups))
 
 
 class BlockLinear(nn.Module):
