@@ -119,8 +119,8 @@ def cmd_train(args) -> int:
     from .train import train
 
     opts = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "out", "config")}
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise GridrunError(f"--out {args.out} is a file: give a folder for the trial's files")
+    if args.out is not None:
+        _check_out(Path(args.out))
     base = _trial_config(args.config) if args.config else {}
     try:
         cfg = TrainConfig.from_dict({**base, **opts, "out_dir": args.out})
@@ -135,11 +135,42 @@ def cmd_train(args) -> int:
               f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}  test acc {m['test_acc']:.4f}  "
               f"lr {m['lr']:.2e}  {m['seconds']:.1f}s  {m['images_per_s']:.0f} img/s", flush=True)
 
-    result = train(cfg, on_epoch=line)
+    try:
+        result = train(cfg, on_epoch=line)
+    except OSError as e:  # a full disk under --out: name the folder, not a temp file or nothing
+        from .diskio import disk_error, disk_line
+
+        if disk_error(e) is None or not cfg.out_dir:
+            raise
+        raise GridrunError(disk_line(cfg.out_dir, disk_error(e))) from None
     final = result["final"] or {}
     print(f"{result['status']}: {result['params']:,} params, {result['epochs']} epochs on {result['device']}, "
           f"final val acc {final.get('val_acc', float('nan')):.4f}, test acc {final.get('test_acc', float('nan')):.4f}")
     return 0 if result["status"] == "ok" else 1
+
+
+# What a trial, a fused group or an experiment leaves in its folder: a folder holding any of them
+# is someone's results, and `train --out` writing there would mix two configs in one folder.
+_RESULT_FILES = ("summary.json", "config.json", "metrics.csv", "model.pt", "state.pt", "logits_val.npy",
+                 "logits_test.npy", "error.txt", "params.json", "stopped.json")
+
+
+def _check_out(out: Path) -> None:
+    """`train --out` writes only into a new or empty-of-results folder, never over a trial,
+    into an experiment folder, or into a folder inside one (the report would read it as a trial)."""
+    from .results import GROUP_FILE, LOCK, MANIFEST
+
+    if out.exists() and not out.is_dir():
+        raise GridrunError(f"--out {out} is a file: give a folder for the trial's files")
+    fix = "give a new folder (or remove this one first if you mean to replace its results)"
+    if out.is_dir():
+        held = next((f for f in (*_RESULT_FILES, MANIFEST, GROUP_FILE, LOCK) if (out / f).exists()), None)
+        if held is not None:
+            raise GridrunError(f"--out {out} already holds results ({held}): {fix}")
+    for parent in out.resolve().parents:
+        if any((parent / f).exists() for f in (MANIFEST, GROUP_FILE, LOCK)):
+            raise GridrunError(f"--out {out} is inside the experiment folder {parent}: its report would read this "
+                               f"run as one of its trials; give a folder outside it")
 
 
 def cmd_models(args) -> int:
@@ -406,7 +437,13 @@ def main(argv=None) -> int:
         _quiet_stdout()
         return 0
     except OSError as e:  # a full disk, a read-only folder: what and where, in one line
-        print(f"{PREFIX}{e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        from .diskio import DISK_ERRNOS, disk_line
+
+        if e.errno in DISK_ERRNOS:
+            where = Path(os.fsdecode(e.filename)).parent if e.filename else "the folder gridrun writes to"
+            print(f"{PREFIX}{disk_line(where, e)}", file=sys.stderr)
+        else:
+            print(f"{PREFIX}{e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
     except Exception as e:
         if os.environ.get("GRIDRUN_DEBUG"):

@@ -8,11 +8,14 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import GridrunError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading and checking files needs only numpy
+    import torch
 
 # name -> (magic, shape of the canonical file, MD5 of the decompressed canonical file)
 FILES = {
@@ -80,56 +83,121 @@ def _download() -> dict[str, Path]:
     return find_files(download=False)
 
 
+MAX_IMAGES = max(shape[0] for _b, _m, shape, _d in FILES.values())  # 60,000: no MNIST file holds more
+_CHUNK = 1 << 20  # bytes read at a time (a gzip stream is never decompressed further ahead than this)
+
+
+def _fail(path: Path, what: str) -> DataError:
+    return DataError(f"MNIST file {path} {what}: replace it; {FIX}")
+
+
+def _open(path: Path):
+    """The file's decompressed byte stream (gzip by name), read lazily."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx_header(f, path: Path, key: str | None = None) -> tuple[int, tuple[int, ...]]:
+    """(magic, shape) from the first bytes of an open IDX stream, checked against what MNIST can
+    hold (uint8, 1 or 3 dims, 28x28 images, at most 60,000 items) before any data is read: a
+    header that declares more is refused, so a small file never costs more than MNIST's size."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 8 or head[3] not in (1, 3):
+        raise _fail(path, "is not a uint8 IDX file (bad header)")
+    dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        raise _fail(path, "is truncated inside its header")
+    shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(head[3]))
+    magic = int.from_bytes(head, "big")
+    if len(shape) == 3 and shape[1:] != (28, 28) or shape[0] > MAX_IMAGES:
+        raise _fail(path, f"declares shape {shape}, not MNIST's (at most {MAX_IMAGES:,} items of 28x28 or labels)")
+    if key is not None and (magic != FILES[key][1] or shape[1:] != FILES[key][2][1:]):
+        raise _fail(path, f"has the wrong kind of IDX data for {FILES[key][0]} (shape {shape})")
+    return magic, shape
+
+
+def _read_exactly(f, path: Path, shape: tuple[int, ...], md5) -> np.ndarray:
+    """The `shape` data bytes that follow the header, and nothing after them: reads stop at the
+    declared size, so padding (a gzip bomb of zeros) is refused after one more byte."""
+    out = np.empty(shape, dtype=np.uint8)
+    view, n, got = memoryview(out.reshape(-1)), out.size, 0
+    while got < n:
+        k = f.readinto(view[got: got + min(_CHUNK, n - got)])
+        if not k:
+            raise _fail(path, f"is truncated: its header says {shape}, only {got:,} of {n:,} data bytes follow")
+        got += k
+    md5.update(view)
+    if f.read(1):
+        raise _fail(path, f"is padded: more bytes follow the {n:,} its header declares ({shape})")
+    return out
+
+
 def read_idx(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """Read one IDX file (.gz or raw) into a uint8 array, checking header, size and, for the
-    canonical files, the MD5 of the decompressed bytes against every canonical file, so that
-    a train file under a test name (or the reverse) is caught."""
+    """Read one IDX file (.gz or raw) into a uint8 array, streamed: the header first (see
+    read_idx_header), then exactly the bytes it declares. For the canonical files the MD5 of the
+    decompressed bytes is checked against every canonical file, so that a train file under a
+    test name (or the reverse) is caught."""
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with _open(path) as f:
+            magic, shape = read_idx_header(f, path, key)
+            md5 = hashlib.md5(magic.to_bytes(4, "big"))
+            md5.update(b"".join(d.to_bytes(4, "big") for d in shape))
+            arr = _read_exactly(f, path, shape, md5)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"MNIST file {path} is unreadable or corrupt ({str(e)[:80]}): replace it; {FIX}") from None
-    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or raw[3] not in (1, 3):
-        raise DataError(f"MNIST file {path} is not a uint8 IDX file (bad header): replace it; {FIX}")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(raw) != offset + int(np.prod(shape)):
-        raise DataError(f"MNIST file {path} is truncated or padded: header says {shape}, "
-                        f"{len(raw) - offset} bytes of data follow: replace it; {FIX}")
+        what = "is truncated (" if isinstance(e, EOFError) else "is unreadable or corrupt ("
+        raise _fail(path, f"{what}{str(e)[:80] or type(e).__name__})") from None
     if key is not None:
-        base, magic, canon_shape, md5 = FILES[key]
-        if int.from_bytes(raw[:4], "big") != magic or shape[1:] != canon_shape[1:]:
-            raise DataError(f"MNIST file {path} has the wrong kind of IDX data for {base} (shape {shape}): "
-                            f"replace it; {FIX}")
-        # Checksums are for the canonical files; smaller IDX files (subsets, test fixtures) get
-        # the structural checks above only. A canonical file under another name is refused.
-        canonical = {k: v for k, v in FILES.items() if v[2] == shape}
-        if canonical:
-            digest = hashlib.md5(raw).hexdigest()
-            other = next((k for k, v in canonical.items() if v[3] == digest), None)
-            if other is not None and other != key:
-                raise DataError(f"MNIST file {path} holds MNIST's {FILES[other][0]} data, not {base}: the train and "
-                                f"test files are swapped or misnamed; give each file its own name")
-            if other is None and key in canonical:
-                raise DataError(f"MNIST file {path} fails its MD5 check (corrupt download?): delete it "
-                                f"and download again, or {FIX}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+        _check_canonical(path, key, shape, md5.hexdigest())
+    return arr
+
+
+def _check_canonical(path: Path, key: str, shape: tuple[int, ...], digest: str) -> None:
+    """Checksums are for the canonical files; smaller IDX files (subsets, test fixtures) get the
+    structural checks only. A canonical file under another name is refused."""
+    base = FILES[key][0]
+    canonical = {k: v for k, v in FILES.items() if v[2] == shape}
+    other = next((k for k, v in canonical.items() if v[3] == digest), None)
+    if other is not None and other != key:
+        raise DataError(f"MNIST file {path} holds MNIST's {FILES[other][0]} data, not {base}: the train and "
+                        f"test files are swapped or misnamed; give each file its own name")
+    if other is None and key in canonical:
+        raise DataError(f"MNIST file {path} fails its MD5 check (corrupt download?): delete it "
+                        f"and download again, or {FIX}")
+
+
+def check_files(data_dir=None, download: bool | None = None) -> dict[str, tuple[int, ...]]:
+    """The four files found and their headers read (no data decompressed): what a launch checks
+    before it writes anything or starts Ray. Returns each file's declared shape."""
+    shapes = {}
+    for key, path in find_files(data_dir, download).items():
+        try:
+            with _open(path) as f:
+                shapes[key] = read_idx_header(f, path, key)[1]
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise _fail(path, f"is unreadable or corrupt ({str(e)[:80] or type(e).__name__})") from None
+    _check_sizes({k: v[0] for k, v in shapes.items()})
+    return shapes
+
+
+def _check_sizes(n: dict[str, int]) -> None:
+    """Images and labels agree in number, and the train files are not the test files."""
+    for split in ("train", "test"):
+        n_img, n_lab = n[f"{split}_images"], n[f"{split}_labels"]
+        if n_img != n_lab:
+            raise DataError(f"MNIST {split} files disagree: {n_img} images but {n_lab} labels: {FIX}")
+    n_train, n_test = n["train_labels"], n["test_labels"]
+    if (n_train, n_test) == (10000, 60000) or (n_train < n_test and n_test >= 10000):
+        raise DataError(f"MNIST train files hold {n_train} images and test files {n_test}: the train and test "
+                        f"files look swapped; give each file its own name")
 
 
 @lru_cache(maxsize=4)
 def _load_arrays(paths: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
     arrays = {key: read_idx(p, key) for key, p in paths}
+    _check_sizes({k: len(a) for k, a in arrays.items()})
     for split in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
-        if n_img != n_lab:
-            raise DataError(f"MNIST {split} files disagree: {n_img} images but {n_lab} labels: {FIX}")
         if arrays[f"{split}_labels"].size and arrays[f"{split}_labels"].max() > 9:
             raise DataError(f"MNIST {split} labels hold values above 9: not MNIST labels; {FIX}")
-    n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
-    if (n_train, n_test) == (10000, 60000) or (n_train < n_test and n_test >= 10000):
-        raise DataError(f"MNIST train files hold {n_train} images and test files {n_test}: the train and test "
-                        f"files look swapped; give each file its own name")
     return arrays
 
 
@@ -186,6 +254,8 @@ class Splits:
     def index_batches(self, batch_size: int, generator: torch.Generator):
         """One epoch's index batches: a permutation drawn from `generator`, sliced; a last
         batch of one image is dropped (BatchNorm cannot train on it)."""
+        import torch
+
         perm = torch.randperm(len(self.train_y), device=self.train_x.device, generator=generator)
         return [idx for idx in perm.split(batch_size) if len(idx) >= 2]
 
@@ -204,6 +274,8 @@ def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, 
     """Train/validation/test on `device`. The validation split depends only on split_seed, never
     on the trial seed; `subset` then draws that many training images (also stratified).
     `arrays` (from load_arrays, e.g. shipped by Ray) replaces reading the files."""
+    import torch
+
     a = arrays if arrays is not None else load_arrays(data_dir)
     if val_size >= len(a["train_labels"]) - 1:
         raise DataError(f"val_size={val_size} leaves no training images: the training files hold "

@@ -8,9 +8,11 @@ finished trials, which Ray's own Tuner.restore cannot do.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +30,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from ray import tune  # noqa: E402
 
-from . import results, store  # noqa: E402
+from . import diskio, results, store  # noqa: E402
 from .errors import GridrunError, __version__  # noqa: E402
 from .spec import SpecError, load_trials, plan_units  # noqa: E402
 
@@ -415,7 +417,9 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
            name: str | None = None, storage: str | None = None, max_concurrent: int | None = None,
            fresh: bool = False, fuse: int | None = None, out=print) -> int:
     """Run (or resume, or grow) a grid; returns the process exit code (1 when any trial
-    failed, 130 when interrupted). Storage is a folder, file:///folder or s3://bucket/prefix."""
+    failed, 130 when interrupted by Ctrl-C, 143 when stopped by SIGTERM, which is handled as
+    Ctrl-C: trials stopped, summary printed, launch recorded). Storage is a folder, file:///folder
+    or s3://bucket/prefix."""
     spec, trials = load_trials(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
     name = name or spec.name
     _check_name(name)
@@ -423,16 +427,29 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     remote = None if where is not None else store.Remote(storage, name)
     exp_dir = os.path.join(where, name) if remote is None else remote.uri
     reference = _reference_file(spec, spec_path)
+    _check_data(trials, dry_run, out)  # before any folder is touched or Ray started
     if dry_run:
         with _mirror(remote, exp_dir) as view:
             return _dry_run(spec, trials, None if fresh else view, exp_dir, address or os.environ.get("RAY_ADDRESS"), out)
     if fresh and remote is None and os.path.exists(exp_dir):
         _set_aside(exp_dir, out)
-    with store.folder_lock(exp_dir) if remote is None else remote.lock():
-        if fresh and remote is not None:
-            remote.set_aside(out)
-        with _mirror(remote, exp_dir) as view:
-            return _run(spec, spec_path, trials, view, remote, exp_dir, reference, address, max_concurrent, out)
+    term, local = _Terminated(), remote is None
+    try:
+        with store.folder_lock(exp_dir) if local else remote.lock(), term, _reserved(exp_dir, local):
+            if fresh and remote is not None:
+                remote.set_aside(out)
+            with _mirror(remote, exp_dir) as view:
+                return _run(spec, spec_path, trials, view, remote, exp_dir, reference, address, max_concurrent,
+                            out, term)
+    except KeyboardInterrupt:
+        if not term.received:
+            raise
+        out(f"{exp_dir}: stopped by SIGTERM before any trial ran (the lock is released)")
+        return 143
+    except OSError as e:
+        if diskio.disk_error(e) is None:
+            raise
+        raise GridrunError(diskio.disk_line(exp_dir, diskio.disk_error(e))) from None
 
 
 @contextmanager
@@ -448,7 +465,8 @@ def _mirror(remote, exp_dir: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(spec, spec_path, trials, view: Path, remote, exp_dir: str, reference, address, max_concurrent, out) -> int:
+def _run(spec, spec_path, trials, view: Path, remote, exp_dir: str, reference, address, max_concurrent, out,
+         term: "_Terminated") -> int:
     """Under the lock: match, check and record the grid, run what is left, count and record it."""
     _adopt_names(view, trials, out, exp_dir)
     todo = _prepare_experiment(str(view), spec, trials, reference, out, exp_dir)
@@ -458,25 +476,159 @@ def _run(spec, spec_path, trials, view: Path, remote, exp_dir: str, reference, a
         out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
         return 0
     ray = _connect(address)
+    term.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit
     t0 = time.time()
     from .hparams import hparam_fields
 
     progress = _Progress(todo, out, exp_dir, live=_live_stream(out), early_stop=bool(spec.early_stop))
     tuner = _build_tuner(ray, spec, todo, exp_dir, max_concurrent, hparam_fields(trials), out, progress, remote)
-    try:
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        progress.close()
-        out(f"interrupted: run the same command again to resume {exp_dir}")
-        return 130
-    progress.close()
+    grid, twice, full = _fit(tuner, progress, exp_dir if remote is None else None, out)
     if remote is not None:
         remote.pull(view)  # the trials' files, as the nodes wrote them to the store
-    code = _summarize(grid, todo, time.time() - t0, str(view), True, out, shown=exp_dir)
+    code = _exit_code(_summarize(grid, todo, time.time() - t0, str(view), True, out, shown=exp_dir), term, twice,
+                      full, exp_dir, out)
+    if remote is None:
+        diskio.release(exp_dir)  # room for the record
     _record_launch(str(view), ray, spec_path, time.time() - t0, code)
     if remote is not None:
         remote.push(view, [results.LAUNCHES, *(p.name for p in view.glob("gridrun_diff-*.patch"))])
+    if full is not None:
+        raise GridrunError(diskio.disk_line(exp_dir, full))
     return code
+
+
+@contextmanager
+def _reserved(exp_dir: str, local: bool):
+    """Room for the launch record should the disk fill up (diskio.reserve), held while the launch
+    runs; no room to begin with is a full disk before anything else is written."""
+    if local:
+        diskio.reserve(exp_dir)
+    try:
+        yield
+    finally:
+        if local:
+            diskio.release(exp_dir)
+
+
+class _Terminated:
+    """SIGTERM handled as Ctrl-C while a launch runs (a context manager): the handler calls whatever
+    handles SIGINT at that moment (Tune's during fit: stop the trials, save its state; else
+    Python's: KeyboardInterrupt) and remembers it, so the launch ends as an interrupted one does
+    (summary, launch record), with exit code 143 (128 + SIGTERM) instead of 130."""
+
+    def __init__(self):
+        self.received, self.before = False, None
+
+    def handle(self, signum, frame):
+        self.received = True
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored or default: stop as Python's Ctrl-C does
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+            previous = signal.signal(signal.SIGTERM, self.handle)
+            self.before = previous if self.before is None else self.before
+
+    def __enter__(self):
+        self.install()
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            signal.signal(signal.SIGTERM, self.before)
+        return False
+
+
+def _fit(tuner, progress, local_dir: str | None, out):
+    """Run the Tuner: (its results, whether a second Ctrl-C or SIGTERM stopped it at once, the
+    full-disk error or None). A first signal lets Tune stop the trials and save its state. A disk
+    that filled up (`local_dir` only) gets its half-written files removed before they are counted."""
+    grid, twice, full = [], False, None
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        out("interrupted twice: stopped at once")
+        twice = True
+    except Exception as e:  # Ray's writes on a full disk, or its reader choking on what they left
+        full = diskio.disk_error(e) or (_storage_full(local_dir) if local_dir else None)
+        if full is None:
+            raise
+    finally:
+        progress.close()
+    if full is None and local_dir:
+        full = _storage_full(local_dir)
+    if full is not None and local_dir:
+        diskio.release(local_dir)
+        _sweep_half_files(Path(local_dir))
+    return grid, twice, full
+
+
+def _exit_code(code: int, term: _Terminated, twice: bool, full, exp_dir: str, out) -> int:
+    """1 when a trial failed; else 130 after Ctrl-C, 143 after SIGTERM; 2 (the CLI's code for the
+    one line it prints) when the disk filled up."""
+    if full is not None:
+        return 2
+    if code == 1 or not (term.received or twice):
+        return code
+    if term.received:
+        out(f"{exp_dir}: stopped by SIGTERM: run the same command again to resume it")
+    return 143 if term.received else 130
+
+
+def _storage_full(exp_dir: str) -> OSError | None:
+    """ENOSPC when the experiment's disk has under 1 MiB left for anyone but root (its reserve still
+    held): trials there fail to write or sync their files, whatever error Ray shows for them."""
+    free = diskio.free_bytes(exp_dir)
+    if free is not None and free < 2**20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), exp_dir)
+    return None
+
+
+# Files that are whole or useless: JSON that must parse, arrays and torch zips that must open.
+_JSON_FILES = ("summary.json", "config.json", "stopped.json", "node.json", results.GROUP_FILE, "state.json")
+
+
+def _sweep_half_files(exp: Path) -> None:
+    """After a full disk: remove the files a failed write or sync left empty or cut short (ours, and
+    Ray's pickles, which its result reader would choke on), and checkpoints that cannot be
+    resumed, so every trial reads as unfinished (resumable) or as what it really was."""
+    import zipfile
+
+    for d in [p for p in exp.rglob("*") if p.is_dir() and not p.is_symlink()]:
+        if d.name.startswith("checkpoint_"):
+            st, js = d / "state.pt", d / "state.json"
+            if not (st.is_file() and zipfile.is_zipfile(st) and _json_ok(js)):
+                shutil.rmtree(d, ignore_errors=True)
+            continue
+        for f in d.iterdir():
+            if not f.is_file() or f.is_symlink():
+                continue
+            bad = (f.suffix == ".tmp" or (f.name in _JSON_FILES and not _json_ok(f))
+                   or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == "model.pt" and not zipfile.is_zipfile(f))
+                   or (f.suffix == ".pkl" and f.stat().st_size == 0)
+                   or (f.name in ("error.txt", "result.json") and f.stat().st_size == 0))
+            if bad:
+                f.unlink(missing_ok=True)
+
+
+def _json_ok(f: Path) -> bool:
+    try:
+        json.loads(f.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _npy_ok(f: Path) -> bool:
+    import numpy as np
+
+    try:
+        np.load(f, allow_pickle=False, mmap_mode="r")  # a short file fails to map its declared shape
+        return True
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 def _check_name(name: str) -> None:
@@ -497,6 +649,24 @@ def _reference_file(spec, spec_path: str) -> Path | None:
         raise SpecError(f"{spec_path}: report.reference {spec.report.reference!r} is not a CSV file beside the spec "
                         f"({ref}): give the file name of the study's table")
     return ref
+
+
+def _check_data(trials: list[dict], dry_run: bool, out) -> None:
+    """Every data folder the grid names, found and read (headers only for a dry run, which never
+    downloads); the arrays stay cached for the launch, which ships them to the trials."""
+    from .data import DataError, check_files, load_arrays, search_dirs
+
+    for data_dir in sorted({t["train"]["data_dir"] for t in trials}, key=str):
+        if not dry_run:
+            load_arrays(data_dir)
+            continue
+        try:
+            check_files(data_dir, download=False)
+        except DataError:
+            named = search_dirs(data_dir)[0][0] != "cache"
+            if named or os.environ.get("GRIDRUN_NO_DOWNLOAD", "") not in ("", "0"):
+                raise
+            out("data: MNIST is not in the cache yet: the launch will download it first")
 
 
 def _dry_run(spec, trials, view: Path | None, exp_dir: str, address, out) -> int:
@@ -625,9 +795,7 @@ def _plan(spec, todo: list[dict], old: list[dict], exp: Path, out) -> list[dict]
 
 
 def results_atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    diskio.atomic_write_text(path, text)
 
 
 def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
@@ -756,12 +924,12 @@ def _summarize(grid, units: list[dict], seconds: float, exp_dir: str, local: boo
     for everything when storage is not a local path)."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
     by_name = {}
-    for result in grid:
+    for result in _readable_results(grid):
         unit = (result.config or {}).get("unit") or {}
         by_name[unit.get("name")] = result
     for u in units:
         result = by_name.get(u["name"])
-        if result is not None and result.error is not None:
+        if result is not None and _result_error(result) is not None:
             counts["failed"] += len(u["members"])
             continue
         m = (result.metrics or {}) if result is not None else {}
@@ -787,14 +955,36 @@ def _summarize(grid, units: list[dict], seconds: float, exp_dir: str, local: boo
     return 1 if counts["failed"] else 130 if counts["interrupted"] else 0
 
 
+def _readable_results(grid) -> list:
+    """Ray's results that can be read: one whose files a full disk cut short (an empty error.pkl
+    raises UnpicklingError) is left out and counted from its folder instead."""
+    out = []
+    for i in range(len(grid) if hasattr(grid, "__len__") else 0):
+        try:
+            out.append(grid[i])
+        except Exception:  # noqa: BLE001  (any unpickling or I/O error of Ray's reader)
+            continue
+    return out
+
+
+def _result_error(result):
+    try:
+        return result.error
+    except Exception as e:  # noqa: BLE001  (an unreadable error is still an error)
+        return e
+
+
 def _record_launch(exp_dir: str, ray, spec_path: str, wall_s: float, code: int) -> None:
     """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
     prov = provenance()
     diff = prov.get("git", {}).pop("diff", None)
     n = len(results.read_launches(Path(exp_dir))) + 1
     if diff:
-        Path(exp_dir, f"gridrun_diff-{n}.patch").write_text(diff)
-        prov["git"]["diff_file"] = f"gridrun_diff-{n}.patch"
+        try:
+            diskio.atomic_write_text(Path(exp_dir, f"gridrun_diff-{n}.patch"), diff)
+            prov["git"]["diff_file"] = f"gridrun_diff-{n}.patch"
+        except OSError as e:  # a full disk: the record itself matters more than the patch
+            prov["git"]["diff_file"] = f"not saved ({e.strerror})"
     argv = sys.argv[1:] if sys.argv and os.path.basename(sys.argv[0]) in ("gridrun", "cli.py", "__main__.py") else None
     command = " ".join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"
     with open(os.path.join(exp_dir, results.LAUNCHES), "a") as f:

@@ -538,7 +538,55 @@ def expand(spec: Spec) -> list[dict]:
             trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": config_id(train), "axes": dict(label),
                            "train": train, "where": where})
     _check_trials(spec, trials)
+    check_models(trials)
     return trials
+
+
+# A trial whose estimated peak memory is over this is refused at spec time: every registered model
+# at its defaults needs at most ~3 GiB (inception_v4_light at batch 128), and the probe's
+# `arch: "C10:100 O G"` (a 226x226 map at eval batch 4096) grew to 24 GB until the kernel killed it.
+MAX_TRIAL_GIB = 16
+
+
+def check_models(trials: list[dict]) -> None:
+    """Each distinct model and its arguments built once on the `meta` device and run on a 28x28
+    batch (no memory used): bad arguments, shapes that do not fit MNIST and activations that would
+    not fit in MAX_TRIAL_GIB at the trial's batch sizes are one line naming the trial."""
+    from .models import profile, resolve_model_args
+
+    seen: dict[str, dict | GridrunError] = {}
+    for t in trials:
+        c = t["train"]
+        try:
+            kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
+            key = json.dumps([c["model"], kw], sort_keys=True, default=repr)
+            if key not in seen:
+                try:
+                    seen[key] = profile(c["model"], **kw)
+                except GridrunError as e:
+                    seen[key] = e
+            if isinstance(seen[key], GridrunError):
+                raise seen[key]
+        except GridrunError as e:
+            raise SpecError(f"trial {t['name']}: {e}") from None
+        _check_memory(t, seen[key])
+
+
+def _check_memory(t: dict, prof: dict) -> None:
+    """Training keeps every layer's output and its gradient for the batch; inference holds up to
+    three layers' outputs (input, conv, BatchNorm) of the eval batch at once. float32 throughout."""
+    c = t["train"]
+    train = c["batch_size"] * prof["act_per_sample"] * 4 * 2
+    infer = c["eval_batch_size"] * prof["max_act_per_sample"] * 4 * 3
+    need = max(train, infer)
+    if need > MAX_TRIAL_GIB * 2**30:
+        what = (f"batch_size={c['batch_size']} x {prof['act_per_sample'] * 4 / 2**20:.1f} MiB of activations per "
+                f"image" if train >= infer else f"eval_batch_size={c['eval_batch_size']} x "
+                f"{prof['max_act_per_sample'] * 4 / 2**20:.1f} MiB for its largest layer per image")
+        args = f" with model_args {json.dumps(c['model_args'], sort_keys=True)}" if c["model_args"] else ""
+        raise SpecError(f"trial {t['name']}: model {c['model']}{args} would need about {need / 2**30:.0f} GiB "
+                        f"({what}), over the {MAX_TRIAL_GIB} GiB a trial may use: shrink its feature maps or "
+                        f"channels, or lower {'batch_size' if train >= infer else 'eval_batch_size'}")
 
 
 def _check_trials(spec: Spec, trials: list[dict]) -> None:

@@ -151,3 +151,77 @@ def test_canonical_files_under_each_others_names_are_refused(mnist_dir, tmp_path
     _load_arrays.cache_clear()
     with pytest.raises(DataError, match="swapped or misnamed"):
         load_arrays(d)
+
+
+# ---------------------------------------------------------------- streamed reading: bombs and lies
+
+_ZEROS_MIB = gzip.compress(b"\0" * (1 << 20), compresslevel=9)  # ~1 KB that inflates to 1 MiB
+
+
+def _bomb(path, header: bytes, mib: int = 1024):
+    """A gzip file of `header` then `mib` MiB of zeros, written member by member (gzip allows
+    several members in one file): ~1 MB on disk, never built in memory."""
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header))
+        for _ in range(mib):
+            f.write(_ZEROS_MIB)
+    return path
+
+
+def _header(*shape, kind=None) -> bytes:
+    return bytes([0, 0, 8, kind or len(shape)]) + b"".join(int(d).to_bytes(4, "big") for d in shape)
+
+
+@pytest.mark.parametrize("header, says", [
+    (b"", "bad header"),                              # 1 GiB of zeros: the probe's bomb
+    (_header(100, 28, 28), "padded"),                 # a true header, then a gigabyte more
+    (_header(2**32 - 1, 28, 28), "declares shape"),   # a header that declares 3 TB
+    (_header(60000, 2**16, 2**16), "declares shape"), # images that are not 28x28
+    (_header(10**9), "declares shape"),               # a billion labels
+])
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path, header, says):
+    """Memory stays near the few KB the header and one read chunk need, whatever the file
+    inflates to (tracemalloc counts numpy's and zlib's Python-side buffers)."""
+    import tracemalloc
+
+    f = _bomb(tmp_path / "train-images-idx3-ubyte.gz", header)
+    assert f.stat().st_size < 2_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as e:
+            read_idx(f, "train_images" if len(header) != 12 else "train_labels")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    msg = str(e.value)
+    assert says in msg and str(f) in msg and "\n" not in msg and "replace it" in msg
+    assert peak < 8 * 2**20, f"reading the bomb held {peak / 2**20:.0f} MiB"
+
+
+def test_raw_files_truncated_padded_or_cut_in_the_header_are_one_line(tmp_path):
+    x, _ = synthetic_digits(20, 0)
+    f = tmp_path / "train-images-idx3-ubyte"
+    write_idx(f, x)
+    whole = f.read_bytes()
+    for data, says in ((whole[:-1], "truncated"), (whole + b"\0", "padded"), (whole[:10], "inside its header"),
+                       (b"", "bad header")):
+        f.write_bytes(data)
+        with pytest.raises(DataError, match=says) as e:
+            read_idx(f, "train_images")
+        assert "\n" not in str(e.value) and str(f) in str(e.value)
+
+
+def test_check_files_reads_headers_only_and_names_the_bad_file(tmp_path):
+    from gridrun.data import check_files
+
+    d = make_data_dir(tmp_path / "d", n_train=50, n_test=20)
+    assert check_files(d) == {"train_images": (50, 28, 28), "train_labels": (50,), "test_images": (20, 28, 28),
+                              "test_labels": (20,)}
+    _bomb(d / "t10k-images-idx3-ubyte.gz", _header(20, 28, 28))  # padded: only a full read sees it
+    assert check_files(d)["test_images"] == (20, 28, 28)
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_header(21)))
+    with pytest.raises(DataError, match="20 images but 21 labels"):
+        check_files(d)
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08 not gzip")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is unreadable or corrupt"):
+        check_files(d)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -49,16 +50,17 @@ class StateError(GridrunError):
 def atomic_save(path: Path, obj) -> None:
     """Write .npy / .json / torch files via a temp file and rename: a killed trial never
     leaves half a file."""
+    from ..diskio import atomic_write  # fsynced, and no temp file left when the disk is full
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, obj)
+    if path.suffix == ".npy":  # through bytes: np.save to a file drops the errno of a full disk
+        buf = io.BytesIO()
+        np.save(buf, obj)
+        atomic_write(path, lambda f: f.write(buf.getbuffer()))
     elif path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
     else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def versions() -> dict:
@@ -81,12 +83,22 @@ class Writer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.dir))
-            # Rewritten from the resumed history, so a trial resumed on another node (empty
-            # folder) or after a crash mid-epoch still has exactly one row per epoch.
-            with open(self.dir / METRICS, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(EPOCH_FIELDS)
-                w.writerows([m.get(k) for k in EPOCH_FIELDS] for m in history)
+        # Rewritten from the resumed history, so a trial resumed on another node (empty folder)
+        # or after a crash mid-epoch still has exactly one row per epoch; rewritten whole and
+        # atomically every epoch (a few KB), so a full disk never leaves half a row.
+        self.rows = [[m.get(k) for k in EPOCH_FIELDS] for m in history]
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        if not self.dir:
+            return
+        from ..diskio import atomic_write_text
+
+        text = io.StringIO()
+        w = csv.writer(text, lineterminator="\r\n")  # csv's default line ends, as before
+        w.writerow(EPOCH_FIELDS)
+        w.writerows(self.rows)
+        atomic_write_text(self.dir / METRICS, text.getvalue())
 
     def config(self, cfg: dict, meta: dict) -> None:
         self.save(CONFIG, {**cfg, "_meta": meta})
@@ -94,8 +106,8 @@ class Writer:
     def epoch(self, m: dict) -> None:
         if not self.dir:
             return
-        with open(self.dir / METRICS, "a", newline="") as f:
-            csv.writer(f).writerow([m.get(k) for k in EPOCH_FIELDS])
+        self.rows.append([m.get(k) for k in EPOCH_FIELDS])
+        self._write_metrics()
         for k in EPOCH_FIELDS[1:]:
             if m.get(k) is not None and not (isinstance(m[k], float) and math.isnan(m[k])):
                 self.tb.add_scalar(k.replace("_", "/", 1) if "_" in k else k, m[k], m["epoch"])

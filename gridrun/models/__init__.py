@@ -1,7 +1,7 @@
 """The model zoo: one file per family, all registered by name."""
 from ._registry import (count_params, create_model, list_models, model_defaults, model_family, model_kwargs,
-                        register_model, resolve_model_args)
+                        profile, register_model, resolve_model_args)
 from . import inception, preact_resnet, resnet, testing, tiny, vgg, wide_resnet  # noqa: F401  (registration)
 
 __all__ = ["count_params", "create_model", "list_models", "model_family", "model_kwargs", "register_model",
-           "resolve_model_args", "model_defaults"]
+           "resolve_model_args", "model_defaults", "profile"]

@@ -84,3 +84,36 @@ def count_params(name: str, **kw) -> int:
     with torch.device("meta"):
         model = create_model(name, **kw)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def profile(name: str, **kw) -> dict:
+    """A model built and run once on the `meta` device (no memory, no weights): its parameters and
+    the float32 activations one 28x28 image makes, summed over layers (what training keeps for the
+    backward pass) and the largest single one (what inference holds at once). A model that cannot
+    take an MNIST batch, or does not give 10 logits, is one error naming its arguments."""
+    with torch.device("meta"):
+        model = create_model(name, **kw)
+    acts = []
+
+    def hook(_mod, _inp, out):
+        if isinstance(out, torch.Tensor):
+            acts.append(out[0].numel())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    what = f"model {name!r}" + (f" with {', '.join(f'{k}={v!r}' for k, v in sorted(kw.items()))}" if kw else "")
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.empty(2, 1, 28, 28, device="meta"))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise GridrunError(f"{what} cannot take a 28x28 MNIST batch ({first}): change its arguments") from None
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise GridrunError(f"{what} gives outputs of shape {shape} for a batch of 2, not (2, 10) logits for the "
+                           f"10 digits: change its arguments")
+    return {"params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "act_per_sample": sum(acts), "max_act_per_sample": max(acts, default=0)}

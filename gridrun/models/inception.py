@@ -91,6 +91,8 @@ def _block_c(cin, c):
 class InceptionV4(nn.Module):
     def __init__(self, width: float = 0.25, blocks=(4, 7, 3), dropout: float = 0.2):
         super().__init__()
+        if not 0 < width <= 2:  # width scales every channel count; 1 is the paper's net
+            raise ValueError(f"width must be in (0, 2] (1 is the paper's Inception-v4), got {width}")
         c = _scaler(width)
         stem, ch = _stem(c)
         layers = [stem]

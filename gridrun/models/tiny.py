@@ -18,6 +18,8 @@ Layer codes for the lists below (spatial size for a 28x28 input after each arrow
 """
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from ._layers import Dropout
@@ -151,28 +153,48 @@ class TinyNet(nn.Sequential):
         super().__init__(*mods)
 
 
+ARCH_HELP = ("write layers such as 'C10:0 C16:0 M T10 C14:0 C16:0 C16:0 O G': C<channels>[:padding], "
+             "S<channels>[:padding] (3x3, padding 0 or 1), T<channels>, M, O (1x1 conv to the 10 classes), then G")
+MAX_ARCH_LAYERS, MAX_CHANNELS = 64, 512
+_TOKEN = re.compile(r"^(?:([CS])(\d{1,6})(?::(\d{1,6}))?|(T)(\d{1,6})|([MOG]))$", re.ASCII)
+
+
 def parse_arch(arch: str) -> list[tuple]:
-    """'C10:0 C16:0 M T10 C14 O G' -> TinyNet's layer list (C<c>[:pad], S<c>[:pad], T<c>, M, O, G)."""
-    layers = []
-    for tok in str(arch).split():
-        kind, rest = tok[0], tok[1:]
-        try:
-            if kind in "CS" and rest:
-                c, _, pad = rest.partition(":")
-                layers.append((kind, int(c), int(pad or 1)))
-            elif kind == "T":
-                layers.append(("T", int(rest)))
-            elif kind in "MOG" and not rest:
-                layers.append((kind,))
-            else:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"arch token {tok!r}: use C<channels>[:padding], S<channels>[:padding], T<channels>, "
-                             f"M, O or G") from None
-        if layers[-1][0] in "CST" and not 1 <= layers[-1][1] <= 512:
-            raise ValueError(f"arch token {tok!r}: channels must be in 1..512")
-    if not layers or layers[-1][0] != "G" or not any(k == "O" for k, *_ in layers):
-        raise ValueError("arch must end with O (1x1 conv to 10 classes) somewhere before a final G")
+    """'C10:0 C16:0 M T10 C14 O G' -> TinyNet's layer list (C<c>[:pad], S<c>[:pad], T<c>, M, O, G),
+    checked as it is read: known tokens, channels in 1..512, padding 0 or 1, feature maps that
+    stay at least 1x1 from a 28x28 input, and O (the 10 class maps) followed only by the final G."""
+    if not isinstance(arch, str):
+        raise ValueError(f"arch must be a string of layer tokens, got {type(arch).__name__}: {ARCH_HELP}")
+    tokens = arch.split()
+    if not tokens or len(tokens) > MAX_ARCH_LAYERS:
+        raise ValueError(f"arch has {len(tokens)} layers (1..{MAX_ARCH_LAYERS}): {ARCH_HELP}")
+    layers, size = [], 28  # spatial size after each layer, for a 28x28 image
+    for i, tok in enumerate(tokens):
+        m = _TOKEN.match(tok)
+        if m is None:
+            raise ValueError(f"arch token {tok!r} is not a layer: {ARCH_HELP}")
+        if layers and layers[-1][0] == "G" or (layers and layers[-1][0] == "O" and tok != "G"):
+            raise ValueError(f"arch token {tok!r} follows {layers[-1][0]}: O (the 10 class maps) is followed only "
+                             f"by the final G; {ARCH_HELP}")
+        if m[1]:
+            c, pad = int(m[2]), int(m[3] if m[3] is not None else 1)
+            if pad > 1:
+                raise ValueError(f"arch token {tok!r}: padding is 0 (valid) or 1 (same) for a 3x3 conv, got {pad}")
+            layers.append((m[1], c, pad))
+            size = size - 2 + 2 * pad
+        elif m[4]:
+            c = int(m[5])
+            layers.append(("T", c))
+        else:
+            layers.append((m[6],))
+            size = size // 2 if m[6] == "M" else size
+        if layers[-1][0] in "CST" and not 1 <= c <= MAX_CHANNELS:
+            raise ValueError(f"arch token {tok!r}: channels must be in 1..{MAX_CHANNELS}")
+        if size < 1:
+            raise ValueError(f"arch token {tok!r} (layer {i + 1}) shrinks the 28x28 image to nothing: remove a "
+                             f"max-pool or pad the convs (C<c>:1)")
+    if layers[-1][0] != "G" or len(layers) < 2 or layers[-2][0] != "O":
+        raise ValueError(f"arch must end with O G (a 1x1 conv to the 10 classes, then global pooling): {ARCH_HELP}")
     return layers
 
 

@@ -1,0 +1,77 @@
+"""Writing results safely on a disk that can fill up: atomic writes, and one line for a full disk.
+
+A file is written to a temp name beside it, flushed and fsynced, then renamed over the target, so
+a reader sees the old file or the whole new one, never a 0-byte or half file; a failed write
+removes its temp file. ENOSPC (disk full), EDQUOT (quota) and EROFS (read-only) are the errors
+a user fixes outside gridrun: disk_line() says which folder and what to do.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+RESERVE = ".gridrun-reserve"  # kept in an experiment folder so the launch record fits on a full disk
+RESERVE_BYTES = 256 * 1024
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write `path` through `write(f)` on a binary temp file, fsync it, rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def disk_error(exc: BaseException | None) -> OSError | None:
+    """The full-disk, quota or read-only OSError in an exception's chain, if there is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Bytes an unprivileged user may still write under `folder` (None when it cannot be asked)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_line(folder: str | os.PathLike, err: OSError | None = None) -> str:
+    """One line: what happened to which folder, and the fix."""
+    code = err.errno if err is not None else errno.ENOSPC
+    if code == errno.EROFS:
+        return (f"{folder} is on a read-only file system: launch with --storage on a writable disk, or remount "
+                f"it read-write, then run the same command again")
+    what = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
+    free = free_bytes(folder) if Path(folder).exists() else None
+    left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+    return (f"{folder}: {what}{left}: free space there (or launch with --storage on a larger disk), then run the "
+            f"same command again to resume")
+
+
+def reserve(folder: str | os.PathLike) -> None:
+    """Hold RESERVE_BYTES in `folder` (written, not sparse) for the launch record after a full disk."""
+    atomic_write(Path(folder, RESERVE), lambda f: f.write(b"\0" * RESERVE_BYTES))
+
+
+def release(folder: str | os.PathLike) -> None:
+    Path(folder, RESERVE).unlink(missing_ok=True)
