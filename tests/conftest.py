@@ -11,10 +11,6 @@ os.environ["GRIDRUN_NO_DOWNLOAD"] = "1"  # tests never touch the network
 MNIST_DIR = os.environ.get("GRIDRUN_DATA")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test over ~20 s (a real Ray driver in a subprocess, ...)")
-
-
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Learnable 28x28 'digits': class k is a bright 6x6 block at one of ten places, jittered,
     on faint noise."""
