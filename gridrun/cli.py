@@ -311,7 +311,10 @@ def _seconds(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `train_options` the train subcommand lacks its --FIELD
+    options, whose help lists the models and augmentations and so imports torch (~5 s here):
+    status, report and launch need none of them."""
     ap = _Parser(prog="gridrun", description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1].strip())
     ap.add_argument("--version", action="version", version=f"gridrun {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -380,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a trial's config.json (e.g. runs/NAME/TRIAL/config.json) to reproduce it; "
                         "options given beside it override its fields").complete = _FILES
     p.add_argument("--out", default=None, help="folder for the trial's files (default: write none)")
-    _add_config_options(p)
+    if train_options:
+        _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list registered models with family and parameters")
@@ -417,7 +421,7 @@ def main(argv=None) -> int:
     passed = []
     if argv[:1] == ["tensorboard"] and "--" in argv:  # `gridrun tensorboard NAME -- --bind_all`
         passed, argv = argv[argv.index("--") + 1:], argv[:argv.index("--")]
-    ap = build_parser()
+    ap = build_parser(train_options=not argv or argv[0] in ("train", "completion") or argv[0].startswith("-"))
     args, extra = ap.parse_known_args(argv)
     if extra and getattr(args, "cmd", None) == "launch" and all(OVERRIDE_RE.match(x) for x in extra):
         args.overrides = [*args.overrides, *extra]  # `launch SPEC --name X seeds=1`: an override after an option
