@@ -80,7 +80,26 @@ def vote(members: list[Trial], rule: str) -> np.ndarray:
 
 def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int],
                    rule: str = "softmax") -> list[tuple[int, float]]:
+    if rule == "softmax":
+        return _softmax_curve(ranked, labels, ks)
     return [(k, float((vote(ranked[:k], rule) == labels).mean())) for k in ks]
+
+
+def _softmax_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int]) -> list[tuple[int, float]]:
+    """majority_vote's accuracy of the top k for every k, adding one member at a time: each
+    member's votes and softmax computed once (5,000 trials: one pass, not a stack of every top k;
+    197 s of a 277 s report on the 2-core CPU before)."""
+    out, votes, probs = [], None, None
+    for i, t in enumerate(ranked[:max(ks, default=0)], 1):
+        logits = t.test_logits.astype(np.float32)
+        if votes is None:
+            votes, probs = np.zeros(logits.shape), np.zeros(logits.shape)
+        votes[np.arange(len(logits)), logits.argmax(1)] += 1
+        probs += softmax(logits, 1)
+        if i in ks:
+            pred = np.where(votes == votes.max(1, keepdims=True), probs, -np.inf).argmax(1)
+            out.append((i, float((pred == labels).mean())))
+    return out
 
 
 def _ks(n: int, top_k: int) -> list[int]:
