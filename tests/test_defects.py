@@ -305,7 +305,7 @@ def test_atomic_write_leaves_the_old_file_or_nothing_never_half(tmp_path, monkey
     import errno
 
     from gridrun import diskio
-    from gridrun.train import atomic_save
+    from gridrun.engine.files import atomic_save
 
     old = tmp_path / "summary.json"
     old.write_text('{"status": "ok"}')
@@ -326,7 +326,7 @@ def test_atomic_write_leaves_the_old_file_or_nothing_never_half(tmp_path, monkey
 def test_atomic_write_on_a_really_full_disk(small_disk):
     import numpy as np
 
-    from gridrun.train import atomic_save
+    from gridrun.engine.files import atomic_save
 
     (small_disk / "filler").write_bytes(b"\1" * (600 * 1024 - 8192))
     with pytest.raises(OSError) as e:
