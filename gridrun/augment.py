@@ -69,6 +69,9 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     bad = [p for p in ops if p not in OPS]
     if bad or not ops:
         name = bad[0] if bad else policy
+        if name in POLICIES:  # a recipe inside a '+' policy: it is its own ops and strengths, not one op
+            raise GridrunError(f"augmentation recipe {name!r} cannot be joined with '+' in policy {policy!r}: "
+                               f"use {name!r} alone, or its ops ({POLICIES[name][0]}) joined with yours")
         raise GridrunError(f"unknown augmentation {name!r} in policy {policy!r}{did_you_mean(name, [*OPS, *POLICIES])}: "
                            f"use ops from {', '.join(OPS)} joined with '+', or one of {', '.join(POLICIES)}")
     if len(set(ops)) != len(ops):

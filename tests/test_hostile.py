@@ -58,23 +58,33 @@ def test_every_train_option_through_edge_values(name, capsys, monkeypatch, tiny_
         assert 2 in codes  # no option takes every edge value ("x", "nan", "[]", ...)
 
 
-@pytest.mark.parametrize("extra", [
-    ["--subset", "10", "--val-size", "10", "--batch-size", "2"],
-    ["--val-size", "0", "--scheduler", "cosine"],
-    ["--augment", "rotate+affine+jitter+elastic", "--aug", '{"elastic_sigma": 28, "elastic_alpha": 100, '
-                                                           '"translate": 1, "scale": 0.99, "rotate_deg": 180}'],
-    ["--augment", "align+eva"],
-    ["--label-smoothing", "0.99", "--lr", "1e9", "--optimizer", "sgd"],
-    ["--eval-batch-size", "1", "--batch-size", "1000000"],
-    ["--model", "chaos_net", "--model-args", '{"fail": "always"}'],
-    ["--model", "chaos_net", "--model-args", '{"fail": "sometimes"}'],
-    ["--ema", "0.999999", "--scheduler", "plateau", "--plateau-metric", "val_acc", "--patience", "0"],
-    ["--normalize", "per_image", "--threads", "64"],
+@pytest.mark.parametrize("extra,code", [
+    (["--subset", "10", "--val-size", "10", "--batch-size", "2"], 0),
+    (["--val-size", "0", "--scheduler", "cosine"], 0),
+    (["--augment", "rotate+affine+jitter+elastic", "--aug", '{"elastic_sigma": 28, "elastic_alpha": 100, '
+                                                            '"translate": 1, "scale": 0.99, "rotate_deg": 180}'], 0),
+    (["--augment", "align+eva"], 2),  # a recipe joined with an op: refused, the recipe named
+    (["--label-smoothing", "0.99", "--lr", "1e9", "--optimizer", "sgd"], 0),  # diverges: a result
+    (["--eval-batch-size", "1", "--batch-size", "1000000"], 0),
+    (["--model", "chaos_net", "--model-args", '{"fail": "always"}'], 1),  # fails on purpose
+    (["--model", "chaos_net", "--model-args", '{"fail": "sometimes"}'], 2),  # not a chaos mode
+    (["--ema", "0.999999", "--scheduler", "plateau", "--plateau-metric", "val_acc", "--patience", "0"], 0),
+    (["--normalize", "per_image", "--threads", "64"], 0),
 ])
-def test_accepted_edge_configs_really_train(extra, capsys, tiny_data, tmp_path):
+def test_edge_configs_train_to_the_end_or_fail_as_said(extra, code, capsys, tiny_data, tmp_path):
+    # An accepted config trains to the end (exit 0, a summary); a refusal is exit 2 before any
+    # training; a trial that fails is exit 1: each with at most one line. (This test used to
+    # accept any one-line error, so a trainer that raised on every config passed it.)
     rc, err = _run(["train", "--epochs", "1", "--data-dir", str(tiny_data), "--val-size", "20", *extra,
                     "--out", str(tmp_path / "o")], capsys)
     _ok_or_one_line(rc, err)
+    assert rc == code, err
+    summary = tmp_path / "o" / "summary.json"
+    if code == 2:
+        assert not summary.exists(), err  # refused before anything was written
+    if code == 0:
+        status = json.loads(summary.read_text())["status"]
+        assert status == "ok" or status.startswith("diverged"), status
 
 
 SPEC = {"name": "h", "data": {"val_size": 20, "subset": 40}, "base": {"epochs": 1, "batch_size": 10},
