@@ -663,11 +663,15 @@ def _check_data(trials: list[dict], dry_run: bool, out) -> None:
             continue
         try:
             check_files(data_dir, download=False)
-        except DataError:
-            named = search_dirs(data_dir)[0][0] != "cache"
-            if named or os.environ.get("GRIDRUN_NO_DOWNLOAD", "") not in ("", "0"):
+        except DataError as e:
+            if search_dirs(data_dir)[0][0] != "cache":  # a folder the user named is wrong: refuse now
                 raise
-            out("data: MNIST is not in the cache yet: the launch will download it first")
+            # Nothing named and nothing cached: the plan is still worth showing (it is often made on
+            # another machine than the one that trains), and the launch will say the same or download.
+            if os.environ.get("GRIDRUN_NO_DOWNLOAD", "") not in ("", "0"):
+                out(f"notice: a launch here would stop: {e}")
+            else:
+                out("data: MNIST is not in the cache yet: the launch will download it first")
 
 
 def _dry_run(spec, trials, view: Path | None, exp_dir: str, address, out) -> int:
