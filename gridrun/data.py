@@ -259,15 +259,6 @@ class Splits:
         perm = torch.randperm(len(self.train_y), device=self.train_x.device, generator=generator)
         return [idx for idx in perm.split(batch_size) if len(idx) >= 2]
 
-    def batches(self, batch_size: int, generator: torch.Generator, augment=None):
-        """One epoch of (normalised x, y) training batches; the permutation and the augmentation
-        draws both come from `generator`, in that order."""
-        for idx in self.index_batches(batch_size, generator):
-            x = self.train_x[idx]
-            if augment is not None:
-                x = augment(x, generator)
-            yield self.normalize(x), self.train_y[idx]
-
 
 def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, split_seed: int = 0,
                 device: str | torch.device = "cpu", arrays: dict | None = None, normalize: str = "dataset") -> Splits:

@@ -118,9 +118,14 @@ def config_id(train: dict) -> str:
 
 
 def fuse_key(train: dict) -> str:
-    """Trials with the same key can train as one fused group."""
+    """Trials with the same key can train as one fused group: they share FUSE_SHARED and
+    whether their policy deskews (the engine's check_group refuses a group that mixes them:
+    deskewing changes the images the members share)."""
+    from .augment import Augment
+
     c = canonical(train)
-    return _text({k: c.get(k) for k in FUSE_SHARED})
+    return _text({**{k: c.get(k) for k in FUSE_SHARED},
+                  "align": Augment(c.get("augment", "none"), c.get("aug") or {}).align})
 
 
 def varying_fields(configs: list[dict]) -> list[str]:

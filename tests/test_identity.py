@@ -134,3 +134,12 @@ def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_
 def test_parse_keeps_spellings_apart_from_identity(tmp_path):
     spec = parse({"name": "x", "base": {"lr": 1}})
     assert spec.base["lr"] == 1  # the spec as written is recorded as written; identity is by value
+
+
+def test_a_deskewing_policy_never_shares_a_fused_group_with_one_that_does_not():
+    # check_group refuses such a group at trial start; the planner must not make one.
+    from gridrun.config import with_defaults
+
+    a, b = with_defaults({"augment": "rotate"}), with_defaults({"augment": "align+rotate"})
+    assert fuse_key(a) != fuse_key(b)
+    assert fuse_key(a) == fuse_key(with_defaults({"augment": "rotate+affine"}))  # only the deskew step splits

@@ -84,6 +84,7 @@ class Optimizer:
 
     def __init__(self, kind: str, params: list[torch.Tensor], nesterov: list[bool]):
         self.kind, self.params, self.t = kind, params, 0
+        self._last = None  # the hyperparameter rows last copied to the device
         k, dev = len(nesterov), params[0].device
         n_state = 1 if kind == "sgd" else 2
         self.state = [[torch.zeros_like(p) for p in params] for _ in range(n_state)]
@@ -96,9 +97,16 @@ class Optimizer:
             self.v["nest"] = [flags.view(-1, *[1] * (p.dim() - 1)) for p in params]
 
     def refresh(self, groups: list[dict], alive: list[bool]) -> None:
-        """Count a step and copy its hyperparameters to the device (one copy)."""
+        """Count a step and copy its hyperparameters to the device: only when they changed, and
+        from pinned memory without waiting (a copy from pageable memory would block the CPU until
+        the GPU has drained, every step, so it could never queue the next one)."""
         self.t += 1
-        self.rows.copy_(torch.tensor(host_values(self.kind, groups, alive, self.t), dtype=torch.float32))
+        values = host_values(self.kind, groups, alive, self.t)
+        if values == self._last:
+            return
+        cuda = self.rows.is_cuda
+        self.rows.copy_(torch.tensor(values, dtype=torch.float32, pin_memory=cuda), non_blocking=cuda)
+        self._last = values
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
