@@ -103,6 +103,10 @@ def augmented(g, idx: torch.Tensor, clean: tuple) -> torch.Tensor:
              for m, c in zip(g.members, clean)]
     if all(d is None or d.key == (False, False, False) for d in draws):  # nothing to warp: no per-member ops
         return s.normalize(x.flatten(0, 1)).view(x.shape)
+    if all(d is not None for d in draws) and len({d.key for d in draws}) == 1:
+        # the usual case (every single trial; a group that warps alike): one warp over the whole
+        # (K*B) batch, with no per-member stacking copies
+        return s.normalize(Augment.apply(x.flatten(0, 1), Draws.cat(draws))).view(x.shape)
     out = [x[k] if d is None else None for k, d in enumerate(draws)]
     for key in {d.key for d in draws if d is not None}:
         ks = [k for k, d in enumerate(draws) if d is not None and d.key == key]
