@@ -34,13 +34,29 @@ def _no_data_env(tmp_path: Path) -> dict:
     return env
 
 
-def test_the_committed_report_regenerates_byte_identical(copy):
+def _report(copy: Path, env: dict) -> None:
     run = subprocess.run([sys.executable, "-m", "gridrun.cli", "report", FOLDER, "--out", "reports/smoke.md"],
-                         cwd=copy, env=_no_data_env(copy), capture_output=True, text=True, timeout=300)
+                         cwd=copy, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_committed_report_regenerates_byte_identical(copy):
+    _report(copy, _no_data_env(copy))
     for name in ("smoke.md", "smoke.csv"):
         new, old = (copy / "reports" / name).read_bytes(), (ROOT / "reports" / name).read_bytes()
         assert new == old, f"reports/{name} no longer regenerates from {FOLDER}: " + _first_diff(new, old)
+
+
+def test_with_the_mnist_files_the_saved_labels_are_checked_against_them(copy, mnist_dir):
+    """The same report, but the test labels the trials saved are checked against the MNIST file:
+    only the Checks line's label source changes."""
+    _report(copy, {**_no_data_env(copy), "GRIDRUN_DATA": str(mnist_dir)})
+    new = (copy / "reports" / "smoke.md").read_text().splitlines()
+    old = (ROOT / "reports" / "smoke.md").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(new, old) if a != b]
+    assert len(new) == len(old) and len(changed) == 1, changed
+    assert "against the MNIST test-label file (checksum verified)" in changed[0][0]
+    assert "against the labels the trials saved (the data files were not found here)" in changed[0][1]
 
 
 def _first_diff(new: bytes, old: bytes) -> str:
