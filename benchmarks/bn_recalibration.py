@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     for t in load_experiment(Path(a.experiment), logits=False).trials:
         if t.status != "finished":
             continue
-        cfg = {k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__}
+        cfg = {k: v for k, v in t.config.items() if k in TrainConfig.model_fields}
         cfg = TrainConfig.from_dict({**cfg, "data_dir": a.data_dir or cfg.get("data_dir"), "out_dir": None})
         splits = prepare_splits(cfg, torch.device("cpu"))
         model = create_model(cfg.model, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args))

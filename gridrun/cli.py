@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .errors import GridrunError, __version__
@@ -64,38 +63,37 @@ def _optional(kind):
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field (types from config.FIELD_TYPES; help from config.py's
-    own comments, grouped by its sections; named choices listed), so `gridrun train` and the
-    config never drift apart."""
+    """One --option per TrainConfig field: its type, named choices, help line and section all come
+    from config.py's fields, so `gridrun train` and the config never drift apart."""
     from .augment import OPS, POLICIES
-    from .config import CHOICES, FIELD_TYPES, TrainConfig, field_docs
+    from .config import DEFAULTS, FIELD_TYPES, TrainConfig, field_extra
     from .models import list_models
 
-    docs, groups = field_docs(), {}
-    listed = {"model": f"; one of: {', '.join(list_models())}",
+    groups = {}
+    listed = {"model": f"; one of: {', '.join(list_models())}",  # the registries, known only at run time
               "augment": f"; ops: {', '.join(OPS)}; recipes: {', '.join(POLICIES)}"}
-    for f in fields(TrainConfig):
-        if f.name == "out_dir":
+    for name, info in TrainConfig.model_fields.items():
+        if name == "out_dir":
             continue
-        section, comment = docs.get(f.name, ("", ""))
+        section = field_extra(name)["section"]
         if section not in groups:
-            groups[section] = p.add_argument_group(f"{section} options" if section else None)
-        g = groups[section]
-        ft = FIELD_TYPES[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        shown = json.dumps(default) if ft.kind == "dict" else default
-        extra = listed.get(f.name, "")
+            groups[section] = p.add_argument_group(f"{section} options")
+        ft, comment, extra = FIELD_TYPES[name], info.description or "", listed.get(name, "")
+        shown = json.dumps(DEFAULTS[name]) if ft.kind == "dict" else DEFAULTS[name]
         text = (f"{comment}{extra} " if comment or extra else "") + f"(default {shown})"
-        text = text.replace("%", "%%")  # argparse formats help with %
-        if ft.kind == "dict":
-            g.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=text)
-        elif ft.kind == "bool":
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        else:
-            kind = {"int": int, "float": float, "str": str}[ft.kind]
-            g.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,
-                           choices=CHOICES.get(f.name), help=text)  # choices: shown, checked, completed
+        _config_option(groups[section], "--" + name.replace("_", "-"), ft, text.replace("%", "%%"))
+
+
+def _config_option(g, flag: str, ft, text: str) -> None:
+    """One config field's option: JSON for a mapping, --x/--no-x for a switch, else typed (and its choices)."""
+    if ft.kind == "dict":
+        g.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=text)
+    elif ft.kind == "bool":
+        g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+    else:
+        kind = {"int": int, "float": float, "str": str}[ft.kind]
+        g.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,
+                       choices=ft.choices, help=text)  # choices: shown, checked, completed
 
 
 def _trial_config(path: str) -> dict:
@@ -311,6 +309,9 @@ def _seconds(text: str) -> float:
     return v
 
 
+_WHERE = "(default $GRIDRUN_STORAGE, else runs/)"
+
+
 def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     """The whole command line; without `train_options` the train subcommand lacks its --FIELD
     options, whose help lists the models and augmentations and so imports torch (~5 s here):
@@ -318,8 +319,16 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     ap = _Parser(prog="gridrun", description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1].strip())
     ap.add_argument("--version", action="version", version=f"gridrun {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    where = "(default $GRIDRUN_STORAGE, else runs/)"
+    _add_launch(sub)
+    _add_readers(sub)
+    _add_train(sub, train_options)
+    _add_tools(sub)
+    ap.commands = sub.choices  # main() words a refusal by the subcommand's own parser
+    return ap
 
+
+def _add_launch(sub) -> None:
+    """`gridrun launch`: a spec, its overrides and how to run it."""
     p = sub.add_parser("launch", help="run a YAML grid as Ray Tune trials (resumes or grows an existing one)")
     p.add_argument("spec", help="grid spec, e.g. grids/smoke.yaml").complete = _FILES
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
@@ -328,7 +337,7 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the trials and the resource plan, run nothing")
     p.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
-    p.add_argument("--storage", default=_storage(), help=f"results root every node sees {where}")
+    p.add_argument("--storage", default=_storage(), help=f"results root every node sees {_WHERE}")
     p.add_argument("--max-concurrent", type=_positive, default=None, help="at most N trials at once")
     p.add_argument("--fuse", type=_positive, default=None,
                    help="train up to K same-architecture trials as one batched model (the spec's fuse:)")
@@ -336,17 +345,20 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
                    help="start over instead of resuming (the old folder is kept as NAME.prev-N)")
     p.set_defaults(func=cmd_launch)
 
+
+def _add_readers(sub) -> None:
+    """The subcommands that read experiment folders: report, status, export, best, restore."""
     p = sub.add_parser("report", help="markdown tables, ensemble and plots from experiment folders")
     p.add_argument("targets", nargs="*", metavar="NAME|PATH", help="experiments (default: all under runs/)")
     p.add_argument("--out", default=None, help="markdown file (default $GRIDRUN_REPORTS/<folder name>.md, "
                                                 "else reports/<folder name>.md)")
     p.add_argument("--top-k", type=_positive, default=None, help="ensemble size (default: the spec's report.top_k, or 5)")
-    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {_WHERE}")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="a running or finished grid at a glance, from its files (never Ray)")
     p.add_argument("name", nargs="?", default=None, metavar="NAME|PATH", help="experiment (default: the newest)")
-    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {_WHERE}")
     p.add_argument("--watch", action="store_true", help="refresh until the grid is done (Ctrl-C to stop)")
     p.add_argument("--every", type=_seconds, default=5.0, help="seconds between refreshes with --watch")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -356,7 +368,7 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
                                       "Ray state; report, status, load and a relaunch read it")
     p.add_argument("name", metavar="NAME|PATH", help="experiment under --storage, or its folder")
     p.add_argument("--out", default=None, help="a folder (default exports/NAME) or FILE.tar.gz")
-    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {_WHERE}")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("best", help="the config chosen on validation (the report's rule), with mean ± std and n")
@@ -365,15 +377,18 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     how.add_argument("--yaml", action="store_true", help="print it as a spec-ready YAML block")
     how.add_argument("--command", action="store_true", help="print the `gridrun train --config` command of its "
                                                             "first seed's trial")
-    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {_WHERE}")
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("restore", help="an exported folder or .tar.gz back into the storage folder")
     p.add_argument("source", metavar="FOLDER|FILE.tar.gz", help="what `gridrun export` wrote")
-    p.add_argument("--storage", default=_storage(), help=f"where it goes: STORAGE/NAME {where}")
+    p.add_argument("--storage", default=_storage(), help=f"where it goes: STORAGE/NAME {_WHERE}")
     p.add_argument("--name", default=None, help="the experiment's name there (default: the exported one)")
     p.set_defaults(func=cmd_restore)
 
+
+def _add_train(sub, train_options: bool) -> None:
+    """`gridrun train`: --config, --out and (with `train_options`) one option per config field."""
     p = sub.add_parser("train", help="train one config here, without Ray",
                        description="Train one config here, without Ray. With no options it trains tinynet_7k with "
                                    "gridrun's default recipe, the best measured on the tiny nets: SGD with Nesterov "
@@ -387,6 +402,9 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
         _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_tools(sub) -> None:
+    """models, tensorboard and completion."""
     p = sub.add_parser("models", help="list registered models with family and parameters")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'resnet*'")
     p.set_defaults(func=cmd_models)
@@ -394,7 +412,7 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("tensorboard", help="TensorBoard over runs/NAME (or all of runs/), with HParams",
                        usage="gridrun tensorboard [NAME] [--storage S] [--port P] [-- TENSORBOARD OPTIONS]")
     p.add_argument("name", nargs="?", default=None, help="experiment (default: all under --storage)")
-    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {where}")
+    p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {_WHERE}")
     p.add_argument("--port", type=_port, default=6006)
     p.set_defaults(tensorboard_args=[])  # what follows `--`, given to TensorBoard as it is, e.g. --bind_all
     p.set_defaults(func=cmd_tensorboard)
@@ -403,8 +421,6 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
                                           "`eval \"$(gridrun completion bash)\"` (zsh, tcsh likewise)")
     p.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     p.set_defaults(func=cmd_completion)
-    ap.commands = sub.choices  # main() words a refusal by the subcommand's own parser
-    return ap
 
 
 def _quiet_stdout() -> None:

@@ -1,172 +1,155 @@
 """TrainConfig: every knob of one trial, typed, commented, validated before any work.
 
-Each field carries a role in its metadata: "config" fields define a configuration (trials
-that agree on all of them are seeds of one config), "seed" is what repeats, and "plumbing"
-fields say where and how a trial runs without changing what it computes. The report groups
-seeds by the "config" fields; `gridrun train` makes one command-line option per field.
+One pydantic model, as the spec's: types are strict (an int passes for a float, "64" never for
+an int), bounds and named choices are declared on the fields, rules between fields are model
+validators, and every refusal is one line (`config NAME=VALUE: why`). Each field also carries
+its help text, its section of `gridrun train -h` and its role: "config" fields define a
+configuration (trials that agree on all of them are seeds of one config), "seed" is what
+repeats, "plumbing" says where and how a trial runs without changing what it computes; and
+`fuse_shared` marks what the members of one fused group must share (identity.FUSE_SHARED).
 """
 from __future__ import annotations
 
+import functools
 import json
-import math
+import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import GridrunError, did_you_mean
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
-FUSE_STRATEGIES = ("auto", "vmap", "loop", "blockdiag")
-PLATEAU_METRICS = ("val_loss", "val_acc")
-NORMALIZATIONS = ("dataset", "mnist", "per_image")
 DEVICES = "auto, cpu, cuda or cuda:N"
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
 
 
 class ConfigError(GridrunError):
     """A bad trial config: unknown key or out-of-range value."""
 
 
-def _f(default, role: str = "config", **kw):
-    """A dataclass field with its role ("config", "seed" or "plumbing")."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"role": role}, **kw)
-    return field(default=default, metadata={"role": role}, **kw)
+def _section(name: str):
+    """The field maker of one section of `gridrun train -h` (model, data, ...)."""
+    def field(default, doc: str = "", role: str = "config", fuse_shared: bool = False, why: str = "", **bounds):
+        """A field: its default, its help line, its role, whether fused members share it, its bounds
+        and why they are what they are (said when a value is refused)."""
+        extra = {"section": name, "role": role, "fuse_shared": fuse_shared, **({"why": why} if why else {})}
+        if isinstance(default, dict):
+            return Field(default_factory=dict, description=doc, json_schema_extra=extra, **bounds)
+        return Field(default, description=doc, json_schema_extra=extra, **bounds)
+    return field
 
 
-@dataclass
-class TrainConfig:
+_model, _data, _optim, _run = map(_section, ("model", "data", "optimisation", "execution"))
+
+
+class TrainConfig(BaseModel):
+    """One trial's config (`gridrun train -h` lists every field with its help)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
     # The defaults are the best recipe measured on the tiny nets (issues 7, 13 and 17): SGD with
     # Nesterov momentum, one-cycle to lr 0.2 at batch 128, weight decay 5e-4, rotate+affine, 15
     # epochs. `gridrun train --model NAME` with no other option trains with it.
-    # model
-    model: str = _f("tinynet_7k")        # a registered name (`gridrun models`)
-    dropout: float | None = _f(None)     # the model's dropout rate; None keeps its default
-    model_args: dict = _f({})            # other keyword arguments of the model's factory
-    # data
-    data_dir: str | None = _f(None, "plumbing")  # folder of the MNIST files; None: $GRIDRUN_DATA, cache
-    val_size: int = _f(5000)             # validation images held out of the 60,000 (stratified)
-    subset: int | None = _f(None)        # train on this many images only (stratified), >= 10
-    split_seed: int = _f(0)              # fixes the train/validation split, independent of `seed`
-    augment: str = _f("rotate+affine")   # policy: '+'-joined ops or a named recipe (augment.POLICIES)
-    aug: dict = _f({})                   # strengths, see augment.AugParams (override the policy's)
-    clean_epochs: int = _f(0)            # the last N epochs train on un-augmented images
-                                         # (0: augment every epoch)
-    normalize: str = _f("dataset")       # dataset: train-split mean/std | mnist: 0.1307/0.3081 |
-                                         # per_image: subtract each image's mean (khanrc/mnist)
-    # optimisation
-    epochs: int = _f(15)
-    batch_size: int = _f(128)
-    optimizer: str = _f("sgd")           # adam | adamw | sgd
-    lr: float = _f(0.2)                  # peak learning rate (onecycle's max_lr)
-    momentum: float = _f(0.9)            # sgd only
-    nesterov: bool = _f(True)            # sgd only
-    weight_decay: float = _f(5e-4)
-    scheduler: str = _f("onecycle")      # none | step | plateau | onecycle | cosine
-    step_size: int = _f(5)               # step: epochs between decays
-    gamma: float = _f(0.1)               # step and plateau: lr multiplier at each decay
-    patience: int = _f(2)                # plateau: epochs without improvement before a decay
-    plateau_metric: str = _f("val_loss")  # plateau: val_loss (min) | val_acc (max)
-    pct_start: float = _f(0.25)          # onecycle: fraction of steps spent warming up
-    label_smoothing: float = _f(0.0)
-    ema: float = _f(0.0)                 # decay of an exponential moving average of the weights
-                                         # per step (e.g. 0.999); 0 = off. Scores use the average.
-    precise_bn: bool = _f(False)         # after the last epoch, BatchNorm's statistics of the scored
-                                         # model become the exact average over the un-augmented
-                                         # training images (precise BN, Wu & Johnson 2021)
-    seed: int = _f(0, "seed")            # initialisation, batch order, augmentation, dropout
-    # execution
-    device: str = _f("auto", "plumbing")  # auto | cpu | cuda | cuda:N
-    threads: int = _f(0, "plumbing")     # CPU threads for torch; 0 leaves torch's default
-    compile: bool = _f(False, "plumbing")  # torch.compile the model (CUDA only)
-    cuda_graph: bool = _f(False, "plumbing")  # record the training step once as a CUDA graph and
-                                         # replay it (CUDA only; engine/step.py says why)
-    amp: bool | None = _f(None, "plumbing")  # bf16 autocast on CUDA; None: for nets of >= 100k
-                                         # parameters (train.fast_formats says why)
-    channels_last: bool | None = _f(None, "plumbing")  # memory format on CUDA; None: as amp
-    gpu_memory_fraction: float | None = _f(None, "plumbing")  # soft cap per process
-    fuse_strategy: str = _f("auto", "plumbing")  # how a group computes its K members: auto | vmap |
-                                         # loop | blockdiag (engine/strategies.py says what each is)
-    eval_batch_size: int = _f(4096, "plumbing")
-    out_dir: str | None = _f(None, "plumbing")  # where the trial writes its files; None: nowhere
+    model: str = _model("tinynet_7k", "a registered name (`gridrun models`)", fuse_shared=True)
+    dropout: float | None = _model(None, "the model's dropout rate; None keeps its default", ge=0, lt=1)
+    model_args: dict = _model({}, "other keyword arguments of the model's factory", fuse_shared=True)
 
-    def __post_init__(self):
-        self.validate()
+    data_dir: str | None = _data(None, "folder of the MNIST files; None: $GRIDRUN_DATA, cache", "plumbing", True)
+    val_size: int = _data(5000, "validation images held out of the 60,000 (stratified)", fuse_shared=True,
+                          why="at least 10,000 images must stay for training", ge=0, le=50000)
+    subset: int | None = _data(None, "train on this many images only (stratified), >= 10", fuse_shared=True,
+                               why="one image per class", ge=10)
+    split_seed: int = _data(0, "fixes the train/validation split, independent of `seed`", fuse_shared=True)
+    augment: str = _data("rotate+affine", "policy: '+'-joined ops or a named recipe (augment.POLICIES)")
+    aug: dict = _data({}, "strengths, see augment.AugParams (override the policy's)")
+    clean_epochs: int = _data(0, "the last N epochs train on un-augmented images (0: augment every epoch)",
+                              why="the last epochs that skip augmentation", ge=0)
+    normalize: Literal["dataset", "mnist", "per_image"] = _data(
+        "dataset", "dataset: train-split mean/std | mnist: 0.1307/0.3081 | per_image: subtract each image's mean "
+                   "(khanrc/mnist)", fuse_shared=True)
 
-    def validate(self) -> None:
+    epochs: int = _optim(15, fuse_shared=True, ge=1, le=10000)
+    batch_size: int = _optim(128, fuse_shared=True, why="BatchNorm cannot train on one image", ge=2, le=1_000_000)
+    optimizer: Literal["adam", "adamw", "sgd"] = _optim("sgd", fuse_shared=True)
+    lr: float = _optim(0.2, "peak learning rate (onecycle's max_lr)", gt=0)
+    momentum: float = _optim(0.9, "sgd only", ge=0, lt=1)
+    nesterov: bool = _optim(True, "sgd only")
+    weight_decay: float = _optim(5e-4, ge=0)
+    scheduler: Literal["none", "step", "plateau", "onecycle", "cosine"] = _optim("onecycle")
+    step_size: int = _optim(5, "step: epochs between decays", ge=1, le=10000)
+    gamma: float = _optim(0.1, "step and plateau: lr multiplier at each decay", gt=0, le=1)
+    patience: int = _optim(2, "plateau: epochs without improvement before a decay", ge=0, le=10000)
+    plateau_metric: Literal["val_loss", "val_acc"] = _optim("val_loss", "plateau: val_loss (min) | val_acc (max)")
+    pct_start: float = _optim(0.25, "onecycle: fraction of steps spent warming up", gt=0, lt=1)
+    label_smoothing: float = _optim(0.0, ge=0, lt=1)
+    ema: float = _optim(0.0, "decay of an exponential moving average of the weights per step (e.g. 0.999); 0 = "
+                             "off. Scores use the average.", fuse_shared=True,
+                        why="a decay per step such as 0.999, or 0 for off", ge=0, lt=1)
+    precise_bn: bool = _optim(False, "after the last epoch, BatchNorm's statistics of the scored model become the "
+                                     "exact average over the un-augmented training images (precise BN, Wu & Johnson "
+                                     "2021)", fuse_shared=True)
+    seed: int = _optim(0, "initialisation, batch order, augmentation, dropout", "seed")
+
+    device: str = _run("auto", "auto | cpu | cuda | cuda:N", "plumbing", True)
+    threads: int = _run(0, "CPU threads for torch; 0 leaves torch's default", "plumbing", True,
+                        why="0 leaves torch's default", ge=0)
+    compile: bool = _run(False, "torch.compile the model (CUDA only)", "plumbing", True)
+    cuda_graph: bool = _run(False, "record the training step once as a CUDA graph and replay it (CUDA only; "
+                                   "engine/step.py says why)", "plumbing", True)
+    amp: bool | None = _run(None, "bf16 autocast on CUDA; None: for nets of >= 100k parameters "
+                                  "(train.fast_formats says why)", "plumbing", True)
+    channels_last: bool | None = _run(None, "memory format on CUDA; None: as amp", "plumbing", True)
+    gpu_memory_fraction: float | None = _run(None, "soft cap per process", "plumbing", True, gt=0, le=1)
+    fuse_strategy: Literal["auto", "vmap", "loop", "blockdiag"] = _run(
+        "auto", "how a group computes its K members (engine/strategies.py says what each is)", "plumbing", True)
+    eval_batch_size: int = _run(4096, "", "plumbing", True, ge=1, le=1_000_000)
+    out_dir: str | None = _run(None, "where the trial writes its files; None: nowhere", "plumbing")
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(config_line(e)) from None
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from .models import list_models
+
+        if v not in list_models():
+            raise ValueError(f"unknown model{did_you_mean(v, list_models())}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.fullmatch(v):
+            raise ValueError(f"use {DEVICES}")
+        return v
+
+    @model_validator(mode="after")
+    def _together(self) -> "TrainConfig":
+        """The rules between fields, then the policy and the model's arguments (their modules word those)."""
         from .augment import check_policy
-        from .models import list_models, resolve_model_args
+        from .models import resolve_model_args
 
         def bad(name, why):
-            raise ConfigError(f"config {name}={getattr(self, name)!r}: {why}")
+            raise ValueError(f"config {name}={getattr(self, name)!r}: {why}")
 
-        check_types(self)
-        if self.model not in list_models():
-            raise ConfigError(f"config model={self.model!r}: unknown model{did_you_mean(self.model, list_models())}")
-        for name in ("epochs", "eval_batch_size", "step_size"):
-            if getattr(self, name) < 1:
-                bad(name, "must be an integer >= 1")
-        for name, hi in (("epochs", 10000), ("batch_size", 1_000_000), ("eval_batch_size", 1_000_000),
-                         ("step_size", 10000), ("patience", 10000)):
-            if getattr(self, name) > hi:
-                bad(name, f"must be at most {hi:,}")
-        if not 0 <= self.clean_epochs <= self.epochs:
+        if self.clean_epochs > self.epochs:
             bad("clean_epochs", f"must be an integer in [0, epochs={self.epochs}]: the last epochs that skip augmentation")
-        if self.batch_size < 2:
-            bad("batch_size", "must be an integer >= 2 (BatchNorm cannot train on one image)")
-        for name in ("lr", "momentum", "weight_decay", "gamma", "pct_start", "label_smoothing", "ema"):
-            if not math.isfinite(getattr(self, name)):
-                bad(name, "must be a finite number")
         if self.cuda_graph and self.compile:
             bad("cuda_graph", "cuda_graph and compile cannot both be on: each replays the step its own way; pick one")
-        if not self.lr > 0:
-            bad("lr", "learning rate must be > 0")
-        if self.fuse_strategy not in FUSE_STRATEGIES:
-            bad("fuse_strategy", f"use one of {', '.join(FUSE_STRATEGIES)}")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"unknown optimizer{did_you_mean(self.optimizer, OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            bad("scheduler", f"unknown scheduler{did_you_mean(self.scheduler, SCHEDULERS)}")
-        if self.plateau_metric not in PLATEAU_METRICS:
-            bad("plateau_metric", f"use one of {', '.join(PLATEAU_METRICS)}")
-        if self.normalize not in NORMALIZATIONS:
-            bad("normalize", f"use one of {', '.join(NORMALIZATIONS)}")
         if self.scheduler == "plateau" and self.val_size == 0:
             bad("scheduler", "plateau steps on validation, so it needs val_size > 0")
-        if not 0 <= self.val_size <= 50000:
-            bad("val_size", "must be an integer in [0, 50000]: at least 10,000 images must stay for training")
-        if self.subset is not None and self.subset < 10:
-            bad("subset", "must be null or an integer >= 10 (one image per class)")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            bad("dropout", "must be in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            bad("label_smoothing", "must be in [0, 1)")
-        if not 0 <= self.momentum < 1:
-            bad("momentum", "must be in [0, 1)")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if not 0 < self.gamma <= 1:
-            bad("gamma", "must be in (0, 1]")
-        if self.patience < 0:
-            bad("patience", "must be >= 0")
-        if not 0 < self.pct_start < 1:
-            bad("pct_start", "must be in (0, 1)")
-        if not 0 <= self.ema < 1:
-            bad("ema", "must be in [0, 1): a decay per step such as 0.999, or 0 for off")
-        if self.threads < 0:
-            bad("threads", "must be >= 0 (0 leaves torch's default)")
-        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
-            bad("gpu_memory_fraction", "must be in (0, 1]")
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                         and self.device[5:].isdigit())):
-            bad("device", f"use {DEVICES}")
         try:
             check_policy(self.augment, self.aug)
             resolve_model_args(self.model, self.dropout, self.model_args)
-        except ConfigError:
-            raise
         except GridrunError as e:
-            raise ConfigError(str(e)) from None
+            raise ValueError(str(e)) from None
+        return self
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -175,33 +158,78 @@ class TrainConfig:
             return d
         if not isinstance(d, dict):
             raise ConfigError(f"a config is a mapping of fields, got {type(d).__name__}")
-        names = field_names()
-        for key in d:
-            if key not in names:
-                raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, names)}")
-        return cls(**d)
+        key = next((k for k in d if not isinstance(k, str)), None)
+        if key is not None:
+            raise ConfigError(f"unknown config key {key!r}: config keys are field names such as 'lr'")
+        return cls(**d)  # __init__ words a refusal
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# ---------------------------------------------------------------- pydantic's errors in words
+
+# pydantic's error types in words (the spec's messages use them too); its type names never reach a message.
+WANTS = {"int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+         "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+         "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
+         "list_type": "a list", "dict_type": "a mapping (key: value)", "model_type": "a mapping (key: value)",
+         "model_attributes_type": "a mapping (key: value)", "none_required": "null"}
+BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _interval(name: str) -> str:
+    """A field's bounds in words: 'in [0, 1)', '>= 1', '> 0', 'at most 10000'."""
+    b = {k: getattr(m, k) for m in TrainConfig.model_fields[name].metadata for k in ("ge", "gt", "le", "lt")
+         if hasattr(m, k)}
+    lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
+    hi = (b["le"], "]") if "le" in b else (b["lt"], ")") if "lt" in b else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[0]}{hi[1]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    return f"{'at most' if hi[1] == ']' else '<'} {hi[0]}"
+
+
+def config_line(e: ValidationError) -> str:
+    """TrainConfig's first error as one line: `config NAME=VALUE: why` (an unknown key first)."""
+    errs = e.errors()
+    err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+    msg = err["msg"].replace("Value error, ", "")
+    if not err["loc"]:  # a rule between fields: its validator words it whole
+        return msg
+    name, v = err["loc"][0], err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {name!r}{did_you_mean(name, field_names())}"
+    ft = FIELD_TYPES[name]
+    if err["type"] in WANTS:
+        msg = f"must be {WANTS[err['type']]}{' or null' if ft.optional else ''}"
+    elif err["type"] == "literal_error":
+        msg = f"unknown {name}{did_you_mean(v, ft.choices)}"
+    elif err["type"] in BOUNDS:
+        why = field_extra(name).get("why")
+        msg = f"must be {_interval(name)}" + (f" ({why})" if why else "")
+    return f"config {name}={v!r}: {msg}"
+
+
 # ---------------------------------------------------------------- field facts, resolved once
 
-@dataclass(frozen=True)
-class FieldType:
-    kind: str          # int | float | str | bool | dict
-    optional: bool     # None allowed
+class FieldType(typing.NamedTuple):
+    kind: str                    # int | float | str | bool | dict
+    optional: bool               # None allowed
+    choices: tuple | None        # the named values of a Literal field
+    annotation: Any
 
     def accepts(self, v) -> bool:
-        if v is None:
-            return self.optional
-        if isinstance(v, bool):
-            return self.kind == "bool"
-        want = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}[self.kind]
-        return isinstance(v, want)
+        """Whether v has this field's type, by TrainConfig's own (strict) check of it."""
+        try:
+            _adapter(self.annotation).validate_python(v)
+        except ValidationError:
+            return False
+        return True
 
     @property
     def words(self) -> str:
@@ -209,20 +237,33 @@ class FieldType:
                 else f"a {self.kind}") + (" or null" if self.optional else "")
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation) -> TypeAdapter:
+    return TypeAdapter(annotation, config=ConfigDict(strict=True))
+
+
 def _field_type(hint) -> FieldType:
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    optional = type(None) in args
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    args = typing.get_args(hint) if union else (hint,)
     base = next(a for a in args if a is not type(None))
-    return FieldType(base.__name__, optional)
+    choices = typing.get_args(base) if typing.get_origin(base) is Literal else None
+    return FieldType("str" if choices else base.__name__, type(None) in args, choices, hint)
 
 
-FIELD_TYPES: dict[str, FieldType] = {n: _field_type(h) for n, h in typing.get_type_hints(TrainConfig).items()}
-ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(TrainConfig)}
+def field_names() -> list[str]:
+    return list(TrainConfig.model_fields)
+
+
+def field_extra(name: str) -> dict:
+    """What config.py says of a field besides its type: section, role, fuse_shared, why."""
+    return TrainConfig.model_fields[name].json_schema_extra
+
+
+FIELD_TYPES: dict[str, FieldType] = {n: _field_type(f.annotation) for n, f in TrainConfig.model_fields.items()}
+ROLES: dict[str, str] = {n: field_extra(n)["role"] for n in field_names()}
 PLUMBING = frozenset(n for n, r in ROLES.items() if r == "plumbing")
 NOT_CONFIG = PLUMBING | {n for n, r in ROLES.items() if r == "seed"}  # what never defines a config
-DEFAULTS: dict = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
-                  for f in fields(TrainConfig)}
+DEFAULTS: dict = {n: f.get_default(call_default_factory=True) for n, f in TrainConfig.model_fields.items()}
 
 
 def with_defaults(train: dict) -> dict:
@@ -230,56 +271,3 @@ def with_defaults(train: dict) -> dict:
     (e.g. `clean_epochs`, `precise_bn`) holds the value that reproduces what that trial did, so
     resuming, growing and reporting an older experiment treat its trials as the same configs."""
     return {**json.loads(json.dumps(DEFAULTS)), **train} if isinstance(train, dict) else train
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
-
-
-def check_types(cfg: TrainConfig) -> None:
-    """Each value has its field's type (an int passes for a float), before range checks."""
-    for name, ft in FIELD_TYPES.items():
-        v = getattr(cfg, name)
-        if not ft.accepts(v):
-            raise ConfigError(f"config {name}={v!r}: must be {ft.words}")
-
-
-# ---------------------------------------------------------------- help text, from the source
-
-# The named values a str field takes (`gridrun train -h` lists them; validate() checks them).
-CHOICES: dict[str, tuple] = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "plateau_metric": PLATEAU_METRICS,
-                             "normalize": NORMALIZATIONS, "fuse_strategy": FUSE_STRATEGIES}
-
-
-def field_docs() -> dict[str, tuple[str, str]]:
-    """{field: (section, comment)} read from TrainConfig's own comments, so help never copies them.
-
-    A comment on a field's line is its help; a comment-only line indented past the fields goes on
-    with the field above; a comment-only line at the fields' indent just above a field is the
-    heading of the section that field opens (`# model`, `# data`, ...)."""
-    import inspect
-    import io
-    import tokenize
-
-    names = set(field_names())
-    lines: dict[int, list] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
-        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
-            lines.setdefault(tok.start[0], []).append(tok)
-    indent = min(toks[0].start[1] for toks in lines.values() if toks[0].string in names)
-    docs: dict[str, tuple[str, str]] = {}
-    section, last, heading = "", None, ""
-    for row in sorted(lines):
-        toks = lines[row]
-        comment = toks[-1].string.lstrip("#").strip() if toks[-1].type == tokenize.COMMENT else ""
-        if toks[0].string in names and toks[0].start[1] == indent and len(toks) > 1 and toks[1].string == ":":
-            section, heading = (heading or section), ""
-            last = toks[0].string
-            docs[last] = (section, comment)
-        elif toks[0].type == tokenize.COMMENT and toks[0].start[1] > indent and last:
-            docs[last] = (docs[last][0], f"{docs[last][1]} {comment}".strip())
-        elif toks[0].type == tokenize.COMMENT and toks[0].start[1] == indent:
-            heading, last = comment, None
-        else:
-            last = None
-    return docs

@@ -15,14 +15,12 @@ import functools
 import hashlib
 import json
 
-from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
+from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, field_extra, field_names, with_defaults
 
-# What the members of one fused group must share: one batched model, one data split, one
-# epoch loop, one device. The other config fields (lr, weight decay, augmentation, seed, ...)
-# may differ member by member.
-FUSE_SHARED = ("model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed",
-               "data_dir", "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp",
-               "channels_last", "gpu_memory_fraction", "eval_batch_size", "fuse_strategy")
+# What the members of one fused group must share (the fields config.py marks `fuse_shared`): one
+# batched model, one data split, one epoch loop, one device. The other config fields (lr, weight
+# decay, augmentation, seed, ...) may differ member by member.
+FUSE_SHARED = tuple(n for n in field_names() if field_extra(n)["fuse_shared"])
 
 
 def _text(d: dict) -> str:

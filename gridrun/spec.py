@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .errors import GridrunError, did_you_mean
 from .identity import FUSE_SHARED, fuse_key, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
-from .config import FIELD_TYPES, ConfigError, TrainConfig, field_names
+from .config import FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
 
 CONFIG_KEYS = field_names()
 SPEC_KEYS_NOT_IN_BASE = ("out_dir", "seed")    # set by gridrun, never by a spec
@@ -138,14 +138,6 @@ class Spec(_Strict):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
 
-# pydantic's error types in words; its union tags ('int', 'list[int]', ...) never reach a message.
-_WANTS = {"int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
-          "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-          "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
-          "list_type": "a list", "dict_type": "a mapping (key: value)", "model_type": "a mapping (key: value)",
-          "model_attributes_type": "a mapping (key: value)", "none_required": "null"}
-
-
 def _is_tag(part) -> bool:
     """A union member's tag in a pydantic location (e.g. 'list[int]'), not a key of the spec."""
     return isinstance(part, str) and ("[" in part or part in ("int", "float", "str", "bool", "list", "dict", "none")
@@ -178,8 +170,8 @@ def _pydantic_line(src: str, e: ValidationError) -> str:
             model = model.model_fields[p].annotation
             model = next((a for a in getattr(model, "__args__", (model,)) if isinstance(a, type)), model)
         return f"{src}: unknown key {where!r}{did_you_mean(err['loc'][-1], list(getattr(model, 'model_fields', {})), 0.5)}{more}"
-    if all(x["type"] in _WANTS for x in same):
-        wants = list(dict.fromkeys(_WANTS[x["type"]] for x in same))
+    if all(x["type"] in WANTS for x in same):
+        wants = list(dict.fromkeys(WANTS[x["type"]] for x in same))
         return f"{src}: {where}: must be {' or '.join(wants)}{_got(err.get('input'))}{more}"
     if err["type"] == "string_pattern_mismatch" and err["ctx"].get("pattern") == NAME_RE:
         return (f"{src}: {where}: must be a safe folder name (letters, digits, '.', '_' and '-', starting with a letter "

@@ -205,7 +205,7 @@ def test_same_seed_makes_runs_repeatable(synth_dir):
                                        ({"dropout": 0.1, "model": "resnet20"}, "takes no dropout"),
                                        ({"model_args": {"width": 2}}, "takes no argument 'width'"),
                                        ({"aug": {"rotate_deg": -5}}, "rotate_deg=-5"),
-                                       ({"batch_size": "64"}, "batch_size='64': must be an int")])
+                                       ({"batch_size": "64"}, "batch_size='64': must be a whole number")])
 def test_bad_config_rejected_before_work(bad, match):
     with pytest.raises(ConfigError, match=re.escape(match)):
         TrainConfig.from_dict(bad)
