@@ -221,12 +221,12 @@ class FieldType(typing.NamedTuple):
     kind: str                    # int | float | str | bool | dict
     optional: bool               # None allowed
     choices: tuple | None        # the named values of a Literal field
-    annotation: Any
 
     def accepts(self, v) -> bool:
-        """Whether v has this field's type, by TrainConfig's own (strict) check of it."""
+        """Whether v has this field's type, by TrainConfig's own strict type check (not its bounds
+        or choices: a reader of stored configs asks only whether a value is of the right kind)."""
         try:
-            _adapter(self.annotation).validate_python(v)
+            _adapter(self.kind, self.optional).validate_python(v)
         except ValidationError:
             return False
         return True
@@ -238,8 +238,9 @@ class FieldType(typing.NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _adapter(annotation) -> TypeAdapter:
-    return TypeAdapter(annotation, config=ConfigDict(strict=True))
+def _adapter(kind: str, optional: bool) -> TypeAdapter:
+    t = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[kind]
+    return TypeAdapter(t | None if optional else t, config=ConfigDict(strict=True))
 
 
 def _field_type(hint) -> FieldType:
@@ -247,7 +248,7 @@ def _field_type(hint) -> FieldType:
     args = typing.get_args(hint) if union else (hint,)
     base = next(a for a in args if a is not type(None))
     choices = typing.get_args(base) if typing.get_origin(base) is Literal else None
-    return FieldType("str" if choices else base.__name__, type(None) in args, choices, hint)
+    return FieldType("str" if choices else base.__name__, type(None) in args, choices)
 
 
 def field_names() -> list[str]:

@@ -147,6 +147,22 @@ def test_train_help_shows_sections_choices_and_the_config_comments(capsys):
     assert "one of: chaos_net," in text and "recipes: eva," in text
 
 
+def test_train_options_and_help_come_from_the_config_fields(capsys):
+    from gridrun.config import FIELD_TYPES, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "-h"])
+    out = capsys.readouterr().out
+    text, packed = " ".join(out.split()), "".join(out.split())  # argparse wraps lines, even at a hyphen
+    for name, info in TrainConfig.model_fields.items():
+        if name == "out_dir":  # --out sets it
+            continue
+        flag = "--" + name.replace("_", "-")
+        choices = FIELD_TYPES[name].choices
+        assert (f"{flag} {{{','.join(choices)}}}" if choices else flag) in text, name
+        assert "".join((info.description or "").split()) in packed, name
+
+
 def _train(argv, out: Path) -> dict:
     assert main(["train", *argv, "--out", str(out)]) == 0
     return json.loads((out / "config.json").read_text())

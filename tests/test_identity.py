@@ -143,3 +143,31 @@ def test_a_deskewing_policy_never_shares_a_fused_group_with_one_that_does_not():
     a, b = with_defaults({"augment": "rotate"}), with_defaults({"augment": "align+rotate"})
     assert fuse_key(a) != fuse_key(b)
     assert fuse_key(a) == fuse_key(with_defaults({"augment": "rotate+affine"}))  # only the deskew step splits
+
+
+@pytest.mark.parametrize("cfg, tid, cid", [
+    ({}, "f78833bcc398", "247d6ba6d542"),
+    ({"lr": 1}, "d8d5ac49f0ce", "bf745e2d86ff"),
+    ({"model": "chaos_net", "seed": 3}, "92679a0da67a", "28e2947161f5"),
+    ({"ema": 0.999, "precise_bn": True, "threads": 4, "device": "cpu", "gpu_memory_fraction": 0.5},
+     "4af120eed7b7", "c95fa762f1f0"),
+])
+def test_ids_are_the_ones_experiments_already_hold(cfg, tid, cid):
+    """Pinned ids (computed by the dataclass TrainConfig before it became a pydantic model): a
+    changed id would orphan every finished trial of every existing experiment."""
+    from gridrun.identity import config_id
+
+    assert trial_id(base(**cfg)) == trial_id(cfg) == tid and config_id(base(**cfg)) == cid
+
+
+def test_fuse_shared_is_the_role_config_py_gives_its_fields():
+    from gridrun.config import field_extra, field_names
+    from gridrun.identity import FUSE_SHARED
+
+    assert FUSE_SHARED == tuple(n for n in field_names() if field_extra(n)["fuse_shared"])
+    assert set(FUSE_SHARED) == {  # the set fused groups have always shared (fuse keys must not move)
+        "model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed", "data_dir",
+        "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
+        "gpu_memory_fraction", "eval_batch_size", "fuse_strategy"}
+    assert PLUMBING == {"data_dir", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
+                        "gpu_memory_fraction", "fuse_strategy", "eval_batch_size", "out_dir"}

@@ -205,10 +205,46 @@ def test_same_seed_makes_runs_repeatable(synth_dir):
                                        ({"dropout": 0.1, "model": "resnet20"}, "takes no dropout"),
                                        ({"model_args": {"width": 2}}, "takes no argument 'width'"),
                                        ({"aug": {"rotate_deg": -5}}, "rotate_deg=-5"),
-                                       ({"batch_size": "64"}, "batch_size='64': must be a whole number")])
+                                       ({"batch_size": "64"}, "batch_size='64': must be a whole number"),
+                                       # every bound and rule TrainConfig declares, each refused once
+                                       ({"lr": True}, "lr=True: must be a number"),
+                                       ({"epochs": 2.0}, "epochs=2.0: must be a whole number"),
+                                       ({"dropout": "x"}, "dropout='x': must be a number or null"),
+                                       ({"epochs": 0}, "epochs=0: must be in [1, 10000]"),
+                                       ({"eval_batch_size": 0}, "eval_batch_size=0"),
+                                       ({"step_size": 0}, "step_size=0"), ({"step_size": 10**5}, "step_size="),
+                                       ({"patience": -1}, "patience=-1"), ({"patience": 10**5}, "patience="),
+                                       ({"batch_size": 2_000_000}, "batch_size=2000000: must be in [2, 1000000]"),
+                                       ({"batch_size": 1}, "BatchNorm cannot train on one image"),
+                                       ({"ema": float("inf")}, "ema=inf: must be a finite number"),
+                                       ({"ema": 1.0}, "ema=1.0: must be in [0, 1) (a decay per step"),
+                                       ({"plateau_metric": "val_ac"}, "plateau_metric='val_ac': unknown plateau_metric"),
+                                       ({"normalize": "zscore"}, "normalize='zscore': unknown normalize"),
+                                       ({"val_size": 50001}, "val_size=50001: must be in [0, 50000] (at least 10,000"),
+                                       ({"dropout": 1.0}, "dropout=1.0: must be in [0, 1)"),
+                                       ({"label_smoothing": 1.0}, "label_smoothing=1.0: must be in [0, 1)"),
+                                       ({"momentum": 1.0}, "momentum=1.0: must be in [0, 1)"),
+                                       ({"weight_decay": -1e-4}, "weight_decay=-0.0001: must be >= 0"),
+                                       ({"gamma": 0}, "gamma=0: must be in (0, 1]"), ({"gamma": 1.5}, "gamma=1.5"),
+                                       ({"pct_start": 1}, "pct_start=1: must be in (0, 1)"),
+                                       ({"gpu_memory_fraction": 0}, "gpu_memory_fraction=0: must be in (0, 1]"),
+                                       ({"clean_epochs": 3, "epochs": 2}, "clean_epochs=3: must be an integer in [0, epochs=2]"),
+                                       ({"cuda_graph": True, "compile": True}, "cannot both be on"),
+                                       ({"fuse_strategy": "grouped"}, "(valid: auto, vmap, loop, blockdiag)"),
+                                       ({"device": "cuda:x"}, "use auto, cpu, cuda or cuda:N"),
+                                       ({1: 2}, "unknown config key 1"), ([("lr", 1)], "a config is a mapping")])
 def test_bad_config_rejected_before_work(bad, match):
-    with pytest.raises(ConfigError, match=re.escape(match)):
+    with pytest.raises(ConfigError, match=re.escape(match)) as e:
         TrainConfig.from_dict(bad)
+    msg = str(e.value)  # one line in words: no pydantic wording or type names
+    assert "\n" not in msg and not any(w in msg for w in ("Input should", "pydantic", "_type", "Value error"))
+
+
+def test_config_types_are_strict_but_an_int_is_a_float():
+    cfg = TrainConfig(lr=1, weight_decay=0)
+    assert cfg.lr == 1.0 and cfg.to_dict()["weight_decay"] == 0.0
+    with pytest.raises(Exception):  # one TrainConfig is one trial's config, never changed in place
+        cfg.lr = 0.1
 
 
 def test_a_device_that_is_not_there_is_one_line(capsys):
