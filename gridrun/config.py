@@ -47,7 +47,8 @@ _model, _data, _optim, _run = map(_section, ("model", "data", "optimisation", "e
 class TrainConfig(BaseModel):
     """One trial's config (`gridrun train -h` lists every field with its help)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True,
+                              defer_build=True)  # built at the first config: status and report only read the fields
 
     # The defaults are the best recipe measured on the tiny nets (issues 7, 13 and 17): SGD with
     # Nesterov momentum, one-cycle to lr 0.2 at batch 128, weight decay 5e-4, rotate+affine, 15
