@@ -57,7 +57,8 @@ class TrainConfig(BaseModel):
     dropout: float | None = _model(None, "the model's dropout rate; None keeps its default", ge=0, lt=1)
     model_args: dict = _model({}, "other keyword arguments of the model's factory", fuse_shared=True)
 
-    data_dir: str | None = _data(None, "folder of the MNIST files; None: $GRIDRUN_DATA, cache", "plumbing", True)
+    data_dir: str | None = _data(None, "folder of the MNIST files; None: $GRIDRUN_DATA, cache", "plumbing",
+                                 fuse_shared=True)
     val_size: int = _data(5000, "validation images held out of the 60,000 (stratified)", fuse_shared=True,
                           why="at least 10,000 images must stay for training", ge=0, le=50000)
     subset: int | None = _data(None, "train on this many images only (stratified), >= 10", fuse_shared=True,
@@ -93,19 +94,20 @@ class TrainConfig(BaseModel):
                                      "2021)", fuse_shared=True)
     seed: int = _optim(0, "initialisation, batch order, augmentation, dropout", "seed")
 
-    device: str = _run("auto", "auto | cpu | cuda | cuda:N", "plumbing", True)
-    threads: int = _run(0, "CPU threads for torch; 0 leaves torch's default", "plumbing", True,
+    device: str = _run("auto", "auto | cpu | cuda | cuda:N", "plumbing", fuse_shared=True)
+    threads: int = _run(0, "CPU threads for torch; 0 leaves torch's default", "plumbing", fuse_shared=True,
                         why="0 leaves torch's default", ge=0)
-    compile: bool = _run(False, "torch.compile the model (CUDA only)", "plumbing", True)
+    compile: bool = _run(False, "torch.compile the model (CUDA only)", "plumbing", fuse_shared=True)
     cuda_graph: bool = _run(False, "record the training step once as a CUDA graph and replay it (CUDA only; "
-                                   "engine/step.py says why)", "plumbing", True)
+                                   "engine/step.py says why)", "plumbing", fuse_shared=True)
     amp: bool | None = _run(None, "bf16 autocast on CUDA; None: for nets of >= 100k parameters "
-                                  "(train.fast_formats says why)", "plumbing", True)
-    channels_last: bool | None = _run(None, "memory format on CUDA; None: as amp", "plumbing", True)
-    gpu_memory_fraction: float | None = _run(None, "soft cap per process", "plumbing", True, gt=0, le=1)
+                                  "(train.fast_formats says why)", "plumbing", fuse_shared=True)
+    channels_last: bool | None = _run(None, "memory format on CUDA; None: as amp", "plumbing", fuse_shared=True)
+    gpu_memory_fraction: float | None = _run(None, "soft cap per process", "plumbing", fuse_shared=True, gt=0, le=1)
     fuse_strategy: Literal["auto", "vmap", "loop", "blockdiag"] = _run(
-        "auto", "how a group computes its K members (engine/strategies.py says what each is)", "plumbing", True)
-    eval_batch_size: int = _run(4096, "", "plumbing", True, ge=1, le=1_000_000)
+        "auto", "how a group computes its K members (engine/strategies.py says what each is)", "plumbing",
+        fuse_shared=True)
+    eval_batch_size: int = _run(4096, "", "plumbing", fuse_shared=True, ge=1, le=1_000_000)
     out_dir: str | None = _run(None, "where the trial writes its files; None: nowhere", "plumbing")
 
     def __init__(self, /, **data: Any) -> None:
@@ -140,7 +142,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"config {name}={getattr(self, name)!r}: {why}")
 
         if self.clean_epochs > self.epochs:
-            bad("clean_epochs", f"must be an integer in [0, epochs={self.epochs}]: the last epochs that skip augmentation")
+            bad("clean_epochs", f"must be an integer in [0, epochs={self.epochs}]: the last epochs that skip "
+                                "augmentation")
         if self.cuda_graph and self.compile:
             bad("cuda_graph", "cuda_graph and compile cannot both be on: each replays the step its own way; pick one")
         if self.scheduler == "plateau" and self.val_size == 0:
