@@ -25,7 +25,6 @@ configs, the size of the grid and the parameter budget.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -38,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
-from .identity import FUSE_SHARED, fuse_key, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
+from .identity import FUSE_SHARED, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
 from .config import FIELD_TYPES, ConfigError, TrainConfig, field_names
 
 CONFIG_KEYS = field_names()
@@ -498,15 +497,16 @@ def _check_shadowed(spec: Spec, overrides: list[str]) -> None:
                                     f"values set {field}: change {field} in grid.{axis} in the spec instead")
 
 
-def _short(v) -> str:
+def short(v) -> str:
+    """An axis value as a part of a trial's folder name."""
     if isinstance(v, dict):
-        return "-".join(_short(x) for x in v.values())
+        return "-".join(short(x) for x in v.values())
     return re.sub(r"[^A-Za-z0-9._-]", "", str(v).replace("+", "-"))[:24] or "x"
 
 
-def config_id(train: dict) -> str:
-    """A trial's identity (identity.trial_id; kept under this name for its callers)."""
-    return trial_id(train)
+def _point(axes: dict) -> str:
+    """A grid point in words for a message: 'model=vgg, lr=0.1', or 'base'."""
+    return ", ".join(f"{k}={short(v)}" for k, v in axes.items()) or "base"
 
 
 def expand(spec: Spec) -> list[dict]:
@@ -526,17 +526,16 @@ def expand(spec: Spec) -> list[dict]:
             cfg.setdefault("threads", max(1, int(spec.resources.cpu)))
             if 0 < spec.resources.gpu < 1:
                 cfg.setdefault("gpu_memory_fraction", spec.resources.gpu)
-            where = ", ".join(f"{k}={_short(v)}" for k, v in label.items()) or "base"
             try:
                 tc = TrainConfig.from_dict(cfg)
             except ConfigError as e:
-                raise SpecError(f"trial {len(trials)} ({where}, seed {seed}): {e}") from None
-            parts = [p for p in (_short(v) for v in label.values()) if p]
+                raise SpecError(f"trial {len(trials)} ({_point(label)}, seed {seed}): {e}") from None
+            parts = [p for p in (short(v) for v in label.values()) if p]
             if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
-                parts.insert(0, _short(tc.model))
+                parts.insert(0, short(tc.model))
             train = tc.to_dict()
-            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": config_id(train), "axes": dict(label),
-                           "train": train, "where": where})
+            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": trial_id(train), "axes": dict(label),
+                           "train": train})
     _check_trials(spec, trials)
     check_models(trials)
     return trials
@@ -590,17 +589,13 @@ def _check_memory(t: dict, prof: dict) -> None:
 
 
 def _check_trials(spec: Spec, trials: list[dict]) -> None:
-    """No config twice (copies would be reported as independent seeds); unique, safe names;
-    one data folder for the grid."""
-    dirs = {t["train"]["data_dir"] for t in trials}
-    if len(dirs) > 1:
-        raise SpecError(f"trials name different data_dir values ({', '.join(map(str, sorted(map(str, dirs))))}): "
-                        f"set it once under data:")
+    """No config twice (copies would be reported as independent seeds); unique, safe names.
+    Trials may name different data folders: the launch ships each folder's arrays to its trials."""
     seen: dict[str, dict] = {}
     for t in trials:
         if t["id"] in seen:
             first = seen[t["id"]]
-            raise SpecError(f"the grid holds one config twice ({first['where']} and {t['where']}, seed "
+            raise SpecError(f"the grid holds one config twice ({_point(first['axes'])} and {_point(t['axes'])}, seed "
                             f"{t['train']['seed']}): copies would be reported as independent runs; remove the repeat")
         seen[t["id"]] = t
     by_name: dict[str, list] = {}
@@ -611,7 +606,6 @@ def _check_trials(spec: Spec, trials: list[dict]) -> None:
             for t in same:
                 t["name"] = f"{name}_{t['id'][:6]}"
     for t in trials:  # names are built from [A-Za-z0-9._-] only; keep them short and not hidden
-        t.pop("where")
         if len(t["name"]) > 120:
             t["name"] = f"{t['name'][:100]}_{t['id'][:6]}"
         if not t["name"][0].isalnum():
@@ -646,37 +640,3 @@ def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[S
     trials = expand(spec)
     check_budget(spec, trials)
     return spec, trials
-
-
-# What the members of a fused group must share: one batched model (architecture and its
-# arguments other than the dropout rate), one batch shape and length of training, one optimizer
-# kind, one data split and preprocessing, one device set-up. Everything else may differ.
-def plan_units(spec: Spec, trials: list[dict], keep: dict[str, str] | None = None) -> list[dict]:
-    """Tune trials to run: one per trial, or with `fuse: K` groups of up to K trials that share
-    FUSE_SHARED, in grid order. A group's name is a hash of its members' identities, so an
-    interrupted group is found again by the next launch; `keep` (trial name -> group name)
-    holds the members of groups that must stay together (interrupted ones, with a checkpoint)."""
-    k = spec.fuse or 1
-    if k <= 1:
-        return [{"name": t["name"], "fused": False, "members": [t]} for t in trials]
-    kept: dict[str, list[dict]] = {}
-    for t in trials:
-        if (keep or {}).get(t["name"]):
-            kept.setdefault(keep[t["name"]], []).append(t)
-    units = [{"name": g, "fused": True, "members": ms} for g, ms in kept.items()
-             if 1 < len(ms) <= k and len({fuse_key(m["train"]) for m in ms}) == 1]
-    taken = {m["name"] for u in units for m in u["members"]}
-    by_key: dict[str, list[dict]] = {}
-    for t in trials:
-        if t["name"] not in taken:
-            by_key.setdefault(fuse_key(t["train"]), []).append(t)
-    for members in by_key.values():
-        for i in range(0, len(members), k):
-            chunk = members[i:i + k]
-            if len(chunk) == 1:
-                units.append({"name": chunk[0]["name"], "fused": False, "members": chunk})
-                continue
-            h = hashlib.sha256("".join(m["id"] for m in chunk).encode()).hexdigest()[:8]
-            units.append({"name": f"fused_{_short(chunk[0]['train']['model'])}_{len(chunk)}x_{h}", "fused": True,
-                          "members": chunk})
-    return units

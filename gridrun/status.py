@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import GridrunError
 from . import analysis
+from .progress import dur as _dur  # one duration format for status and the launch's progress line
 from .results import MAX_LARGE, Unreadable, find_experiments, is_experiment, load_experiment, lock_holder, read_bytes
 
 ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
@@ -112,13 +113,6 @@ def strict_json(obj) -> str:
             return [clean(x) for x in v]
         return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
     return json.dumps(clean(obj), allow_nan=False)
-
-
-def _dur(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def render(snap: dict) -> str:

@@ -234,7 +234,7 @@ def test_arch_parser_never_crashes_and_never_allocates():
 def test_sigterm_is_handled_as_ctrl_c_and_restored_after():
     import signal
 
-    from gridrun.launch import _Terminated
+    from gridrun.experiment import Terminated as _Terminated
 
     before = signal.getsignal(signal.SIGTERM)
     term = _Terminated()

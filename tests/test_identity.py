@@ -9,7 +9,8 @@ import yaml
 
 from gridrun.config import PLUMBING, TrainConfig
 from gridrun.identity import canonical, config_key, fuse_key, trial_id, varying_fields
-from gridrun.spec import SpecError, load_trials, parse, plan_units
+from gridrun.plan import plan_units, regroup, trials as typed
+from gridrun.spec import SpecError, load_trials, parse
 from conftest import write_spec
 
 
@@ -109,25 +110,25 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
 def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_dir, tmp_path):
     """Item 8: inserting an axis value used to regroup an interrupted group's members (a new
     group name, no checkpoint) and restart them from epoch 1."""
-    from gridrun.launch import _plan
-
     spec_path = write_spec(tmp_path / "fz.yaml", synth_dir, grid={"lr": [0.01, 0.03]}, seeds=2, fuse=4,
                            base={"model": "tinynet_7k"})
     spec, trials = load_trials(spec_path)
+    trials = typed(trials)
     (group,) = plan_units(spec, trials)
     exp = tmp_path / "runs" / "fz"
-    (exp / group["name"] / "checkpoint_000001").mkdir(parents=True)
-    old = [{"name": t["name"], "train": t["train"], "group": group["name"]} for t in trials]
+    (exp / group.name / "checkpoint_000001").mkdir(parents=True)
+    old = [{"name": t.name, "train": t.train, "group": group.name} for t in trials]
     grown_spec, grown = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}"])
-    assert all(u["name"] != group["name"] for u in plan_units(grown_spec, grown))  # regrouped without keep
+    grown = typed(grown)
+    assert all(u.name != group.name for u in plan_units(grown_spec, grown))  # regrouped without keep
     lines = []
-    units = _plan(grown_spec, grown, old, exp, lines.append)
-    kept = next(u for u in units if u["name"] == group["name"])
-    assert sorted(m["name"] for m in kept["members"]) == sorted(t["name"] for t in trials)
-    assert sorted(m["name"] for u in units for m in u["members"]) == sorted(t["name"] for t in grown)
+    units = regroup(grown_spec, grown, old, exp, lines.append)
+    kept = next(u for u in units if u.name == group.name)
+    assert sorted(m.name for m in kept.members) == sorted(t.name for t in trials)
+    assert sorted(m.name for u in units for m in u.members) == sorted(t.name for t in grown)
     assert not lines
     fewer_spec, fewer = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}", "fuse=2"])
-    _plan(fewer_spec, fewer, old, exp, lines.append)  # a group that cannot be kept is said
+    regroup(fewer_spec, typed(fewer), old, exp, lines.append)  # a group that cannot be kept is said
     assert "start again from epoch 1" in lines[0]
 
 
