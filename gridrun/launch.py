@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +31,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 from ray import tune  # noqa: E402
 
 from . import diskio, results, store  # noqa: E402
-from .errors import GridrunError, __version__  # noqa: E402
+from .remote import Remote, local_path  # noqa: E402
+from .errors import GridrunError  # noqa: E402
 from .spec import SpecError, load_trials, plan_units  # noqa: E402
 
 RAY_LOG = "gridrun_ray.log"  # Ray's per-trial lines, kept out of the terminal
@@ -60,7 +60,7 @@ def run_trial(config: dict, mnist: dict | None = None) -> None:
 
     member_dirs = [os.path.join(trial_dir, t["name"]) if unit["fused"] else trial_dir for t in unit["members"]]
     if unit["fused"]:  # marks the folder as a group for the reader: its members' folders are inside
-        Path(trial_dir, results.GROUP_FILE).write_text(json.dumps({"members": [t["name"] for t in unit["members"]]}))
+        Path(trial_dir, store.GROUP_FILE).write_text(json.dumps({"members": [t["name"] for t in unit["members"]]}))
     for t, d in zip(unit["members"], member_dirs):
         hparams.write_session_start(d, t["train"], unit.get("hparams", []))
     try:
@@ -353,7 +353,7 @@ def _fmt(v) -> str:
 def _error_line(trial) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:
-        return results.error_line(Path(path))[:300] if path else "error"
+        return store.error_line(Path(path))[:300] if path else "error"
     except OSError:
         return "error"
 
@@ -424,8 +424,8 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     spec, trials = load_trials(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
     name = name or spec.name
     _check_name(name)
-    where = store.local_path(storage or "runs")
-    remote = None if where is not None else store.Remote(storage, name)
+    where = local_path(storage or "runs")
+    remote = None if where is not None else Remote(storage, name)
     exp_dir = os.path.join(where, name) if remote is None else remote.uri
     reference = _reference_file(spec, spec_path)
     _check_data(trials, dry_run, out)  # before any folder is touched or Ray started
@@ -436,7 +436,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
         _set_aside(exp_dir, out)
     term, local = _Terminated(), remote is None
     try:
-        with store.folder_lock(exp_dir) if local else remote.lock(), term, _reserved(exp_dir, local):
+        with store.ExperimentDir(exp_dir).lock() if local else remote.lock(), term, _reserved(exp_dir, local):
             if fresh and remote is not None:
                 remote.set_aside(out)
             with _mirror(remote, exp_dir) as view:
@@ -472,7 +472,7 @@ def _run(spec, spec_path, trials, view: Path, remote, exp_dir: str, reference, a
     _adopt_names(view, trials, out, exp_dir)
     todo = _prepare_experiment(str(view), spec, trials, reference, out, exp_dir)
     if remote is not None:
-        remote.push(view, [p.name for p in view.iterdir() if p.is_file() and p.name != results.LOCK])
+        remote.push(view, [p.name for p in view.iterdir() if p.is_file() and p.name != store.LOCK])
     if not todo:
         out(f"{exp_dir}: all {len(trials)} trials have finished: nothing to run (--fresh starts over)")
         return 0
@@ -492,7 +492,7 @@ def _run(spec, spec_path, trials, view: Path, remote, exp_dir: str, reference, a
         diskio.release(exp_dir)  # room for the record
     _record_launch(str(view), ray, spec_path, time.time() - t0, code)
     if remote is not None:
-        remote.push(view, [results.LAUNCHES, *(p.name for p in view.glob("gridrun_diff-*.patch"))])
+        remote.push(view, [store.LAUNCHES, *(p.name for p in view.glob("gridrun_diff-*.patch"))])
     if full is not None:
         raise GridrunError(diskio.disk_line(exp_dir, full))
     return code
@@ -588,7 +588,7 @@ def _storage_full(exp_dir: str) -> OSError | None:
 
 
 # Files that are whole or useless: JSON that must parse, arrays and torch zips that must open.
-_JSON_FILES = ("summary.json", "config.json", "stopped.json", "node.json", results.GROUP_FILE, "state.json")
+_JSON_FILES = ("summary.json", "config.json", "stopped.json", "node.json", store.GROUP_FILE, "state.json")
 
 
 def _sweep_half_files(exp: Path) -> None:
@@ -676,7 +676,7 @@ def _check_data(trials: list[dict], dry_run: bool, out) -> None:
 
 def _dry_run(spec, trials, view: Path | None, exp_dir: str, address, out) -> int:
     """What a launch would run (the trials an existing experiment lacks) and how it packs."""
-    old = results.read_manifest(view) if view is not None else []
+    old = store.ExperimentDir(view).read_manifest() if view is not None else []
     if view is not None:
         _adopt_names(view, trials, out, exp_dir)
     units = plan_units(spec, trials)
@@ -707,7 +707,7 @@ def _dry_run(spec, trials, view: Path | None, exp_dir: str, address, out) -> int
 
 def _set_aside(exp_dir: str, out) -> None:
     """--fresh: start over, but never delete results (the old folder becomes NAME.prev-N)."""
-    holder = results.lock_holder(Path(exp_dir))
+    holder = store.ExperimentDir(exp_dir).lock_holder()
     if holder:
         raise GridrunError(f"{exp_dir} is being launched by pid {holder.get('pid')} on {holder.get('host')}: "
                            f"--fresh cannot move it away while it runs")
@@ -725,7 +725,7 @@ def _prepare_experiment(exp_dir: str, spec, trials: list[dict], reference: Path 
     `shown` names the experiment in messages (its URI when `exp_dir` is a mirror)."""
     exp = Path(exp_dir)
     exp_dir = shown or exp_dir
-    old = results.read_manifest(exp)
+    old = store.ExperimentDir(exp).read_manifest()
     if old:
         _check_growth(exp_dir, old, trials)
     exp.mkdir(parents=True, exist_ok=True)
@@ -741,10 +741,8 @@ def _prepare_experiment(exp_dir: str, spec, trials: list[dict], reference: Path 
         group = group_of.get(t["name"]) if t["name"] not in done else (merged.get(t["name"]) or {}).get("group")
         merged[t["name"]] = {"name": t["name"], "id": t["id"], "axes": t["axes"], "params": t["params"],
                              "train": t["train"], "group": group}
-    results_atomic_write(exp / results.MANIFEST, json.dumps(list(merged.values()), indent=1))
-    import yaml
-
-    results_atomic_write(exp / results.SPEC_COPY, yaml.safe_dump(spec.raw, sort_keys=False))
+    store.ExperimentDir(exp).write_manifest(list(merged.values()))
+    store.ExperimentDir(exp).write_spec(spec.raw)
     if reference is not None:
         shutil.copy(reference, exp / "reference.csv")
     from . import hparams
@@ -760,7 +758,7 @@ def _adopt_names(exp_dir, trials: list[dict], out, shown: str | None = None) -> 
     from .identity import trial_id
 
     held: dict[str, str] = {}
-    for e in results.read_manifest(Path(exp_dir)):
+    for e in store.ExperimentDir(exp_dir).read_manifest():
         if isinstance(e.get("train"), dict):
             held.setdefault(trial_id(e["train"]), e["name"])
     if not held:
@@ -797,10 +795,6 @@ def _plan(spec, todo: list[dict], old: list[dict], exp: Path, out) -> list[dict]
             out(f"notice: fused group {g} was interrupted, but its unfinished members {', '.join(members[:4])} are "
                 f"regrouped (fuse or the fused fields changed): they start again from epoch 1")
     return units
-
-
-def results_atomic_write(path: Path, text: str) -> None:
-    diskio.atomic_write_text(path, text)
 
 
 def _check_growth(exp_dir: str, old: list[dict], trials: list[dict]) -> None:
@@ -981,54 +975,16 @@ def _result_error(result):
 
 def _record_launch(exp_dir: str, ray, spec_path: str, wall_s: float, code: int) -> None:
     """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
-    prov = provenance()
+    prov = store.provenance()
     diff = prov.get("git", {}).pop("diff", None)
-    n = len(results.read_launches(Path(exp_dir))) + 1
+    n = len(store.ExperimentDir(exp_dir).read_launches()) + 1
     if diff:
         try:
-            diskio.atomic_write_text(Path(exp_dir, f"gridrun_diff-{n}.patch"), diff)
-            prov["git"]["diff_file"] = f"gridrun_diff-{n}.patch"
+            prov["git"]["diff_file"] = store.ExperimentDir(exp_dir).write_diff(n, diff)
         except OSError as e:  # a full disk: the record itself matters more than the patch
             prov["git"]["diff_file"] = f"not saved ({e.strerror})"
     argv = sys.argv[1:] if sys.argv and os.path.basename(sys.argv[0]) in ("gridrun", "cli.py", "__main__.py") else None
     command = " ".join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"
-    with open(os.path.join(exp_dir, results.LAUNCHES), "a") as f:
-        f.write(json.dumps({"command": command, "cluster": _cluster_line(ray), "wall_s": round(wall_s, 1),
-                            "exit": code, "finished_at": time.time(), "provenance": prov}) + "\n")
+    store.ExperimentDir(exp_dir).append_launch({"command": command, "cluster": _cluster_line(ray), "wall_s": round(wall_s, 1),
+                                                "exit": code, "finished_at": time.time(), "provenance": prov})
 
-
-def provenance() -> dict:
-    """Which code and which software produced a result: git commit, dirty tree (with the diff of
-    tracked files), versions, and the GPU this driver sees."""
-    import platform
-
-    import ray
-    import torch
-
-    out = {"gridrun": __version__, "ray": ray.__version__, "torch": torch.__version__,
-           "python": platform.python_version()}
-    if torch.cuda.is_available():
-        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=torch.cuda.get_device_name(0))
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        if smi.returncode == 0 and smi.stdout.strip():
-            out["gpu"], out["driver"] = [s.strip() for s in smi.stdout.splitlines()[0].split(",")][:2]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode == 0:
-            status = git("status", "--porcelain", "--untracked-files=no")
-            dirty = bool(status.stdout.strip())
-            out["git"] = {"commit": head.stdout.strip(), "dirty": dirty}
-            if dirty:
-                out["git"]["diff"] = git("diff", "HEAD").stdout
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
