@@ -83,6 +83,7 @@ def diff_file(n: int) -> str:
 # What a trial, a fused group or an experiment leaves in its folder (`train --out` refuses one).
 RESULT_FILES = (SUMMARY, CONFIG, METRICS, MODEL, STATE, *map(logits_file, SPLITS), ERROR, PARAMS, STOPPED)
 TRIAL_MARKS = (CONFIG, PARAMS, ERROR, METRICS)  # any of them makes a folder a trial's
+WHOLE_JSON = (SUMMARY, CONFIG, STOPPED, NODE, GROUP_FILE, STATE_INFO)  # JSON that is whole or useless
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr",
                 "seconds", "images_per_s"]
 STATE_VERSION = 3  # 3: one format for every group (K >= 1) of the engine
