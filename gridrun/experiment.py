@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,8 +17,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import diskio, results, store
-from .errors import GridrunError, __version__
+from . import diskio, store
+from .errors import GridrunError
+from .remote import Remote, local_path
+from .store import ExperimentDir
 from .spec import NAME_RE, SpecError
 
 
@@ -46,15 +47,15 @@ class Folder:
 
     def __init__(self, name: str, storage: str | None):
         check_name(name)
-        where = store.local_path(storage or "runs")
-        self.remote = None if where is not None else store.Remote(storage, name)
+        where = local_path(storage or "runs")
+        self.remote = None if where is not None else Remote(storage, name)
         self.local = self.remote is None
         self.shown = os.path.join(where, name) if self.local else self.remote.uri
 
     @contextmanager
     def lock(self):
         """The experiment's lock: one launch at a time, a stale one taken over."""
-        with store.folder_lock(self.shown) if self.local else self.remote.lock():
+        with ExperimentDir(self.shown).lock() if self.local else self.remote.lock():
             yield
 
     @contextmanager
@@ -88,7 +89,7 @@ class Folder:
             return self.remote.set_aside(out)
         if not os.path.exists(self.shown):
             return None
-        holder = results.lock_holder(Path(self.shown))
+        holder = ExperimentDir(self.shown).lock_holder()
         if holder:
             raise GridrunError(f"{self.shown} is being launched by pid {holder.get('pid')} on {holder.get('host')}: "
                                f"--fresh cannot move it away while it runs")
@@ -102,19 +103,18 @@ class Folder:
         """The mirror's top-level files (all but the lock, or `names`) back to the object store."""
         if not self.local:
             self.remote.push(view, names if names is not None else
-                             [p.name for p in view.iterdir() if p.is_file() and p.name != results.LOCK])
+                             [p.name for p in view.iterdir() if p.is_file() and p.name != store.LOCK])
 
 
 def record_plan(view: Path, spec, plan, reference: Path | None) -> None:
     """Record what this launch runs (plan.Remaining): the manifest with the fused group each
     trial runs in, the effective spec, and the study's reference table."""
-    import yaml
-
     view.mkdir(parents=True, exist_ok=True)
-    diskio.atomic_write_text(view / results.MANIFEST, json.dumps(plan.manifest(), indent=1))
-    diskio.atomic_write_text(view / results.SPEC_COPY, yaml.safe_dump(spec.raw, sort_keys=False))
+    exp = ExperimentDir(view)
+    exp.write_manifest(plan.manifest())
+    exp.write_spec(spec.raw)
     if reference is not None:
-        shutil.copy(reference, view / "reference.csv")
+        exp.write_reference(reference)
     from . import hparams
 
     hparams.remove_experiment_summary(view)  # `gridrun tensorboard` writes it into its view
@@ -122,62 +122,17 @@ def record_plan(view: Path, spec, plan, reference: Path | None) -> None:
 
 def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, code: int) -> None:
     """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
-    prov = provenance()
+    prov, exp = store.provenance(), ExperimentDir(exp_dir)
     diff = prov.get("git", {}).pop("diff", None)
-    n = len(results.read_launches(Path(exp_dir))) + 1
     if diff:
         try:
-            diskio.atomic_write_text(Path(exp_dir, f"gridrun_diff-{n}.patch"), diff)
-            prov["git"]["diff_file"] = f"gridrun_diff-{n}.patch"
+            prov["git"]["diff_file"] = exp.write_diff(len(exp.read_launches()) + 1, diff)
         except OSError as e:  # a full disk: the record itself matters more than the patch
             prov["git"]["diff_file"] = f"not saved ({e.strerror})"
     argv = sys.argv[1:] if sys.argv and os.path.basename(sys.argv[0]) in ("gridrun", "cli.py", "__main__.py") else None
     command = " ".join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"
-    with open(os.path.join(exp_dir, results.LAUNCHES), "a") as f:
-        f.write(json.dumps({"command": command, "cluster": cluster, "wall_s": round(wall_s, 1),
-                            "exit": code, "finished_at": time.time(), "provenance": prov}) + "\n")
-
-
-def provenance() -> dict:
-    """Which code and which software produced a result: git commit, dirty tree (with the diff of
-    tracked files), versions, and the GPU this driver sees."""
-    import platform
-    from importlib.metadata import version
-
-    import torch
-
-    out = {"gridrun": __version__, "ray": version("ray"), "torch": torch.__version__,
-           "python": platform.python_version()}
-    if torch.cuda.is_available():
-        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=torch.cuda.get_device_name(0))
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        if smi.returncode == 0 and smi.stdout.strip():
-            out["gpu"], out["driver"] = [s.strip() for s in smi.stdout.splitlines()[0].split(",")][:2]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    git = _git_state()
-    if git:
-        out["git"] = git
-    return out
-
-
-def _git_state() -> dict | None:
-    """The commit of the code that runs, whether the tree is dirty, and its diff when it is."""
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return None
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-        return {"commit": head.stdout.strip(), "dirty": dirty, **({"diff": git("diff", "HEAD").stdout} if dirty else {})}
-    except (OSError, subprocess.SubprocessError):
-        return None
+    exp.append_launch({"command": command, "cluster": cluster, "wall_s": round(wall_s, 1), "exit": code,
+                       "finished_at": time.time(), "provenance": prov})
 
 
 class Terminated:
@@ -223,7 +178,7 @@ def storage_full(exp_dir: str) -> OSError | None:
 
 
 # Files that are whole or useless: JSON that must parse, arrays and torch zips that must open.
-_JSON_FILES = ("summary.json", "config.json", "stopped.json", "node.json", results.GROUP_FILE, "state.json")
+_JSON_FILES = (store.SUMMARY, store.CONFIG, store.STOPPED, store.NODE, store.GROUP_FILE, store.STATE_INFO)
 
 
 def sweep_half_files(exp: Path) -> None:
@@ -234,7 +189,7 @@ def sweep_half_files(exp: Path) -> None:
 
     for d in [p for p in exp.rglob("*") if p.is_dir() and not p.is_symlink()]:
         if d.name.startswith("checkpoint_"):
-            st, js = d / "state.pt", d / "state.json"
+            st, js = d / store.STATE, d / store.STATE_INFO
             if not (st.is_file() and zipfile.is_zipfile(st) and _json_ok(js)):
                 shutil.rmtree(d, ignore_errors=True)
             continue
@@ -247,9 +202,9 @@ def _half_written(f: Path) -> bool:
     import zipfile
 
     return (f.suffix == ".tmp" or (f.name in _JSON_FILES and not _json_ok(f))
-            or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == "model.pt" and not zipfile.is_zipfile(f))
+            or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == store.MODEL and not zipfile.is_zipfile(f))
             or (f.suffix == ".pkl" and f.stat().st_size == 0)
-            or (f.name in ("error.txt", "result.json") and f.stat().st_size == 0))
+            or (f.name in (store.ERROR, store.RESULT) and f.stat().st_size == 0))
 
 
 def _json_ok(f: Path) -> bool:

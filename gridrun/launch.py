@@ -17,14 +17,14 @@ from .worker import LaunchContext, run_trial  # first: it sets Ray's environment
 
 from ray import tune  # noqa: E402
 
-from . import diskio, results  # noqa: E402
+from . import diskio, store  # noqa: E402
 from .errors import GridrunError  # noqa: E402
 from .experiment import (Folder, Terminated, record_launch, record_plan, reference_file, storage_full,  # noqa: E402
                          sweep_half_files)
 from .plan import arrays, check_data, load, plan_table, remaining  # noqa: E402
 from .progress import Progress, exit_code, live_stream, summarize  # noqa: E402
 
-RAY_LOG = "gridrun_ray.log"  # Ray's per-trial lines, kept out of the terminal
+RAY_LOG = store.RAY_LOG  # Ray's per-trial lines, kept out of the terminal
 
 
 def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool = False, address: str | None = None,
@@ -110,7 +110,7 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     if folder.local:
         diskio.release(folder.shown)  # room for the record
     record_launch(str(view), _cluster_line(ray), spec_path, time.time() - t0, code)
-    folder.push(view, [results.LAUNCHES, *(p.name for p in view.glob("gridrun_diff-*.patch"))])
+    folder.push(view, [store.LAUNCHES, *(p.name for p in store.ExperimentDir(view).diffs())])
     if full is not None:
         raise GridrunError(diskio.disk_line(folder.shown, full))
     return code

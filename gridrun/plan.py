@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import results
+from .store import ExperimentDir
 from .identity import fuse_key, trial_id
 from .spec import SpecError, short
 
@@ -158,7 +159,7 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
     matched by value, the grid checked against what the folder holds, settled trials left out,
     interrupted groups kept. `shown` names the experiment in messages (its URI for a mirror)."""
     shown = shown or str(exp)
-    held = results.read_manifest(exp) if exp is not None else []
+    held = ExperimentDir(exp).read_manifest() if exp is not None else []
     grid = adopt_names(held, grid, out, shown)
     if held:
         check_growth(shown, held, grid)

@@ -3,15 +3,15 @@ as measured, and the closing count. `Progress` has the methods of a Tune callbac
 makes it one: only launch.py and worker.py import ray)."""
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from . import results
+from . import results, store
 from .plan import Unit
+from .store import TrialDir
 
 
 class Progress:
@@ -99,12 +99,12 @@ class Progress:
         if "://" in self.exp_dir:
             return []
         return [d for d in unit.member_dirs(Path(self.exp_dir, unit.name))
-                if d.is_dir() and not (d / "summary.json").exists()]
+                if d.is_dir() and not TrialDir(d).finished()]
 
     def _mark_stopped(self, unit: Unit, epoch: int) -> None:
         stopped = self._unfinished(unit)
         for d in stopped:
-            (d / "stopped.json").write_text(json.dumps({"after_epoch": epoch, "by": "ASHA"}))
+            TrialDir(d).write_stopped(epoch, "ASHA")
         self._end(stopped, "stopped early")
 
     @staticmethod
@@ -205,7 +205,7 @@ def _fmt(v) -> str:
 def _error_line(trial) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:
-        return results.error_line(Path(path))[:300] if path else "error"
+        return store.error_line(Path(path))[:300] if path else "error"
     except OSError:
         return "error"
 

@@ -33,22 +33,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
 from .identity import FUSE_SHARED, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
 from .config import FIELD_TYPES, ConfigError, TrainConfig, field_names
+from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml  # noqa: F401  (SpecError: spec's callers)
 
 CONFIG_KEYS = field_names()
 SPEC_KEYS_NOT_IN_BASE = ("out_dir", "seed")    # set by gridrun, never by a spec
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"  # a safe folder and file name
-MAX_SPEC_BYTES = 1_000_000
 DEFAULT_MAX_TRIALS = 5000
-
-
-class SpecError(GridrunError):
-    """A spec that cannot be launched; nothing was started."""
 
 
 class _Strict(BaseModel):
@@ -380,48 +375,6 @@ def points(spec: Spec) -> list[dict]:
                 point = {**dict(zip(lists, combo)), **draw}
                 out.append({a: point[a] for a in sub})
     return out
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """safe_load without anchors and aliases: a few lines of aliases can stand for billions of
-    values, and a small file must never cost minutes or gigabytes to validate."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise SpecError(f"YAML alias at line {mark.line + 1}: anchors and aliases (&, *) are not supported in "
-                            f"specs: write the values out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise SpecError(f"YAML key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
-                                f"the first would be silently ignored; keep one")
-            if isinstance(key, (str, int, float, bool)):
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.2 floats: PyYAML reads YAML 1.1, where a float needs a dot, so `1e-3` and `3e-4` were
-# strings. The 1.2 core schema's float (exponent without a dot, sign optional) is added to the
-# one loader every spec, override and stored spec goes through.
-_NoAliasLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)$"),
-    list("-+0123456789."))
-
-
-def safe_yaml(text: str, src: str):
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{src}: not valid YAML{where}: {problem}") from None
 
 
 def read_raw(path: str | Path) -> dict:

@@ -7,7 +7,6 @@ trial's config is only its unit. With launch.py, the only module that imports ra
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -25,8 +24,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from ray import tune  # noqa: E402
 
-from . import results  # noqa: E402
+from . import store  # noqa: E402
 from .plan import Trial, Unit  # noqa: E402
+from .store import TrialDir  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def run_trial(config: dict, context: LaunchContext) -> None:
     _start_sessions(unit, trial_dir, dirs, context)
     report = _Reporter(unit, context.launch, node, dirs)
     res = _train(unit, context, trial_dir, report)
-    Path(trial_dir, "node.json").write_text(json.dumps({"node_id": node, "host": os.uname().nodename}))
+    TrialDir(trial_dir).write_node(node, os.uname().nodename)
     end_sessions(dirs, report.ended)  # diverged, or resumed after its last epoch
     bad = [r["status"] for r in res if r["status"] != "ok"]
     if len(bad) == len(res) or not report.epochs:
@@ -78,7 +78,7 @@ def _start_sessions(unit: Unit, trial_dir: str, dirs: list[str], context: Launch
     from . import hparams
 
     if unit.fused:  # marks the folder as a group for the reader
-        Path(trial_dir, results.GROUP_FILE).write_text(json.dumps({"members": [m.name for m in unit.members]}))
+        TrialDir(trial_dir).write_group([m.name for m in unit.members])
     for m, d in zip(unit.members, dirs):
         hparams.write_session_start(d, m.train, list(context.hparams))
 
@@ -100,7 +100,7 @@ class _Reporter:
             end_sessions(self.dirs, self.ended)  # the last report, at which ASHA may stop it
         # The state folder holds only the state, and report() copies it to storage before it
         # returns, so it is the checkpoint as it stands (no second copy per epoch).
-        Path(self.state_dir, "state.json").write_text(json.dumps({"epoch": m["epoch"], "launch": self.launch}))
+        TrialDir(self.state_dir).write_state_info(m["epoch"], self.launch)
         extra = {"notice": self.notice.pop()} if self.notice else {}
         tune.report({**m, "node_id": self.node, "status": "running", **extra},
                     checkpoint=tune.Checkpoint.from_directory(self.state_dir))
@@ -142,17 +142,13 @@ def _go(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter, r
 
 def end_sessions(dirs: list, ended: set, status: str | None = None) -> None:
     """TensorBoard's session end for each trial folder not yet ended: `status`, else what its
-    summary.json says ("ok", "diverged at epoch k"), else failed."""
+    summary says ("ok", "diverged at epoch k"), else failed."""
     from . import hparams
 
     for d in dirs:
         if d in ended:
             continue
-        try:
-            s = status or json.loads(Path(d, "summary.json").read_text()).get("status", "failed")
-        except (OSError, ValueError, AttributeError):
-            s = "failed"
-        hparams.write_session_end(d, s)
+        hparams.write_session_end(d, status or TrialDir(d).summary_status("failed"))
         ended.add(d)
 
 
@@ -178,18 +174,18 @@ def _resume_state(where: str, work: str) -> str | None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            if os.path.exists(os.path.join(d, "state.pt")):
-                shutil.copy(os.path.join(d, "state.pt"), os.path.join(work, "resume.pt"))
-                return os.path.join(work, "resume.pt")
+            if os.path.exists(os.path.join(d, store.STATE)):
+                shutil.copy(os.path.join(d, store.STATE), os.path.join(work, store.RESUME))
+                return os.path.join(work, store.RESUME)
     best = _newest_checkpoint(where)
     if best is None:
         return None
     import pyarrow.fs as pafs
 
     fs, path = best
-    dst = os.path.join(work, "resume.pt")
+    dst = os.path.join(work, store.RESUME)
     try:
-        pafs.copy_files(f"{path}/state.pt", dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(f"{path}/{store.STATE}", dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except OSError:
         return None
     return dst
@@ -205,9 +201,9 @@ def _newest_checkpoint(where: str):
         if info.type != pafs.FileType.Directory or not os.path.basename(info.path).startswith("checkpoint_"):
             continue
         try:
-            with fs.open_input_stream(f"{info.path}/state.json") as f:
-                epoch = int(json.loads(f.read().decode())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
+            with fs.open_input_stream(f"{info.path}/{store.STATE_INFO}") as f:
+                epoch = store.parse_state_info(f.read())["epoch"]
+        except (OSError, store.Unreadable):
             continue
         if epoch > best_epoch:
             best, best_epoch = info.path, epoch

@@ -77,14 +77,15 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
     """The probe's case 2: a one-value axis at the default re-planned the same configs under
     new names, ran them again and reported each config with n=2."""
     from gridrun.launch import launch
-    from gridrun.results import load_experiment, read_manifest
+    from gridrun.results import load_experiment
+    from gridrun.store import ExperimentDir
 
     spec = spec_without_weight_decay(tmp_path, synth_dir, seeds=1, grid={"model": ["tinynet_7k"], "lr": [0.1, 0.05]},
                                      base={"epochs": 1})
     storage = tmp_path / "runs"
     assert launch(str(spec), storage=str(storage), out=lambda _: None) == 0
     exp = storage / "copies"
-    names = sorted(e["name"] for e in read_manifest(exp))
+    names = sorted(e["name"] for e in ExperimentDir(exp).read_manifest())
     summaries = {p: p.read_bytes() for p in exp.rglob("summary.json")}
     grid = "grid={model: [tinynet_7k], lr: [0.1, 0.05], weight_decay: [0.00050]}"
     lines = []
@@ -95,7 +96,7 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
     assert launch(str(spec), overrides=[grid], storage=str(storage), out=lines.append) == 0
     assert "2 trial(s) of this grid are already in the experiment under another name" in "\n".join(lines)
     assert "nothing to run" in lines[-1]
-    assert sorted(e["name"] for e in read_manifest(exp)) == names  # no second entry per config
+    assert sorted(e["name"] for e in ExperimentDir(exp).read_manifest()) == names  # no second entry per config
     assert {p: p.read_bytes() for p in exp.rglob("summary.json")} == summaries  # nothing rerun or rewritten
     assert len(load_experiment(exp, logits=False).trials) == 2
     lines = []  # a real new value next to the default: only the new configs are planned

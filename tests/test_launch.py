@@ -20,9 +20,9 @@ TRIAL_FILES = ("config.json", "metrics.csv", "model.pt", "logits_val.npy", "logi
 
 
 def trial_dirs(exp: Path) -> dict[str, Path]:
-    from gridrun.results import trial_dirs as dirs
+    from gridrun.store import ExperimentDir
 
-    return {n: d for n, (d, _) in dirs(exp).items()} if exp.exists() else {}
+    return {n: d for n, (d, _) in ExperimentDir(exp).trial_dirs().items()} if exp.exists() else {}
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 0.2):
@@ -199,9 +199,9 @@ def test_a_second_launch_of_a_running_experiment_is_refused(ray_local, synth_dir
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     # The killed launch's lock is stale now: a relaunch takes it over (checked above for resume).
-    from gridrun.results import lock_holder
+    from gridrun.store import ExperimentDir
 
-    assert lock_holder(exp) is None
+    assert ExperimentDir(exp).lock_holder() is None
 
 
 def test_changed_grid_under_same_name_is_refused(ray_local, synth_dir, tmp_path):

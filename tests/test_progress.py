@@ -129,14 +129,15 @@ def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(
     not as stopped by an ASHA the grid does not have."""
     from conftest import write_spec
     from gridrun.launch import launch
-    from gridrun.results import load_experiment, trial_dirs
+    from gridrun.results import load_experiment
+    from gridrun.store import ExperimentDir
 
     spec = write_spec(tmp_path / "last.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=1,
                       base={"epochs": 1})
     storage = tmp_path / "runs"
     assert launch(str(spec), storage=str(storage), out=lambda _: None) == 0
     exp = storage / "last"
-    for d, _ in trial_dirs(exp).values():
+    for d, _ in ExperimentDir(exp).trial_dirs().values():
         assert json.loads(next(d.glob("checkpoint_*/state.json")).read_text())["epoch"] == 1
         for f in ("summary.json", "model.pt", "logits_val.npy", "logits_test.npy", "labels_val.npy",
                   "labels_test.npy"):

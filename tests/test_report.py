@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gridrun.cli import main
 from gridrun.report import load_experiment, majority_vote, rank_by_validation, report
-from gridrun.results import MAX_LARGE
+from gridrun.store import MAX_LARGE
 
 N = 30
 LABELS = np.arange(N) % 10

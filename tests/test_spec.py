@@ -431,7 +431,7 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
 
     from conftest import write_spec
     from gridrun.launch import launch
-    from gridrun.results import trial_dirs
+    from gridrun.store import ExperimentDir
 
     spec = write_spec(tmp_path / "rs.yaml", synth_dir, grid={"lr": {"loguniform": [0.005, 0.05]}}, samples=2,
                       seeds=1, fuse=4, base={"epochs": 1, "model": "tinynet_7k"})
@@ -441,7 +441,7 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
     exp = storage / "rs"
 
     def sums():
-        return {n: hashlib.sha256((d / "summary.json").read_bytes()).hexdigest() for n, (d, _) in trial_dirs(exp).items()}
+        return {n: hashlib.sha256((d / "summary.json").read_bytes()).hexdigest() for n, (d, _) in ExperimentDir(exp).trial_dirs().items()}
 
     before, lines = sums(), []
     assert launch(str(spec), overrides=["samples=3"], storage=str(storage), out=lines.append) == 0
