@@ -177,8 +177,8 @@ def storage_full(exp_dir: str) -> OSError | None:
     return None
 
 
-# Files that are whole or useless: JSON that must parse, arrays and torch zips that must open.
-_JSON_FILES = (store.SUMMARY, store.CONFIG, store.STOPPED, store.NODE, store.GROUP_FILE, store.STATE_INFO)
+# Files that are whole or useless: JSON that must parse (store.WHOLE_JSON), arrays and torch zips
+# that must open.
 
 
 def sweep_half_files(exp: Path) -> None:
@@ -201,7 +201,7 @@ def sweep_half_files(exp: Path) -> None:
 def _half_written(f: Path) -> bool:
     import zipfile
 
-    return (f.suffix == ".tmp" or (f.name in _JSON_FILES and not _json_ok(f))
+    return (f.suffix == ".tmp" or (f.name in store.WHOLE_JSON and not _json_ok(f))
             or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == store.MODEL and not zipfile.is_zipfile(f))
             or (f.suffix == ".pkl" and f.stat().st_size == 0)
             or (f.name in (store.ERROR, store.RESULT) and f.stat().st_size == 0))

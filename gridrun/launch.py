@@ -65,7 +65,7 @@ def _dry_run(spec, grid, view, folder: Folder, address, out) -> int:
     """What a launch would run (the trials an existing experiment lacks) and how it packs."""
     plan = remaining(spec, grid, view, out, folder.shown)
     if not plan.units:
-        out(f"{folder.shown}: all {len(plan.trials)} trials have finished: nothing to run (--fresh starts over)")
+        out(plan.nothing_left(folder.shown))
         return 0
     if plan.done:
         out(f"{folder.shown}: {len(plan.trials) - len(plan.todo)} of {len(plan.trials)} trials already finished; "
@@ -92,7 +92,7 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     record_plan(view, spec, plan, reference)
     folder.push(view)
     if not plan.units:
-        out(f"{folder.shown}: all {len(plan.trials)} trials have finished: nothing to run (--fresh starts over)")
+        out(plan.nothing_left(folder.shown))
         return 0
     ray = _connect(address)
     term.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit

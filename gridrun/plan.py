@@ -17,7 +17,7 @@ from pathlib import Path
 from . import results
 from .store import ExperimentDir
 from .identity import fuse_key, trial_id
-from .spec import SpecError, short
+from .spec import Spec, SpecError, short
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def trials(dicts: list[dict]) -> list[Trial]:
     return [Trial.from_dict(t) for t in dicts]
 
 
-def load(spec_path: str, overrides: list[str]) -> tuple:
+def load(spec_path: str, overrides: list[str]) -> tuple[Spec, list[Trial]]:
     """The spec and its validated, budget-checked trials."""
     from .spec import load_trials
 
@@ -142,6 +142,9 @@ class Remaining:
     def todo(self) -> tuple[Trial, ...]:
         """The trials still to run, in grid order."""
         return tuple(t for t in self.trials if t.name not in self.done)
+
+    def nothing_left(self, shown: str) -> str:
+        return f"{shown}: all {len(self.trials)} trials have finished: nothing to run (--fresh starts over)"
 
     def manifest(self) -> list[dict]:
         """The manifest to record: what it held, and every trial of this grid with the fused group
