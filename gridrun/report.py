@@ -1,9 +1,10 @@
 """`gridrun report`: tables, the majority-vote ensemble and plots, from what trials wrote.
 
-Analysis and rendering only: experiment folders are read by results.py (files only, no
-pickles, no code from the folder). Every choice (best config per model, ensemble members) is
-made on validation accuracy; test accuracy is only reported, and was recomputed from each
-trial's saved logits as a check on what the trial said.
+Rendering only: experiment folders are read by results.py (files only, no pickles, no code
+from the folder) and every number and choice (config summaries, best config per model, the
+constraint checks, ensemble members) comes from analysis.py, made on validation accuracy; test
+accuracy is only reported, and was recomputed from each trial's saved logits as a check on what
+the trial said.
 """
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis
-from .analysis import rank_by_validation
 from .errors import GridrunError
 from .config import field_names
-from .identity import config_key, config_label, varying_fields
+from .identity import varying_fields
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
 from .store import CONFIG, REFERENCE, ExperimentDir
 
@@ -29,181 +29,105 @@ STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Au
 Trial = TrialRecord  # the name the report's helpers have always used
 
 
-# ---------------------------------------------------------------- ensemble
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def majority_vote(logits: list[np.ndarray]) -> np.ndarray:
-    """Per-image majority vote of the members' argmax; ties go to the larger summed softmax."""
-    stack = np.stack([l.astype(np.float32) for l in logits])          # (K, N, C)
-    k, n, c = stack.shape
-    votes = np.zeros((n, c))
-    for preds in stack.argmax(2):
-        votes[np.arange(n), preds] += 1
-    probs = softmax(stack, 2).sum(0)                                   # (N, C)
-    return np.where(votes == votes.max(1, keepdims=True), probs, -np.inf).argmax(1)
-
-
-def majority_vote_labels(preds: list[np.ndarray]) -> np.ndarray:
-    """Per-image majority vote of predicted classes, members best-by-validation first; a tie goes
-    to the tied class voted by the best member among those that voted for one (labels only: a
-    slim export keeps no logits, so there is no softmax to sum)."""
-    stack = np.stack([np.asarray(p, np.int64) for p in preds])        # (K, N)
-    k, n = stack.shape
-    votes = np.zeros((n, 10))
-    for p in stack:
-        votes[np.arange(n), p] += 1
-    tied = votes == votes.max(1, keepdims=True)                        # (N, C)
-    first = tied[np.arange(n), stack].argmax(0)                        # best member voting a tied class
-    return stack[first, np.arange(n)]
-
-
-TIE_RULES = {"softmax": "a tie goes to the class with the larger summed softmax",
-             "labels": "a tie goes to the tied class voted by the member best on validation (some members "
-                       "kept predicted labels only, as a slim export does, so there is no softmax to sum)"}
-
-
-def tie_rule(exp: Experiment) -> str:
-    """One rule for the whole experiment: summed softmax when every finished trial has logits."""
-    return "labels" if exp.labels_only else "softmax"
-
-
-def vote(members: list[Trial], rule: str) -> np.ndarray:
-    """The ensemble's class per test image; members in validation order."""
-    if rule == "softmax":
-        return majority_vote([t.test_logits for t in members])
-    return majority_vote_labels([t.test_preds for t in members])
-
-
-def ensemble_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int],
-                   rule: str = "softmax") -> list[tuple[int, float]]:
-    if rule == "softmax":
-        return _softmax_curve(ranked, labels, ks)
-    return [(k, float((vote(ranked[:k], rule) == labels).mean())) for k in ks]
-
-
-def _softmax_curve(ranked: list[Trial], labels: np.ndarray, ks: list[int]) -> list[tuple[int, float]]:
-    """majority_vote's accuracy of the top k for every k, adding one member at a time: each
-    member's votes and softmax computed once (5,000 trials: one pass, not a stack of every top k;
-    197 s of a 277 s report on the 2-core CPU before)."""
-    out, votes, probs = [], None, None
-    for i, t in enumerate(ranked[:max(ks, default=0)], 1):
-        logits = t.test_logits.astype(np.float32)
-        if votes is None:
-            votes, probs = np.zeros(logits.shape), np.zeros(logits.shape)
-        votes[np.arange(len(logits)), logits.argmax(1)] += 1
-        probs += softmax(logits, 1)
-        if i in ks:
-            pred = np.where(votes == votes.max(1, keepdims=True), probs, -np.inf).argmax(1)
-            out.append((i, float((pred == labels).mean())))
-    return out
-
-
-def _ks(n: int, top_k: int) -> list[int]:
-    ks = sorted({k for k in [1, 3, 5, 7, 9, 15, 25, 50, 100, top_k, n] if 1 <= k <= n})
-    return ks
-
-
 # ---------------------------------------------------------------- tables
 
-def _pct(values) -> str:
-    v = [x for x in values if x is not None and not math.isnan(x)]
-    if not v:
+def _pm(stats: tuple) -> str:
+    """A (mean, std, n) of accuracies as percent: "mean ± std (n=k)", or "mean (n=1)"."""
+    mean, std, n = stats
+    if mean is None:
         return "–"
-    mean = 100 * float(np.mean(v))
-    if len(v) == 1:
-        return f"{mean:.2f} (n=1)"
-    return f"{mean:.2f} ± {100 * float(np.std(v, ddof=1)):.2f} (n={len(v)})"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
 
 
-def config_groups(trials: list[Trial]) -> dict[str, list[Trial]]:
-    """Finished trials grouped by config (every field but the seed and plumbing)."""
-    return {config_key(s.config): s.members for s in analysis.config_summaries(trials)}
+def _cell(value):
+    """A config value in a table cell (a dict, such as model_args, as its JSON)."""
+    return json.dumps(value) if isinstance(value, dict) else value
 
 
-def config_table(exp: Experiment) -> tuple[list[dict], str]:
-    """Rows of the per-config table (markdown-ready) and the constraint summary."""
-    summaries = analysis.config_summaries(exp.trials)
-    varying = [k for k in summaries[0].varying if k not in {c for c, _ in STUDY_COLUMNS}] if summaries else []
-    cons = exp.spec.get("constraints") or {}
-    rows = [_config_row(s, varying, cons) for s in summaries]
-    summary = _constraint_summary(summaries, rows, cons)  # before the best rows' cells turn bold
-    rows.sort(key=lambda r: (str(r["_model"]), -r["_val"] if r["_val"] is not None else math.inf))
-    for best in analysis.best_per_model(summaries).values():  # by mean validation accuracy, never test
-        r = next(r for r in rows if r["_summary"] is best)
-        for k in list(r):
-            if not k.startswith("_") and r[k] not in (None, ""):
-                r[k] = f"**{r[k]}**"
-    return rows, summary
+def _extra_columns(a: analysis.Analysis) -> list[str]:
+    """The varying fields beyond the study's own columns: each gets a column of its own."""
+    return [k for k in a.varying if k not in {c for c, _ in STUDY_COLUMNS}]
 
 
-def _config_row(s: "analysis.ConfigSummary", varying: list[str], cons: dict) -> dict:
-    members, cfg = s.members, s.config
-    test = [m.test_acc_recomputed for m in members]
-    row = {"_model": cfg.get("model"), "_val": s.val_mean, "_test": float(np.mean(test)), "_summary": s}
-    for k, title in STUDY_COLUMNS[:1]:
-        row[title] = cfg.get(k)
+def config_table(a: analysis.Analysis) -> list[dict]:
+    """The per-config table's rows (cells by column title): each model's configs, best
+    validation first, the best of each model in bold (chosen on validation, never test)."""
+    extra = _extra_columns(a)
+    bold = {id(s) for s in a.best_per_model.values()}
+    order = sorted(a.summaries, key=lambda s: (s.model, -s.val_mean if s.val_mean is not None else math.inf))
+    return [_bold(_config_row(s, extra)) if id(s) in bold else _config_row(s, extra) for s in order]
+
+
+def _config_row(s: analysis.ConfigSummary, extra: list[str]) -> dict:
+    cfg = s.config
+    row = {title: cfg.get(k) for k, title in STUDY_COLUMNS[:1]}
     row["Params"] = f"{s.params:,}" if s.params else "?"
-    for k, title in STUDY_COLUMNS[1:]:
-        row[title] = cfg.get(k)
-    for k in varying:
-        row[k] = json.dumps(cfg.get(k)) if isinstance(cfg.get(k), dict) else cfg.get(k)
-    row["Train acc"] = _pct([m.final.get("train_acc") for m in members])
-    row["Val acc"] = _pct([m.final.get("val_acc") for m in members])
-    row["Test acc"] = _pct(test)
-    checks = []  # (column, ok, what follows the mark)
-    if cons.get("max_params"):
-        checks.append(("params ≤ {:,}".format(cons["max_params"]), (s.params or 0) <= cons["max_params"], ""))
-    if cons.get("max_epochs"):
-        checks.append((f"epochs ≤ {cons['max_epochs']}", cfg.get("epochs", 0) <= cons["max_epochs"], ""))
-    if target := cons.get("target_test_acc"):
-        hit = row["_test"] >= target
-        # a miss whose mean the table's two decimals round up to the target shows its digits
-        near = not hit and round(100 * row["_test"], 2) >= round(100 * target, 2)
-        checks.append((f"test ≥ {100 * target:.2f}", hit, f" ({100 * row['_test']:.3f})" if near else ""))
-    for title, ok, why in checks:
-        row[title] = ("✓" if ok else "✗") + why
-    row["_ok"] = all(ok for _, ok, _ in checks)
-    row["_label"] = ", ".join([str(cfg.get("model"))] + [f"{k} {row[t]}" for k, t in STUDY_COLUMNS[1:]]
-                              + [f"{k} {row[k]}" for k in varying if row[k] not in (None, "", "{}")])
+    row.update({title: cfg.get(k) for k, title in STUDY_COLUMNS[1:]})
+    row.update({k: _cell(cfg.get(k)) for k in extra})
+    row.update({"Train acc": _pm(s.train), "Val acc": _pm(s.val), "Test acc": _pm(s.test)})
+    row.update({_check_title(c): _mark(c) for c in s.checks})
     return row
 
 
-def _constraint_summary(summaries: list, rows: list[dict], cons: dict) -> str:
+def _bold(row: dict) -> dict:
+    return {k: f"**{v}**" if v not in (None, "") else v for k, v in row.items()}
+
+
+def _check_title(c: analysis.Check) -> str:
+    if c.name == "max_params":
+        return f"params ≤ {c.limit:,}"
+    if c.name == "max_epochs":
+        return f"epochs ≤ {c.limit}"
+    return f"test ≥ {100 * c.limit:.2f}"
+
+
+def _mark(c: analysis.Check) -> str:
+    """✓ or ✗; a test mean that misses the target but that the table's two decimals round up to
+    it shows its digits."""
+    near = (c.name == "target_test_acc" and not c.ok and c.value is not None
+            and round(100 * c.value, 2) >= round(100 * c.limit, 2))
+    return ("✓" if c.ok else "✗") + (f" ({100 * c.value:.3f})" if near else "")
+
+
+def _long_label(s: analysis.ConfigSummary, extra: list[str]) -> str:
+    """A config in words: its model, the study columns and the extra fields it sets."""
+    cfg = s.config
+    return ", ".join([str(cfg.get("model"))] + [f"{k} {cfg.get(k)}" for k, _ in STUDY_COLUMNS[1:]]
+                     + [f"{k} {_cell(cfg.get(k))}" for k in extra if _cell(cfg.get(k)) not in (None, "", "{}")])
+
+
+def _constraint_summary(a: analysis.Analysis) -> str:
     """The answer first: the config with the best mean validation accuracy among those within
     the budget (parameters, epochs), and whether its test mean meets the target. How many
     configs' test means pass comes second, said to be no choice: picking among them by test
     accuracy would be choosing on the test set. With no validation value, nothing is chosen."""
+    cons = a.constraints
     if not cons:
         return ""
     words = _cons_words(cons)
     budget = [w for w in words if not w.startswith("mean test")]
-    row_of = {id(r["_summary"]): r for r in rows}
-    best, ties = analysis.chosen(summaries, cons)
     lines = []
-    if best is not None:
-        a = row_of[id(best)]
-        where = f" among the configs within {' and '.join(budget)}" if budget else ""
-        line = f"Chosen on validation{where}: {a['_label']}, val {a['Val acc']}, test {a['Test acc']}"
-        if target := cons.get("target_test_acc"):
-            line += (f": it {'meets' if a['_ok'] else 'misses'} the target of {100 * target:.2f}% mean test "
-                     f"accuracy")
-        if ties:  # validation cannot tell them apart, and test must not: say so, keep the first listed
-            line += (f". It ties on validation with {'; '.join(row_of[id(t)]['_label'] for t in ties)} "
-                     f"(the first listed is shown; test breaks no tie)")
-        lines.append(line + ".")
-    elif summaries and not analysis.has_validation(summaries):
+    if a.chosen is not None:
+        lines.append(_choice_line(a, budget) + ".")
+    elif a.summaries and not a.has_validation:
         lines.append("No config is chosen: no trial recorded a validation accuracy (val_size: 0).")
     elif budget:
         lines.append(f"No config is within {' and '.join(budget)}.")
-    n_ok = sum(r["_ok"] for r in rows)
-    lines.append(f"{n_ok} of {len(rows)} configs meet every constraint ({', '.join(words)})"
+    lines.append(f"{a.meeting} of {len(a.summaries)} configs meet every constraint ({', '.join(words)})"
                  + ("; the test set chose none of them." if cons.get("target_test_acc") else "."))
     return " ".join(lines)
+
+
+def _choice_line(a: analysis.Analysis, budget: list[str]) -> str:
+    best, extra = a.chosen, _extra_columns(a)
+    where = f" among the configs within {' and '.join(budget)}" if budget else ""
+    line = f"Chosen on validation{where}: {_long_label(best, extra)}, val {_pm(best.val)}, test {_pm(best.test)}"
+    if target := a.constraints.get("target_test_acc"):
+        line += f": it {'meets' if best.meets else 'misses'} the target of {100 * target:.2f}% mean test accuracy"
+    if a.chosen_ties:  # validation cannot tell them apart, and test must not: say so, keep the first listed
+        line += (f". It ties on validation with {'; '.join(_long_label(t, extra) for t in a.chosen_ties)} "
+                 f"(the first listed is shown; test breaks no tie)")
+    return line
 
 
 def _cons_words(cons: dict) -> list[str]:
@@ -219,16 +143,16 @@ def _cons_words(cons: dict) -> list[str]:
 
 # ---------------------------------------------------------------- the report
 
-def _plots(exp: Experiment, out_md: Path) -> list[str]:
+def _plots(a: analysis.Analysis, out_md: Path) -> list[str]:
     """The report's figures, written beside `out_md`; returns their file names. A figure that
-    would say nothing (parameters when every config has the same count) is not drawn."""
+    would say nothing (parameters when every config has the same count, validation curves
+    without a validation value) is not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = config_groups(exp.trials)
-    if not groups:
+    if not a.summaries:
         return []
     stem = out_md.stem
     figures = [(_hparams_plot, f"{stem}_hparams.png"), (_curves_plot, f"{stem}_curves.png"),
@@ -236,37 +160,34 @@ def _plots(exp: Experiment, out_md: Path) -> list[str]:
     names = []
     for draw, name in figures:
         path = out_md.with_name(name)
-        if draw(plt, exp.name, groups, path):
+        if draw(plt, a, path):
             names.append(name)
         else:
             path.unlink(missing_ok=True)  # an earlier report's figure that no longer applies
     return names
 
 
-def _val_pct(members: list[Trial]) -> list[float]:
-    return [100 * m.final["val_acc"] for m in members
-            if m.final.get("val_acc") is not None and not math.isnan(m.final["val_acc"])]
-
-
-def _mean_std(v: list[float]) -> tuple[float, float]:
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+def _bar(stats: tuple) -> tuple[float, float]:
+    """A (mean, std, n) of accuracies as a point and an error bar in percent (one seed: no bar)."""
+    mean, std, _ = stats
+    return 100 * mean, 100 * (std or 0.0)
 
 
 LOG_AXES = ("lr", "weight_decay")  # spread over decades: equal ratios get equal room
 
 
-def _hparams_plot(plt, name: str, groups: dict, path: Path) -> bool:
+def _hparams_plot(plt, a: analysis.Analysis, path: Path) -> bool:
     """Validation accuracy (mean ± std over seeds, one point per config) against each field
     the grid varies: a subplot per field, categories for text and choices, log axes for lr and
     weight decay."""
-    scored = [g for g in groups.values() if _val_pct(g)]
-    fields = varying_fields([g[0].config for g in scored])[:12]
+    scored = [s for s in a.summaries if s.val_mean is not None]
+    fields = varying_fields([s.config for s in scored])[:12]  # among the configs drawn
     if not fields:
         return False
     cols = min(3, len(fields))
     rows = -(-len(fields) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(5.5, 4.2 * cols), 3.4 * rows + 0.4), squeeze=False)
-    models = sorted({str(g[0].config.get("model")) for g in scored})
+    models = sorted({s.model for s in scored})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     for ax, field in zip(axes.flat, fields):
         _hparam_axis(ax, field, scored, colors if len(models) > 1 else None)
@@ -275,15 +196,15 @@ def _hparams_plot(plt, name: str, groups: dict, path: Path) -> bool:
     if len(models) > 1:
         axes.flat[0].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=colors[m], label=m) for m in models],
                             fontsize=7)
-    fig.suptitle(f"{name}: validation accuracy against each varying field\n(mean ± std over seeds, "
+    fig.suptitle(f"{a.experiment}: validation accuracy against each varying field\n(mean ± std over seeds, "
                  f"one point per config)", fontsize=10)
     return _save(plt, fig, path)
 
 
-def _hparam_axis(ax, field: str, groups: list[list[Trial]], colors: dict | None) -> None:
+def _hparam_axis(ax, field: str, scored: list[analysis.ConfigSummary], colors: dict | None) -> None:
     from matplotlib.ticker import NullFormatter
 
-    values = [g[0].config.get(field) for g in groups]
+    values = [s.config.get(field) for s in scored]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     log = numeric and field in LOG_AXES and all(v > 0 for v in values)
     if numeric:  # ticks at the grid's own values, written as in the spec
@@ -299,9 +220,9 @@ def _hparam_axis(ax, field: str, groups: list[list[Trial]], colors: dict | None)
         crowded = sum(map(len, cats)) > 40
         ax.set_xticks(range(len(cats)), cats, fontsize=7, rotation=30 if crowded else 0, ha="right" if crowded else "center")
         ax.set_xlim(-0.5, len(cats) - 0.5)
-    for x, dx, g in zip(xs, _dodge([math.log10(x) for x in xs] if log else xs, numeric and not log), groups):
-        mean, std = _mean_std(_val_pct(g))
-        color = colors[str(g[0].config.get("model"))] if colors else "tab:blue"
+    for x, dx, s in zip(xs, _dodge([math.log10(x) for x in xs] if log else xs, numeric and not log), scored):
+        mean, std = _bar(s.val)
+        color = colors[s.model] if colors else "tab:blue"
         ax.errorbar(x * 10 ** dx if log else x + dx, mean, yerr=std, fmt="o", color=color, capsize=3, alpha=0.8)
     ax.set_xlabel(field + (" (log scale)" if log else ""))
     ax.set_ylabel("val acc, %")
@@ -324,51 +245,47 @@ def _short(v) -> str:
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) or v is None else str(v)
 
 
-def _curves_plot(plt, name: str, groups: dict, path: Path) -> bool:
+def _curves_plot(plt, a: analysis.Analysis, path: Path) -> bool:
     """Validation curves of the five best configs by validation: the mean over seeds, with a
     band of ± one std across them."""
     from matplotlib.ticker import MaxNLocator
 
-    with_val = [g for g in groups.values() if all(t.final.get("val_acc") is not None for t in g)]
-    ranked = sorted(with_val, key=lambda g: -np.mean([t.final["val_acc"] for t in g]))[:5]
+    with_val = [s for s in a.summaries if s.val_mean is not None
+                and all(t.final.get("val_acc") is not None for t in s.members)]
+    ranked = sorted(with_val, key=lambda s: -s.val_mean)[:5]
     if not ranked:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for g in ranked:
+    for s in ranked:
+        g = s.members
         n_ep = min(len(t.history) for t in g)
         acc = 100 * np.array([[h["val_acc"] for h in t.history[:n_ep]] for t in g], dtype=float)
         epochs = np.arange(1, n_ep + 1)
-        line, = ax.plot(epochs, acc.mean(0), marker=".", label=f"{_label(g[0], groups)} (n={len(g)})")
+        line, = ax.plot(epochs, acc.mean(0), marker=".", label=f"{s.label} (n={len(g)})")
         if len(g) > 1:
             sd = acc.std(0, ddof=1)
             ax.fill_between(epochs, acc.mean(0) - sd, acc.mean(0) + sd, color=line.get_color(), alpha=0.2, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(plt, fig, ax, "epoch", "validation accuracy, % (mean ± std over seeds)",
-                   f"{name}: validation curves of the best configs (by validation)", path) is not None
+                   f"{a.experiment}: validation curves of the best configs (by validation)", path) is not None
 
 
-def _params_plot(plt, name: str, groups: dict, path: Path) -> bool:
+def _params_plot(plt, a: analysis.Analysis, path: Path) -> bool:
     """Test accuracy against parameter count, one point per config; only when the configs'
     counts differ (one count would stack every point on one vertical line)."""
-    if len({g[0].params for g in groups.values()}) < 2:
+    if len({s.params for s in a.summaries}) < 2:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    models = sorted({str(g[0].config.get("model")) for g in groups.values()})
+    models = sorted({s.model for s in a.summaries})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    for members in groups.values():
-        acc = [100 * m.test_acc_recomputed for m in members]
-        m0 = members[0]
-        ax.errorbar(m0.params or 0, np.mean(acc), yerr=np.std(acc, ddof=1) if len(acc) > 1 else 0, fmt="o",
-                    color=colors[str(m0.config.get("model"))], capsize=3, alpha=0.8)
+    for s in a.summaries:
+        if s.test[0] is not None:
+            mean, std = _bar(s.test)
+            ax.errorbar(s.params or 0, mean, yerr=std, fmt="o", color=colors[s.model], capsize=3, alpha=0.8)
     for m in models:
         ax.plot([], [], "o", color=colors[m], label=m)
     return _finish(plt, fig, ax, "parameters", "test accuracy, % (mean ± std over seeds)",
-                   f"{name}: test accuracy against parameters (one point per config)", path) is not None
-
-
-def _label(t: Trial, groups: dict) -> str:
-    """A config's model plus the fields in which configs differ."""
-    return config_label(t.config, varying_fields([g[0].config for g in groups.values()]))
+                   f"{a.experiment}: test accuracy against parameters (one point per config)", path) is not None
 
 
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
@@ -405,32 +322,38 @@ def write_csv(exp: Experiment, path: Path) -> None:
 
 
 def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
-    """The report's markdown (plots are written beside `out_md`)."""
-    if top_k is None:
-        top_k = (exp.spec.get("report") or {}).get("top_k", 5)
-        top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1 else 5
+    """The report's markdown (plots are written beside `out_md`): the numbers analysis.py
+    computes once, rendered."""
+    a = analysis.analyse(exp)
     done = [t for t in exp.trials if t.status == "finished"]
-    lines = _header(exp) + _conditions(exp) + _config_section(exp) + _reference_section(exp)
-    lines += _ensemble_section(exp, done, top_k) + _runs_section(done)
-    pics = _plots(exp, out_md)
+    lines = _header(exp, a) + _conditions(exp) + _config_section(a) + _reference_section(exp, a)
+    lines += _ensemble_section(analysis.ensemble(exp, a, _top_k(exp, top_k)), done) + _runs_section(done)
+    pics = _plots(a, out_md)
     if pics:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pics] + [""]
     return "\n".join(lines + _others_section(exp) + _checks_section(exp, done, out_md))
 
 
-def _header(exp: Experiment) -> list[str]:
+def _top_k(exp: Experiment, top_k: int | None) -> int:
+    """--top-k, else the spec's report.top_k, else 5."""
+    if top_k is None:
+        top_k = (exp.spec.get("report") or {}).get("top_k", 5)
+        top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1 else 5
+    return top_k
+
+
+def _header(exp: Experiment, a: analysis.Analysis) -> list[str]:
     lines = [f"# {exp.name}", ""]
     if isinstance(exp.spec.get("description"), str) and exp.spec["description"]:
         lines += [exp.spec["description"], ""]
     counts = exp.counts()
     return lines + [f"Experiment folder `{exp.dir}`: {len(exp.trials)} trials; "
                     + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".", "",
-                    _compared(exp), ""]
+                    _compared(a), ""]
 
 
-def _compared(exp: Experiment) -> str:
-    summaries = analysis.config_summaries(exp.trials)
-    if summaries and not analysis.has_validation(summaries):
+def _compared(a: analysis.Analysis) -> str:
+    if a.summaries and not a.has_validation:
         return ("No trial recorded a validation accuracy (val_size: 0): no config is chosen or bold, and no "
                 "ensemble is formed; test accuracy is the final epoch's, mean ± sample std over seeds, and "
                 "chose nothing.")
@@ -438,36 +361,37 @@ def _compared(exp: Experiment) -> str:
             "test accuracy is the final epoch's, mean ± sample std over seeds, and chose nothing.")
 
 
-def _config_section(exp: Experiment) -> list[str]:
+def _config_section(a: analysis.Analysis) -> list[str]:
     import pandas as pd
 
-    rows, cons_line = config_table(exp)
+    rows, cons_line = config_table(a), _constraint_summary(a)
     if not rows:
         return []
-    df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    df = pd.DataFrame(rows)
     return ["## Results by config", "", df.to_markdown(index=False), ""] + ([cons_line, ""] if cons_line else [])
 
 
-def _ensemble_section(exp: Experiment, done: list[Trial], top_k: int) -> list[str]:
+TIE_RULES = {"softmax": "a tie goes to the class with the larger summed softmax",
+             "labels": "a tie goes to the tied class voted by the member best on validation (some members "
+                       "kept predicted labels only, as a slim export does, so there is no softmax to sum)"}
+
+
+def _ensemble_section(ens: analysis.Ensemble | None, done: list[Trial]) -> list[str]:
     import pandas as pd
 
-    ranked = rank_by_validation(exp.trials)
-    if not ranked:
+    if ens is None:
         return ["## Ensemble", "", "No validation split (val_size: 0): members cannot be chosen honestly, "
                 "so no ensemble is reported.", ""] if done else []
-    rule = tie_rule(exp)
-    curve = ensemble_curve(ranked, exp.test_labels, _ks(len(ranked), top_k), rule)
-    best, k_main = ranked[0], min(top_k, len(ranked))
-    ens_main = next(a for k, a in curve if k == k_main)
+    best = ens.ranked[0]
     return ["## Ensemble: majority vote of the top K runs by validation accuracy", "",
-            f"Top {k_main} by validation: **{100 * ens_main:.2f}%** test accuracy "
-            f"(members: {', '.join(t.name for t in ranked[:k_main])}).", "",
+            f"Top {ens.k} by validation: **{100 * ens.accuracy:.2f}%** test accuracy "
+            f"(members: {', '.join(t.name for t in ens.members)}).", "",
             f"- best single run by validation: {best.name}, val {100 * best.final['val_acc']:.2f}%, "
             f"test {100 * best.test_acc_recomputed:.2f}%",
-            f"- mean single run: {_pct([t.test_acc_recomputed for t in done])}",
-            "", pd.DataFrame([{"K": k, "test acc, %": 100 * a} for k, a in curve]).to_markdown(
+            f"- mean single run: {_pm(ens.single)}",
+            "", pd.DataFrame([{"K": k, "test acc, %": 100 * acc} for k, acc in ens.curve]).to_markdown(
                 index=False, floatfmt=(".0f", ".2f")),
-            "", f"Each test image gets the class most members predict; {TIE_RULES[rule]}.", ""]
+            "", f"Each test image gets the class most members predict; {TIE_RULES[ens.rule]}.", ""]
 
 
 def _runs_section(done: list[Trial]) -> list[str]:
@@ -505,7 +429,7 @@ def _checks_section(exp: Experiment, done: list[Trial], out_md: Path) -> list[st
             f"Per-trial rows: [{out_md.stem}.csv]({out_md.stem}.csv).", ""] + unread
 
 
-def _reference_section(exp: Experiment) -> list[str]:
+def _reference_section(exp: Experiment, a: analysis.Analysis) -> list[str]:
     """A study's own numbers (reference.csv, copied from the spec's report.reference at launch)
     set beside gridrun's configs: each reference row is matched on the config fields it names."""
     import pandas as pd
@@ -518,16 +442,14 @@ def _reference_section(exp: Experiment) -> list[str]:
     except (OSError, ValueError, pd.errors.ParserError) as e:
         return ["## Beside the study", "", f"{REFERENCE} could not be read ({str(e)[:100]}).", ""]
     keys = [c for c in ref.columns if c in field_names()]
-    groups = config_groups(exp.trials)
     rows = []
     for _, r in ref.iterrows():
-        match = [g for g in groups.values() if all(_same(g[0].config.get(k), r[k]) for k in keys)]
-        members = match[0] if len(match) == 1 else []
+        match = [s for s in a.summaries if all(_same(s.config.get(k), r[k]) for k in keys)]
+        one = match[0] if len(match) == 1 else None
         rows.append({"study run": r.get("label", ""), **{k: r[k] for k in keys},
                      "study test acc, %": r.get("test_acc", ""),
-                     "gridrun test acc, % (mean ± std)": _pct([t.test_acc_recomputed for t in members])
-                     if members else ("no run" if not match else "ambiguous"),
-                     "gridrun val acc, %": _pct([t.final.get("val_acc") for t in members]) if members else "–"})
+                     "gridrun test acc, % (mean ± std)": _pm(one.test) if one else ("no run" if not match else "ambiguous"),
+                     "gridrun val acc, %": _pm(one.val) if one else "–"})
     note = ("The study's number is the best epoch of one run, picked on the test set; gridrun's is the "
             "final epoch, mean ± sample std over seeds (n), nothing chosen on test.")
     return ["## Beside the study", "", note, "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
@@ -629,15 +551,14 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
     one), with its mean ± std and n: as text, as a spec-ready YAML block, or as the command that
     retrains its first seed's trial."""
     exp = load_experiment(find_experiments([target], storage)[0])
-    summaries = analysis.config_summaries(exp.trials)
-    if not summaries:
+    a = analysis.analyse(exp)
+    if not a.summaries:
         raise GridrunError(f"{exp.name} has no finished trial yet: `gridrun status {target}` shows where it is")
-    cons = exp.spec.get("constraints") or {}
-    chosen, ties = analysis.chosen(summaries, cons)
+    chosen, cons = a.chosen, a.constraints
     if chosen is None:
         budget = " and ".join(w for w in _cons_words(cons) if not w.startswith("mean test"))
         why = ("no trial recorded a validation accuracy (val_size: 0), and test accuracy chooses nothing"
-               if not analysis.has_validation(summaries) else f"no config is within {budget}")
+               if not a.has_validation else f"no config is within {budget}")
         raise GridrunError(f"no config of {exp.name} can be chosen: {why}")
     if how == "command":
         first = min(chosen.members, key=lambda t: (t.config.get("seed", 0), t.name))
@@ -645,19 +566,12 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
     budget = [w for w in _cons_words(cons) if not w.startswith("mean test")]
     rule = "highest mean validation accuracy" + (f" among the configs within {' and '.join(budget)}" if budget else "")
     numbers = f"val {_pm(chosen.val)}, test {_pm(chosen.test)}"
-    tie = (f"; ties on validation with {'; '.join(t.label for t in ties)} (the first in trial order is shown)"
-           if ties else "")
+    tie = (f"; ties on validation with {'; '.join(t.label for t in a.chosen_ties)} (the first in trial order is shown)"
+           if a.chosen_ties else "")
     if how == "yaml":
         return _spec_block(exp, chosen, f"# gridrun best {exp.name}: {chosen.label} ({rule}): {numbers}{tie}")
     return (f"{exp.name}: {chosen.label} (config {chosen.id}), chosen by {rule}{tie}\n"
             f"  {numbers}\n  trials: {', '.join(t.name for t in chosen.members)}")
-
-
-def _pm(stats: tuple) -> str:
-    mean, std, n = stats
-    if mean is None:
-        return "–"
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
 
 
 def _shown_path(p: Path) -> str:

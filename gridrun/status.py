@@ -65,7 +65,7 @@ def snapshot(path: Path) -> dict:
             "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None,
             "seconds_per_epoch": round(epoch_s, 2) if epoch_s else None,
             "startup_s": round(startup, 1) if startup is not None else None,
-            "best": _best(exp), "problems_experiment": exp.problems}
+            "best": _best(analysis.analyse(exp)), "problems_experiment": exp.problems}
 
 
 def _tune_times(exp) -> tuple[float | None, float | None]:
@@ -87,16 +87,16 @@ def _tune_times(exp) -> tuple[float | None, float | None]:
     return startup, epoch
 
 
-def _best(exp) -> dict | None:
-    """The best config so far by mean validation accuracy over its finished seeds (the report's
-    rule, analysis.py); None when no finished trial recorded a validation accuracy."""
-    best, ties = analysis.best_by_validation(analysis.config_summaries(exp.trials))
+def _best(a: analysis.Analysis) -> dict | None:
+    """The best config so far by mean validation accuracy over its finished seeds (analysis.py's
+    rule, over every config: no budget), as JSON; None when no finished trial recorded one."""
+    best = a.best
     if best is None:
         return None
     mean, std, n = best.val
-    return {"config": {k: best.config.get(k) for k in ["model", *best.varying] if k in best.config},
+    return {"config": {k: best.config.get(k) for k in ["model", *a.varying] if k in best.config},
             "config_id": best.id, "label": best.label, "val_acc_mean": mean, "val_acc_std": std, "n": n,
-            "trials": [m.name for m in best.members], "ties": [t.label for t in ties]}
+            "trials": [m.name for m in best.members], "ties": [t.label for t in a.best_ties]}
 
 
 def strict_json(obj) -> str:

@@ -10,7 +10,8 @@ import pytest
 import gridrun
 from gridrun.cli import main
 from gridrun.export import export, restore
-from gridrun.report import majority_vote_labels, report
+from gridrun.analysis import majority_vote_labels
+from gridrun.report import report
 from gridrun.results import load_experiment
 from test_report import LABELS, fake_trial, wrong_on
 

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridrun.cli import main
-from gridrun.report import load_experiment, majority_vote, rank_by_validation, report
+from gridrun.analysis import majority_vote, rank_by_validation
+from gridrun.report import report
+from gridrun.results import load_experiment
 from gridrun.store import MAX_LARGE
 
 N = 30
@@ -459,7 +461,7 @@ def test_no_choice_without_validation(tmp_path, capsys):
     text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
     table = text.split("## Results by config")[1].split("##")[0]
     assert "**" not in table and "Chosen on validation" not in text and "No config is chosen" in text
-    assert "no ensemble is reported" in text
+    assert "no ensemble is reported" in text and "_curves.png" not in text  # no empty figure of validation curves
     assert main(["status", "noval", "--storage", str(runs)]) == 0
     assert "best config" not in capsys.readouterr().out
     assert main(["status", "noval", "--storage", str(runs), "--json"]) == 0
@@ -469,6 +471,26 @@ def test_no_choice_without_validation(tmp_path, capsys):
     import gridrun.analysis as analysis
     from gridrun.results import load_experiment as load
     assert analysis.chosen(analysis.config_summaries(load(exp).trials)) == (None, [])
+
+
+def test_a_report_summarizes_the_configs_once_and_renders_that(tmp_path, monkeypatch):
+    """analysis.py computes the numbers once per report (config summaries, checks, choices);
+    the tables, summary line, plots and ensemble only render them."""
+    import gridrun.analysis as analysis
+
+    exp = tmp_path / "once"
+    for s in (0, 1):
+        fake_trial(exp, f"a_s{s}", wrong_on(range(s)), val_acc=0.9, model="a", seed=s)
+        fake_trial(exp, f"b_s{s}", LABELS, val_acc=0.8, model="b", seed=s, params=3000)
+    (exp / "spec.yaml").write_text("name: once\nconstraints: {max_params: 2000, target_test_acc: 0.9}\n")
+    (exp / "reference.csv").write_text("label,model,test_acc\nNet A,a,99.0\n")
+    calls = []
+    real = analysis.config_summaries
+    monkeypatch.setattr(analysis, "config_summaries", lambda *a, **k: calls.append(1) or real(*a, **k))
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert len(calls) == 1
+    assert "Chosen on validation among the configs within params ≤ 2,000: a," in text
+    assert "98.33 ± 2.36 (n=2)" in next(line for line in text.splitlines() if line.startswith("| Net A"))
 
 
 def test_metrics_never_overwrite_config_columns(tmp_path):
