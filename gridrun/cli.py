@@ -99,8 +99,10 @@ def _config_option(g, flag: str, ft, text: str) -> None:
 def _trial_config(path: str) -> dict:
     """A trial's config.json (or its folder) as TrainConfig fields: `_meta` dropped, and where it
     ran (out_dir, data_dir) left to this command's flags and environment."""
+    from .store import CONFIG
+
     p = Path(path)
-    p = p / "config.json" if p.is_dir() else p
+    p = p / CONFIG if p.is_dir() else p
     if not p.is_file():
         raise GridrunError(f"--config {path}: no such file: give a trial's config.json, e.g. runs/NAME/TRIAL/config.json")
     try:
@@ -147,22 +149,18 @@ def cmd_train(args) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
-# What a trial, a fused group or an experiment leaves in its folder: a folder holding any of them
-# is someone's results, and `train --out` writing there would mix two configs in one folder.
-_RESULT_FILES = ("summary.json", "config.json", "metrics.csv", "model.pt", "state.pt", "logits_val.npy",
-                 "logits_test.npy", "error.txt", "params.json", "stopped.json")
-
-
 def _check_out(out: Path) -> None:
     """`train --out` writes only into a new or empty-of-results folder, never over a trial,
-    into an experiment folder, or into a folder inside one (the report would read it as a trial)."""
-    from .results import GROUP_FILE, LOCK, MANIFEST
+    into an experiment folder, or into a folder inside one (the report would read it as a trial).
+    A folder holding any of store.RESULT_FILES is someone's results: writing there would mix two
+    configs in one folder."""
+    from .store import GROUP_FILE, LOCK, MANIFEST, RESULT_FILES
 
     if out.exists() and not out.is_dir():
         raise GridrunError(f"--out {out} is a file: give a folder for the trial's files")
     fix = "give a new folder (or remove this one first if you mean to replace its results)"
     if out.is_dir():
-        held = next((f for f in (*_RESULT_FILES, MANIFEST, GROUP_FILE, LOCK) if (out / f).exists()), None)
+        held = next((f for f in (*RESULT_FILES, MANIFEST, GROUP_FILE, LOCK) if (out / f).exists()), None)
         if held is not None:
             raise GridrunError(f"--out {out} already holds results ({held}): {fix}")
     for parent in out.resolve().parents:
@@ -195,7 +193,7 @@ def cmd_launch(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import BrokenExperiments, report
-    from .store import local_view
+    from .remote import local_view
 
     try:
         report(args.targets, out=args.out, top_k=args.top_k, storage=local_view(args.storage, args.targets),
@@ -208,7 +206,7 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     from .status import status
-    from .store import local_view
+    from .remote import local_view
 
     storage = local_view(args.storage, [args.name] if args.name else [])  # s3://: a mirror in the cache
     return status(args.name, storage=storage, watch=args.watch, as_json=args.json, every_s=args.every)

@@ -19,7 +19,6 @@ storage folder. Only the files named here travel, regular files only, in both di
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import shutil
@@ -27,18 +26,17 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
-from . import results
+from . import results, store
 from .errors import GridrunError, __version__
 from .spec import NAME_RE
+from .store import ExperimentDir, TrialDir
 
-MARK = "gridrun_export.json"  # what the export says about itself; also marks a folder as safe to replace
-EXPERIMENT_FILES = (results.MANIFEST, results.SPEC_COPY, results.LAUNCHES, "reference.csv", MARK,
-                    "gridrun_diff-*.patch", "events.out.tfevents.*")
-TRIAL_FILES = ("config.json", "metrics.csv", "summary.json", "error.txt", "stopped.json", "labels_val.npy",
-               "labels_test.npy", "preds_val.npy", "preds_test.npy", "events.out.tfevents.*")
-GROUP_FILES = (results.GROUP_FILE,)
+# The export mark (store.EXPORT_MARK) says what the export holds; it also marks a folder as safe to replace.
+EXPERIMENT_FILES = (store.MANIFEST, store.SPEC_COPY, store.LAUNCHES, store.REFERENCE, store.EXPORT_MARK,
+                    store.DIFFS, store.EVENTS)
+TRIAL_FILES = (store.CONFIG, store.METRICS, store.SUMMARY, store.ERROR, store.STOPPED,
+               *map(store.labels_file, store.SPLITS), *map(store.preds_file, store.SPLITS), store.EVENTS)
+GROUP_FILES = (store.GROUP_FILE,)
 SETTLED = ("finished", "diverged", "failed", "stopped", "broken")  # what an export keeps of a trial
 MAX_ARCHIVE_BYTES = 1 << 30  # what a restore unpacks at most (a 5,000-trial export is ~200 MB)
 
@@ -99,7 +97,7 @@ def export(name_or_path: str, out: str | None = None, storage: str = "runs", ech
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = out_path.stat().st_size if archive else sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
-    if holder := results.lock_holder(src):
+    if holder := ExperimentDir(src).lock_holder():
         echo(f"notice: a launch of {exp.name} is running (pid {holder.get('pid')} on {holder.get('host')}): "
              f"its unfinished trials are left out; export again when it ends")
     trials = f"{kept_trials} trial{'s' if kept_trials != 1 else ''}"
@@ -117,7 +115,7 @@ def _check_out(src: Path, out: Path, archive: bool) -> None:
     if archive:
         if out.is_dir():
             raise GridrunError(f"--out {out} is a folder: give a file name ending in .tar.gz")
-    elif out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARK).is_file())):
+    elif out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ExperimentDir(out).is_export())):
         raise GridrunError(f"--out {out} exists and is not an earlier export: give a new folder, or FILE.tar.gz")
 
 
@@ -132,24 +130,24 @@ def _write_slim(src: Path, exp: results.Experiment, dest: Path) -> tuple[int, li
             continue
         _copy(path, dest / rel)
     for d, t in keep.items():
-        target = dest / d.relative_to(src)
+        target = TrialDir(dest / d.relative_to(src))
         for split, preds in (("val", t.val_preds), ("test", t.test_preds)):
             if preds is not None:
-                with open(target / f"preds_{split}.npy", "wb") as f:
-                    np.save(f, preds.astype(np.uint8))
-    (dest / MARK).write_text(json.dumps({
+                target.write_preds(split, preds)
+    ExperimentDir(dest).write_export_mark({
         "experiment": exp.name, "from": str(src.resolve()),  # no timestamp: an unchanged re-export is the same bytes
         "gridrun": __version__, "trials": exp.counts(), "left_out": left_out,
-        "scores": "predicted labels (uint8 argmax of the float16 logits), no logits"}, indent=1))
+        "scores": "predicted labels (uint8 argmax of the float16 logits), no logits"})
     return len(keep), left_out
 
 
 def _copy(path: Path, target: Path) -> None:
-    """One regular file, read bounded (a link or FIFO planted in a folder is not followed)."""
+    """One regular file, read bounded (a link or FIFO planted in a folder is not followed); written
+    plainly: it lands in a private folder that is moved into place whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        data = results.read_bytes(path, results.MAX_LARGE)
-    except results.Unreadable:
+        data = store.read_bytes(path, store.MAX_LARGE)
+    except store.Unreadable:
         return  # its trial already reads as broken; the export keeps what can be kept
     target.write_bytes(data)
 
@@ -231,7 +229,7 @@ def _mkdir(p: Path) -> Path:
 
 
 def _copy_folder(src: Path, tmp: Path) -> str:
-    if not results.is_experiment(src):
+    if not ExperimentDir(src).is_experiment():
         raise GridrunError(f"{src} is not an experiment folder: give one written by `gridrun export`")
     top = src.resolve().name
     for rel, path in _walk(src):
@@ -258,7 +256,7 @@ def _unpack(archive: Path, tmp: Path) -> str:
                 if len(tops) > 1:
                     raise GridrunError(f"{archive} holds more than one top folder: not an export")
                 total += m.size
-                if m.size > results.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
+                if m.size > store.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
                     raise GridrunError(f"{archive}: {m.name[:80]} makes it larger than an export can be: not restored")
                 if m.isfile() and kept(PurePosixPath(*rel.parts[1:])):
                     data = tar.extractfile(m).read(m.size + 1)

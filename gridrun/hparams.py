@@ -92,7 +92,9 @@ def has_session_end(trial_dir: str | Path) -> bool:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import metadata
 
-    for f in Path(trial_dir).glob(f"events.out.tfevents.*{SUFFIX}"):
+    from .store import TrialDir
+
+    for f in TrialDir(trial_dir).events(SUFFIX):
         try:
             if any(v.tag == metadata.SESSION_END_INFO_TAG for e in EventFileLoader(str(f)).Load()
                    for v in e.summary.value):
@@ -105,7 +107,9 @@ def has_session_end(trial_dir: str | Path) -> bool:
 def remove_experiment_summary(exp_dir: str | Path) -> None:
     """Earlier versions wrote the experiment summary into the experiment folder itself (the
     run "."): remove it."""
-    for old in Path(exp_dir).glob(f"events.out.tfevents.*{SUFFIX}"):
+    from .store import event_files
+
+    for old in event_files(exp_dir, SUFFIX):
         old.unlink(missing_ok=True)
 
 
@@ -144,29 +148,29 @@ def view_dir(logdir: Path) -> Path:
 def build_view(logdir: Path, experiments: list[Path], view: Path) -> int:
     """A fresh view: the experiment summary over `experiments`, in the first trial's run, and
     the links to every trial's files (sync_view). Returns the number of trials linked."""
-    from .results import read_manifest
+    from .store import EVENTS, ExperimentDir
 
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
     n = sync_view(logdir, experiments, view)
-    runs = sorted(p.parent for p in view.rglob("events.out.tfevents.*"))
+    runs = sorted(p.parent for p in view.rglob(EVENTS))
     if runs:
-        _write(runs[0], experiment_summary([read_manifest(e) for e in experiments]))
+        _write(runs[0], experiment_summary([ExperimentDir(e).read_manifest() for e in experiments]))
     return n
 
 
 def sync_view(logdir: Path, experiments: list[Path], view: Path) -> int:
     """Link what the trials wrote since the last call (new trials, new event files), each
     trial's run named by its path under `logdir`."""
-    from .results import trial_dirs
+    from .store import ExperimentDir, TrialDir
 
     n = 0
     for exp in experiments:
-        for d, _ in trial_dirs(exp).values():
+        for d, _ in ExperimentDir(exp).trial_dirs().values():
             run = view / d.resolve().relative_to(logdir.resolve())
             run.mkdir(parents=True, exist_ok=True)
             n += 1
-            for f in d.glob("events.out.tfevents.*"):
+            for f in TrialDir(d).events():
                 link = run / f.name
                 if not link.is_symlink():
                     link.symlink_to(f.resolve())

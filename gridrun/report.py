@@ -21,7 +21,8 @@ from . import analysis
 from .errors import GridrunError
 from .config import field_names
 from .identity import varying_fields
-from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment, present, read_text
+from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
+from .store import CONFIG, REFERENCE, ExperimentDir
 
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
                  ("batch_size", "Batch"), ("epochs", "Epochs")]
@@ -433,13 +434,13 @@ def _reference_section(exp: Experiment, a: analysis.Analysis) -> list[str]:
     set beside gridrun's configs: each reference row is matched on the config fields it names."""
     import pandas as pd
 
-    path = exp.dir / "reference.csv"
-    if not present(path):
-        return []
     try:
-        ref = pd.read_csv(io.StringIO(read_text(path)), dtype=str, keep_default_na=False)
+        text = ExperimentDir(exp.dir).read_reference()
+        if text is None:
+            return []
+        ref = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as e:
-        return ["## Beside the study", "", f"reference.csv could not be read ({str(e)[:100]}).", ""]
+        return ["## Beside the study", "", f"{REFERENCE} could not be read ({str(e)[:100]}).", ""]
     keys = [c for c in ref.columns if c in field_names()]
     rows = []
     for _, r in ref.iterrows():
@@ -561,7 +562,7 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
         raise GridrunError(f"no config of {exp.name} can be chosen: {why}")
     if how == "command":
         first = min(chosen.members, key=lambda t: (t.config.get("seed", 0), t.name))
-        return f"gridrun train --config {_shown_path(first.dir / 'config.json')}"
+        return f"gridrun train --config {_shown_path(first.dir / CONFIG)}"
     budget = [w for w in _cons_words(cons) if not w.startswith("mean test")]
     rule = "highest mean validation accuracy" + (f" among the configs within {' and '.join(budget)}" if budget else "")
     numbers = f"val {_pm(chosen.val)}, test {_pm(chosen.test)}"

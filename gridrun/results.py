@@ -1,5 +1,6 @@
-"""The one reader of what trials wrote: trial and experiment records, their status, error
-lines and the check of every test accuracy against the test labels.
+"""What trials wrote, as records: trial and experiment records with their status, and the check
+of every test accuracy against the test labels, on top of store.py (which names, writes and
+reads every file, bounded).
 
 Used by `gridrun report`, `gridrun status`, launch's summary, and gridrun.load()/history().
 Reads files only: never starts Ray, never trains, never unpickles (JSON, CSV, .npy without
@@ -15,21 +16,14 @@ A trial's status, from its folder:
   pending     in the launch manifest, no folder yet
   broken      files that cannot be read, or a test accuracy its logits do not reproduce
 
-Every file is read bounded: regular files only (never a symlink, FIFO, device or folder), at
-most a size fixed per kind of file, .npy headers checked against the bytes before any array is
-made. A malformed file marks its trial broken (or is one of its experiment's `problems`) with
-a reason; nothing read here raises on what a folder holds.
+A malformed file (store.Unreadable) marks its trial broken (or is one of its experiment's
+`problems`) with a reason; nothing read here raises on what a folder holds.
 """
 from __future__ import annotations
 
-import csv
-import errno
-import io
 import json
 import math
 import os
-import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,16 +32,10 @@ import numpy as np
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, with_defaults
 from .identity import config_id, config_key, config_label, varying_fields
+from .store import CONFIG, METRICS, SUMMARY, ExperimentDir, TrialDir, Unreadable
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
-MANIFEST, LAUNCHES, SPEC_COPY, LOCK = "gridrun_trials.json", "gridrun_launches.jsonl", "spec.yaml", "gridrun.lock"
-GROUP_FILE = "fused_group.json"  # a fused trial's folder: its members' folders live inside
-# What a file may cost to read: a trial's JSON is small; tables and arrays grow with the grid or
-# the split (a 5,000-trial manifest is ~5 MB, 10,000 float16 logits 200 KB); of error.txt only
-# its end is read (the exception line is the last one).
-MAX_SMALL, MAX_LARGE, MAX_TAIL = 1 << 20, 64 << 20, 64 << 10
-N_CLASSES = 10
 
 
 @dataclass
@@ -115,169 +103,7 @@ class Experiment:
         return out
 
 
-# ---------------------------------------------------------------- reading files, bounded
-
-class Unreadable(ValueError):
-    """A file that is not what it should be; its message names the file and why."""
-
-
-def present(path: Path) -> bool:
-    """Whether a name exists in the folder (a dangling symlink too: it is a bad file, not no file)."""
-    return os.path.lexists(path)
-
-
-def read_bytes(path: Path, limit: int = MAX_SMALL, tail: bool = False) -> bytes:
-    """A regular file's bytes (with tail=True only its last `limit`), never more than `limit`:
-    a symlink, FIFO, device or folder raises Unreadable, and opening never blocks."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as e:
-        why = "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
-        raise Unreadable(f"{path.name} {why}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise Unreadable(f"{path.name} is {what}")
-        if st.st_size > limit and not tail:
-            raise Unreadable(f"{path.name} is {st.st_size:,} bytes (at most {limit:,} expected)")
-        if tail and st.st_size > limit:
-            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
-        chunks, got = [], 0
-        while got <= limit and (chunk := os.read(fd, limit + 1 - got)):
-            chunks.append(chunk)
-            got += len(chunk)
-        data = b"".join(chunks)
-    except OSError as e:
-        raise Unreadable(f"{path.name} cannot be read ({e.strerror})") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise Unreadable(f"{path.name} grew past {limit:,} bytes while read")
-    return data
-
-
-def read_text(path: Path, limit: int = MAX_SMALL) -> str:
-    try:
-        return read_bytes(path, limit).decode("utf-8")
-    except UnicodeDecodeError:
-        raise Unreadable(f"{Path(path).name} is not UTF-8 text") from None
-
-
-def read_json(path: Path, limit: int = MAX_SMALL):
-    try:
-        return json.loads(read_text(path, limit))
-    except RecursionError:  # brackets nested deeper than Python's stack: no gridrun file is
-        raise Unreadable(f"{Path(path).name} nests too deep to be a gridrun file") from None
-    except ValueError as e:
-        if isinstance(e, Unreadable):
-            raise
-        raise Unreadable(f"{Path(path).name} is not JSON ({str(e)[:80]})") from None
-
-
-def read_npy(path: Path, limit: int = MAX_LARGE) -> np.ndarray:
-    """A .npy array without pickles, its header checked against the file's bytes first (a header
-    that claims a huge shape costs nothing)."""
-    name, data = Path(path).name, read_bytes(path, limit)
-    f = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(f)
-        header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        shape, fortran, dtype = header[version](f)
-    except Exception as e:  # numpy parses the header with ast.literal_eval: any of its errors (a
-        # TokenError, a RecursionError from nested brackets, ...) means the header is not one
-        raise Unreadable(f"{name} is not a .npy array ({type(e).__name__})") from None
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise Unreadable(f"{name} holds {dtype} (numbers expected)")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if len(data) - f.tell() != count * dtype.itemsize:
-        raise Unreadable(f"{name} is truncated ({len(data) - f.tell():,} bytes of data for shape {shape})")
-    arr = np.frombuffer(data, dtype, count, offset=f.tell())
-    return arr.reshape(shape, order="F" if fortran else "C")
-
-
-def read_history(path: Path) -> list[dict]:
-    """metrics.csv: one dict of floats (None where empty) per epoch."""
-    rows = []
-    text = read_text(path, MAX_LARGE)
-    try:
-        for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
-            if None in row or None in row.values():
-                raise Unreadable(f"metrics.csv row {i + 1} has another number of values than its header")
-            try:
-                rows.append({k: (float(v) if v not in ("", "None") else None) for k, v in row.items()})
-            except ValueError:
-                raise Unreadable(f"metrics.csv row {i + 1} holds a value that is not a number") from None
-    except csv.Error as e:
-        raise Unreadable(f"metrics.csv is not CSV ({str(e)[:80]})") from None
-    return rows
-
-
-def error_line(path: Path) -> str:
-    """The last line of a traceback: the exception and its message."""
-    try:
-        text = read_bytes(path, MAX_TAIL, tail=True).decode("utf-8", "replace")
-    except Unreadable as e:
-        return f"failed ({e})"
-    lines = [l for l in text.splitlines() if l.strip()]
-    last = next((l for l in reversed(lines) if not l.startswith((" ", "\t"))), lines[-1] if lines else "error")
-    return last.strip()[:200]
-
-
 # ---------------------------------------------------------------- reading one trial
-
-# What may stand for each split: the logits (N, 10), or in a slim export the predicted classes (N,).
-SCORES = {split: (f"logits_{split}.npy", f"preds_{split}.npy") for split in ("val", "test")}
-
-
-def _check_config(cfg) -> tuple[dict, dict]:
-    """config.json -> (config, _meta), every known field of its type."""
-    if not isinstance(cfg, dict):
-        raise Unreadable("config.json is not a JSON object")
-    meta = cfg.pop("_meta", {})
-    if not isinstance(meta, dict):
-        raise Unreadable("config.json's _meta is not a JSON object")
-    bad = next((k for k, v in cfg.items() if k in FIELD_TYPES and not FIELD_TYPES[k].accepts(v)), None)
-    if bad is not None:
-        raise Unreadable(f"config.json: {bad}={str(cfg[bad])[:40]!r} is not {FIELD_TYPES[bad].words}")
-    # the report quotes _meta: numbers where it computes, scalars elsewhere
-    meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    for k in ("params", "peak_gpu_mem_mb", "threads"):
-        if k in meta and not (_count(meta[k]) or (k == "peak_gpu_mem_mb" and finite_number(meta[k]))):
-            meta.pop(k)
-    return cfg, meta
-
-
-def finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _load_scores(d: Path, split: str) -> tuple[np.ndarray | None, np.ndarray]:
-    """(logits or None, predicted classes) of one split: the logits when saved, else the
-    predicted labels of a slim export."""
-    logits_file, preds_file = SCORES[split]
-    if present(d / logits_file):
-        arr = read_npy(d / logits_file)
-        if arr.ndim != 2 or arr.shape[1] != N_CLASSES or arr.dtype.kind != "f" or not np.isfinite(arr).all():
-            raise Unreadable(f"{logits_file} has shape {arr.shape} ({arr.dtype}) or non-finite values")
-        return arr, arr.argmax(1)
-    if not present(d / preds_file):
-        raise Unreadable(f"{logits_file} is missing")
-    return None, _classes(d / preds_file)
-
-
-def _classes(path: Path) -> np.ndarray:
-    """A vector of class indices (predicted or true labels)."""
-    arr = read_npy(path)
-    if arr.ndim != 1 or arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES)):
-        raise Unreadable(f"{path.name} is not a vector of classes 0..{N_CLASSES - 1} ({arr.dtype}, shape {arr.shape})")
-    return arr.astype(np.int64)
-
 
 def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bool = True) -> TrialRecord:
     """One trial folder -> TrialRecord with its status and reason; a broken file never raises.
@@ -297,195 +123,53 @@ def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bo
 
 
 def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
-    if present(d / "config.json"):
-        t.config, t.meta = _check_config(read_json(d / "config.json"))
+    trial = TrialDir(d)
+    if trial.has(CONFIG):
+        t.config, t.meta = trial.read_config()
         t.params = t.meta.get("params")
     t.config = {k: v for k, v in with_defaults(t.config).items() if k != "out_dir"} if t.config else {}
-    if present(d / "metrics.csv"):
-        t.history = read_history(d / "metrics.csv")
-    if not present(d / "summary.json"):
-        if present(d / "error.txt"):
-            t.status, t.reason = "failed", error_line(d / "error.txt")
-        elif present(d / "stopped.json"):
+    if trial.has(METRICS):
+        t.history = trial.read_history()
+    if not trial.has(SUMMARY):
+        if trial.failed():
+            t.status, t.reason = "failed", trial.error_line()
+        elif trial.stopped():
             t.status, t.reason = "stopped", f"stopped early by ASHA after epoch {len(t.history)}"
         else:
             epochs = t.config.get("epochs", "?")
             t.status, t.reason = "unfinished", f"epoch {len(t.history)} of {epochs} (running, stopped or interrupted)"
         return
-    summary = read_json(d / "summary.json")
-    if not isinstance(summary, dict):
-        raise Unreadable("summary.json is not a JSON object")
-    if not isinstance(summary.get("status"), str) or not (summary.get("params") is None or _count(summary["params"])):
-        raise Unreadable("summary.json: its status is not text or its params not a whole number")
-    t.summary = summary
+    t.summary = summary = trial.read_summary()
     t.params = t.params if t.params is not None else summary.get("params")
     if summary.get("status") != "ok":
         t.status, t.reason = "diverged", str(summary.get("status", "unknown status"))[:200]
         return
     try:
         if logits:
-            t.val_logits, t.val_preds = _load_scores(d, "val")
-            t.test_logits, t.test_preds = _load_scores(d, "test")
-            t.val_labels, t.test_labels = _classes(d / "labels_val.npy"), _classes(d / "labels_test.npy")
-            for split, preds, labels in (("val", t.val_preds, t.val_labels), ("test", t.test_preds, t.test_labels)):
-                if len(preds) != len(labels):
-                    raise Unreadable(f"{len(preds)} {split} predictions for {len(labels)} {split} labels")
-        else:
-            need = [f for f in ("labels_val.npy", "labels_test.npy") if not present(d / f)]
-            need += [a for a, b in SCORES.values() if not present(d / a) and not present(d / b)]
-            if need:
-                raise Unreadable(f"{need[0]} is missing")
+            _read_scores(t, trial)
+        elif need := trial.missing_scores():
+            raise Unreadable(f"{need[0]} is missing")
     except Unreadable as e:
         raise Unreadable(f"finished, but its logits/labels are missing or truncated ({str(e)[:120]})") from None
     t.status = "finished"
 
 
+def _read_scores(t: TrialRecord, trial: TrialDir) -> None:
+    """Its predictions (logits or a slim export's classes) and labels, as many of each per split."""
+    t.val_logits, t.val_preds = trial.read_scores("val")
+    t.test_logits, t.test_preds = trial.read_scores("test")
+    t.val_labels, t.test_labels = trial.read_labels("val"), trial.read_labels("test")
+    for split, preds, labels in (("val", t.val_preds, t.val_labels), ("test", t.test_preds, t.test_labels)):
+        if len(preds) != len(labels):
+            raise Unreadable(f"{len(preds)} {split} predictions for {len(labels)} {split} labels")
+
+
 # ---------------------------------------------------------------- reading an experiment
-
-def trial_dirs(path: Path) -> dict[str, tuple[Path, str | None]]:
-    """Trial folders of an experiment by name: top-level ones, and the members inside fused
-    groups' folders (name -> (folder, group or None)). A trial found twice (a member regrouped
-    by a later launch) is read from the folder that finished, else the newer one."""
-    out: dict[str, tuple[Path, str | None]] = {}
-
-    def add(name: str, d: Path, group: str | None) -> None:
-        if name in out:
-            old = out[name][0]
-            done_old, done_new = (old / "summary.json").exists(), (d / "summary.json").exists()
-            if done_old > done_new or (done_old == done_new and old.stat().st_mtime >= d.stat().st_mtime):
-                return
-        out[name] = (d, group)
-
-    for c in sorted(path.iterdir()):
-        if not c.is_dir() or c.name.startswith("."):
-            continue
-        if present(c / GROUP_FILE) and not c.is_symlink():  # a linked folder is read as one (broken) trial
-            for m in sorted(c.iterdir()):
-                if m.is_dir() and not m.name.startswith(".") and _looks_like_trial(m):
-                    add(m.name, m, c.name)
-        elif _looks_like_trial(c):
-            add(c.name, c, None)
-    return out
-
 
 def settled(path: Path) -> dict[str, Path]:
     """The trials a launch leaves alone (finished or diverged), name -> folder."""
-    return {n: d for n, (d, _) in trial_dirs(path).items()
+    return {n: d for n, (d, _) in ExperimentDir(path).trial_dirs().items()
             if read_trial(d, n, logits=False).status in ("finished", "diverged")}
-
-
-def _looks_like_trial(d: Path) -> bool:
-    return any(present(d / f) for f in ("config.json", "params.json", "error.txt", "metrics.csv"))
-
-
-def is_experiment(d: Path) -> bool:
-    try:
-        return d.is_dir() and (present(d / MANIFEST) or bool(trial_dirs(d)))
-    except OSError:  # a folder that cannot be listed is no experiment to read
-        return False
-
-
-def read_manifest(path: Path, problems: list | None = None) -> list[dict]:
-    """The launch manifest's entries (name, train config, group, params), each of its type; an
-    unreadable manifest reads as none (and says why in `problems`)."""
-    if not present(path / MANIFEST):
-        return []
-    try:
-        data = read_json(path / MANIFEST, MAX_LARGE)
-        if not isinstance(data, list):
-            raise Unreadable(f"{MANIFEST} is not a JSON list")
-    except (Unreadable, OSError) as e:
-        _note(problems, f"{e} (its trials are read from their folders)")
-        return []
-    good = [e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str) and _typed(e.get("train", {}))
-            and isinstance(e.get("group"), (str, type(None)))]
-    if len(good) < len(data):
-        _note(problems, f"{MANIFEST}: {len(data) - len(good)} malformed entries skipped")
-    return [{**e, "params": e.get("params") if _count(e.get("params")) else None} for e in good]
-
-
-def _typed(train) -> bool:
-    """A manifest's train config: a JSON object whose known fields have their types."""
-    return isinstance(train, dict) and all(FIELD_TYPES[k].accepts(v) for k, v in train.items() if k in FIELD_TYPES)
-
-
-def _note(problems: list | None, line: str) -> None:
-    if problems is not None:
-        problems.append(line[:300])
-
-
-def read_launches(path: Path, problems: list | None = None) -> list[dict]:
-    """The launch records, fields of the wrong type dropped (the report quotes them)."""
-    if not present(path / LAUNCHES):
-        return []
-    try:
-        text = read_bytes(path / LAUNCHES, MAX_LARGE).decode("utf-8", "replace")
-    except (Unreadable, OSError) as e:
-        _note(problems, str(e))
-        return []
-    out, bad = [], 0
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except (ValueError, RecursionError):
-            rec = None
-        if isinstance(rec, dict):
-            out.append(_clean_launch(rec))
-        elif line.strip():
-            bad += 1
-    if bad:
-        _note(problems, f"{LAUNCHES}: {bad} unreadable lines skipped")
-    return out
-
-
-def _clean_launch(rec: dict) -> dict:
-    kinds = {"command": str, "cluster": str, "wall_s": (int, float), "exit": int, "finished_at": (int, float),
-             "provenance": dict}
-    out = {k: v for k, v in rec.items() if k in kinds and isinstance(v, kinds[k]) and not isinstance(v, bool)}
-    prov = out.get("provenance")
-    if prov is not None:
-        out["provenance"] = {k: v for k, v in prov.items()
-                             if isinstance(v, dict if k == "git" else (str, int, float))}
-        git = out["provenance"].get("git")
-        if git is not None:
-            out["provenance"]["git"] = {k: v for k, v in git.items() if isinstance(v, (str, bool, int))}
-    return out
-
-
-def read_spec(path: Path, problems: list | None = None) -> dict:
-    """The experiment's effective spec (as launched, overrides applied), read without aliases."""
-    from .spec import MAX_SPEC_BYTES, SpecError, safe_yaml
-
-    if not present(path / SPEC_COPY):
-        return {}
-    try:
-        raw = safe_yaml(read_text(path / SPEC_COPY, MAX_SPEC_BYTES), str(path / SPEC_COPY))
-    except (Unreadable, OSError, SpecError, RecursionError) as e:
-        _note(problems, f"{SPEC_COPY} unreadable ({str(e)[:150]}): reported without it")
-        return {}
-    if not isinstance(raw, dict):
-        _note(problems, f"{SPEC_COPY} is not a mapping: reported without it")
-        return {}
-    return _clean_spec(raw, problems)
-
-
-def _clean_spec(raw: dict, problems: list | None) -> dict:
-    """The parts of the spec the report reads, each of its type (a wrong one is dropped and said)."""
-    kinds = {"description": str, "constraints": dict, "report": dict, "data": dict, "name": str}
-    out = {}
-    for k, v in raw.items():
-        if k in kinds and not isinstance(v, kinds[k]):
-            _note(problems, f"{SPEC_COPY}: {k} is not a {kinds[k].__name__}: ignored")
-            continue
-        out[k] = v
-    cons = out.get("constraints")
-    if cons:
-        want = {"max_params": int, "max_epochs": int, "target_test_acc": (int, float)}
-        keep = {k: v for k, v in cons.items() if k in want and isinstance(v, want[k]) and not isinstance(v, bool)}
-        if len(keep) < len(cons):
-            _note(problems, f"{SPEC_COPY}: constraints of the wrong type ignored")
-        out["constraints"] = keep
-    return out
 
 
 def load_experiment(path: Path, logits: bool = True, check_labels: bool = True) -> Experiment:
@@ -493,8 +177,9 @@ def load_experiment(path: Path, logits: bool = True, check_labels: bool = True) 
     recomputed from their logits or predicted labels (check_labels, needs logits=True)."""
     path = Path(path)
     problems: list[str] = []
-    manifest = read_manifest(path, problems)
-    dirs = trial_dirs(path)
+    folder = ExperimentDir(path)
+    manifest = folder.read_manifest(problems)
+    dirs = folder.trial_dirs()
     trials = []
     for e in manifest:
         d, group = dirs.pop(e["name"], (None, e.get("group")))
@@ -506,8 +191,8 @@ def load_experiment(path: Path, logits: bool = True, check_labels: bool = True) 
         trials[-1].group = group
     # Named by its folder, never by the name inside its spec: an old copy (NAME.prev-1) or a
     # foreign folder must not write its report over another experiment's.
-    exp = Experiment(path.resolve().name, path, read_spec(path, problems), trials, manifest,
-                     read_launches(path, problems), problems=problems)
+    exp = Experiment(path.resolve().name, path, folder.read_spec(problems), trials, manifest,
+                     folder.read_launches(problems), problems=problems)
     if logits and check_labels:
         check_test_accuracy(exp)
     return exp
@@ -569,14 +254,14 @@ def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
     """Experiment folders named by NAME (under storage) or PATH; all under storage when none."""
     if not targets:
         root = Path(storage)
-        found = sorted(d for d in root.iterdir() if is_experiment(d)) if root.is_dir() else []
+        found = sorted(d for d in root.iterdir() if ExperimentDir(d).is_experiment()) if root.is_dir() else []
         if not found:
             raise GridrunError(f"no experiments under {root}/: run `gridrun launch SPEC` first or name a folder")
         return found
     paths = []
     for t in targets:
         for cand in (Path(t), Path(storage) / t):
-            if cand.is_dir() and is_experiment(cand):
+            if cand.is_dir() and ExperimentDir(cand).is_experiment():
                 paths.append(cand)
                 break
         else:
@@ -585,38 +270,11 @@ def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
     return paths
 
 
-# ---------------------------------------------------------------- the launch lock (read side)
-
-def lock_holder(path: Path, stale_s: float = 120.0) -> dict | None:
-    """The live launch holding an experiment's lock, or None. A lock whose process is gone
-    (same host) or whose heartbeat is older than `stale_s` (another host) is not held."""
-    f = Path(path) / LOCK
-    try:
-        info = read_json(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    if info.get("host") == os.uname().nodename:
-        try:
-            os.kill(int(info.get("pid", -1)), 0)
-        except (ProcessLookupError, ValueError, OverflowError, TypeError):
-            return None
-        except PermissionError:
-            pass
-        return info
-    try:
-        fresh = time.time() - f.stat().st_mtime < stale_s
-    except OSError:
-        return None
-    return info if fresh else None
-
-
 # ---------------------------------------------------------------- results as pandas
 
 def resolve_experiment(name_or_path: str | os.PathLike, storage: str) -> Path:
     p = Path(name_or_path)
-    if p.is_dir() and is_experiment(p):
+    if p.is_dir() and ExperimentDir(p).is_experiment():
         return p
     return find_experiments([str(name_or_path)], storage)[0]
 

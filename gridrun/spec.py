@@ -25,7 +25,6 @@ configs, the size of the grid and the parameter budget.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -34,22 +33,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
-from .identity import FUSE_SHARED, fuse_key, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
+from .identity import FUSE_SHARED, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
 from .config import FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
+from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml  # noqa: F401  (SpecError: spec's callers)
 
 CONFIG_KEYS = field_names()
 SPEC_KEYS_NOT_IN_BASE = ("out_dir", "seed")    # set by gridrun, never by a spec
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"  # a safe folder and file name
-MAX_SPEC_BYTES = 1_000_000
 DEFAULT_MAX_TRIALS = 5000
-
-
-class SpecError(GridrunError):
-    """A spec that cannot be launched; nothing was started."""
 
 
 class _Strict(BaseModel):
@@ -375,48 +369,6 @@ def points(spec: Spec) -> list[dict]:
     return out
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """safe_load without anchors and aliases: a few lines of aliases can stand for billions of
-    values, and a small file must never cost minutes or gigabytes to validate."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise SpecError(f"YAML alias at line {mark.line + 1}: anchors and aliases (&, *) are not supported in "
-                            f"specs: write the values out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise SpecError(f"YAML key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
-                                f"the first would be silently ignored; keep one")
-            if isinstance(key, (str, int, float, bool)):
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.2 floats: PyYAML reads YAML 1.1, where a float needs a dot, so `1e-3` and `3e-4` were
-# strings. The 1.2 core schema's float (exponent without a dot, sign optional) is added to the
-# one loader every spec, override and stored spec goes through.
-_NoAliasLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)$"),
-    list("-+0123456789."))
-
-
-def safe_yaml(text: str, src: str):
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{src}: not valid YAML{where}: {problem}") from None
-
-
 def read_raw(path: str | Path) -> dict:
     """A spec file's YAML, read safely, as a dict (not yet validated)."""
     path = Path(path)
@@ -490,15 +442,16 @@ def _check_shadowed(spec: Spec, overrides: list[str]) -> None:
                                     f"values set {field}: change {field} in grid.{axis} in the spec instead")
 
 
-def _short(v) -> str:
+def short(v) -> str:
+    """An axis value as a part of a trial's folder name."""
     if isinstance(v, dict):
-        return "-".join(_short(x) for x in v.values())
+        return "-".join(short(x) for x in v.values())
     return re.sub(r"[^A-Za-z0-9._-]", "", str(v).replace("+", "-"))[:24] or "x"
 
 
-def config_id(train: dict) -> str:
-    """A trial's identity (identity.trial_id; kept under this name for its callers)."""
-    return trial_id(train)
+def _point(axes: dict) -> str:
+    """A grid point in words for a message: 'model=vgg, lr=0.1', or 'base'."""
+    return ", ".join(f"{k}={short(v)}" for k, v in axes.items()) or "base"
 
 
 def expand(spec: Spec) -> list[dict]:
@@ -518,17 +471,16 @@ def expand(spec: Spec) -> list[dict]:
             cfg.setdefault("threads", max(1, int(spec.resources.cpu)))
             if 0 < spec.resources.gpu < 1:
                 cfg.setdefault("gpu_memory_fraction", spec.resources.gpu)
-            where = ", ".join(f"{k}={_short(v)}" for k, v in label.items()) or "base"
             try:
                 tc = TrainConfig.from_dict(cfg)
             except ConfigError as e:
-                raise SpecError(f"trial {len(trials)} ({where}, seed {seed}): {e}") from None
-            parts = [p for p in (_short(v) for v in label.values()) if p]
+                raise SpecError(f"trial {len(trials)} ({_point(label)}, seed {seed}): {e}") from None
+            parts = [p for p in (short(v) for v in label.values()) if p]
             if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
-                parts.insert(0, _short(tc.model))
+                parts.insert(0, short(tc.model))
             train = tc.to_dict()
-            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": config_id(train), "axes": dict(label),
-                           "train": train, "where": where})
+            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": trial_id(train), "axes": dict(label),
+                           "train": train})
     _check_trials(spec, trials)
     check_models(trials)
     return trials
@@ -582,17 +534,13 @@ def _check_memory(t: dict, prof: dict) -> None:
 
 
 def _check_trials(spec: Spec, trials: list[dict]) -> None:
-    """No config twice (copies would be reported as independent seeds); unique, safe names;
-    one data folder for the grid."""
-    dirs = {t["train"]["data_dir"] for t in trials}
-    if len(dirs) > 1:
-        raise SpecError(f"trials name different data_dir values ({', '.join(map(str, sorted(map(str, dirs))))}): "
-                        f"set it once under data:")
+    """No config twice (copies would be reported as independent seeds); unique, safe names.
+    Trials may name different data folders: the launch ships each folder's arrays to its trials."""
     seen: dict[str, dict] = {}
     for t in trials:
         if t["id"] in seen:
             first = seen[t["id"]]
-            raise SpecError(f"the grid holds one config twice ({first['where']} and {t['where']}, seed "
+            raise SpecError(f"the grid holds one config twice ({_point(first['axes'])} and {_point(t['axes'])}, seed "
                             f"{t['train']['seed']}): copies would be reported as independent runs; remove the repeat")
         seen[t["id"]] = t
     by_name: dict[str, list] = {}
@@ -603,7 +551,6 @@ def _check_trials(spec: Spec, trials: list[dict]) -> None:
             for t in same:
                 t["name"] = f"{name}_{t['id'][:6]}"
     for t in trials:  # names are built from [A-Za-z0-9._-] only; keep them short and not hidden
-        t.pop("where")
         if len(t["name"]) > 120:
             t["name"] = f"{t['name'][:100]}_{t['id'][:6]}"
         if not t["name"][0].isalnum():
@@ -638,37 +585,3 @@ def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[S
     trials = expand(spec)
     check_budget(spec, trials)
     return spec, trials
-
-
-# What the members of a fused group must share: one batched model (architecture and its
-# arguments other than the dropout rate), one batch shape and length of training, one optimizer
-# kind, one data split and preprocessing, one device set-up. Everything else may differ.
-def plan_units(spec: Spec, trials: list[dict], keep: dict[str, str] | None = None) -> list[dict]:
-    """Tune trials to run: one per trial, or with `fuse: K` groups of up to K trials that share
-    FUSE_SHARED, in grid order. A group's name is a hash of its members' identities, so an
-    interrupted group is found again by the next launch; `keep` (trial name -> group name)
-    holds the members of groups that must stay together (interrupted ones, with a checkpoint)."""
-    k = spec.fuse or 1
-    if k <= 1:
-        return [{"name": t["name"], "fused": False, "members": [t]} for t in trials]
-    kept: dict[str, list[dict]] = {}
-    for t in trials:
-        if (keep or {}).get(t["name"]):
-            kept.setdefault(keep[t["name"]], []).append(t)
-    units = [{"name": g, "fused": True, "members": ms} for g, ms in kept.items()
-             if 1 < len(ms) <= k and len({fuse_key(m["train"]) for m in ms}) == 1]
-    taken = {m["name"] for u in units for m in u["members"]}
-    by_key: dict[str, list[dict]] = {}
-    for t in trials:
-        if t["name"] not in taken:
-            by_key.setdefault(fuse_key(t["train"]), []).append(t)
-    for members in by_key.values():
-        for i in range(0, len(members), k):
-            chunk = members[i:i + k]
-            if len(chunk) == 1:
-                units.append({"name": chunk[0]["name"], "fused": False, "members": chunk})
-                continue
-            h = hashlib.sha256("".join(m["id"] for m in chunk).encode()).hexdigest()[:8]
-            units.append({"name": f"fused_{_short(chunk[0]['train']['model'])}_{len(chunk)}x_{h}", "fused": True,
-                          "members": chunk})
-    return units

@@ -13,7 +13,9 @@ import numpy as np
 
 from .errors import GridrunError
 from . import analysis
-from .results import MAX_LARGE, Unreadable, find_experiments, is_experiment, load_experiment, lock_holder, read_bytes
+from .progress import dur as _dur  # one duration format for status and the launch's progress line
+from .results import find_experiments, load_experiment
+from .store import ExperimentDir, TrialDir, Unreadable
 
 ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
 
@@ -21,7 +23,7 @@ ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unf
 def _pick(name: str | None, storage: str) -> Path:
     if name:
         p = Path(name)
-        return p if p.is_dir() and is_experiment(p) else find_experiments([name], storage)[0]
+        return p if p.is_dir() and ExperimentDir(p).is_experiment() else find_experiments([name], storage)[0]
     found = find_experiments([], storage)
     return max(found, key=lambda p: p.stat().st_mtime)
 
@@ -29,7 +31,7 @@ def _pick(name: str | None, storage: str) -> Path:
 def snapshot(path: Path) -> dict:
     """What the folder says now: counts, running trials, elapsed time, ETA, best config."""
     exp = load_experiment(path, logits=False)
-    holder = lock_holder(path)
+    holder = ExperimentDir(path).lock_holder()
     now = time.time()
     rows = []
     for t in exp.trials:
@@ -73,15 +75,11 @@ def _tune_times(exp) -> tuple[float | None, float | None]:
     first, later = [], []
     for d in {t.dir.parent if t.group else t.dir for t in exp.trials if t.dir is not None}:
         try:  # bounded, regular files only, like every file the reader opens
-            lines = read_bytes(d / "result.json", MAX_LARGE).decode("utf-8", "replace").splitlines()
+            reports = TrialDir(d).read_tune_results()
         except (Unreadable, OSError):
             continue
-        for line in lines:
-            try:
-                r = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            s = r.get("time_this_iter_s") if isinstance(r, dict) else None
+        for r in reports:
+            s = r.get("time_this_iter_s")
             if isinstance(s, (int, float)) and math.isfinite(s):
                 (first if r.get("iterations_since_restore") == 1 else later).append(float(s))
     epoch = float(np.median(later)) if later else None
@@ -112,13 +110,6 @@ def strict_json(obj) -> str:
             return [clean(x) for x in v]
         return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
     return json.dumps(clean(obj), allow_nan=False)
-
-
-def _dur(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def render(snap: dict) -> str:

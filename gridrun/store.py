@@ -1,90 +1,748 @@
-"""Where experiments live: a folder (a local path or file://, shared by NFS or not) or an object
-store (s3://, any S3-compatible server) that every node of a cluster reaches.
+"""The on-disk format: every file an experiment or trial folder holds is named, written and read
+here, each with its pair; the folder lock; the one atomic writer; the one provenance.
 
-gridrun reads and checks an experiment in a local folder. On an object store the launch works
-in a private mirror of the experiment (every file but the checkpoints), writes back what it
-changed, and lets Ray Tune write the trials straight to the store (RunConfig's storage_path and
-storage_filesystem); `status` and `report` read a mirror in the cache. An S3 URI may carry
-pyarrow's options, e.g. s3://bucket/runs?endpoint_override=10.0.0.1:9000&scheme=http, or take
-the endpoint from AWS_ENDPOINT_URL; credentials come from the usual AWS variables or files.
+An experiment folder (ExperimentDir):
+  gridrun_trials.json      the manifest: every planned trial (name, id, axes, params, train, group)
+  gridrun_launches.jsonl   one record per launch (command, cluster, wall time, exit, provenance)
+  gridrun_diff-N.patch     the uncommitted diff the N-th launch ran with
+  spec.yaml                the effective spec as launched (overrides applied)
+  reference.csv            the study's own table (the spec's report.reference), copied at launch
+  gridrun.lock             the running launch (pid, host, token; touched every 20 s)
+  gridrun_export.json      in a slim export: what the export says about itself
+  gridrun_ray.log          Ray's per-trial lines
+  TRIAL/ or GROUP/TRIAL/   trial folders; a fused group's folder holds fused_group.json
+A trial folder (TrialDir; a checkpoint folder holds state.pt and state.json):
+  config.json        the resolved config plus `_meta` (params, device, strategy, versions, ...)
+  metrics.csv        one row per epoch (EPOCH_FIELDS)
+  events.out.tfevents.*  TensorBoard scalars and HParams sessions
+  state.pt           everything a group needs to resume after its last finished epoch
+  model.pt           final weights of one member (state_dict; the weight average with `ema`)
+  logits_{val,test}.npy   float16 (N, 10) logits of the final model
+  labels_{val,test}.npy   uint8 labels they were scored against
+  preds_{val,test}.npy    in a slim export, the predicted classes instead of the logits
+  summary.json       status ("ok" | "diverged at epoch k") and final metrics
+  stopped.json       early stopping (ASHA) ended it; error.txt (Ray's) it raised
+  params.json, result.json (Ray's), node.json (where it ran)
 
-One launch per experiment at a time, on either kind of store:
-  folder  `gridrun.lock` names the holder's pid and host and is touched every 20 s. Taking it
-          (new or stale: its process gone on this host, or its heartbeat older than 120 s) is
-          done under an exclusive flock of a guard file beside the experiment, so exactly one
-          of any number of racing launches wins (flock is kernel-atomic on one host, and works
-          across hosts on NFS with lockd).
-  S3      the lock object is created with `If-None-Match: *` and a stale one (same test) is
-          replaced with `If-Match: <its ETag>`: the store accepts exactly one of any number of
-          racing writes. The holder rewrites it every 20 s with `If-Match` on its own ETag,
-          so a holder that was taken over (paused > 120 s) learns it at its next heartbeat and
-          says so; it does not stop its trials (their files are per trial and idempotent).
-          Staleness is judged by the server's own clock (Date vs Last-Modified), so clock skew
-          between hosts does not matter. Needs a store with conditional writes (AWS S3 since
-          2024, MinIO, moto) and boto3.
+Writes go through atomic_save (a temp file, fsynced, renamed: a reader never sees half a
+file). Reads are bounded: regular files only (never a symlink, FIFO, device or folder), at most
+a size fixed per kind of file, .npy headers checked against the bytes before any array is made;
+a malformed file raises Unreadable naming it. Never imports torch or pandas at start-up (status
+must start fast); torch is imported where a torch file is written or read.
 """
 from __future__ import annotations
 
+import csv
+import errno
 import fcntl
+import io
 import json
+import math
 import os
-import shutil
+import stat
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-from .errors import GridrunError
+import numpy as np
 
-LOCK = "gridrun.lock"  # results.LOCK: the readers find the holder by this name
-STALE_S = 120.0
+from . import diskio
+from .config import FIELD_TYPES
+from .errors import GridrunError, __version__
 
+# ---------------------------------------------------------------- the names
 
-def is_uri(storage: str) -> bool:
-    return "://" in str(storage)
-
-
-def local_path(storage: str) -> str | None:
-    """The folder a storage names on this machine (a path or file:///path), or None for an object store."""
-    if not is_uri(storage):
-        return os.path.abspath(storage)
-    parts = urlsplit(storage)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise GridrunError(f"--storage {storage}: a file:// URI names a folder on this machine "
-                               f"(file:///abs/path); use a shared folder or s3:// for other hosts")
-        return os.path.abspath(parts.path)
-    if parts.scheme != "s3":
-        raise GridrunError(f"--storage {storage}: unknown scheme {parts.scheme!r}: give a folder, file:///path or "
-                           f"s3://bucket/prefix")
-    return None
+CONFIG, METRICS, SUMMARY, MODEL, STATE = "config.json", "metrics.csv", "summary.json", "model.pt", "state.pt"
+STOPPED, ERROR, PARAMS, NODE, RESULT = "stopped.json", "error.txt", "params.json", "node.json", "result.json"
+STATE_INFO, RESUME = "state.json", "resume.pt"   # a checkpoint's epoch; a worker's private copy of a state
+GROUP_FILE = "fused_group.json"  # a fused trial's folder: its members' folders live inside
+EVENTS = "events.out.tfevents.*"  # named by TensorBoard's SummaryWriter
+SPLITS = ("val", "test")
+MANIFEST, LAUNCHES, SPEC_COPY, LOCK = "gridrun_trials.json", "gridrun_launches.jsonl", "spec.yaml", "gridrun.lock"
+REFERENCE, EXPORT_MARK, RAY_LOG, DIFFS = "reference.csv", "gridrun_export.json", "gridrun_ray.log", "gridrun_diff-*.patch"
 
 
-def _holder_line(exp: str, holder: dict) -> str:
+def logits_file(split: str) -> str:
+    return f"logits_{split}.npy"
+
+
+def labels_file(split: str) -> str:
+    return f"labels_{split}.npy"
+
+
+def preds_file(split: str) -> str:
+    return f"preds_{split}.npy"
+
+
+def diff_file(n: int) -> str:
+    return DIFFS.replace("*", str(n))
+
+
+# What a trial, a fused group or an experiment leaves in its folder (`train --out` refuses one).
+RESULT_FILES = (SUMMARY, CONFIG, METRICS, MODEL, STATE, *map(logits_file, SPLITS), ERROR, PARAMS, STOPPED)
+TRIAL_MARKS = (CONFIG, PARAMS, ERROR, METRICS)  # any of them makes a folder a trial's
+WHOLE_JSON = (SUMMARY, CONFIG, STOPPED, NODE, GROUP_FILE, STATE_INFO)  # JSON that is whole or useless
+EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr",
+                "seconds", "images_per_s"]
+STATE_VERSION = 3  # 3: one format for every group (K >= 1) of the engine
+N_CLASSES = 10
+# What a file may cost to read: a trial's JSON is small; tables and arrays grow with the grid or
+# the split (a 5,000-trial manifest is ~5 MB, 10,000 float16 logits 200 KB); of error.txt only
+# its end is read (the exception line is the last one).
+MAX_SMALL, MAX_LARGE, MAX_TAIL = 1 << 20, 64 << 20, 64 << 10
+STALE_S = 120.0  # a lock not touched for this long (another host) is a dead launch's
+
+
+class Unreadable(ValueError):
+    """A file that is not what it should be; its message names the file and why."""
+
+
+class StateError(GridrunError):
+    """A resume state that cannot be used (corrupt, foreign or from another config)."""
+
+
+# ---------------------------------------------------------------- the one atomic writer
+
+def atomic_save(path: str | os.PathLike, obj) -> None:
+    """Write a file whole or not at all (diskio.atomic_write: temp file, fsync, rename): bytes or
+    text as given, an array as .npy, a dict as .json, anything else with torch.save."""
+    path = Path(path)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        diskio.atomic_write(path, lambda f: f.write(obj))
+    elif isinstance(obj, str):
+        diskio.atomic_write_text(path, obj)
+    elif path.suffix == ".npy":  # through bytes: np.save to a file drops the errno of a full disk
+        buf = io.BytesIO()
+        np.save(buf, obj)
+        diskio.atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    elif path.suffix == ".json":
+        diskio.atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
+    else:
+        import torch
+
+        diskio.atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ---------------------------------------------------------------- bounded reading
+
+def present(path: Path) -> bool:
+    """Whether a name exists in the folder (a dangling symlink too: it is a bad file, not no file)."""
+    return os.path.lexists(path)
+
+
+def read_bytes(path: Path, limit: int = MAX_SMALL, tail: bool = False) -> bytes:
+    """A regular file's bytes (with tail=True only its last `limit`), never more than `limit`:
+    a symlink, FIFO, device or folder raises Unreadable, and opening never blocks."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        why = "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+        raise Unreadable(f"{path.name} {why}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise Unreadable(f"{path.name} is {what}")
+        if st.st_size > limit and not tail:
+            raise Unreadable(f"{path.name} is {st.st_size:,} bytes (at most {limit:,} expected)")
+        if tail and st.st_size > limit:
+            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
+        chunks, got = [], 0
+        while got <= limit and (chunk := os.read(fd, limit + 1 - got)):
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise Unreadable(f"{path.name} cannot be read ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise Unreadable(f"{path.name} grew past {limit:,} bytes while read")
+    return data
+
+
+def read_text(path: Path, limit: int = MAX_SMALL) -> str:
+    try:
+        return read_bytes(path, limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Unreadable(f"{Path(path).name} is not UTF-8 text") from None
+
+
+def read_json(path: Path, limit: int = MAX_SMALL):
+    try:
+        return json.loads(read_text(path, limit))
+    except RecursionError:  # brackets nested deeper than Python's stack: no gridrun file is
+        raise Unreadable(f"{Path(path).name} nests too deep to be a gridrun file") from None
+    except ValueError as e:
+        if isinstance(e, Unreadable):
+            raise
+        raise Unreadable(f"{Path(path).name} is not JSON ({str(e)[:80]})") from None
+
+
+def read_npy(path: Path, limit: int = MAX_LARGE) -> np.ndarray:
+    """A .npy array without pickles, its header checked against the file's bytes first (a header
+    that claims a huge shape costs nothing)."""
+    name, data = Path(path).name, read_bytes(path, limit)
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, fortran, dtype = header[version](f)
+    except Exception as e:  # numpy parses the header with ast.literal_eval: any of its errors (a
+        # TokenError, a RecursionError from nested brackets, ...) means the header is not one
+        raise Unreadable(f"{name} is not a .npy array ({type(e).__name__})") from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise Unreadable(f"{name} holds {dtype} (numbers expected)")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(data) - f.tell() != count * dtype.itemsize:
+        raise Unreadable(f"{name} is truncated ({len(data) - f.tell():,} bytes of data for shape {shape})")
+    arr = np.frombuffer(data, dtype, count, offset=f.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def read_history(path: Path) -> list[dict]:
+    """metrics.csv: one dict of floats (None where empty) per epoch."""
+    rows = []
+    text = read_text(path, MAX_LARGE)
+    try:
+        for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
+            if None in row or None in row.values():
+                raise Unreadable(f"{METRICS} row {i + 1} has another number of values than its header")
+            try:
+                rows.append({k: (float(v) if v not in ("", "None") else None) for k, v in row.items()})
+            except ValueError:
+                raise Unreadable(f"{METRICS} row {i + 1} holds a value that is not a number") from None
+    except csv.Error as e:
+        raise Unreadable(f"{METRICS} is not CSV ({str(e)[:80]})") from None
+    return rows
+
+
+def error_line(path: Path) -> str:
+    """The last line of a traceback: the exception and its message."""
+    try:
+        text = read_bytes(path, MAX_TAIL, tail=True).decode("utf-8", "replace")
+    except Unreadable as e:
+        return f"failed ({e})"
+    lines = [l for l in text.splitlines() if l.strip()]
+    last = next((l for l in reversed(lines) if not l.startswith((" ", "\t"))), lines[-1] if lines else "error")
+    return last.strip()[:200]
+
+
+def json_lines(text: str) -> tuple[list[dict], int]:
+    """The JSON objects of a JSON-lines text, and how many non-blank lines were not one."""
+    out, bad = [], 0
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        elif line.strip():
+            bad += 1
+    return out, bad
+
+
+def read_state(path: str | os.PathLike, device="cpu") -> dict:
+    """A state file's contents (state.pt, or a worker's copy of one), or StateError saying why it
+    cannot be used. Plain tensors and containers only: a foreign folder runs no code here."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated zip, a planted pickle, a stranger's file: all unusable
+        raise StateError(f"resume state {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+            from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise StateError(f"resume state {path} is not a gridrun state of version {STATE_VERSION}")
+    return state
+
+
+# ---------------------------------------------------------------- the one provenance
+
+def versions(with_ray: bool = False) -> dict:
+    """Versions a result depends on (config.json's _meta; with Ray's, a launch record's)."""
+    import platform
+
+    import torch
+
+    out = {"gridrun": __version__}
+    if with_ray:
+        import ray
+
+        out["ray"] = ray.__version__
+    out.update(torch=torch.__version__, python=platform.python_version())
+    if torch.cuda.is_available():
+        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   gpu=torch.cuda.get_device_name(0))
+    return out
+
+
+def provenance() -> dict:
+    """Which code and which software produced a launch's results: versions (Ray's too), the GPU
+    and driver nvidia-smi names, the git commit and dirty tree (with the diff of tracked files)."""
+    import subprocess
+
+    out = versions(with_ray=True)
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if smi.returncode == 0 and smi.stdout.strip():
+            out["gpu"], out["driver"] = [s.strip() for s in smi.stdout.splitlines()[0].split(",")][:2]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            status = git("status", "--porcelain", "--untracked-files=no")
+            dirty = bool(status.stdout.strip())
+            out["git"] = {"commit": head.stdout.strip(), "dirty": dirty}
+            if dirty:
+                out["git"]["diff"] = git("diff", "HEAD").stdout
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+# ---------------------------------------------------------------- a trial's folder
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v) -> bool:
+    """A whole number >= 0 (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _classes(path: Path) -> np.ndarray:
+    """A vector of class indices (predicted or true labels)."""
+    arr = read_npy(path)
+    if arr.ndim != 1 or arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES)):
+        raise Unreadable(f"{path.name} is not a vector of classes 0..{N_CLASSES - 1} ({arr.dtype}, shape {arr.shape})")
+    return arr.astype(np.int64)
+
+
+class TrialDir:
+    """One trial's folder (or a checkpoint's): each file it holds, written and read in pairs."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"TrialDir({str(self.path)!r})"
+
+    def has(self, name: str) -> bool:
+        return present(self.path / name)
+
+    def looks_like_trial(self) -> bool:
+        return any(self.has(f) for f in TRIAL_MARKS)
+
+    def finished(self) -> bool:
+        """Whether it wrote its summary (finished or diverged)."""
+        return (self.path / SUMMARY).exists()
+
+    # config.json
+    def write_config(self, cfg: dict, meta: dict) -> None:
+        atomic_save(self.path / CONFIG, {**cfg, "_meta": meta})
+
+    def read_config(self) -> tuple[dict, dict]:
+        """(config, _meta), every known field of its type; _meta holds only what the report may quote."""
+        cfg = read_json(self.path / CONFIG)
+        if not isinstance(cfg, dict):
+            raise Unreadable(f"{CONFIG} is not a JSON object")
+        meta = cfg.pop("_meta", {})
+        if not isinstance(meta, dict):
+            raise Unreadable(f"{CONFIG}'s _meta is not a JSON object")
+        bad = next((k for k, v in cfg.items() if k in FIELD_TYPES and not FIELD_TYPES[k].accepts(v)), None)
+        if bad is not None:
+            raise Unreadable(f"{CONFIG}: {bad}={str(cfg[bad])[:40]!r} is not {FIELD_TYPES[bad].words}")
+        # the report quotes _meta: numbers where it computes, scalars elsewhere
+        meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        for k in ("params", "peak_gpu_mem_mb", "threads"):
+            if k in meta and not (_count(meta[k]) or (k == "peak_gpu_mem_mb" and _finite_number(meta[k]))):
+                meta.pop(k)
+        return cfg, meta
+
+    # metrics.csv
+    def write_metrics(self, rows: list[list]) -> None:
+        """The whole table (header and one row of EPOCH_FIELDS values per epoch), atomically."""
+        text = io.StringIO()
+        w = csv.writer(text, lineterminator="\r\n")  # csv's default line ends, as before
+        w.writerow(EPOCH_FIELDS)
+        w.writerows(rows)
+        atomic_save(self.path / METRICS, text.getvalue())
+
+    def read_history(self) -> list[dict]:
+        return read_history(self.path / METRICS)
+
+    # summary.json
+    def write_summary(self, summary: dict) -> None:
+        atomic_save(self.path / SUMMARY, summary)
+
+    def read_summary(self) -> dict:
+        summary = read_json(self.path / SUMMARY)
+        if not isinstance(summary, dict):
+            raise Unreadable(f"{SUMMARY} is not a JSON object")
+        if not isinstance(summary.get("status"), str) or not (summary.get("params") is None or _count(summary["params"])):
+            raise Unreadable(f"{SUMMARY}: its status is not text or its params not a whole number")
+        return summary
+
+    def summary_status(self, default: str = "failed") -> str:
+        """What its summary says ("ok", "diverged at epoch k"), else `default` (none, or unreadable)."""
+        try:
+            return str(self.read_summary()["status"])
+        except (Unreadable, OSError):
+            return default
+
+    # the final arrays: logits (or a slim export's predicted classes) and labels per split
+    def write_logits(self, split: str, logits) -> None:
+        atomic_save(self.path / logits_file(split), logits)
+
+    def write_labels(self, split: str, labels) -> None:
+        atomic_save(self.path / labels_file(split), labels)
+
+    def write_preds(self, split: str, preds: np.ndarray) -> None:
+        atomic_save(self.path / preds_file(split), preds.astype(np.uint8))
+
+    def read_scores(self, split: str) -> tuple[np.ndarray | None, np.ndarray]:
+        """(logits or None, predicted classes) of one split: the logits when saved, else the
+        predicted labels of a slim export."""
+        name = logits_file(split)
+        if self.has(name):
+            arr = read_npy(self.path / name)
+            if arr.ndim != 2 or arr.shape[1] != N_CLASSES or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+                raise Unreadable(f"{name} has shape {arr.shape} ({arr.dtype}) or non-finite values")
+            return arr, arr.argmax(1)
+        if not self.has(preds_file(split)):
+            raise Unreadable(f"{name} is missing")
+        return None, _classes(self.path / preds_file(split))
+
+    def read_labels(self, split: str) -> np.ndarray:
+        return _classes(self.path / labels_file(split))
+
+    def missing_scores(self) -> list[str]:
+        """The final arrays it lacks (labels, and logits where no predicted labels stand for them)."""
+        need = [labels_file(s) for s in SPLITS if not self.has(labels_file(s))]
+        return need + [logits_file(s) for s in SPLITS if not self.has(logits_file(s)) and not self.has(preds_file(s))]
+
+    # model.pt and state.pt
+    def write_model(self, weights: dict) -> None:
+        atomic_save(self.path / MODEL, weights)
+
+    def read_model(self) -> dict:
+        import torch
+
+        return torch.load(self.path / MODEL, map_location="cpu", weights_only=True)
+
+    def write_state(self, state: dict) -> Path:
+        """The resumable state as plain tensors and containers (loadable with weights_only=True)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_save(self.path / STATE, {"version": STATE_VERSION, **state})
+        return self.path / STATE
+
+    def read_state(self, device="cpu") -> dict:
+        return read_state(self.path / STATE, device)
+
+    # state.json: which epoch a checkpoint folder's state.pt ended, and which launch wrote it
+    def write_state_info(self, epoch: int, launch: str) -> None:
+        atomic_save(self.path / STATE_INFO, json.dumps({"epoch": epoch, "launch": launch}))
+
+    def read_state_info(self) -> dict:
+        return parse_state_info(read_bytes(self.path / STATE_INFO))
+
+    # stopped.json, error.txt, node.json, result.json
+    def write_stopped(self, after_epoch: int, by: str = "ASHA") -> None:
+        atomic_save(self.path / STOPPED, json.dumps({"after_epoch": after_epoch, "by": by}))
+
+    def stopped(self) -> bool:
+        return self.has(STOPPED)
+
+    def failed(self) -> bool:
+        return self.has(ERROR)
+
+    def error_line(self) -> str:
+        return error_line(self.path / ERROR)
+
+    def write_node(self, node_id: str, host: str) -> None:
+        atomic_save(self.path / NODE, json.dumps({"node_id": node_id, "host": host}))
+
+    def read_node(self) -> dict:
+        node = read_json(self.path / NODE)
+        if not isinstance(node, dict):
+            raise Unreadable(f"{NODE} is not a JSON object")
+        return node
+
+    def read_tune_results(self) -> list[dict]:
+        """Ray's result.json: one dict per report (lines that are not one are skipped)."""
+        return json_lines(read_bytes(self.path / RESULT, MAX_LARGE).decode("utf-8", "replace"))[0]
+
+    # fused_group.json: marks the folder as a group; its members' folders are inside
+    def write_group(self, members: list[str]) -> None:
+        atomic_save(self.path / GROUP_FILE, json.dumps({"members": list(members)}))
+
+    def is_group(self) -> bool:
+        return self.has(GROUP_FILE)
+
+    def events(self, suffix: str = "") -> list[Path]:
+        return event_files(self.path, suffix)
+
+
+def event_files(folder: str | os.PathLike, suffix: str = "") -> list[Path]:
+    """The TensorBoard event files in a folder (those named ...`suffix`)."""
+    return sorted(Path(folder).glob(EVENTS + suffix))
+
+
+def parse_state_info(data: bytes) -> dict:
+    """state.json's bytes -> {"epoch": int, "launch": ...}; Unreadable when it is not that."""
+    try:
+        info = json.loads(data.decode())
+        info["epoch"] = int(info["epoch"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise Unreadable(f"{STATE_INFO} does not name an epoch") from None
+    return info
+
+
+# ---------------------------------------------------------------- an experiment's folder
+
+def _note(problems: list | None, line: str) -> None:
+    if problems is not None:
+        problems.append(line[:300])
+
+
+def _typed(train) -> bool:
+    """A manifest's train config: a JSON object whose known fields have their types."""
+    return isinstance(train, dict) and all(FIELD_TYPES[k].accepts(v) for k, v in train.items() if k in FIELD_TYPES)
+
+
+def _clean_launch(rec: dict) -> dict:
+    kinds = {"command": str, "cluster": str, "wall_s": (int, float), "exit": int, "finished_at": (int, float),
+             "provenance": dict}
+    out = {k: v for k, v in rec.items() if k in kinds and isinstance(v, kinds[k]) and not isinstance(v, bool)}
+    prov = out.get("provenance")
+    if prov is not None:
+        out["provenance"] = {k: v for k, v in prov.items()
+                             if isinstance(v, dict if k == "git" else (str, int, float))}
+        git = out["provenance"].get("git")
+        if git is not None:
+            out["provenance"]["git"] = {k: v for k, v in git.items() if isinstance(v, (str, bool, int))}
+    return out
+
+
+def _clean_spec(raw: dict, problems: list | None) -> dict:
+    """The parts of the spec the report reads, each of its type (a wrong one is dropped and said)."""
+    kinds = {"description": str, "constraints": dict, "report": dict, "data": dict, "name": str}
+    out = {}
+    for k, v in raw.items():
+        if k in kinds and not isinstance(v, kinds[k]):
+            _note(problems, f"{SPEC_COPY}: {k} is not a {kinds[k].__name__}: ignored")
+            continue
+        out[k] = v
+    cons = out.get("constraints")
+    if cons:
+        want = {"max_params": int, "max_epochs": int, "target_test_acc": (int, float)}
+        keep = {k: v for k, v in cons.items() if k in want and isinstance(v, want[k]) and not isinstance(v, bool)}
+        if len(keep) < len(cons):
+            _note(problems, f"{SPEC_COPY}: constraints of the wrong type ignored")
+        out["constraints"] = keep
+    return out
+
+
+class ExperimentDir:
+    """One experiment's folder: its own files, written and read in pairs, its trial folders, its lock."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ExperimentDir({str(self.path)!r})"
+
+    def trial(self, name: str, group: str | None = None) -> TrialDir:
+        """A trial's folder: NAME, or GROUP/NAME for a member of a fused group."""
+        return TrialDir(self.path / group / name if group else self.path / name)
+
+    def trial_dirs(self) -> dict[str, tuple[Path, str | None]]:
+        """Trial folders by name: top-level ones, and the members inside fused groups' folders
+        (name -> (folder, group or None)). A trial found twice (a member regrouped by a later
+        launch) is read from the folder that finished, else the newer one."""
+        out: dict[str, tuple[Path, str | None]] = {}
+
+        def add(name: str, d: Path, group: str | None) -> None:
+            if name in out:
+                old = out[name][0]
+                done_old, done_new = TrialDir(old).finished(), TrialDir(d).finished()
+                if done_old > done_new or (done_old == done_new and old.stat().st_mtime >= d.stat().st_mtime):
+                    return
+            out[name] = (d, group)
+
+        for c in sorted(self.path.iterdir()):
+            if not c.is_dir() or c.name.startswith("."):
+                continue
+            if TrialDir(c).is_group() and not c.is_symlink():  # a linked folder is read as one (broken) trial
+                for m in sorted(c.iterdir()):
+                    if m.is_dir() and not m.name.startswith(".") and TrialDir(m).looks_like_trial():
+                        add(m.name, m, c.name)
+            elif TrialDir(c).looks_like_trial():
+                add(c.name, c, None)
+        return out
+
+    def is_experiment(self) -> bool:
+        try:
+            return self.path.is_dir() and (present(self.path / MANIFEST) or bool(self.trial_dirs()))
+        except OSError:  # a folder that cannot be listed is no experiment to read
+            return False
+
+    # gridrun_trials.json
+    def write_manifest(self, entries: list[dict]) -> None:
+        atomic_save(self.path / MANIFEST, json.dumps(list(entries), indent=1))
+
+    def read_manifest(self, problems: list | None = None) -> list[dict]:
+        """The manifest's entries (name, train config, group, params), each of its type; an
+        unreadable manifest reads as none (and says why in `problems`)."""
+        if not present(self.path / MANIFEST):
+            return []
+        try:
+            data = read_json(self.path / MANIFEST, MAX_LARGE)
+            if not isinstance(data, list):
+                raise Unreadable(f"{MANIFEST} is not a JSON list")
+        except (Unreadable, OSError) as e:
+            _note(problems, f"{e} (its trials are read from their folders)")
+            return []
+        good = [e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str)
+                and _typed(e.get("train", {})) and isinstance(e.get("group"), (str, type(None)))]
+        if len(good) < len(data):
+            _note(problems, f"{MANIFEST}: {len(data) - len(good)} malformed entries skipped")
+        return [{**e, "params": e.get("params") if _count(e.get("params")) else None} for e in good]
+
+    # gridrun_launches.jsonl (appended: one line per launch) and gridrun_diff-N.patch
+    def append_launch(self, record: dict) -> None:
+        with open(self.path / LAUNCHES, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_launches(self, problems: list | None = None) -> list[dict]:
+        """The launch records, fields of the wrong type dropped (the report quotes them)."""
+        if not present(self.path / LAUNCHES):
+            return []
+        try:
+            text = read_bytes(self.path / LAUNCHES, MAX_LARGE).decode("utf-8", "replace")
+        except (Unreadable, OSError) as e:
+            _note(problems, str(e))
+            return []
+        records, bad = json_lines(text)
+        if bad:
+            _note(problems, f"{LAUNCHES}: {bad} unreadable lines skipped")
+        return [_clean_launch(r) for r in records]
+
+    def write_diff(self, n: int, diff: str) -> str:
+        """The n-th launch's uncommitted diff; returns its file name (the launch record names it)."""
+        atomic_save(self.path / diff_file(n), diff)
+        return diff_file(n)
+
+    def diffs(self) -> list[Path]:
+        return sorted(self.path.glob(DIFFS))
+
+    # spec.yaml
+    def write_spec(self, raw: dict) -> None:
+        import yaml
+
+        atomic_save(self.path / SPEC_COPY, yaml.safe_dump(raw, sort_keys=False))
+
+    def read_spec(self, problems: list | None = None) -> dict:
+        """The effective spec (as launched, overrides applied), read without aliases."""
+        from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml
+
+        path = self.path / SPEC_COPY
+        if not present(path):
+            return {}
+        try:
+            raw = safe_yaml(read_text(path, MAX_SPEC_BYTES), str(path))
+        except (Unreadable, OSError, SpecError, RecursionError) as e:
+            _note(problems, f"{SPEC_COPY} unreadable ({str(e)[:150]}): reported without it")
+            return {}
+        if not isinstance(raw, dict):
+            _note(problems, f"{SPEC_COPY} is not a mapping: reported without it")
+            return {}
+        return _clean_spec(raw, problems)
+
+    # reference.csv
+    def write_reference(self, src: str | os.PathLike) -> None:
+        atomic_save(self.path / REFERENCE, Path(src).read_bytes())
+
+    def read_reference(self) -> str | None:
+        """The study's table as text, or None when the spec named none."""
+        return read_text(self.path / REFERENCE) if present(self.path / REFERENCE) else None
+
+    # gridrun_export.json
+    def write_export_mark(self, mark: dict) -> None:
+        atomic_save(self.path / EXPORT_MARK, json.dumps(mark, indent=1))
+
+    def is_export(self) -> bool:
+        return (self.path / EXPORT_MARK).is_file()
+
+    # gridrun.lock
+    @contextmanager
+    def lock(self, heartbeat_s: float = 20.0):
+        """One launch per experiment folder; a stale lock is taken over by exactly one process."""
+        with _take_lock(self) as (me, created):
+            stop = threading.Event()
+            threading.Thread(target=_touch_every, args=(self.path / LOCK, stop, heartbeat_s), daemon=True).start()
+            try:
+                yield
+            finally:
+                stop.set()
+                _release_lock(self, me, created)
+
+    def lock_holder(self, stale_s: float = STALE_S) -> dict | None:
+        """The live launch holding the lock, or None. A lock whose process is gone (same host) or
+        whose heartbeat is older than `stale_s` (another host) is not held."""
+        f = self.path / LOCK
+        try:
+            info = read_json(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict):
+            return None
+        if info.get("host") == os.uname().nodename:
+            return None if dead_here(info) else info
+        try:
+            fresh = time.time() - f.stat().st_mtime < stale_s
+        except OSError:
+            return None
+        return info if fresh else None
+
+
+# ---------------------------------------------------------------- the lock's parts
+
+def holder_line(exp: str, holder: dict) -> str:
     return (f"{exp} is already being launched (pid {holder.get('pid')} on {holder.get('host')}): wait for it "
             f"(`gridrun status` shows it), or launch with --name NEW")
 
 
-def _me() -> dict:
+def lock_owner() -> dict:
+    """What a lock says of its holder: this process, this host, since when, a token of its own."""
     return {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time(), "token": uuid.uuid4().hex}
 
 
-def _dead_here(info: dict) -> bool:
+def dead_here(info: dict) -> bool:
     """True when the holder ran on this host and its process is gone."""
     if info.get("host") != os.uname().nodename:
         return False
     try:
         os.kill(int(info.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError, OverflowError):
+    except (ProcessLookupError, ValueError, OverflowError, TypeError):
         return True
     except PermissionError:
         pass
     return False
 
-
-# ---------------------------------------------------------------- a folder's lock
 
 @contextmanager
 def _guard(exp_dir: Path):
@@ -99,263 +757,38 @@ def _guard(exp_dir: Path):
 
 
 @contextmanager
-def folder_lock(exp_dir: str, heartbeat_s: float = 20.0):
-    """One launch per experiment folder; a stale lock is taken over by exactly one process."""
-    from .results import lock_holder
-
-    exp = Path(exp_dir)
-    path = exp / LOCK
-    created = not exp.exists()
-    exp.mkdir(parents=True, exist_ok=True)
-    me = _me()
-    with _guard(exp):
-        holder = lock_holder(exp, STALE_S) if path.exists() else None
+def _take_lock(exp: ExperimentDir):
+    """Take the lock (new, or stale: its process gone on this host or its heartbeat older than
+    STALE_S) under the guard, so exactly one of any number of racing launches wins; yields the
+    holder record."""
+    created = not exp.path.exists()
+    exp.path.mkdir(parents=True, exist_ok=True)
+    me = lock_owner()
+    with _guard(exp.path):
+        holder = exp.lock_holder() if (exp.path / LOCK).exists() else None
         if holder:
-            raise GridrunError(_holder_line(exp_dir, holder))
-        tmp = exp / f".{LOCK}.{me['token']}"
+            raise GridrunError(holder_line(str(exp.path), holder))
+        tmp = exp.path / f".{LOCK}.{me['token']}"
         tmp.write_text(json.dumps(me))
-        os.replace(tmp, path)  # the lock appears whole: a reader never sees it half written
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(heartbeat_s):
-            try:
-                os.utime(path)
-            except OSError:
-                pass
-
-    threading.Thread(target=beat, daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()
-        with _guard(exp):
-            try:
-                if json.loads(path.read_text()).get("token") == me["token"]:
-                    path.unlink()
-                if created and not any(exp.iterdir()):
-                    exp.rmdir()  # a launch refused before any work leaves nothing behind
-            except (OSError, ValueError):
-                pass
+        os.replace(tmp, exp.path / LOCK)  # the lock appears whole: a reader never sees it half written
+    yield me, created
 
 
-# ---------------------------------------------------------------- an object store
-
-def _split(uri: str) -> tuple[str, str]:
-    base, _, query = uri.partition("?")
-    return base.rstrip("/"), query
-
-
-class Remote:
-    """One experiment in an object store: its path there, Ray's view of it, a local mirror."""
-
-    def __init__(self, storage: str, name: str):
-        import pyarrow.fs as pafs
-
-        base, self.query = _split(storage)
+def _release_lock(exp: ExperimentDir, me: dict, created: bool) -> None:
+    with _guard(exp.path):
         try:
-            self.fs, root = pafs.FileSystem.from_uri(storage)
-        except (OSError, ValueError) as e:
-            raise GridrunError(f"--storage {storage}: {str(e).splitlines()[0][:200]}") from None
-        self.root, self.name = root.rstrip("/"), name
-        self.path = f"{self.root}/{name}"
-        self.uri = f"{base}/{name}"
-        self.storage = storage
+            if json.loads((exp.path / LOCK).read_text()).get("token") == me["token"]:
+                (exp.path / LOCK).unlink()
+            if created and not any(exp.path.iterdir()):
+                exp.path.rmdir()  # a launch refused before any work leaves nothing behind
+        except (OSError, ValueError):
+            pass
 
-    def child(self, *parts: str) -> str:
-        """The URI of a path inside the experiment, with the store's options (for Ray workers)."""
-        return "/".join([self.uri, *parts]) + (f"?{self.query}" if self.query else "")
 
-    def exists(self, path: str | None = None) -> bool:
-        import pyarrow.fs as pafs
-
-        return self.fs.get_file_info(path or self.path).type != pafs.FileType.NotFound
-
-    def files(self, path: str | None = None) -> list:
-        import pyarrow.fs as pafs
-
-        sel = pafs.FileSelector(path or self.path, recursive=True, allow_not_found=True)
-        return [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
-
-    def pull(self, dest: Path) -> Path:
-        """Mirror the experiment into `dest` (every file but checkpoints, each with the store's
-        modification time; a checkpoint is mirrored as its empty folder, which says it exists);
-        files gone from the store go from the mirror too."""
-        dest.mkdir(parents=True, exist_ok=True)
-        keep = set()
-        for info in self.files():
-            rel = info.path[len(self.path) + 1:]
-            parts = rel.split("/")
-            if any(p.startswith("checkpoint_") for p in parts):
-                at = next(i for i, p in enumerate(parts) if p.startswith("checkpoint_"))
-                (dest / "/".join(parts[:at + 1])).mkdir(parents=True, exist_ok=True)
-                continue
-            local, mtime = dest / rel, info.mtime.timestamp() if info.mtime else time.time()
-            keep.add(local)
-            if local.is_file() and local.stat().st_size == info.size and local.stat().st_mtime == mtime:
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with self.fs.open_input_stream(info.path) as src, open(local, "wb") as out:
-                shutil.copyfileobj(src, out)
-            os.utime(local, (mtime, mtime))
-        for f in [p for p in dest.rglob("*") if p.is_file() and p not in keep]:
-            f.unlink()
-        return dest
-
-    def push(self, src: Path, names: list[str]) -> None:
-        """Write files of the mirror's top level back to the store."""
-        for n in names:
-            if (src / n).is_file():
-                with open(src / n, "rb") as f, self.fs.open_output_stream(f"{self.path}/{n}") as out:
-                    shutil.copyfileobj(f, out)
-
-    def set_aside(self, out) -> None:
-        """--fresh: the experiment's files move to NAME.prev-N (copied, then deleted; the caller
-        holds the lock, which stays where it is)."""
-        k = 1
-        while self.exists(f"{self.path}.prev-{k}"):
-            k += 1
-        moved = 0
-        for info in self.files():
-            rel = info.path[len(self.path) + 1:]
-            if rel == LOCK:
-                continue
-            self.fs.copy_file(info.path, f"{self.path}.prev-{k}/{rel}")
-            self.fs.delete_file(info.path)
-            moved += 1
-        if moved:
-            out(f"--fresh: the previous experiment is kept as {self.uri}.prev-{k}")
-
-    @contextmanager
-    def lock(self, heartbeat_s: float = 20.0):
-        lock = ObjectLock(self, f"{self.path}/{LOCK}")
-        lock.acquire()
-        stop = threading.Event()
-
-        def beat():
-            while not stop.wait(heartbeat_s):
-                lock.beat()
-
-        threading.Thread(target=beat, daemon=True).start()
+def _touch_every(path: Path, stop: threading.Event, every_s: float) -> None:
+    """The lock's heartbeat: its modification time says the holder lives (other hosts read it)."""
+    while not stop.wait(every_s):
         try:
-            yield
-        finally:
-            stop.set()
-            lock.release()
-
-
-def _s3_client(remote: Remote):
-    try:
-        import boto3
-    except ImportError:
-        raise GridrunError("s3:// storage needs boto3 for its lock (conditional writes): pip install boto3") from None
-    q = {k: v[-1] for k, v in parse_qs(remote.query).items()}
-    endpoint = q.get("endpoint_override")
-    if endpoint and "://" not in endpoint:
-        endpoint = f"{q.get('scheme', 'https')}://{endpoint}"
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=q.get("region") or None)
-
-
-class ObjectLock:
-    """The experiment's lock as an S3 object, taken and renewed by conditional writes (the
-    module's docstring says what that guarantees)."""
-
-    def __init__(self, remote: Remote, path: str):
-        self.remote, self.client = remote, _s3_client(remote)
-        self.bucket, _, self.key = path.partition("/")
-        self.me, self.etag, self.beats = _me(), None, 0
-
-    def _put(self, **cond) -> bool:
-        from botocore.exceptions import ClientError
-
-        body = json.dumps({**self.me, "beat": self.beats}).encode()
-        try:
-            r = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **cond)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412",
-                                                           "409", "NoSuchKey"):
-                return False
-            raise GridrunError(f"cannot write the lock s3://{self.bucket}/{self.key} ({e})") from None
-        self.etag = r["ETag"]
-        return True
-
-    def _holder(self) -> tuple[dict | None, str | None]:
-        """The current lock object: (its holder if alive, its ETag); (None, None) when there is none."""
-        from botocore.exceptions import ClientError
-
-        try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self.key)
-            body = r["Body"].read(65536)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None, None
-            raise GridrunError(f"cannot read the lock s3://{self.bucket}/{self.key} ({e})") from None
-        try:
-            info = json.loads(body)
-            info = info if isinstance(info, dict) else {}
-        except ValueError:
-            info = {}
-        from email.utils import parsedate_to_datetime
-
-        date = r["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
-        now = parsedate_to_datetime(date).timestamp() if date else time.time()
-        age = now - r["LastModified"].timestamp()
-        alive = info and not _dead_here(info) and age < STALE_S
-        return (info if alive else None), r["ETag"]
-
-    def acquire(self) -> None:
-        for _ in range(5):
-            if self._put(IfNoneMatch="*"):
-                return
-            holder, etag = self._holder()
-            if holder:
-                raise GridrunError(_holder_line(self.remote.uri, holder))
-            if etag and self._put(IfMatch=etag):  # exactly one taker of this stale version wins
-                return
-        raise GridrunError(f"cannot take the lock s3://{self.bucket}/{self.key}: other launches keep taking it")
-
-    def beat(self) -> None:
-        self.beats += 1
-        if self.etag and not self._put(IfMatch=self.etag):
-            print(f"gridrun: warning: the lock s3://{self.bucket}/{self.key} was taken over by another launch "
-                  f"(this one looked dead for {STALE_S:.0f}s)", flush=True)
-            self.etag = None
-
-    def release(self) -> None:
-        from botocore.exceptions import ClientError
-
-        if self.etag:
-            try:
-                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-            except ClientError:
-                pass  # no longer ours: leave it to its holder
-
-
-def lock_holder(remote: Remote) -> dict | None:
-    """The live launch holding a remote experiment's lock, or None."""
-    return ObjectLock(remote, f"{remote.path}/{LOCK}")._holder()[0]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gridrun" / "storage"
-
-
-def local_view(storage: str, targets: list[str] | None = None) -> str:
-    """A folder that holds the experiments of `storage` for the readers (status, report): the
-    storage itself when it is a folder, else a mirror in the cache of the named (or all) ones."""
-    where = local_path(storage)
-    if where is not None:
-        return where
-    root = Remote(storage, "x")
-    mirror = cache_root() / _split(storage)[0].replace("://", "/")
-    names = list(targets or [])
-    if not names:
-        import pyarrow.fs as pafs
-
-        sel = pafs.FileSelector(root.root, allow_not_found=True)
-        names = [os.path.basename(i.path) for i in root.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
-    for n in names:
-        rem = Remote(storage, n)
-        if rem.exists():
-            rem.pull(mirror / n)
-    return str(mirror)
+            os.utime(path)
+        except OSError:
+            pass

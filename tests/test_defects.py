@@ -234,7 +234,7 @@ def test_arch_parser_never_crashes_and_never_allocates():
 def test_sigterm_is_handled_as_ctrl_c_and_restored_after():
     import signal
 
-    from gridrun.launch import _Terminated
+    from gridrun.experiment import Terminated as _Terminated
 
     before = signal.getsignal(signal.SIGTERM)
     term = _Terminated()
@@ -305,7 +305,7 @@ def test_atomic_write_leaves_the_old_file_or_nothing_never_half(tmp_path, monkey
     import errno
 
     from gridrun import diskio
-    from gridrun.engine.files import atomic_save
+    from gridrun.store import atomic_save
 
     old = tmp_path / "summary.json"
     old.write_text('{"status": "ok"}')
@@ -326,7 +326,7 @@ def test_atomic_write_leaves_the_old_file_or_nothing_never_half(tmp_path, monkey
 def test_atomic_write_on_a_really_full_disk(small_disk):
     import numpy as np
 
-    from gridrun.engine.files import atomic_save
+    from gridrun.store import atomic_save
 
     (small_disk / "filler").write_bytes(b"\1" * (600 * 1024 - 8192))
     with pytest.raises(OSError) as e:
@@ -361,7 +361,8 @@ def test_launch_on_a_disk_that_fills_up_is_one_line_and_a_recorded_launch(ray_lo
     from conftest import write_spec
     from gridrun.errors import GridrunError
     from gridrun.launch import launch
-    from gridrun.results import load_experiment, read_launches
+    from gridrun.results import load_experiment
+    from gridrun.store import ExperimentDir
 
     spec = write_spec(tmp_path / "full.yaml", tiny_data, grid={"model": ["tinynet_7k"]}, seeds=2, retries=0,
                       base={"epochs": 3, "batch_size": 20}, resources={"cpu": 1, "gpu": 0},
@@ -372,7 +373,7 @@ def test_launch_on_a_disk_that_fills_up_is_one_line_and_a_recorded_launch(ray_lo
     exp = small_disk / "full"
     assert f"{exp}: the disk is full" in str(e.value) and "\n" not in str(e.value)
     assert any(l.startswith(f"{exp}: 2 trials in") for l in lines), lines  # the summary
-    assert len(read_launches(exp)) == 1 and read_launches(exp)[0]["exit"] == 2  # recorded as the CLI exits
+    assert len(ExperimentDir(exp).read_launches()) == 1 and ExperimentDir(exp).read_launches()[0]["exit"] == 2  # recorded as the CLI exits
     ours = [p for p in exp.rglob("*") if p.is_file() and (p.suffix in (".npy", ".pt", ".tmp") or p.name in
                                                            ("summary.json", "config.json", "state.json"))]
     for p in ours:

@@ -9,7 +9,8 @@ import yaml
 
 from gridrun.config import PLUMBING, TrainConfig
 from gridrun.identity import canonical, config_key, fuse_key, trial_id, varying_fields
-from gridrun.spec import SpecError, load_trials, parse, plan_units
+from gridrun.plan import plan_units, regroup, trials as typed
+from gridrun.spec import SpecError, load_trials, parse
 from conftest import write_spec
 
 
@@ -76,14 +77,15 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
     """The probe's case 2: a one-value axis at the default re-planned the same configs under
     new names, ran them again and reported each config with n=2."""
     from gridrun.launch import launch
-    from gridrun.results import load_experiment, read_manifest
+    from gridrun.results import load_experiment
+    from gridrun.store import ExperimentDir
 
     spec = spec_without_weight_decay(tmp_path, synth_dir, seeds=1, grid={"model": ["tinynet_7k"], "lr": [0.1, 0.05]},
                                      base={"epochs": 1})
     storage = tmp_path / "runs"
     assert launch(str(spec), storage=str(storage), out=lambda _: None) == 0
     exp = storage / "copies"
-    names = sorted(e["name"] for e in read_manifest(exp))
+    names = sorted(e["name"] for e in ExperimentDir(exp).read_manifest())
     summaries = {p: p.read_bytes() for p in exp.rglob("summary.json")}
     grid = "grid={model: [tinynet_7k], lr: [0.1, 0.05], weight_decay: [0.00050]}"
     lines = []
@@ -94,7 +96,7 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
     assert launch(str(spec), overrides=[grid], storage=str(storage), out=lines.append) == 0
     assert "2 trial(s) of this grid are already in the experiment under another name" in "\n".join(lines)
     assert "nothing to run" in lines[-1]
-    assert sorted(e["name"] for e in read_manifest(exp)) == names  # no second entry per config
+    assert sorted(e["name"] for e in ExperimentDir(exp).read_manifest()) == names  # no second entry per config
     assert {p: p.read_bytes() for p in exp.rglob("summary.json")} == summaries  # nothing rerun or rewritten
     assert len(load_experiment(exp, logits=False).trials) == 2
     lines = []  # a real new value next to the default: only the new configs are planned
@@ -109,25 +111,25 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
 def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_dir, tmp_path):
     """Item 8: inserting an axis value used to regroup an interrupted group's members (a new
     group name, no checkpoint) and restart them from epoch 1."""
-    from gridrun.launch import _plan
-
     spec_path = write_spec(tmp_path / "fz.yaml", synth_dir, grid={"lr": [0.01, 0.03]}, seeds=2, fuse=4,
                            base={"model": "tinynet_7k"})
     spec, trials = load_trials(spec_path)
+    trials = typed(trials)
     (group,) = plan_units(spec, trials)
     exp = tmp_path / "runs" / "fz"
-    (exp / group["name"] / "checkpoint_000001").mkdir(parents=True)
-    old = [{"name": t["name"], "train": t["train"], "group": group["name"]} for t in trials]
+    (exp / group.name / "checkpoint_000001").mkdir(parents=True)
+    old = [{"name": t.name, "train": t.train, "group": group.name} for t in trials]
     grown_spec, grown = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}"])
-    assert all(u["name"] != group["name"] for u in plan_units(grown_spec, grown))  # regrouped without keep
+    grown = typed(grown)
+    assert all(u.name != group.name for u in plan_units(grown_spec, grown))  # regrouped without keep
     lines = []
-    units = _plan(grown_spec, grown, old, exp, lines.append)
-    kept = next(u for u in units if u["name"] == group["name"])
-    assert sorted(m["name"] for m in kept["members"]) == sorted(t["name"] for t in trials)
-    assert sorted(m["name"] for u in units for m in u["members"]) == sorted(t["name"] for t in grown)
+    units = regroup(grown_spec, grown, old, exp, lines.append)
+    kept = next(u for u in units if u.name == group.name)
+    assert sorted(m.name for m in kept.members) == sorted(t.name for t in trials)
+    assert sorted(m.name for u in units for m in u.members) == sorted(t.name for t in grown)
     assert not lines
     fewer_spec, fewer = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}", "fuse=2"])
-    _plan(fewer_spec, fewer, old, exp, lines.append)  # a group that cannot be kept is said
+    regroup(fewer_spec, typed(fewer), old, exp, lines.append)  # a group that cannot be kept is said
     assert "start again from epoch 1" in lines[0]
 
 

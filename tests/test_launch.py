@@ -20,9 +20,9 @@ TRIAL_FILES = ("config.json", "metrics.csv", "model.pt", "logits_val.npy", "logi
 
 
 def trial_dirs(exp: Path) -> dict[str, Path]:
-    from gridrun.results import trial_dirs as dirs
+    from gridrun.store import ExperimentDir
 
-    return {n: d for n, (d, _) in dirs(exp).items()} if exp.exists() else {}
+    return {n: d for n, (d, _) in ExperimentDir(exp).trial_dirs().items()} if exp.exists() else {}
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 0.2):
@@ -199,9 +199,9 @@ def test_a_second_launch_of_a_running_experiment_is_refused(ray_local, synth_dir
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     # The killed launch's lock is stale now: a relaunch takes it over (checked above for resume).
-    from gridrun.results import lock_holder
+    from gridrun.store import ExperimentDir
 
-    assert lock_holder(exp) is None
+    assert ExperimentDir(exp).lock_holder() is None
 
 
 def test_changed_grid_under_same_name_is_refused(ray_local, synth_dir, tmp_path):
@@ -230,8 +230,9 @@ def test_a_corrupt_checkpoint_restarts_the_trial_with_a_notice(ray_local, synth_
 
 
 def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
-    from gridrun.launch import _build_tuner
-    from gridrun.spec import load_trials, plan_units
+    from gridrun.experiment import Folder
+    from gridrun.launch import _context
+    from gridrun.plan import load, plan_units
 
     class NoGPU:
         def cluster_resources(self):
@@ -240,12 +241,31 @@ def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
         def nodes(self):
             return [{"Alive": True}]
 
-    spec, trials = load_trials(write_spec(tmp_path / "nogpu.yaml", synth_dir))
+    spec, trials = load(str(write_spec(tmp_path / "nogpu.yaml", synth_dir)), [])
     units = plan_units(spec, trials)
     lines = []
-    _build_tuner(NoGPU(), spec, units, str(tmp_path / "runs" / "nogpu"), None, [], lines.append, progress=None)
+    context, resources = _context(NoGPU(), spec, units, Folder("nogpu", str(tmp_path / "runs")), [], lines.append)
     assert lines[0].startswith("notice: the spec asks 0.5 GPU per trial but this Ray has none")
-    assert all(m["train"]["gpu_memory_fraction"] is None for u in units for m in u["members"])
+    assert resources == {"cpu": 1, "gpu": 0} and context.cpu_only
+    assert all(m.train["gpu_memory_fraction"] == 0.5 for u in units for m in u.members)  # the plan is not changed
+    assert all(context.train_config(m, "x")["gpu_memory_fraction"] is None for u in units for m in u.members)
+
+
+def test_trials_on_two_data_folders_each_train_on_their_own(ray_local, synth_dir, tmp_path):
+    """The launch ships each data folder's arrays to its own trials (it once shipped the first
+    folder's to all): two folders of different sizes, one trial each."""
+    from conftest import make_data_dir
+
+    small = make_data_dir(tmp_path / "small", n_train=700, n_test=300)
+    spec = write_spec(tmp_path / "two.yaml", synth_dir, seeds=1, base={"epochs": 1, "model": "tinynet_7k"},
+                      data={"val_size": 100, "subset": 300},
+                      grid={"data": [{"data_dir": str(synth_dir)}, {"data_dir": str(small), "val_size": 150}]})
+    lines = []
+    assert launch(str(spec), storage=str(tmp_path / "runs"), out=lines.append) == 0, lines
+    tests = {}
+    for d in trial_dirs(tmp_path / "runs" / "two").values():
+        tests[json.loads((d / "config.json").read_text())["data_dir"]] = np.load(d / "logits_test.npy").shape[0]
+    assert tests == {str(synth_dir): 400, str(small): 300}
 
 
 def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
@@ -328,10 +348,9 @@ def test_a_fused_launch_writes_ordinary_trial_folders_that_match_the_unfused_lau
     text = report([str(storage / "fused")], reports_dir=str(tmp_path / "rep"), echo=lambda _: None)[0].read_text()
     assert "4 trials; 4 finished" in text
     out = []
-    from gridrun.launch import plan_table
-    from gridrun.spec import load_trials, plan_units
+    from gridrun.plan import load, plan_table, plan_units
 
-    s, trials = load_trials(spec, ["fuse=4"])
+    s, trials = load(str(spec), ["fuse=4"])
     plan_table(s, trials, plan_units(s, trials), 2, 0, out.append)
     assert "fused group" in out[0] and "4 trials in 1 Tune trials (1 fused groups of up to 4)" in out[-1]
 
@@ -339,7 +358,7 @@ def test_a_fused_launch_writes_ordinary_trial_folders_that_match_the_unfused_lau
 def test_scratch_folders_of_dead_trial_processes_are_swept(tmp_path, monkeypatch):
     import tempfile
 
-    from gridrun.launch import _sweep_stale_state
+    from gridrun.worker import sweep_stale_state
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -349,6 +368,6 @@ def test_scratch_folders_of_dead_trial_processes_are_swept(tmp_path, monkeypatch
     other = tmp_path / "gridrun-state-notapid-ghi"
     for d in (stale, live, other):
         (d / "state").mkdir(parents=True)
-    _sweep_stale_state()
+    sweep_stale_state()
     assert not stale.exists()  # its process is gone: the SIGKILLed trial's state no longer fills the disk
     assert live.exists() and other.exists()  # a running trial's state, and what is not ours, stay

@@ -5,16 +5,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from gridrun.launch import _Progress
+from gridrun.plan import Trial, Unit
+from gridrun.progress import Progress
 
 
 def unit(name, epochs=4, members=1):
-    return {"name": name, "fused": members > 1,
-            "members": [{"name": f"{name}_{i}", "train": {"epochs": epochs}} for i in range(members)]}
+    return Unit(name, members > 1, tuple(Trial(f"{name}_{i}", f"id{i}", {}, {"epochs": epochs}) for i in range(members)))
 
 
 def trial(u, status="RUNNING"):
-    return SimpleNamespace(trial_id=u["name"], status=status, config={"unit": u}, error_file=None)
+    return SimpleNamespace(trial_id=u.name, status=status, config={"unit": u.to_tune()}, error_file=None)
 
 
 class Clock:
@@ -30,7 +30,7 @@ def test_eta_counts_the_measured_start_up_of_trials_still_to_start():
     first report comes 25 s after its start; the ETA counts the third trial's start-up too."""
     clock, lines = Clock(), []
     units = [unit("a"), unit("b"), unit("c")]
-    p = _Progress(units, lines.append, "/nowhere", clock=clock)
+    p = Progress(units, lines.append, "/nowhere", clock=clock)
     a, b = trial(units[0]), trial(units[1])
     p.on_trial_start(0, [a, b], a)
     p.on_trial_start(0, [a, b], b)
@@ -50,7 +50,7 @@ def test_eta_counts_the_measured_start_up_of_trials_still_to_start():
 def test_eta_counts_the_wait_between_a_trial_ending_and_the_next_starting():
     clock, lines = Clock(), []
     units = [unit("a", epochs=2), unit("b", epochs=2), unit("c", epochs=2)]
-    p = _Progress(units, lines.append, "/nowhere", clock=clock)
+    p = Progress(units, lines.append, "/nowhere", clock=clock)
     a, b = trial(units[0]), trial(units[1])
     p.on_trial_start(0, [a], a)
     assert p.eta([a], clock.t) is None  # nothing measured yet: no ETA, not a guess
@@ -70,7 +70,7 @@ def test_eta_counts_the_wait_between_a_trial_ending_and_the_next_starting():
 def test_without_a_terminal_the_line_is_printed_on_change_or_every_n_seconds():
     clock, lines = Clock(), []
     u = unit("a")
-    p = _Progress([u], lines.append, "/nowhere", every_s=30, clock=clock)
+    p = Progress([u], lines.append, "/nowhere", every_s=30, clock=clock)
     a = trial(u)
     p.on_trial_start(0, [a], a)
     for _ in range(10):  # nothing changes for 10 s: no new line
@@ -89,7 +89,7 @@ def test_without_a_terminal_the_line_is_printed_on_change_or_every_n_seconds():
 def test_on_a_terminal_the_line_is_redrawn_in_place_and_events_print_above_it():
     clock, lines, tty = Clock(), [], io.StringIO()
     u = unit("a", members=3)  # a fused group counts as its three trials
-    p = _Progress([u], lines.append, "/nowhere", live=tty, clock=clock)
+    p = Progress([u], lines.append, "/nowhere", live=tty, clock=clock)
     a = trial(u)
     p.on_trial_start(0, [a], a)
     clock.t += 2
@@ -110,7 +110,7 @@ def test_stopped_early_is_only_said_under_asha_and_only_from_a_known_epoch(tmp_p
                                      (True, {}, "finished, epoch ?"),
                                      (True, {"epoch": 2, "status": "running"}, "stopped early, epoch 2")):
         lines = []
-        p = _Progress([u], lines.append, str(tmp_path), early_stop=early_stop)
+        p = Progress([u], lines.append, str(tmp_path), early_stop=early_stop)
         if result:
             p.on_trial_result(0, [], trial(u), result)
         p.on_trial_complete(0, [], trial(u, "TERMINATED"))
@@ -129,14 +129,15 @@ def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(
     not as stopped by an ASHA the grid does not have."""
     from conftest import write_spec
     from gridrun.launch import launch
-    from gridrun.results import load_experiment, trial_dirs
+    from gridrun.results import load_experiment
+    from gridrun.store import ExperimentDir
 
     spec = write_spec(tmp_path / "last.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=1,
                       base={"epochs": 1})
     storage = tmp_path / "runs"
     assert launch(str(spec), storage=str(storage), out=lambda _: None) == 0
     exp = storage / "last"
-    for d, _ in trial_dirs(exp).values():
+    for d, _ in ExperimentDir(exp).trial_dirs().values():
         assert json.loads(next(d.glob("checkpoint_*/state.json")).read_text())["epoch"] == 1
         for f in ("summary.json", "model.pt", "logits_val.npy", "logits_test.npy", "labels_val.npy",
                   "labels_test.npy"):
@@ -237,7 +238,7 @@ def test_a_closed_pipe_is_a_quiet_exit(tmp_path):
 def test_one_epoch_trials_get_an_eta_per_trial():
     clock, lines = Clock(), []
     units = [unit("a", epochs=1), unit("b", epochs=1)]
-    p = _Progress(units, lines.append, "/nowhere", clock=clock)
+    p = Progress(units, lines.append, "/nowhere", clock=clock)
     a = trial(units[0])
     p.on_trial_start(0, [a], a)
     clock.t += 12

@@ -14,7 +14,7 @@ from gridrun.cli import main
 from gridrun.analysis import majority_vote, rank_by_validation
 from gridrun.report import report
 from gridrun.results import load_experiment
-from gridrun.results import MAX_LARGE
+from gridrun.store import MAX_LARGE
 
 N = 30
 LABELS = np.arange(N) % 10

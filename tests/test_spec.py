@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridrun.cli import main
-from gridrun.spec import SpecError, apply_overrides, check_budget, expand, load_trials, parse, plan_units
+from gridrun.plan import plan_units, trials as typed
+from gridrun.spec import SpecError, apply_overrides, check_budget, expand, load_trials, parse
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 GOOD = {"name": "t", "base": {"epochs": 2}, "grid": {"model": ["vanilla", "tinynet_7k"], "batch_size": [32, 64]},
@@ -77,10 +78,14 @@ def test_over_the_parameter_budget_is_refused():
         check_budget(s, expand(s))
 
 
-def test_data_dirs_must_agree_before_anything_runs(tmp_path):
-    raw = {**GOOD, "grid": {"data_dir": [str(tmp_path / "a"), str(tmp_path / "b")]}}
-    with pytest.raises(SpecError, match="different data_dir values"):
-        expand(parse(raw))
+def test_trials_may_name_different_data_folders(tmp_path):
+    """Each folder's arrays are shipped to its own trials (test_launch trains on two); a folder is
+    plumbing, so trials that differ only in it are one config twice."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    raw = {**GOOD, "grid": {"data": [{"data_dir": a, "val_size": 100}, {"data_dir": b, "val_size": 200}]}}
+    assert sorted({t["train"]["data_dir"] for t in expand(parse(raw))}) == [a, b]
+    with pytest.raises(SpecError, match="one config twice"):
+        expand(parse({**GOOD, "grid": {"data_dir": [a, b]}}))
 
 
 def test_overrides_are_validated_like_the_file():
@@ -110,13 +115,13 @@ def test_yaml_aliases_and_huge_grids_are_refused_quickly(tmp_path):
 def test_fused_groups_share_what_a_batched_model_needs():
     spec = parse({"name": "f", "fuse": 3, "grid": {"model": ["vanilla", "tinynet_7k"], "lr": [0.1, 0.01]},
                   "seeds": 2, "base": {"epochs": 1}})
-    units = plan_units(spec, expand(spec))
-    fused = [u for u in units if u["fused"]]
-    assert sum(len(u["members"]) for u in units) == 8
-    assert all(len(u["members"]) <= 3 for u in units)
+    units = plan_units(spec, typed(expand(spec)))
+    fused = [u for u in units if u.fused]
+    assert sum(len(u.members) for u in units) == 8
+    assert all(len(u.members) <= 3 for u in units)
     for u in fused:
-        assert len({m["train"]["model"] for m in u["members"]}) == 1
-    assert [len(u["members"]) for u in units] == [3, 1, 3, 1]
+        assert len({m.train["model"] for m in u.members}) == 1
+    assert [len(u.members) for u in units] == [3, 1, 3, 1]
 
 
 # Malformed specs: whatever the input, the answer is a spec or one SpecError line, never a crash.
@@ -177,30 +182,30 @@ def test_bad_yaml_and_missing_file(tmp_path, capsys, monkeypatch):
 def test_early_stop_and_dry_run_plan_for_gpus(tmp_path):
     spec = parse({**GOOD, "early_stop": {"grace_period": 2}})
     assert spec.early_stop.grace_period == 2 and spec.early_stop.reduction_factor == 3
-    from gridrun.launch import plan_table
+    from gridrun.plan import plan_table
 
     lines, trials = [], expand(spec)
     check_budget(spec, trials)
-    plan_table(spec, trials, plan_units(spec, trials), cpus=16, gpus=2, out=lines.append)
+    plan_table(spec, typed(trials), plan_units(spec, typed(trials)), cpus=16, gpus=2, out=lines.append)
     assert lines[-1].endswith("4 trial(s) per GPU; 2 GPU(s), 16 CPU(s) -> 8 trial(s) at once")
 
 
 def test_an_experiment_from_before_a_field_existed_stays_the_same_grid():
     """A manifest written before a config field existed (no key, an id hashed without it) is the
     same grid to a relaunch: the missing field reads as its default. A real change still is not."""
-    from gridrun.launch import _check_growth
-    from gridrun.spec import config_id
+    from gridrun.identity import trial_id
+    from gridrun.plan import check_growth
 
     trials = expand(parse(GOOD))
     old = []
     for t in trials:
         train = {k: v for k, v in t["train"].items() if k not in ("precise_bn", "clean_epochs")}
         old.append({"name": t["name"], "id": "hashed-by-an-older-version", "train": train})
-        assert config_id(train) == t["id"]  # identity is by value: a missing field reads as its default
-    _check_growth("runs/t", old, trials)  # no error
+        assert trial_id(train) == t["id"]  # identity is by value: a missing field reads as its default
+    check_growth("runs/t", old, typed(trials))  # no error
     changed = expand(parse({**GOOD, "base": {"epochs": 2, "precise_bn": True}}))
     with pytest.raises(SpecError, match="precise_bn was False, now True"):
-        _check_growth("runs/t", old, changed)
+        check_growth("runs/t", old, typed(changed))
 
 
 def test_dry_run_refuses_a_changed_grid_as_the_launch_would(tmp_path, capsys, synth_dir, monkeypatch):
@@ -278,12 +283,12 @@ def test_messages_name_no_library_types(override, needle):
 def test_the_different_grid_refusal_names_the_missing_trials_and_the_relaunch():
     """An override grew the grid (lr 0.1 -> [0.1, 0.05]) and the original file (lr 0.05 only)
     is relaunched: the folder holds trials the spec lacks; say which and how to go on."""
-    from gridrun.launch import _check_growth
+    from gridrun.plan import check_growth
 
     grown = expand(parse(apply_overrides(GOOD, ["grid.lr=[0.1, 0.05]", "seeds=1"])))
     original = expand(parse(apply_overrides(GOOD, ["grid.lr=[0.05]", "seeds=1"])))
     with pytest.raises(SpecError) as e:
-        _check_growth("runs/t", grown, original)
+        check_growth("runs/t", grown, typed(original))
     msg = str(e.value)
     assert ("holds trial vanilla_32_0.1_s0 of a different grid: this spec lacks it and 3 more (vanilla_64_0.1_s0, "
             "tinynet_7k_32_0.1_s0, tinynet_7k_64_0.1_s0)") in msg
@@ -317,21 +322,21 @@ def test_distributions_draw_samples_for_each_list_combination_with_all_seeds():
 
 def test_sampled_trials_fuse_into_groups():
     spec = parse({**RANDOM, "fuse": 4})
-    units = plan_units(spec, expand(spec))
-    assert sum(len(u["members"]) for u in units) == 20
-    assert [len(u["members"]) for u in units] == [4, 4, 2, 4, 4, 2]  # one batch size per group
-    assert all(len({m["train"]["batch_size"] for m in u["members"]}) == 1 for u in units)
+    units = plan_units(spec, typed(expand(spec)))
+    assert sum(len(u.members) for u in units) == 20
+    assert [len(u.members) for u in units] == [4, 4, 2, 4, 4, 2]  # one batch size per group
+    assert all(len({m.train["batch_size"] for m in u.members}) == 1 for u in units)
 
 
 def test_more_samples_grow_the_experiment_and_another_seed_is_a_different_grid():
-    from gridrun.launch import _check_growth
+    from gridrun.plan import check_growth
 
     five, eight = expand(parse(RANDOM)), expand(parse({**RANDOM, "samples": 8}))
     assert {t["id"] for t in five} < {t["id"] for t in eight}
     assert {t["name"] for t in five} < {t["name"] for t in eight}
-    _check_growth("runs/r", five, eight)  # growing: no error
+    check_growth("runs/r", five, typed(eight))  # growing: no error
     with pytest.raises(SpecError, match="this spec lacks"):
-        _check_growth("runs/r", five, expand(parse({**RANDOM, "sample_seed": 1})))
+        check_growth("runs/r", five, typed(expand(parse({**RANDOM, "sample_seed": 1}))))
 
 
 def test_a_discrete_space_gives_distinct_draws_or_a_clear_refusal():
@@ -426,7 +431,7 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
 
     from conftest import write_spec
     from gridrun.launch import launch
-    from gridrun.results import trial_dirs
+    from gridrun.store import ExperimentDir
 
     spec = write_spec(tmp_path / "rs.yaml", synth_dir, grid={"lr": {"loguniform": [0.005, 0.05]}}, samples=2,
                       seeds=1, fuse=4, base={"epochs": 1, "model": "tinynet_7k"})
@@ -436,7 +441,7 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
     exp = storage / "rs"
 
     def sums():
-        return {n: hashlib.sha256((d / "summary.json").read_bytes()).hexdigest() for n, (d, _) in trial_dirs(exp).items()}
+        return {n: hashlib.sha256((d / "summary.json").read_bytes()).hexdigest() for n, (d, _) in ExperimentDir(exp).trial_dirs().items()}
 
     before, lines = sums(), []
     assert launch(str(spec), overrides=["samples=3"], storage=str(storage), out=lines.append) == 0

@@ -51,7 +51,7 @@ def race(take, n: int = N_RACERS) -> list[str]:
 def test_a_stale_folder_lock_is_taken_over_by_exactly_one_process(tmp_path):
     """Item 12: two processes both won a stale lock's takeover in 2 of 90 tries. Every round
     here has N racers released by one barrier, each holding what it won until all have tried."""
-    from gridrun.store import folder_lock
+    from gridrun.store import ExperimentDir
 
     stale = {"pid": dead_pid(), "host": os.uname().nodename, "since": 0}
     for k in range(8):
@@ -59,12 +59,12 @@ def test_a_stale_folder_lock_is_taken_over_by_exactly_one_process(tmp_path):
         exp.mkdir()
         if k % 3:
             (exp / "gridrun.lock").write_text(json.dumps(stale))  # a dead launch's lock (and, k % 3 == 0, none)
-        got = race(lambda: folder_lock(str(exp)))
+        got = race(lambda: ExperimentDir(exp).lock())
         assert got.count("won") == 1, (k, got)
         assert not (exp / "gridrun.lock").exists()  # the winner released it
-    with folder_lock(str(tmp_path / "exp0")):  # a live holder refuses the next one
+    with ExperimentDir(tmp_path / "exp0").lock():  # a live holder refuses the next one
         with pytest.raises(GridrunError, match="already being launched"):
-            with folder_lock(str(tmp_path / "exp0")):
+            with ExperimentDir(tmp_path / "exp0").lock():
                 pass
 
 
@@ -121,7 +121,7 @@ def keys(s3, prefix: str) -> dict[str, str]:
 
 
 def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
-    from gridrun.store import Remote
+    from gridrun.remote import Remote
 
     stale = json.dumps({"pid": dead_pid(), "host": os.uname().nodename}).encode()
     for k in range(4):
@@ -136,11 +136,11 @@ def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
         with pytest.raises(GridrunError, match="already being launched"):
             with remote.lock():
                 pass
-        from gridrun.results import lock_holder
-        from gridrun.store import local_view
+        from gridrun.remote import local_view
+        from gridrun.store import ExperimentDir
 
         mirror = Path(local_view(s3["uri"], ["lockrace0"]))  # what `gridrun status` reads
-        assert lock_holder(mirror / "lockrace0")["pid"] == os.getpid()
+        assert ExperimentDir(mirror / "lockrace0").lock_holder()["pid"] == os.getpid()
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypat
             assert f"runs/objs/{t}/{f}" in files
     assert "runs/objs/gridrun_trials.json" in files and "runs/objs/gridrun_launches.jsonl" in files
     assert "runs/objs/gridrun.lock" not in files  # released
-    from gridrun.store import Remote
+    from gridrun.remote import Remote
 
     mirror = Remote(s3["uri"], "objs").pull(tmp_path / "mirror")  # what launch and status read
     (ckpt,) = (mirror / "0.01_tinynet_7k_s0").glob("checkpoint_*")  # a checkpoint shows as its empty folder

@@ -1,13 +1,13 @@
 """The engine: every trial is a group of K >= 1 members trained as one.
 
-  files.py       every file a trial folder holds (names, writer, final files, state IO)
+  files.py       what training writes into a trial folder (through store.TrialDir)
   optim.py       one optimizer (SGD/Adam/AdamW over stacked tensors) and the members' schedules
   strategies.py  how K members are computed: plain (K = 1), loop, vmap, blockdiag
   step.py        the training step over static buffers, its CUDA-graph recording, the epoch
   group.py       a group's setup (device, data, members, strategy), retirement, state
   run.py         the epoch loop, scoring, precise BN: run(configs) -> results
 """
-from .files import StateError
+from ..store import StateError
 from .run import run
 
 __all__ = ["StateError", "run"]

@@ -23,7 +23,8 @@ from ..data import Splits, load_splits
 from ..models import create_model, model_defaults, model_kwargs, resolve_model_args
 from ..models._layers import seed_dropout, set_dropout_rate
 from . import strategies
-from .files import StateError, Writer, read_state, versions
+from ..store import StateError, read_state, versions
+from .files import Writer
 from .optim import Optimizer, make_shadow
 from .step import Trainer
 

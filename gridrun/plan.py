@@ -1,0 +1,295 @@
+"""The plan: which trials a launch runs, as which Tune trials. Typed, frozen trials and units.
+
+A `Trial` is one config of the grid (spec.expand's dict, converted once by `trials`); a `Unit`
+is one Tune trial: a single trial, or a fused group trained as one. Units cross into Ray as a
+plain dict (`Unit.to_tune`) and come back with `Unit.from_tune`: that is the one conversion at
+the Tune boundary. `remaining` is what a launch (and its --dry-run) runs: the grid matched to
+what the experiment folder holds, read once and planned once.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import results
+from .store import ExperimentDir
+from .identity import fuse_key, trial_id
+from .spec import Spec, SpecError, short
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One config of the grid: its folder name, identity, axis values, TrainConfig dict, parameters."""
+    name: str
+    id: str
+    axes: dict
+    train: dict
+    params: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "id": self.id, "axes": self.axes, "params": self.params, "train": self.train}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trial":
+        return cls(d["name"], d["id"], dict(d.get("axes") or {}), dict(d["train"]), d.get("params"))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Tune trial: one trial (`fused` False), or a fused group of trials sharing fuse_key."""
+    name: str
+    fused: bool
+    members: tuple[Trial, ...]
+
+    @property
+    def epochs(self) -> int:
+        return max((m.train["epochs"] for m in self.members), default=0)
+
+    @property
+    def data_dir(self) -> str | None:
+        """The data folder of its members (one: data_dir is part of fuse_key)."""
+        return self.members[0].train["data_dir"]
+
+    def member_dirs(self, base: str | Path) -> list[Path]:
+        """Its trials' folders under `base` (the unit's own folder): the members' inside a group."""
+        return [Path(base, m.name) for m in self.members] if self.fused else [Path(base)]
+
+    def to_tune(self) -> dict:
+        """The dict Tune carries as the trial's config (and writes to its params.json)."""
+        return {"name": self.name, "fused": self.fused, "members": [m.to_dict() for m in self.members]}
+
+    @classmethod
+    def from_tune(cls, d: dict) -> "Unit":
+        return cls(d["name"], bool(d["fused"]), tuple(Trial.from_dict(m) for m in d["members"]))
+
+
+def trials(dicts: list[dict]) -> list[Trial]:
+    """spec.expand's trial dicts as Trials."""
+    return [Trial.from_dict(t) for t in dicts]
+
+
+def load(spec_path: str, overrides: list[str]) -> tuple[Spec, list[Trial]]:
+    """The spec and its validated, budget-checked trials."""
+    from .spec import load_trials
+
+    spec, expanded = load_trials(spec_path, overrides)
+    return spec, trials(expanded)
+
+
+# ---------------------------------------------------------------- units
+
+def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None) -> list[Unit]:
+    """Tune trials to run: one per trial, or with `fuse: K` groups of up to K trials that share
+    FUSE_SHARED, in grid order. A group's name is a hash of its members' identities, so an
+    interrupted group is found again by the next launch; `keep` (trial name -> group name)
+    holds the members of groups that must stay together (interrupted ones, with a checkpoint)."""
+    k = spec.fuse or 1
+    if k <= 1:
+        return [Unit(t.name, False, (t,)) for t in todo]
+    kept: dict[str, list[Trial]] = {}
+    for t in todo:
+        if (keep or {}).get(t.name):
+            kept.setdefault(keep[t.name], []).append(t)
+    units = [Unit(g, True, tuple(ms)) for g, ms in kept.items()
+             if 1 < len(ms) <= k and len({fuse_key(m.train) for m in ms}) == 1]
+    taken = {m.name for u in units for m in u.members}
+    by_key: dict[str, list[Trial]] = {}
+    for t in todo:
+        if t.name not in taken:
+            by_key.setdefault(fuse_key(t.train), []).append(t)
+    for members in by_key.values():
+        for i in range(0, len(members), k):
+            chunk = tuple(members[i:i + k])
+            if len(chunk) == 1:
+                units.append(Unit(chunk[0].name, False, chunk))
+                continue
+            h = hashlib.sha256("".join(m.id for m in chunk).encode()).hexdigest()[:8]
+            units.append(Unit(f"fused_{short(chunk[0].train['model'])}_{len(chunk)}x_{h}", True, chunk))
+    return units
+
+
+def regroup(spec, todo: list[Trial], old: list[dict], exp: Path | None, out) -> list[Unit]:
+    """The units to run: a fused group interrupted by an earlier launch keeps its members
+    together under its name, so they resume from its checkpoint, even when the grid has grown
+    (regrouping would restart them from epoch 1); says when one cannot."""
+    prior = {e["name"]: e["group"] for e in old if e.get("group")}
+    has_state = {g for g in set(prior.values()) if exp is not None and any((exp / g).glob("checkpoint_*"))}
+    units = plan_units(spec, todo, keep={n: g for n, g in prior.items() if g in has_state})
+    kept, names = {u.name for u in units}, {t.name for t in todo}
+    for g in sorted(has_state - kept):
+        members = [n for n, gg in prior.items() if gg == g and n in names]
+        if members:
+            out(f"notice: fused group {g} was interrupted, but its unfinished members {', '.join(members[:4])} are "
+                f"regrouped (fuse or the fused fields changed): they start again from epoch 1")
+    return units
+
+
+# ---------------------------------------------------------------- what remains
+
+@dataclass(frozen=True)
+class Remaining:
+    """The grid against an experiment: every trial (under the experiment's names), the manifest
+    it held, the trials it has settled (finished or diverged), and the units still to run."""
+    trials: tuple[Trial, ...]
+    held: tuple[dict, ...]
+    done: frozenset
+    units: tuple[Unit, ...]
+
+    @property
+    def todo(self) -> tuple[Trial, ...]:
+        """The trials still to run, in grid order."""
+        return tuple(t for t in self.trials if t.name not in self.done)
+
+    def nothing_left(self, shown: str) -> str:
+        return f"{shown}: all {len(self.trials)} trials have finished: nothing to run (--fresh starts over)"
+
+    def manifest(self) -> list[dict]:
+        """The manifest to record: what it held, and every trial of this grid with the fused group
+        it runs in (a settled trial keeps the group it ran in)."""
+        merged = {e["name"]: e for e in self.held}
+        group_of = {m.name: u.name for u in self.units if u.fused for m in u.members}
+        for t in self.trials:
+            group = group_of.get(t.name) if t.name not in self.done else (merged.get(t.name) or {}).get("group")
+            merged[t.name] = {**t.to_dict(), "group": group}
+        return list(merged.values())
+
+
+def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None = None) -> Remaining:
+    """What a launch of `grid` into the experiment folder `exp` (None: a fresh one) runs: names
+    matched by value, the grid checked against what the folder holds, settled trials left out,
+    interrupted groups kept. `shown` names the experiment in messages (its URI for a mirror)."""
+    shown = shown or str(exp)
+    held = ExperimentDir(exp).read_manifest() if exp is not None else []
+    grid = adopt_names(held, grid, out, shown)
+    if held:
+        check_growth(shown, held, grid)
+    done = frozenset(results.settled(exp)) if exp is not None and exp.is_dir() else frozenset()
+    todo = [t for t in grid if t.name not in done]
+    units = regroup(spec, todo, held, exp, out)
+    return Remaining(tuple(grid), tuple(held), done, tuple(units))
+
+
+def adopt_names(held: list[dict], grid: list[Trial], out, shown: str) -> list[Trial]:
+    """A planned trial that the experiment already holds under another name (the same values
+    written another way: an axis instead of base, a default written out, 5e-4 for 0.0005)
+    takes that name, so it is found finished, or resumed from its own folder, never run twice."""
+    ids: dict[str, str] = {}
+    for e in held:
+        if isinstance(e.get("train"), dict):
+            ids.setdefault(trial_id(e["train"]), e["name"])
+    if not ids:
+        return grid
+    matched = [(t.name, ids[t.id]) for t in grid if ids.get(t.id, t.name) != t.name]
+    grid = [replace(t, name=ids.get(t.id, t.name)) for t in grid]
+    count = Counter(t.name for t in grid)
+    # a new trial whose label reads like an adopted one: its hash tells them apart
+    grid = [replace(t, name=f"{t.name}_{t.id[:6]}") if count[t.name] > 1 and ids.get(t.id) != t.name else t
+            for t in grid]
+    if matched:
+        pairs = ", ".join(f"{new} = {old}" for new, old in matched[:5]) + (", ..." if len(matched) > 5 else "")
+        out(f"{shown}: {len(matched)} trial(s) of this grid are already in the experiment under another "
+            f"name (the same values, written differently), matched by value and kept under their names: {pairs}")
+    return grid
+
+
+def check_growth(shown: str, held: list[dict], grid: list[Trial]) -> None:
+    """A relaunch may add trials (more seeds, more axis values) but not change or drop one that
+    the folder already holds: that would mix results of two different grids."""
+    from .config import with_defaults
+
+    new_ids, by_name = {t.id for t in grid}, {t.name: t for t in grid}
+    for e in held:
+        # Its identity from its config as this version fills it (a field added since it ran at
+        # the default that reproduces it), not the id an older version hashed.
+        if (trial_id(with_defaults(e["train"])) if e.get("train") else e.get("id")) in new_ids:
+            continue
+        mate = by_name.get(e["name"])  # only a trial of the same name is this one changed
+        diff = _changed(e.get("train") or {}, mate.train) if mate is not None else ""
+        more = [x["name"] for x in held if x is not e and x["name"] not in by_name]
+        lacks = f" and {len(more)} more ({', '.join(more[:3])}{', ...' if len(more) > 3 else ''})" if more else ""
+        what = f"trial {e['name']} of a different grid{diff or f': this spec lacks it{lacks}'}"
+        raise SpecError(f"{shown} holds {what}: a relaunch may only add trials; to go on with the experiment as it "
+                        f"was launched, {_relaunch(shown)} (overrides added to it grow it), or launch with --name NEW, "
+                        f"or --fresh to start over")
+
+
+def _changed(old: dict, new: dict) -> str:
+    """The first config field that differs, as ': k was A, now B (and n more)', or ''."""
+    from .config import PLUMBING, with_defaults
+
+    a = with_defaults(old)
+    changed = sorted(k for k in set(a) | set(new) if k not in PLUMBING and a.get(k) != new.get(k))
+    if not changed:
+        return ""
+    k = changed[0]
+    return f": {k} was {a.get(k)!r}, now {new.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+
+
+def _relaunch(shown: str) -> str:
+    """The command that goes on with the experiment as it was launched (its recorded spec)."""
+    if "://" in shown:  # the spec as launched is in the object store: it must be copied here first
+        again = f"gridrun launch spec.yaml --name {os.path.basename(shown)} --storage {os.path.dirname(shown)}"
+        return f"`{again}` with spec.yaml copied from {shown}/spec.yaml"
+    rel = os.path.relpath(shown) if not os.path.relpath(shown).startswith("..") else shown
+    return f"`gridrun launch {rel}/spec.yaml --name {os.path.basename(rel)} --storage {os.path.dirname(rel) or '.'}`"
+
+
+# ---------------------------------------------------------------- data and the plan table
+
+def check_data(grid: list[Trial], dry_run: bool, out) -> None:
+    """Every data folder the grid names, found and read (headers only for a dry run, which never
+    downloads); the arrays stay cached for the launch, which ships them to the trials."""
+    from .data import DataError, check_files, load_arrays, search_dirs
+
+    for data_dir in sorted({t.train["data_dir"] for t in grid}, key=str):
+        if not dry_run:
+            load_arrays(data_dir)
+            continue
+        try:
+            check_files(data_dir, download=False)
+        except DataError as e:
+            if search_dirs(data_dir)[0][0] != "cache":  # a folder the user named is wrong: refuse now
+                raise
+            # Nothing named and nothing cached: the plan is still worth showing (it is often made on
+            # another machine than the one that trains), and the launch will say the same or download.
+            if os.environ.get("GRIDRUN_NO_DOWNLOAD", "") not in ("", "0"):
+                out(f"notice: a launch here would stop: {e}")
+            else:
+                out("data: MNIST is not in the cache yet: the launch will download it first")
+
+
+def arrays(units: list[Unit]) -> dict:
+    """The MNIST arrays of every data folder the units train on, keyed by the folder (as
+    written in the config; None: $GRIDRUN_DATA or the cache), read and checked once."""
+    from .data import load_arrays
+
+    return {d: load_arrays(d) for d in {u.data_dir for u in units}}
+
+
+def plan_table(spec, grid: list[Trial], units: list[Unit], cpus: float, gpus: float, out=print) -> None:
+    """The trial table, the fused groups and how the grid packs onto `cpus`/`gpus`."""
+    import json
+
+    import pandas as pd
+
+    group_of = {m.name: u.name for u in units if u.fused for m in u.members}
+    rows = [{"trial": t.name, **{k: (v if not isinstance(v, dict) else json.dumps(v)) for k, v in t.axes.items()},
+             "seed": t.train["seed"], "epochs": t.train["epochs"], "params": t.params,
+             **({"fused group": group_of.get(t.name, "-")} if group_of else {})} for t in grid]
+    out(pd.DataFrame(rows).fillna("").to_markdown(index=False, intfmt=","))
+    r, n_units = spec.resources, len(units)
+    what = f"{len(grid)} trials" + (f" in {n_units} Tune trials ({sum(u.fused for u in units)} fused groups "
+                                    f"of up to {spec.fuse})" if group_of else "")
+    by_cpu = int(cpus // r.cpu) if r.cpu else n_units
+    if r.gpu and gpus:
+        per_gpu = int(1 // r.gpu) if r.gpu <= 1 else 0
+        by_gpu = int(gpus * per_gpu) if r.gpu <= 1 else int(gpus // r.gpu)
+        at_once = min(by_cpu, by_gpu, n_units)
+        out(f"plan: {what}; {r.cpu:g} CPU + {r.gpu:g} GPU each -> {per_gpu or 1} trial(s) per GPU; "
+            f"{gpus:g} GPU(s), {cpus:g} CPU(s) -> {at_once} trial(s) at once")
+    else:
+        note = " (GPU spec: no GPU here, trials run on CPUs)" if r.gpu else ""
+        out(f"plan: {what}; {r.cpu:g} CPU each; {cpus:g} CPU(s) -> {min(by_cpu, n_units)} trial(s) at once{note}")

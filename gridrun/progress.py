@@ -1,0 +1,275 @@
+"""The launch's voice: a line per finished or failed trial, a live progress line with an ETA
+as measured, and the closing count. `Progress` has the methods of a Tune callback (launch.py
+makes it one: only launch.py and worker.py import ray)."""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from . import results, store
+from .plan import Unit
+from .store import TrialDir
+
+
+class Progress:
+    """One line per finished or failed trial, and one live progress line (done/total, running,
+    failed, elapsed, ETA). On a terminal (`live`, a stream) the line is redrawn in place; in a
+    log it is printed when a count changes, or every `every_s`."""
+
+    def __init__(self, units: list[Unit], out, exp_dir: str, live=None, every_s: float = 30.0,
+                 early_stop: bool = False, clock=time.time):
+        self.units = {u.name: u for u in units}
+        self.n = sum(len(u.members) for u in units)
+        self.out, self.exp_dir, self.live, self.every, self.early_stop, self.clock = \
+            out, exp_dir, live, every_s, early_stop, clock
+        self.t0 = clock()
+        self.last: dict = {}                      # trial id -> its last result
+        self.started: dict = {}                   # trial id -> when Tune started it
+        self.reported_at: dict = {}               # trial id -> when its last result came
+        self.first_s: list[float] = []            # start to first report, per trial (start-up + one epoch)
+        self.gaps_s: list[float] = []             # a slot freeing to the next trial's start
+        self.freed: list[float] = []              # when trials ended, not yet followed by a start
+        self.epoch_s: list[float] = []            # between two reports of one trial
+        self.ended: set = set()                   # names of the units that completed or failed
+        self.done = self.failed = self.slots = 0
+        self.shown, self.shown_at, self.drawn = None, 0.0, False
+
+    def unit(self, trial) -> Unit | None:
+        """The unit a Tune trial runs (from its config: the one conversion back from Tune)."""
+        d = trial.config.get("unit")
+        return (self.units.get(d.get("name")) or Unit.from_tune(d)) if d else None
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = self.clock()
+        if self.freed:
+            self.gaps_s.append(self.clock() - self.freed.pop(0))
+        self.update(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now, tid = self.clock(), trial.trial_id
+        if tid in self.reported_at:
+            self.epoch_s.append(now - self.reported_at[tid])
+        elif tid in self.started and result.get("status") == "running":
+            self.first_s.append(now - self.started[tid])
+        self.reported_at[tid], self.last[tid] = now, result
+        if result.get("notice"):
+            self.say(f"[notice] {_tname(trial)}: {result['notice']}")
+        self.update(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r, unit = self.last.get(trial.trial_id, {}), self.unit(trial)
+        status = {"running": "finished", "ok": "finished"}.get(r.get("status", "ok"), r.get("status"))
+        if (self.early_stop and unit and status == "finished" and isinstance(r.get("epoch"), int)
+                and r["epoch"] < unit.epochs):
+            status = "stopped early"  # ASHA ended it before its last epoch: mark its folders
+            self._mark_stopped(unit, r["epoch"])
+        self.ended.add(_tname(trial))
+        self.freed.append(self.clock())
+        self.done += len(unit.members) if unit else 1
+        self.say(f"[done {self.done}/{self.n}] {_tname(trial)}: {status}, epoch {r.get('epoch', '?')}, "
+                 f"val acc {_fmt(r.get('val_acc'))}")
+        self.update(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        unit = self.unit(trial)
+        if unit:  # its TensorBoard session ends as failed
+            self._end(self._unfinished(unit), "failed")
+        self.ended.add(_tname(trial))
+        self.freed.append(self.clock())
+        self.failed += len(unit.members) if unit else 1
+        self.say(f"[failed {self.failed}] {_tname(trial)}: {_error_line(trial)}")
+        self.update(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = self.clock()  # it starts again: its start-up counts again
+        self.reported_at.pop(trial.trial_id, None)
+        self.say(f"[retry] {_tname(trial)}: {_error_line(trial)}; resuming from its last checkpoint")
+
+    def on_step_end(self, iteration, trials, **info):
+        self.update(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def _unfinished(self, unit: Unit) -> list[Path]:
+        """The unit's trial folders (a local experiment only) that hold no summary yet."""
+        if "://" in self.exp_dir:
+            return []
+        return [d for d in unit.member_dirs(Path(self.exp_dir, unit.name))
+                if d.is_dir() and not TrialDir(d).finished()]
+
+    def _mark_stopped(self, unit: Unit, epoch: int) -> None:
+        stopped = self._unfinished(unit)
+        for d in stopped:
+            TrialDir(d).write_stopped(epoch, "ASHA")
+        self._end(stopped, "stopped early")
+
+    @staticmethod
+    def _end(dirs: list[Path], status: str) -> None:
+        from .worker import end_sessions
+
+        end_sessions(dirs, set(), status)
+
+    def say(self, text: str) -> None:
+        """An event line, printed above the live line (which is redrawn after it)."""
+        self._clear()
+        self.out(text)
+        self.shown = None
+
+    def update(self, trials) -> None:
+        running = [t for t in trials if t.status == "RUNNING"]
+        self.slots = max(self.slots, len(running))
+        line = self.line(running, self.clock())
+        key = line.split(", elapsed")[0]
+        now = self.clock()
+        if self.live is not None:
+            if key != self.shown or now - self.shown_at >= 1.0:
+                self.live.write("\r\x1b[K" + line)
+                self.live.flush()
+                self.shown, self.shown_at, self.drawn = key, now, True
+        elif key != self.shown or now - self.shown_at >= self.every:
+            self.out(line)
+            self.shown, self.shown_at = key, now
+
+    def line(self, running: list, now: float) -> str:
+        n_running = sum(len(u.members) if (u := self.unit(t)) else 1 for t in running)
+        text = f"progress: {self.done}/{self.n} done, {n_running} running, {self.failed} failed, elapsed {dur(now - self.t0)}"
+        eta = self.eta(running, now)
+        if eta is not None and eta[2]:
+            text += f", ETA {dur(eta[0])} (start-up {eta[1]:.0f}s, {eta[2]:.1f}s per epoch, as measured)"
+        elif eta is not None:  # one epoch a trial: no time between reports to tell the two apart
+            text += f", ETA {dur(eta[0])} ({eta[1]:.0f}s per trial with its start-up, as measured)"
+        return text
+
+    def eta(self, running: list, now: float) -> tuple[float, float, float] | None:
+        """Seconds left, from what this launch measured: the start-up of a trial (from a slot
+        freeing, or its start, to its first report, less one epoch) and the time between two
+        reports of a trial (an epoch with its evaluation and checkpoint); the work left is
+        shared by the most trials seen running at once. None until these were measured."""
+        most = max([u.epochs for u in self.units.values()] or [1])
+        if not self.first_s or (most > 1 and not self.epoch_s):
+            return None
+        epoch = statistics.median(self.epoch_s) if self.epoch_s else 0.0
+        first = statistics.median(self.first_s)  # start-up and one epoch
+        wait = statistics.median(self.gaps_s) if self.gaps_s else 0.0
+        left = 0.0
+        for t in running:
+            epochs = u.epochs if (u := self.unit(t)) else 0
+            if t.trial_id in self.reported_at:
+                left += max(0, epochs - (self.last.get(t.trial_id, {}).get("epoch") or 0)) * epoch
+            else:  # still starting, or in its first epoch
+                left += max(0.0, first + (epochs - 1) * epoch - (now - self.started.get(t.trial_id, now)))
+        busy = self.ended | {_tname(t) for t in running}
+        left += sum(wait + first + (u.epochs - 1) * epoch for name, u in self.units.items() if name not in busy)
+        return left / max(1, self.slots), wait + max(0.0, first - epoch), epoch
+
+    def _clear(self) -> None:
+        if self.live is not None and self.drawn:
+            self.live.write("\r\x1b[K")
+            self.live.flush()
+            self.drawn = False
+
+    def close(self) -> None:
+        """End the live line, leaving the last state of the launch as an ordinary line."""
+        if self.live is not None and self.drawn:
+            self._clear()
+            self.out(self.line([], self.clock()).split(", ETA")[0])
+
+
+def dur(s: float | None) -> str:
+    """A duration in words: 42s, 3m05s, 2h07m; '?' when unknown."""
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def live_stream(out):
+    """Where the live progress line is redrawn: the terminal, when launch prints to one."""
+    return sys.stdout if out is print and sys.stdout.isatty() else None
+
+
+
+
+def _tname(trial) -> str:
+    return trial.config.get("unit", {}).get("name", str(trial))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def _error_line(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        return store.error_line(Path(path))[:300] if path else "error"
+    except OSError:
+        return "error"
+
+
+# ---------------------------------------------------------------- the closing count
+
+_KEYS = {"finished": "finished", "diverged": "diverged", "failed": "failed", "stopped": "stopped", "broken": "failed"}
+
+
+def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool, out, shown: str | None = None) -> int:
+    """Count this launch's trials by what their folders say (Ray's ResultGrid for errors, and
+    for everything when storage is not a local path); the launch's exit code before signals."""
+    counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
+    by_name = {((r.config or {}).get("unit") or {}).get("name"): r for r in _readable_results(grid)}
+    for u in units:
+        result = by_name.get(u.name)
+        if result is not None and _result_error(result) is not None:
+            counts["failed"] += len(u.members)
+            continue
+        m = (result.metrics or {}) if result is not None else {}
+        for t, d in zip(u.members, u.member_dirs(Path(exp_dir, u.name))):
+            if local:
+                key = _KEYS.get(results.read_trial(d, t.name, logits=False).status, "interrupted")
+            elif str(m.get("status", "")).startswith("diverged"):
+                key = "diverged"
+            else:
+                key = "finished" if m.get("epoch", 0) >= t.train["epochs"] else "interrupted"
+            counts[key] += 1
+    words = f"{counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} failed"
+    if counts["stopped"]:
+        words += f", {counts['stopped']} stopped early"
+    if counts["interrupted"]:
+        words += f", {counts['interrupted']} interrupted (run the same command again to resume them)"
+    out(f"{shown or exp_dir}: {sum(len(u.members) for u in units)} trials in {seconds:.0f}s: {words}"
+        + (" (see the [failed] lines above; rerun the same command to retry them)" if counts["failed"] else ""))
+    return 1 if counts["failed"] else 130 if counts["interrupted"] else 0
+
+
+def _readable_results(grid) -> list:
+    """Ray's results that can be read: one whose files a full disk cut short (an empty error.pkl
+    raises UnpicklingError) is left out and counted from its folder instead."""
+    out = []
+    for i in range(len(grid) if hasattr(grid, "__len__") else 0):
+        try:
+            out.append(grid[i])
+        except Exception:  # noqa: BLE001  (any unpickling or I/O error of Ray's reader)
+            continue
+    return out
+
+
+def _result_error(result):
+    try:
+        return result.error
+    except Exception as e:  # noqa: BLE001  (an unreadable error is still an error)
+        return e
+
+
+def exit_code(code: int, terminated: bool, twice: bool, full, exp_dir: str, out) -> int:
+    """1 when a trial failed; else 130 after Ctrl-C, 143 after SIGTERM; 2 (the CLI's code for the
+    one line it prints) when the disk filled up."""
+    if full is not None:
+        return 2
+    if code == 1 or not (terminated or twice):
+        return code
+    if terminated:
+        out(f"{exp_dir}: stopped by SIGTERM: run the same command again to resume it")
+    return 143 if terminated else 130

@@ -1,0 +1,281 @@
+"""Where experiments live: a folder (a local path or file://, shared by NFS or not) or an object
+store (s3://, any S3-compatible server) that every node of a cluster reaches. What the folder
+holds, and its lock, are store.py's; this module is the object store and the storage URIs.
+
+gridrun reads and checks an experiment in a local folder. On an object store the launch works
+in a private mirror of the experiment (every file but the checkpoints), writes back what it
+changed, and lets Ray Tune write the trials straight to the store (RunConfig's storage_path and
+storage_filesystem); `status` and `report` read a mirror in the cache. An S3 URI may carry
+pyarrow's options, e.g. s3://bucket/runs?endpoint_override=10.0.0.1:9000&scheme=http, or take
+the endpoint from AWS_ENDPOINT_URL; credentials come from the usual AWS variables or files.
+
+One launch per experiment at a time, on either kind of store:
+  folder  `gridrun.lock` names the holder's pid and host and is touched every 20 s. Taking it
+          (new or stale: its process gone on this host, or its heartbeat older than 120 s) is
+          done under an exclusive flock of a guard file beside the experiment, so exactly one
+          of any number of racing launches wins (flock is kernel-atomic on one host, and works
+          across hosts on NFS with lockd). store.ExperimentDir.lock.
+  S3      the lock object is created with `If-None-Match: *` and a stale one (same test) is
+          replaced with `If-Match: <its ETag>`: the store accepts exactly one of any number of
+          racing writes. The holder rewrites it every 20 s with `If-Match` on its own ETag,
+          so a holder that was taken over (paused > 120 s) learns it at its next heartbeat and
+          says so; it does not stop its trials (their files are per trial and idempotent).
+          Staleness is judged by the server's own clock (Date vs Last-Modified), so clock skew
+          between hosts does not matter. Needs a store with conditional writes (AWS S3 since
+          2024, MinIO, moto) and boto3.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from .errors import GridrunError
+from .store import LOCK, STALE_S, dead_here, holder_line, lock_owner
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in str(storage)
+
+
+def local_path(storage: str) -> str | None:
+    """The folder a storage names on this machine (a path or file:///path), or None for an object store."""
+    if not is_uri(storage):
+        return os.path.abspath(storage)
+    parts = urlsplit(storage)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise GridrunError(f"--storage {storage}: a file:// URI names a folder on this machine "
+                               f"(file:///abs/path); use a shared folder or s3:// for other hosts")
+        return os.path.abspath(parts.path)
+    if parts.scheme != "s3":
+        raise GridrunError(f"--storage {storage}: unknown scheme {parts.scheme!r}: give a folder, file:///path or "
+                           f"s3://bucket/prefix")
+    return None
+
+
+# ---------------------------------------------------------------- an object store
+
+def _split(uri: str) -> tuple[str, str]:
+    base, _, query = uri.partition("?")
+    return base.rstrip("/"), query
+
+
+class Remote:
+    """One experiment in an object store: its path there, Ray's view of it, a local mirror."""
+
+    def __init__(self, storage: str, name: str):
+        import pyarrow.fs as pafs
+
+        base, self.query = _split(storage)
+        try:
+            self.fs, root = pafs.FileSystem.from_uri(storage)
+        except (OSError, ValueError) as e:
+            raise GridrunError(f"--storage {storage}: {str(e).splitlines()[0][:200]}") from None
+        self.root, self.name = root.rstrip("/"), name
+        self.path = f"{self.root}/{name}"
+        self.uri = f"{base}/{name}"
+        self.storage = storage
+
+    def child(self, *parts: str) -> str:
+        """The URI of a path inside the experiment, with the store's options (for Ray workers)."""
+        return "/".join([self.uri, *parts]) + (f"?{self.query}" if self.query else "")
+
+    def exists(self, path: str | None = None) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(path or self.path).type != pafs.FileType.NotFound
+
+    def files(self, path: str | None = None) -> list:
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(path or self.path, recursive=True, allow_not_found=True)
+        return [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+
+    def pull(self, dest: Path) -> Path:
+        """Mirror the experiment into `dest` (every file but checkpoints, each with the store's
+        modification time; a checkpoint is mirrored as its empty folder, which says it exists);
+        files gone from the store go from the mirror too."""
+        dest.mkdir(parents=True, exist_ok=True)
+        keep = set()
+        for info in self.files():
+            rel = info.path[len(self.path) + 1:]
+            parts = rel.split("/")
+            if any(p.startswith("checkpoint_") for p in parts):
+                at = next(i for i, p in enumerate(parts) if p.startswith("checkpoint_"))
+                (dest / "/".join(parts[:at + 1])).mkdir(parents=True, exist_ok=True)
+                continue
+            local, mtime = dest / rel, info.mtime.timestamp() if info.mtime else time.time()
+            keep.add(local)
+            if local.is_file() and local.stat().st_size == info.size and local.stat().st_mtime == mtime:
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(info.path) as src, open(local, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.utime(local, (mtime, mtime))
+        for f in [p for p in dest.rglob("*") if p.is_file() and p not in keep]:
+            f.unlink()
+        return dest
+
+    def push(self, src: Path, names: list[str]) -> None:
+        """Write files of the mirror's top level back to the store."""
+        for n in names:
+            if (src / n).is_file():
+                with open(src / n, "rb") as f, self.fs.open_output_stream(f"{self.path}/{n}") as out:
+                    shutil.copyfileobj(f, out)
+
+    def set_aside(self, out) -> None:
+        """--fresh: the experiment's files move to NAME.prev-N (copied, then deleted; the caller
+        holds the lock, which stays where it is)."""
+        k = 1
+        while self.exists(f"{self.path}.prev-{k}"):
+            k += 1
+        moved = 0
+        for info in self.files():
+            rel = info.path[len(self.path) + 1:]
+            if rel == LOCK:
+                continue
+            self.fs.copy_file(info.path, f"{self.path}.prev-{k}/{rel}")
+            self.fs.delete_file(info.path)
+            moved += 1
+        if moved:
+            out(f"--fresh: the previous experiment is kept as {self.uri}.prev-{k}")
+
+    @contextmanager
+    def lock(self, heartbeat_s: float = 20.0):
+        lock = ObjectLock(self, f"{self.path}/{LOCK}")
+        lock.acquire()
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(heartbeat_s):
+                lock.beat()
+
+        threading.Thread(target=beat, daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
+            lock.release()
+
+
+def _s3_client(remote: Remote):
+    try:
+        import boto3
+    except ImportError:
+        raise GridrunError("s3:// storage needs boto3 for its lock (conditional writes): pip install boto3") from None
+    q = {k: v[-1] for k, v in parse_qs(remote.query).items()}
+    endpoint = q.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{q.get('scheme', 'https')}://{endpoint}"
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=q.get("region") or None)
+
+
+class ObjectLock:
+    """The experiment's lock as an S3 object, taken and renewed by conditional writes (the
+    module's docstring says what that guarantees)."""
+
+    def __init__(self, remote: Remote, path: str):
+        self.remote, self.client = remote, _s3_client(remote)
+        self.bucket, _, self.key = path.partition("/")
+        self.me, self.etag, self.beats = lock_owner(), None, 0
+
+    def _put(self, **cond) -> bool:
+        from botocore.exceptions import ClientError
+
+        body = json.dumps({**self.me, "beat": self.beats}).encode()
+        try:
+            r = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **cond)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412",
+                                                           "409", "NoSuchKey"):
+                return False
+            raise GridrunError(f"cannot write the lock s3://{self.bucket}/{self.key} ({e})") from None
+        self.etag = r["ETag"]
+        return True
+
+    def _holder(self) -> tuple[dict | None, str | None]:
+        """The current lock object: (its holder if alive, its ETag); (None, None) when there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            body = r["Body"].read(65536)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise GridrunError(f"cannot read the lock s3://{self.bucket}/{self.key} ({e})") from None
+        try:
+            info = json.loads(body)
+            info = info if isinstance(info, dict) else {}
+        except ValueError:
+            info = {}
+        from email.utils import parsedate_to_datetime
+
+        date = r["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(date).timestamp() if date else time.time()
+        age = now - r["LastModified"].timestamp()
+        alive = info and not dead_here(info) and age < STALE_S
+        return (info if alive else None), r["ETag"]
+
+    def acquire(self) -> None:
+        for _ in range(5):
+            if self._put(IfNoneMatch="*"):
+                return
+            holder, etag = self._holder()
+            if holder:
+                raise GridrunError(holder_line(self.remote.uri, holder))
+            if etag and self._put(IfMatch=etag):  # exactly one taker of this stale version wins
+                return
+        raise GridrunError(f"cannot take the lock s3://{self.bucket}/{self.key}: other launches keep taking it")
+
+    def beat(self) -> None:
+        self.beats += 1
+        if self.etag and not self._put(IfMatch=self.etag):
+            print(f"gridrun: warning: the lock s3://{self.bucket}/{self.key} was taken over by another launch "
+                  f"(this one looked dead for {STALE_S:.0f}s)", flush=True)
+            self.etag = None
+
+    def release(self) -> None:
+        from botocore.exceptions import ClientError
+
+        if self.etag:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+            except ClientError:
+                pass  # no longer ours: leave it to its holder
+
+
+def lock_holder(remote: Remote) -> dict | None:
+    """The live launch holding a remote experiment's lock, or None."""
+    return ObjectLock(remote, f"{remote.path}/{LOCK}")._holder()[0]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gridrun" / "storage"
+
+
+def local_view(storage: str, targets: list[str] | None = None) -> str:
+    """A folder that holds the experiments of `storage` for the readers (status, report): the
+    storage itself when it is a folder, else a mirror in the cache of the named (or all) ones."""
+    where = local_path(storage)
+    if where is not None:
+        return where
+    root = Remote(storage, "x")
+    mirror = cache_root() / _split(storage)[0].replace("://", "/")
+    names = list(targets or [])
+    if not names:
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(root.root, allow_not_found=True)
+        names = [os.path.basename(i.path) for i in root.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
+    for n in names:
+        rem = Remote(storage, n)
+        if rem.exists():
+            rem.pull(mirror / n)
+    return str(mirror)
