@@ -73,6 +73,19 @@ def ray_local():
     ray.shutdown()
 
 
+class Stop(Exception):
+    """What `stop_after`'s callback raises: a run interrupted right after an epoch's state was saved."""
+
+
+def stop_after(epoch: int):
+    """An `on_epoch(metrics, state_path)` callback that interrupts a run (raises Stop) once it has
+    reported epoch `epoch`, as a killed trial would be, leaving that epoch's state to resume from."""
+    def on_epoch(metrics: dict, state_path=None) -> None:
+        if metrics["epoch"] == epoch:
+            raise Stop(f"stopped after epoch {epoch}")
+    return on_epoch
+
+
 def write_spec(path: Path, data_dir: Path, **over) -> Path:
     """A small grid on synthetic data: 2 models x 2 seeds unless overridden."""
     import yaml

@@ -18,6 +18,7 @@ import torch
 from gridrun.fused import train_fused
 from gridrun.models import create_model
 from gridrun.train import train
+from conftest import Stop, stop_after
 
 
 def _configs(synth_dir, opt):
@@ -78,16 +79,9 @@ def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_p
     cfgs = [dict(c, epochs=3, fuse_strategy="vmap") for c in _configs(synth_dir, "adam")]
     straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)])
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_2(m, state):
-        if m["epoch"] == 2:
-            raise Stop
-
     out = [dict(c, out_dir=str(tmp_path / "r" / str(i))) for i, c in enumerate(cfgs)]
     with pytest.raises(Stop):
-        train_fused(out, on_epoch=stop_after_2, state_dir=str(tmp_path / "state"))
+        train_fused(out, on_epoch=stop_after(2), state_dir=str(tmp_path / "state"))
     resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"))
     for s, r in zip(straight, resumed):
         assert [h["epoch"] for h in r["history"]] == [1, 2, 3]

@@ -18,6 +18,7 @@ from gridrun.config import ConfigError, TrainConfig
 from gridrun.engine import run
 from gridrun.fused import train_fused
 from gridrun.train import train
+from conftest import Stop, stop_after
 
 
 def _trial(synth_dir, **kw):
@@ -77,15 +78,6 @@ def test_cuda_graph_with_compile_is_one_clear_error():
         TrainConfig(cuda_graph=True, compile=True)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_after_1(m, state):
-    if m["epoch"] == 1:
-        raise _Stop
-
-
 @pytest.mark.parametrize("fused", [False, True])
 def test_an_interrupted_static_run_resumes_like_an_uninterrupted_one(synth_dir, tmp_path, fused):
     """The static steps read the optimizer state and generators that resuming restores (the
@@ -94,8 +86,8 @@ def test_an_interrupted_static_run_resumes_like_an_uninterrupted_one(synth_dir, 
     cfg = _trial(synth_dir, cuda_graph=True, threads=1)
     go = (lambda out, **kw: run([dict(cfg, out_dir=str(out))], record_off_cuda=True, single=not fused, **kw)[0])
     straight = go(tmp_path / "straight", state_dir=str(tmp_path / "s1"))
-    with pytest.raises(_Stop):
-        go(tmp_path / "part", on_epoch=_stop_after_1, state_dir=str(tmp_path / "s2"))
+    with pytest.raises(Stop):
+        go(tmp_path / "part", on_epoch=stop_after(1), state_dir=str(tmp_path / "s2"))
     resumed = go(tmp_path / "part", resume_from=str(tmp_path / "s2" / "state.pt"), state_dir=str(tmp_path / "s2"))
     assert resumed["cuda_graph"] is True and [h["epoch"] for h in resumed["history"]] == [1, 2]
     for k in ("train_loss", "train_acc", "val_acc", "test_acc", "lr"):

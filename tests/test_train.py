@@ -9,6 +9,7 @@ import torch
 from gridrun.cli import main
 from gridrun.config import ConfigError, TrainConfig
 from gridrun.train import train
+from conftest import Stop, stop_after
 
 FAST = dict(model="tinynet_7k", epochs=2, batch_size=32, lr=0.01, scheduler="onecycle", val_size=200,
             optimizer="adam", weight_decay=0.0, augment="none")
@@ -64,8 +65,8 @@ def test_resumed_run_equals_a_straight_one(synth_dir, tmp_path, sched):
     straight = train({**cfg, "out_dir": str(tmp_path / "straight")})
     part = tmp_path / "part"
     # Run the first epoch of the same 2-epoch config, keep its state, then resume it.
-    with pytest.raises(_Stop):
-        train({**cfg, "out_dir": str(part)}, on_epoch=lambda m, s: _stop_after(m, 1))
+    with pytest.raises(Stop):
+        train({**cfg, "out_dir": str(part)}, on_epoch=stop_after(1))
     resumed = train({**cfg, "out_dir": str(part)}, resume_from=str(part / "state.pt"))
     assert [m["epoch"] for m in resumed["history"]] == [1, 2]
     for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):
@@ -77,15 +78,6 @@ def test_resumed_run_equals_a_straight_one(synth_dir, tmp_path, sched):
     assert o_a["t"] == o_b["t"] and len(sa) == len(sb) and all(torch.equal(a[k], b[k]) for a, b in zip(sa, sb)
                                                                for k in a)
     assert len(list(csv.DictReader(open(part / "metrics.csv")))) == 2
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after(m, epoch):
-    if m["epoch"] == epoch:
-        raise _Stop()
 
 
 def test_resume_from_a_state_saved_after_the_last_epoch(synth_dir, tmp_path):
