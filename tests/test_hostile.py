@@ -1,5 +1,6 @@
 """Hostile input: every command-line option and spec key walked through edge values. The
-answer is always a zero exit, or a non-zero exit with one line on stderr and no traceback."""
+answer is always a zero exit, or exit 2 (bad input) with one line on stderr and no traceback;
+exit 1 only where a trial fails on purpose."""
 import json
 
 import numpy as np
@@ -120,36 +121,48 @@ def test_every_spec_key_through_edge_values(key, tmp_path, capsys, tiny_data):
         assert 2 in codes  # no key takes every edge value (None, -1, "x", [0, 0], nan, "../x", ...)
 
 
-@pytest.mark.parametrize("content", [b"\x00\x01\x02binary", b"\xff\xfe\xfa", b"", b"- a\n- b\n", b"name: [1, 2\n",
-                                     b"name: x\n" + b"y: 1\n" * 10, b"name: x\ngrid: {lr: [1, 2]}\n" * 2,
-                                     b"name: !!python/object/apply:os.system ['true']\n"])
-def test_spec_files_that_are_not_specs(content, tmp_path, capsys):
+@pytest.mark.parametrize("content,says", [
+    (b"\x00\x01\x02binary", "is not text (it holds NUL bytes)"), (b"\xff\xfe\xfa", "is not UTF-8 text"),
+    (b"", "a spec is a YAML mapping with at least 'name'; got NoneType"),
+    (b"- a\n- b\n", "a spec is a YAML mapping with at least 'name'; got list"),
+    (b"name: [1, 2\n", "not valid YAML at line 2"),
+    (b"name: x\n" + b"y: 1\n" * 10, "YAML key 'y' appears twice (lines 2 and 3)"),
+    (b"name: x\ngrid: {lr: [1, 2]}\n" * 2, "YAML key 'name' appears twice (lines 1 and 3)"),
+    (b"name: !!python/object/apply:os.system ['true']\n", "not valid YAML at line 1"),
+])
+def test_spec_files_that_are_not_specs(content, says, tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_bytes(content)
     rc, err = _run(["launch", str(path), "--dry-run"], capsys)
-    assert rc != 0
+    assert rc == 2 and says in err, err  # refused as bad input (an internal error would be exit 1)
     _ok_or_one_line(rc, err)
     rc, err = _run(["launch", str(tmp_path), "--dry-run"], capsys)  # a folder for a spec
     assert rc == 2 and "is a folder" in err
 
 
-@pytest.mark.parametrize("argv", [["launch", "{spec}", "--max-concurrent", "0"], ["launch", "{spec}", "--fuse", "-2"],
-                                  ["launch", "{spec}", "--name", "../x", "--dry-run"],
-                                  ["launch", "{spec}", "seeds=", "--dry-run"], ["launch", "{spec}", "=3", "--dry-run"],
-                                  ["launch", "{spec}", "grid.lr=[1,", "--dry-run"],
-                                  ["launch", "{spec}", "base.epochs=1000000000", "--dry-run"],
-                                  ["launch", "{spec}", "seeds=100000000", "--dry-run"],
-                                  ["report", "nope"], ["report", "--top-k", "0"], ["status", "nope"],
-                                  ["status", "--every", "0"], ["tensorboard", "nope"], ["tensorboard", "--port", "0"],
-                                  ["models", "zzz*"], ["train", "--out", "{spec}"], ["nosuchcommand"], []])
-def test_other_command_line_edges(argv, tmp_path, capsys, tiny_data):
+@pytest.mark.parametrize("argv,says", [
+    (["launch", "{spec}", "--max-concurrent", "0"], "--max-concurrent: must be >= 1, got 0"),
+    (["launch", "{spec}", "--fuse", "-2"], "--fuse: must be >= 1, got -2"),
+    (["launch", "{spec}", "--name", "../x", "--dry-run"], "experiment name '../x' is not a safe folder name"),
+    (["launch", "{spec}", "seeds=", "--dry-run"], "seeds: must be a whole number or a list; got None"),
+    (["launch", "{spec}", "=3", "--dry-run"], "override '=3' is not key=value"),
+    (["launch", "{spec}", "grid.lr=[1,", "--dry-run"], "override grid.lr: not valid YAML"),
+    (["launch", "{spec}", "base.epochs=1000000000", "--dry-run"], "epochs=1000000000: must be at most 10,000"),
+    (["launch", "{spec}", "seeds=100000000", "--dry-run"], "the grid expands into 100,000,000 trials"),
+    (["report", "nope"], "no experiment 'nope'"), (["report", "--top-k", "0"], "--top-k: must be >= 1, got 0"),
+    (["status", "nope"], "no experiment 'nope'"), (["status", "--every", "0"], "--every: must be between 0.2 and"),
+    (["tensorboard", "nope"], "no experiment folder runs/nope"), (["tensorboard", "--port", "0"], "--port: must be >= 1"),
+    (["models", "zzz*"], "no model matches 'zzz*'"), (["train", "--out", "{spec}"], "s.yaml is a file: give a folder"),
+    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"), ([], "the following arguments are required: cmd"),
+])
+def test_other_command_line_edges(argv, says, tmp_path, capsys, tiny_data):
     spec = tmp_path / "s.yaml"
     raw = {**SPEC, "data": {**SPEC["data"], "data_dir": str(tiny_data)}}
     spec.write_text(yaml.safe_dump(raw))
     rc, err = _run([a.replace("{spec}", str(spec)) for a in argv] + (["--storage", str(tmp_path / "runs")]
                                                                       if argv[:1] in (["report"], ["status"]) else []),
                    capsys)
-    assert rc != 0
+    assert rc == 2 and says in err, err  # refused as bad input (an internal error would be exit 1)
     _ok_or_one_line(rc, err)
 
 
