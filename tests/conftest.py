@@ -1,4 +1,5 @@
 """Shared fixtures: small generated IDX files (no MNIST needed), one Ray for the whole run."""
+import json
 import os
 from pathlib import Path
 
@@ -84,6 +85,22 @@ def stop_after(epoch: int):
         if metrics["epoch"] == epoch:
             raise Stop(f"stopped after epoch {epoch}")
     return on_epoch
+
+
+def held_env(epoch: int, release: Path) -> dict:
+    """The environment for a `gridrun launch` subprocess whose every trial, once it has reported
+    epoch `epoch`, writes RELEASE.held-TRIAL and waits until `release` exists (engine/run.py's
+    GRIDRUN_TEST_HOLD): a test acts on a launch known to be mid-grid, then releases it. A driver
+    that joins a running Ray cannot hand its own environment to the trial processes; Ray adds a
+    job's runtime_env from RAY_JOB_CONFIG_JSON_ENV_VAR (what `ray job submit` sets)."""
+    hold = f"{epoch}:{release}"
+    return {**os.environ, "GRIDRUN_TEST_HOLD": hold,
+            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"env_vars": {"GRIDRUN_TEST_HOLD": hold}}})}
+
+
+def held(release: Path) -> list[str]:
+    """The trials now held by `held_env(epoch, release)`, by folder name."""
+    return sorted(p.name.split(".held-", 1)[1] for p in release.parent.glob(f"{release.name}.held-*"))
 
 
 def write_spec(path: Path, data_dir: Path, **over) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gridrun.launch import launch
-from conftest import write_spec
+from conftest import held, held_env, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL_FILES = ("config.json", "metrics.csv", "model.pt", "logits_val.npy", "logits_test.npy", "summary.json")
@@ -290,32 +290,40 @@ def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
 
 def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
     spec = write_spec(tmp_path / "intr.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=2,
-                      base={"epochs": 16, "batch_size": 10, "lr": 0.01},
+                      base={"epochs": 6, "batch_size": 10, "lr": 0.01},
                       data={"val_size": 100, "subset": 300, "data_dir": str(synth_dir)})
-    storage = tmp_path / "runs"
+    storage, release = tmp_path / "runs", tmp_path / "go"
+    # Every trial waits after epoch 3 (its checkpoint saved) until released: Ctrl-C lands mid-grid
+    # on a fast machine as on a slow one.
     proc = subprocess.Popen(cli("launch", str(spec), "--storage", str(storage), "--address",
-                                ray_local.get_runtime_context().gcs_address),
+                                ray_local.get_runtime_context().gcs_address), env=held_env(3, release),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = storage / "intr"
 
     def epochs_logged(d):
         return len((d / "metrics.csv").read_text().splitlines()) - 1 if (d / "metrics.csv").exists() else 0
 
-    wait_for(lambda: any(epochs_logged(d) >= 3 for d in trial_dirs(exp).values()), 120, "3 logged epochs")
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        wait_for(lambda: held(release) or proc.poll() is not None, 240, "a trial held after epoch 3")
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, out
     assert "interrupted (run the same command again to resume them)" in out
     done_before = {n: epochs_logged(d) for n, d in trial_dirs(exp).items()}
-    assert all(n < 16 for n in done_before.values())
+    assert all(n <= 3 for n in done_before.values()) and 3 in done_before.values(), done_before
     lines = []
     assert launch(str(spec), storage=str(storage), out=lines.append) == 0
     resumed = 0
     for d in trial_dirs(exp).values():
         hist = json.loads((d / "summary.json").read_text())
-        assert hist["status"] == "ok" and hist["epochs"] == 16
+        assert hist["status"] == "ok" and hist["epochs"] == 6
         rows = (d / "metrics.csv").read_text().strip().splitlines()[1:]
-        assert [int(float(r.split(",")[0])) for r in rows] == list(range(1, 17))  # one row per epoch
+        assert [int(float(r.split(",")[0])) for r in rows] == list(range(1, 7))  # one row per epoch
         results = [json.loads(l) for l in (d / "result.json").read_text().splitlines()]
         second_launch = [r["epoch"] for r in results if r["pid"] == results[-1]["pid"]]
         resumed += second_launch[0] > 1  # the relaunch began after epoch 1: from a checkpoint, not from scratch

@@ -8,6 +8,8 @@ row, its final files after the last epoch (files.py) and the group's resumable s
 from __future__ import annotations
 
 import math
+import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +23,10 @@ from .optim import step_epoch_scheduler
 
 PRECISE_BN_BATCH = 1024  # images per forward pass of precise BN (a constant: results must not
                          # depend on plumbing such as eval_batch_size)
+# A test hook, never set outside tests: with GRIDRUN_TEST_HOLD="EPOCH:PATH" a run, once it has
+# reported epoch EPOCH, writes PATH.held-TRIAL and waits until PATH exists, so a test can signal or
+# kill a launch while its trials are known to be mid-grid, on a fast machine as on a slow one.
+TEST_HOLD = "GRIDRUN_TEST_HOLD"
 
 
 def evaluate(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -134,7 +140,7 @@ def run(configs: list, on_epoch=None, resume_from: str | None = None, state_dir:
 
 
 def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
-    epochs = g.cfgs[0].epochs
+    epochs, hold = g.cfgs[0].epochs, os.environ.get(TEST_HOLD)
     for epoch in range(g.start_epoch, epochs + 1):
         losses, accs, seconds = g.trainer.epoch(tuple(is_clean_epoch(m.cfg, epoch) for m in g.members))
         for k, m in enumerate(g.members):
@@ -162,6 +168,8 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
         state_path = save_state(state_dir, state_dict(g, epoch))
         if on_epoch is not None:
             on_epoch(g.members[0].history[-1] if single else _group_row(g, epoch, seconds), state_path)
+        if hold:
+            _test_hold(hold, epoch, g.cfgs[0].out_dir)
     if any(m.result is None for m in g.members):  # resumed from a state saved after the last epoch
         scores = score(g)
         for k, m in enumerate(g.members):
@@ -169,6 +177,16 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
                 _final(g, k, scores[k] if m.status == "ok" else None)
     for m in g.members:
         m.writer.close()
+
+
+def _test_hold(hold: str, epoch: int, out_dir: str | None) -> None:
+    """The TEST_HOLD hook: after epoch EPOCH, say so in PATH.held-TRIAL and wait for PATH."""
+    at, _, path = hold.partition(":")
+    if epoch != int(at):
+        return
+    Path(f"{path}.held-{Path(out_dir or 'run').name}").write_text(str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _group_row(g: Group, epoch: int, seconds: float) -> dict:
