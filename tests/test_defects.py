@@ -4,6 +4,7 @@ SIGTERM to the driver. Each answer is one line naming the thing and the fix, not
 import gzip
 import json
 import os
+import time
 
 import pytest
 
@@ -246,32 +247,34 @@ def test_sigterm_is_handled_as_ctrl_c_and_restored_after():
     assert term.received and signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.slow  # ~36 s on a 2-core CPU: a driver subprocess joins the session's Ray and trains
+@pytest.mark.slow  # a driver subprocess joins the session's Ray and trains
 def test_sigterm_to_the_driver_stops_cleanly_with_summary_and_record(ray_local, tmp_path, tiny_data):
-    """The probe's case: SIGTERM once the first trial has reported an epoch (its metrics.csv has a
-    row: a file the trial writes, not a sleep). Before: Ray's native dump, exit 134, no summary."""
+    """The probe's case: SIGTERM while the trial is running (held after its first epoch by the
+    engine's test hook until the test releases it, so a fast machine cannot finish it first).
+    Before: Ray's native dump, exit 134, no summary."""
     import signal
     import subprocess
     import sys
-    import time
 
-    from conftest import write_spec
+    from conftest import held, held_env, write_spec
 
     spec = write_spec(tmp_path / "term.yaml", tiny_data, grid={"model": ["tinynet_7k"]}, seeds=1,
-                      base={"epochs": 500, "batch_size": 10},  # cannot finish before the signal lands
+                      base={"epochs": 3, "batch_size": 10},
                       data={"val_size": 20, "subset": 60, "data_dir": str(tiny_data)})
-    exp = tmp_path / "runs" / "term"
+    exp, release = tmp_path / "runs" / "term", tmp_path / "go"
     proc = subprocess.Popen([sys.executable, "-m", "gridrun.cli", "launch", str(spec), "--storage",
                              str(tmp_path / "runs"), "--address", ray_local.get_runtime_context().gcs_address],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = exp / "tinynet_7k_s0" / "metrics.csv"
+                            env=held_env(1, release), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        deadline = time.time() + 240
+        while not held(release):
             assert proc.poll() is None, proc.communicate()[0]
+            assert time.time() < deadline, "timed out waiting for the trial to be held after epoch 1"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=180)
     finally:
+        release.touch()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, out
@@ -280,6 +283,7 @@ def test_sigterm_to_the_driver_stops_cleanly_with_summary_and_record(ray_local, 
     record = [json.loads(line) for line in (exp / "gridrun_launches.jsonl").read_text().splitlines()]
     assert len(record) == 1 and record[0]["exit"] == 143 and record[0]["wall_s"] > 0
     assert not (exp / "gridrun.lock").exists()
+    assert len((exp / "tinynet_7k_s0" / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1: stopped there
 
 
 # ---------------------------------------------------------------- item 5: a full disk

@@ -109,17 +109,23 @@ def test_killed_driver_resumes_only_unfinished_and_status_sees_it(ray_local, syn
     spec = write_spec(tmp_path / "kill.yaml", synth_dir, seeds=3, grid={"model": ["tinynet_7k"]},
                       base={"epochs": 4, "batch_size": 20, "lr": 0.01}, data={"val_size": 100, "subset": 500,
                                                                                "data_dir": str(synth_dir)})
-    storage = tmp_path / "runs"
+    storage, release = tmp_path / "runs", tmp_path / "go"
+    # Every trial waits after its last epoch (its files written) until released: the trials the
+    # 2 CPUs run keep their places, so the third cannot start, let alone finish, before the kill.
     proc = subprocess.Popen(cli("launch", str(spec), "--storage", str(storage), "--address",
-                                ray_local.get_runtime_context().gcs_address),
+                                ray_local.get_runtime_context().gcs_address), env=held_env(4, release),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = storage / "kill"
-    wait_for(lambda: any((d / "summary.json").exists() for d in trial_dirs(exp).values()), 240, "a finished trial")
-    st = subprocess.run(cli("status", "kill", "--storage", str(storage), "--json"), capture_output=True, text=True)
-    snap = json.loads(st.stdout)
-    assert snap["launch"] and snap["counts"]["finished"] >= 1 and snap["trials"] == 3, st.stdout
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_for(lambda: held(release) or proc.poll() is not None, 240, "a trial held after its last epoch")
+        assert proc.poll() is None, proc.communicate()[0]
+        st = subprocess.run(cli("status", "kill", "--storage", str(storage), "--json"), capture_output=True, text=True)
+        snap = json.loads(st.stdout)
+        assert snap["launch"] and snap["counts"]["finished"] >= 1 and snap["trials"] == 3, st.stdout
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        release.touch()
     finished = {n: (d / "summary.json").read_text() for n, d in trial_dirs(exp).items()
                 if (d / "summary.json").exists()}
     assert 1 <= len(finished) < 3, "the kill should land mid-grid"
@@ -183,14 +189,16 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
 
 def test_a_second_launch_of_a_running_experiment_is_refused(ray_local, synth_dir, tmp_path):
     spec = write_spec(tmp_path / "twice.yaml", synth_dir, seeds=1, grid={"model": ["tinynet_7k"]},
-                      base={"epochs": 30, "batch_size": 10, "lr": 0.01})
-    storage = tmp_path / "runs"
+                      base={"epochs": 2, "batch_size": 50, "lr": 0.01})
+    storage, release = tmp_path / "runs", tmp_path / "go"
+    # The first launch's trial waits after epoch 1 until released: it is running while the second starts.
     proc = subprocess.Popen(cli("launch", str(spec), "--storage", str(storage), "--address",
-                                ray_local.get_runtime_context().gcs_address),
+                                ray_local.get_runtime_context().gcs_address), env=held_env(1, release),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = storage / "twice"
     try:
-        wait_for(lambda: (exp / "gridrun.lock").exists(), 60, "the first launch's lock")
+        wait_for(lambda: held(release) or proc.poll() is not None, 240, "the first launch's trial held after epoch 1")
+        assert proc.poll() is None and (exp / "gridrun.lock").exists(), proc.communicate()[0]
         second = subprocess.run(cli("launch", str(spec), "--storage", str(storage)), capture_output=True, text=True,
                                 timeout=120)
         assert second.returncode == 2
@@ -198,6 +206,7 @@ def test_a_second_launch_of_a_running_experiment_is_refused(ray_local, synth_dir
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        release.touch()
     # The killed launch's lock is stale now: a relaunch takes it over (checked above for resume).
     from gridrun.store import ExperimentDir
 
