@@ -142,7 +142,7 @@ class Terminated:
     (summary, launch record), with exit code 143 (128 + SIGTERM) instead of 130."""
 
     def __init__(self):
-        self.received, self.before = False, None
+        self.received, self.before, self.sigint = False, None, None
 
     def handle(self, signum, frame):
         self.received = True
@@ -154,7 +154,8 @@ class Terminated:
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
             previous = signal.signal(signal.SIGTERM, self.handle)
-            self.before = previous if self.before is None else self.before
+            if self.before is None:
+                self.before, self.sigint = previous, signal.getsignal(signal.SIGINT)
 
     def __enter__(self):
         self.install()
@@ -163,6 +164,8 @@ class Terminated:
     def __exit__(self, *exc):
         if self.before is not None:
             signal.signal(signal.SIGTERM, self.before)
+        if self.sigint is not None:  # Tune's fit leaves its SIGINT handler behind: Ctrl-C would do nothing
+            signal.signal(signal.SIGINT, self.sigint)
         return False
 
 
