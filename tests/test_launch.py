@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gridrun.launch import launch
-from conftest import held, held_env, write_spec
+from conftest import write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL_FILES = ("config.json", "metrics.csv", "model.pt", "logits_val.npy", "logits_test.npy", "summary.json")
@@ -109,6 +109,8 @@ def test_killed_driver_resumes_only_unfinished_and_status_sees_it(ray_local, syn
     spec = write_spec(tmp_path / "kill.yaml", synth_dir, seeds=3, grid={"model": ["tinynet_7k"]},
                       base={"epochs": 4, "batch_size": 20, "lr": 0.01}, data={"val_size": 100, "subset": 500,
                                                                                "data_dir": str(synth_dir)})
+    from conftest import held, held_env
+
     storage, release = tmp_path / "runs", tmp_path / "go"
     # Every trial waits after its last epoch (its files written) until released: the trials the
     # 2 CPUs run keep their places, so the third cannot start, let alone finish, before the kill.
@@ -190,6 +192,8 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
 def test_a_second_launch_of_a_running_experiment_is_refused(ray_local, synth_dir, tmp_path):
     spec = write_spec(tmp_path / "twice.yaml", synth_dir, seeds=1, grid={"model": ["tinynet_7k"]},
                       base={"epochs": 2, "batch_size": 50, "lr": 0.01})
+    from conftest import held, held_env
+
     storage, release = tmp_path / "runs", tmp_path / "go"
     # The first launch's trial waits after epoch 1 until released: it is running while the second starts.
     proc = subprocess.Popen(cli("launch", str(spec), "--storage", str(storage), "--address",
@@ -301,6 +305,8 @@ def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
     spec = write_spec(tmp_path / "intr.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=2,
                       base={"epochs": 6, "batch_size": 10, "lr": 0.01},
                       data={"val_size": 100, "subset": 300, "data_dir": str(synth_dir)})
+    from conftest import held, held_env
+
     storage, release = tmp_path / "runs", tmp_path / "go"
     # Every trial waits after epoch 3 (its checkpoint saved) until released: Ctrl-C lands mid-grid
     # on a fast machine as on a slow one.
