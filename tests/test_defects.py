@@ -408,3 +408,22 @@ def test_launch_on_a_full_or_read_only_disk_stops_before_ray_and_writes_nothing(
     rc = main(["launch", str(spec), "--storage", str(small_disk / "runs")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "read-only file system" in err and "--storage" in err, err
+
+
+# ---------------------------------------------------------------- a run that diverges at a known step
+
+@pytest.mark.parametrize("fail_after,status", [(3, "diverged at epoch 1"), (4, "diverged at epoch 2"),
+                                               (8, "diverged at epoch 3"), (12, "ok")])
+def test_a_run_whose_loss_goes_nan_at_a_known_step_is_retired_in_that_epoch(tmp_path, tiny_data, fail_after, status):
+    """chaos_net fail='nan' (the chaos-net option): NaN outputs from step fail_after + 1 on, 4 steps
+    an epoch here. The run is retired in the epoch of that step, the epochs before it kept; no
+    learning rate or luck decides when it diverges."""
+    from gridrun.train import train
+
+    out = tmp_path / "t"
+    r = train(dict(model="chaos_net", model_args={"fail": "nan", "fail_after": fail_after}, epochs=3, batch_size=10,
+                   subset=40, val_size=20, data_dir=str(tiny_data), out_dir=str(out), threads=1))
+    kept = 3 if status == "ok" else int(status.rsplit(" ", 1)[1]) - 1
+    assert r["status"] == status and r["epochs"] == kept
+    assert json.loads((out / "summary.json").read_text())["status"] == status
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + kept

@@ -11,15 +11,16 @@ from ._registry import register_model
 
 class ChaosNet(nn.Module):
     """Conv + GAP + linear; raises RuntimeError after `fail_after` training steps when
-    fail='always', or once per marker file when fail='once' (the marker records the crash).
+    fail='always', or once per marker file when fail='once' (the marker records the crash);
+    with fail='nan' its training outputs are NaN from then on (a run that diverges at a known step).
     With `hold` (a folder), training stops after `fail_after` steps, says so in a file named
     after its node's address and process, and goes on once `hold`/go exists: a test can act
     while trials are known to be mid-grid on known hosts."""
 
     def __init__(self, fail: str = "never", fail_after: int = 0, marker: str | None = None, hold: str | None = None):
         super().__init__()
-        if fail not in ("never", "once", "always") or (fail == "once" and not marker):
-            raise ValueError("fail is never|once|always, and 'once' needs a marker path")
+        if fail not in ("never", "once", "always", "nan") or (fail == "once" and not marker):
+            raise ValueError("fail is never|once|always|nan, and 'once' needs a marker path")
         self.fail, self.fail_after, self.marker, self.steps, self.hold = fail, fail_after, marker, 0, hold
         self.body = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
                                   nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -32,6 +33,8 @@ class ChaosNet(nn.Module):
                 raise RuntimeError(f"chaos_net: injected failure after {self.fail_after} steps")
             if self.hold and self.steps == self.fail_after + 1:
                 self._wait()
+            if self.fail == "nan" and self.steps > self.fail_after:
+                return self.fc(self.body(x)) * float("nan")
         return self.fc(self.body(x))
 
     def _wait(self) -> None:
