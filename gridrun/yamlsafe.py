@@ -50,6 +50,8 @@ _NoAliasLoader.add_implicit_resolver(
 def safe_yaml(text: str, src: str):
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
+    except SpecError as e:  # the loader's own refusals (an alias, a key twice) name the file too
+        raise SpecError(f"{src}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

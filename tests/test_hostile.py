@@ -135,6 +135,7 @@ def test_spec_files_that_are_not_specs(content, says, tmp_path, capsys):
     path.write_bytes(content)
     rc, err = _run(["launch", str(path), "--dry-run"], capsys)
     assert rc == 2 and says in err, err  # refused as bad input (an internal error would be exit 1)
+    assert "bad.yaml" in err, err  # the line names the file
     _ok_or_one_line(rc, err)
     rc, err = _run(["launch", str(tmp_path), "--dry-run"], capsys)  # a folder for a spec
     assert rc == 2 and "is a folder" in err
@@ -163,6 +164,7 @@ def test_other_command_line_edges(argv, says, tmp_path, capsys, tiny_data):
                                                                       if argv[:1] in (["report"], ["status"]) else []),
                    capsys)
     assert rc == 2 and says in err, err  # refused as bad input (an internal error would be exit 1)
+    assert "bad.yaml" in err, err  # the line names the file
     _ok_or_one_line(rc, err)
 
 
