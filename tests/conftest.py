@@ -1,5 +1,4 @@
 """Shared fixtures: small generated IDX files (no MNIST needed), one Ray for the whole run."""
-import json
 import os
 from pathlib import Path
 
@@ -90,12 +89,10 @@ def stop_after(epoch: int):
 def held_env(epoch: int, release: Path) -> dict:
     """The environment for a `gridrun launch` subprocess whose every trial, once it has reported
     epoch `epoch`, writes RELEASE.held-TRIAL and waits until `release` exists (engine/run.py's
-    GRIDRUN_TEST_HOLD): a test acts on a launch known to be mid-grid, then releases it. A driver
-    that joins a running Ray cannot hand its own environment to the trial processes; Ray adds a
-    job's runtime_env from RAY_JOB_CONFIG_JSON_ENV_VAR (what `ray job submit` sets)."""
-    hold = f"{epoch}:{release}"
-    return {**os.environ, "GRIDRUN_TEST_HOLD": hold,
-            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"env_vars": {"GRIDRUN_TEST_HOLD": hold}}})}
+    GRIDRUN_TEST_HOLD): a test acts on a launch known to be mid-grid, then releases it. The
+    launch hands the hook to its trials in the job's runtime_env (launch._connect), so it reaches
+    them on a Ray the driver joins as on one it starts."""
+    return {**os.environ, "GRIDRUN_TEST_HOLD": f"{epoch}:{release}"}
 
 
 def held(release: Path) -> list[str]:
