@@ -28,7 +28,7 @@ test-fast: install
 
 demo: install
 	$(GRIDRUN) launch grids/smoke.yaml
-	$(GRIDRUN) report smoke
+	$(GRIDRUN) report smoke --out runs/smoke.md
 
 bench: install
 	$(PY) benchmarks/throughput.py
