@@ -1,7 +1,7 @@
 """Pack an experiment folder to carry to the GPU machine, slim: what `gridrun launch` needs to
 resume it, without the files of finished trials that it never reads.
 
-    python benchmarks/gpu/carry_grid.py runs/tiny_nets .device-grid/tiny_nets_runs.tgz
+    python tools/gpu/carry_grid.py runs/tiny_nets .device-grid/tiny_nets_runs.tgz
 
 A device call carries at most 64 MiB, and a grid folder grows past that (tiny_nets at 108 of
 180 trials: 72 MB, 55 MB compressed). A launch checks a finished trial's summary.json,
@@ -20,7 +20,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 def slim_members(exp: Path) -> tuple[set[Path], int]:
     """Files to leave out, and how many trials are finished."""
