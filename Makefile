@@ -30,9 +30,20 @@ demo: install
 	$(GRIDRUN) launch grids/smoke.yaml
 	$(GRIDRUN) report smoke
 
+# The benchmarks that mean something on a CPU, each sized to about a minute on 2 cores, through
+# the harness (`python -m benchmarks` lists them all); every figure is a JSON row, with its
+# same-run baseline and ratio, appended to BENCH_OUT. The GPU's: tools/gpu/run.sh.
+BENCH_OUT ?= runs/bench.jsonl
+BENCH := $(PY) -m benchmarks
 bench: install
-	$(PY) benchmarks/throughput.py
-	$(PY) benchmarks/fused.py --ks 1,2,4,8 --max-processes 4
+	$(BENCH) throughput --device cpu --steps 40 --workers 0 2 --out $(BENCH_OUT)
+	$(BENCH) fused --device cpu --ks 4 --steps 10 --max-processes 4 --out $(BENCH_OUT)
+	$(BENCH) engine --device cpu --models tinynet_7k --ks 1,8 --batch 32 --steps 2 --least-s 0 --out $(BENCH_OUT)
+	$(BENCH) grouped_conv --device cpu --ks 1,4,16 --reps 5 --out $(BENCH_OUT)
+	$(BENCH) augment_stack --device cpu --ks 1,8 --seconds 2 --out $(BENCH_OUT)
+	$(BENCH) step_speed --device cpu --models tinynet_7k --batch 128 --steps 20 \
+		--variants eager,channels_last,bf16 --out $(BENCH_OUT)
+	$(BENCH) load_5000 --trials 1000 --out $(BENCH_OUT)
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

@@ -45,10 +45,10 @@ def run(a, bench) -> None:
             t0 = time.perf_counter()
             res = train(cfg)
             wall = time.perf_counter() - t0
-            row = {"recipe": name, "epochs": epochs, "subset": a.subset, "cuda_graph": bool(res.get("cuda_graph")),
-                   "val_acc": res["final"]["val_acc"]}
+            row = {"epochs": epochs, "subset": a.subset, "cuda_graph": bool(res.get("cuda_graph"))}
             acc = res["final"]["test_acc"]
             bench.row("test_acc", acc, "acc", variant=name, config=row, baseline=f"target {100 * TARGET:.1f}%",
                       baseline_value=TARGET, wall_s=wall, note="reached" if acc >= TARGET else "not reached")
+            bench.row("val_acc", res["final"]["val_acc"], "acc", variant=name, config=row, wall_s=wall)
             bench.row("training seconds (sum of epochs)", sum(h["seconds"] for h in res["history"]), "s",
                       variant=name, config=row, wall_s=wall)
