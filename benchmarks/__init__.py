@@ -100,6 +100,8 @@ class Bench:
         self.name, self.device, self.out = name, device, out
         self.facts = {"bench": name, "device": device, "device_name": _device_name(device),
                       "torch": torch.__version__, "host": socket.gethostname()}
+        print(f"{name}: device {device} ({self.facts['device_name']}), torch {torch.__version__}, host "
+              f"{self.facts['host']}" + (f"; rows to {out}" if out else ""), flush=True)
 
     def row(self, metric: str, value, unit: str, *, variant: str, config: dict | None = None,
             baseline: str | None = None, baseline_value=None, wall_s: float | None = None,

@@ -9,7 +9,8 @@ launched through gridrun (Ray Tune), side by side in one run,
 The N trials are the same config with N seeds; each runs `--epochs` epochs over `--subset`
 training images. Rates count every trial's training images over the launch's wall time (Ray's
 start excluded: one Ray serves all runs), so trial start-up and evaluation are paid as a user
-pays them. With --mps the caller has started the CUDA MPS daemon (tools/gpu/run.sh does).
+pays them. For rows labelled MPS (--label MPS) the caller has started the CUDA MPS daemon
+(tools/gpu/run.sh does).
 
     GRIDRUN_DATA=.device/mnist python -m benchmarks packing --ns 1,2,4,8,16 --modes ray,fused
 """

@@ -63,5 +63,5 @@ def test_tiny_benchmark_writes_rows_of_the_layout(tmp_path, capsys):
             base = next(b for b in rows if b["variant"] == "separate" and b["config"] == r["config"])
             assert r["baseline"] == "separate" and r["baseline_value"] == base["value"]
             assert r["ratio"] == pytest.approx(base["value"] / r["value"])
-    printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 6 and "x separate" in printed[1]
+    printed = capsys.readouterr().out.splitlines()  # a line of the run's facts, then one per row
+    assert len(printed) == 7 and "device cpu" in printed[0] and "x separate" in printed[2]
