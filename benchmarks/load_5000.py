@@ -158,8 +158,8 @@ def readers(exp: Path, work: Path, env: dict, cfg: dict, bench) -> None:
 def planner(work: Path, data_dir: str | None, env: dict, cfg: dict, bench) -> None:
     """A launch of the grid up to its manifest: seconds and peak RSS."""
     res = launch_5000(work, data_dir, env, cfg["trials"])
-    cfg = {**cfg, "manifest_trials": res.get("manifest_trials", 0), "imports_mib": res.get("imports_mib"),
-           "peak_mib": res.get("peak_mib")}
+    cfg = {**cfg, "manifest_trials": res.get("manifest_trials", 0), "imports_mib": round(res.get("imports_mib", 0)),
+           "peak_mib": round(res.get("peak_mib", 0))}
     bench.row("seconds up to the manifest", res.get("seconds"), "s", variant="gridrun launch", config=cfg,
               wall_s=res.get("seconds"), note=res.get("error"))
     grid = res["peak_mib"] - res["imports_mib"] if "peak_mib" in res else None
