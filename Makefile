@@ -39,7 +39,7 @@ bench: install
 	$(BENCH) throughput --device cpu --steps 40 --workers 0 2 --out $(BENCH_OUT)
 	$(BENCH) fused --device cpu --ks 2 --steps 10 --max-processes 2 --out $(BENCH_OUT)
 	$(BENCH) engine --device cpu --models tinynet_7k --ks 1,8 --batch 32 --steps 2 --least-s 0 --out $(BENCH_OUT)
-	$(BENCH) grouped_conv --device cpu --ks 1,4,16 --reps 5 --out $(BENCH_OUT)
+	$(BENCH) grouped_conv --device cpu --ks 1,4,8 --reps 3 --out $(BENCH_OUT)
 	$(BENCH) augment_stack --device cpu --ks 1,8 --seconds 2 --out $(BENCH_OUT)
 	$(BENCH) step_speed --device cpu --models tinynet_7k --batch 128 --steps 20 \
 		--variants eager,channels_last,bf16 --out $(BENCH_OUT)
