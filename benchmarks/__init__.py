@@ -4,7 +4,7 @@
     python -m benchmarks NAME -h                 its options
     python -m benchmarks NAME [--device auto|cpu|cuda] [--out FILE.jsonl] [ARGS]
 
-Run from the repository root (or with gridrun installed). A benchmark is a module here with a
+Run from the repository root (benchmarks/ is not installed with gridrun). A benchmark is a module with a
 one-line docstring head, `add_args(ap)` and `run(a, bench)`. It times what it measures against
 the obvious alternative in the same run (or, where there is none, against a stated target) and
 reports every figure through `bench.row(...)`: one line printed, one JSON row of the layout ROW
