@@ -10,8 +10,8 @@ accuracies), then times, each in a fresh process as a user runs them:
     gridrun.load(EXP)             target <= 5 s
     gridrun report EXP            target <= 60 s
 
-and runs a launch of a grid of as many trials up to its manifest (plan, lock, manifest; stopped before
-Ray is joined), printing its peak RSS beside what the imports alone hold.
+and runs a launch of a grid of as many trials (whole seeds of its 200 combinations) up to its
+manifest (plan, lock, manifest; stopped before Ray is joined): its peak RSS above the imports.
 
     python -m benchmarks load_5000 [--trials 5000] [--keep DIR]
 
@@ -30,12 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from gridrun.store import (CONFIG, LAUNCHES, MANIFEST, METRICS, MODEL, PARAMS, RESULT, SPEC_COPY, SPLITS,
+                           SUMMARY, labels_file, logits_file)
+
 from . import child_env
 
 LRS = [0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002]
 WDS = [0.0, 1e-5, 1e-4, 5e-4, 1e-3]
 BATCHES = [32, 64, 128, 256]
-BIG = ("logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy", "model.pt")
+BIG = (*map(logits_file, SPLITS), *map(labels_file, SPLITS), MODEL)  # hard-linked, not rewritten
 
 
 def template(work: Path, data_dir: str | None) -> Path:
@@ -60,9 +63,9 @@ def build(exp: Path, tpl: Path, n: int) -> None:
     """The experiment folder: manifest, spec copy, launch record and n trial folders."""
     from gridrun.identity import trial_id
 
-    cfg0 = json.loads((tpl / "config.json").read_text())
-    summary0 = json.loads((tpl / "summary.json").read_text())
-    with open(tpl / "metrics.csv", newline="") as f:
+    cfg0 = json.loads((tpl / CONFIG).read_text())
+    summary0 = json.loads((tpl / SUMMARY).read_text())
+    with open(tpl / METRICS, newline="") as f:
         rows0 = list(csv.DictReader(f))
     exp.mkdir(parents=True)
     manifest = []
@@ -73,24 +76,24 @@ def build(exp: Path, tpl: Path, n: int) -> None:
         for f in BIG:  # the same bytes for every trial: test accuracy rechecks stay true
             os.link(tpl / f, d / f)
         cfg = {**cfg0, **v, "out_dir": str(d)}
-        (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        (d / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
         bump = (i % 97) / 1e4  # a varied validation accuracy (validation logits are not rechecked)
         rows = [{**r, "val_acc": f"{float(r['val_acc']) - bump:.6f}"} for r in rows0]
-        with open(d / "metrics.csv", "w", newline="") as f:
+        with open(d / METRICS, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows0[0]))
             w.writeheader()
             w.writerows(rows)
         final = {**summary0["final"], "val_acc": float(rows[-1]["val_acc"])}
-        (d / "summary.json").write_text(json.dumps({**summary0, "final": final}, indent=2, sort_keys=True))
-        (d / "params.json").write_text(json.dumps({"unit": {"name": name}}))  # what Ray leaves beside them
-        (d / "result.json").write_text(json.dumps({"epoch": 2, "val_acc": final["val_acc"]}) + "\n")
+        (d / SUMMARY).write_text(json.dumps({**summary0, "final": final}, indent=2, sort_keys=True))
+        (d / PARAMS).write_text(json.dumps({"unit": {"name": name}}))  # what Ray leaves beside them
+        (d / RESULT).write_text(json.dumps({"epoch": 2, "val_acc": final["val_acc"]}) + "\n")
         train = {k: x for k, x in cfg.items() if k not in ("_meta", "out_dir")}
         manifest.append({"name": name, "id": trial_id(train), "axes": {k: v[k] for k in ("lr", "weight_decay",
                          "batch_size")}, "params": cfg0["_meta"]["params"], "train": train, "group": None})
-    (exp / "gridrun_trials.json").write_text(json.dumps(manifest, indent=1))
-    (exp / "spec.yaml").write_text(json.dumps({"name": exp.name, "grid": {"lr": LRS, "weight_decay": WDS,
+    (exp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (exp / SPEC_COPY).write_text(json.dumps({"name": exp.name, "grid": {"lr": LRS, "weight_decay": WDS,
                                                                         "batch_size": BATCHES}}))
-    (exp / "gridrun_launches.jsonl").write_text(json.dumps({"command": "gridrun launch bench.yaml", "wall_s": 1.0,
+    (exp / LAUNCHES).write_text(json.dumps({"command": "gridrun launch bench.yaml", "wall_s": 1.0,
                                                             "exit": 0, "finished_at": time.time()}) + "\n")
 
 
@@ -132,7 +135,7 @@ def launch_5000(work: Path, data_dir: str | None, env: dict, n: int) -> dict:
                                     "grid": {"lr": LRS, "weight_decay": WDS, "batch_size": BATCHES}, "seeds": seeds}))
     _, out, err = timed([sys.executable, "-c", LAUNCH_5000, str(spec), str(work / "launch_runs")], env)
     res = {**(json.loads(out.strip().splitlines()[-1]) if out.strip() else {}), "error": err}
-    manifest = work / "launch_runs" / "bench5000" / "gridrun_trials.json"
+    manifest = work / "launch_runs" / "bench5000" / MANIFEST
     res["manifest_trials"] = len(json.loads(manifest.read_text())) if manifest.exists() else 0
     return res
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from gridrun.config import TrainConfig, field_names
-from gridrun.engine.files import StateError, read_state
 from gridrun.engine.group import prepare_splits
 from gridrun.models import create_model, resolve_model_args
 from gridrun.results import load_experiment
+from gridrun.store import STATE, StateError, TrialDir
 
 
 def accuracy(model, splits, x, y, batch=4096) -> float:
@@ -50,14 +50,14 @@ def recalibrate(model, splits, batch=1024) -> None:
 def raw_weights(trial_dir: Path, keys) -> dict | None:
     """The member's weights as the optimiser left them, from the newest checkpoint of its unit
     (a single trial's folder, or the fused group's folder above the member's), else None."""
-    states = sorted([*trial_dir.glob("checkpoint_*/state.pt"), *trial_dir.parent.glob("checkpoint_*/state.pt")])
-    if not states:
+    ckpts = sorted(c for d in (trial_dir, trial_dir.parent) for c in d.glob("checkpoint_*") if (c / STATE).is_file())
+    if not ckpts:
         return None
-    state = read_state(states[-1])
+    state = TrialDir(ckpts[-1]).read_state()
     names = [Path(m["config"].get("out_dir") or "").name for m in state["members"]]
     k = names.index(trial_dir.name) if trial_dir.name in names else 0 if len(names) == 1 else None
     if k is None:
-        raise StateError(f"{states[-1]} holds no member named {trial_dir.name}")
+        raise StateError(f"{ckpts[-1] / STATE} holds no member named {trial_dir.name}")
     src = {**state["params"], **state["buffers"]}
     return {n: src[n][k] for n in keys}
 
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
                 continue
             model.load_state_dict(raw)
         else:
-            model.load_state_dict(torch.load(t.dir / "model.pt", weights_only=True))
+            model.load_state_dict(TrialDir(t.dir).read_model())
         model.eval()
         v0, t0 = accuracy(model, splits, splits.val_x, splits.val_y), accuracy(model, splits, splits.test_x, splits.test_y)
         recalibrate(model, splits)

@@ -24,9 +24,10 @@ from pathlib import Path
 def slim_members(exp: Path) -> tuple[set[Path], int]:
     """Files to leave out, and how many trials are finished."""
     from gridrun import results
+    from gridrun.store import MODEL
 
     done_dirs = set(results.settled(exp).values())
-    drop = {d / "model.pt" for d in done_dirs if (d / "model.pt").is_file()}  # logits stay: a launch checks them
+    drop = {d / MODEL for d in done_dirs if (d / MODEL).is_file()}  # logits stay: a launch checks them
     for unit in (c for c in exp.iterdir() if c.is_dir()):
         members = [m for m in unit.iterdir() if m.is_dir() and not m.name.startswith("checkpoint_")]
         finished = unit in done_dirs or (members and all(m in done_dirs for m in members))
