@@ -1,29 +1,28 @@
-"""The engine's strategies side by side, in one process: for each model and K, every strategy
-(plain for K = 1; loop, vmap, blockdiag) eager and, on CUDA, replayed as a CUDA graph. Prints
-images/s of the group's whole training step (augmentation off, SGD, batch 128 per member), its
-ratio to one eager plain trial, and on a CPU the ATen operations dispatched per step (per group
-and per member; counted with a TorchDispatchMode): what a CUDA graph replays and what an eager
-GPU step launches, a figure that does not depend on the machine.
+"""The engine's strategies side by side (plain, loop, vmap, blockdiag; eager and CUDA graph): images/s of a group's step.
 
-    GRIDRUN_DATA=/work/shared/data/mnist python benchmarks/engine.py [--device cuda] [--steps 3]
+For each model and K, every strategy (plain for K = 1; loop, vmap, blockdiag) eager and, on
+CUDA, replayed as a CUDA graph. Reports images/s of the group's whole training step
+(augmentation off, SGD, batch 128 per member) against one eager plain trial, and on a CPU the
+ATen operations dispatched per step (counted with a TorchDispatchMode) against K plain trials'
+(what a CUDA graph replays and what an eager GPU step launches, a figure that does not depend
+on the machine).
+
+    GRIDRUN_DATA=/work/shared/data/mnist python -m benchmarks engine [--device cuda] [--steps 3]
         [--models tinynet_7k,resnet20] [--ks 1,8,32] [--batch 128] [--skip resnet20:32]
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from gridrun.config import TrainConfig
+from gridrun.data import load_arrays
+from gridrun.engine.group import setup
 
-from gridrun.config import TrainConfig  # noqa: E402
-from gridrun.data import load_arrays  # noqa: E402
-from gridrun.engine.group import setup  # noqa: E402
+from . import synchronizer
 
 
 class OpCounter(TorchDispatchMode):
@@ -55,7 +54,7 @@ def measure(step, steps: int, device, least_s: float, warmup: int) -> float:
     steps and `least_s` seconds."""
     for _ in range(warmup):
         step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device.type)
     sync()
     t0, n = time.perf_counter(), 0
     while n < steps or time.perf_counter() - t0 < least_s:
@@ -71,9 +70,7 @@ def count_ops(step) -> int:
     return sum(c.ops.values())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
+def add_args(ap) -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--models", default="tinynet_7k,resnet20")
     ap.add_argument("--ks", default="1,8,32")
@@ -81,32 +78,41 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="model:K pairs not to run, e.g. resnet20:32 (minutes on a CPU)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: no spinning OpenMP threads on a shared CPU)")
     ap.add_argument("--least-s", type=float, default=1.0, help="time each cell for at least this long")
-    a = ap.parse_args()
-    arrays = load_arrays()
-    skip = set(filter(None, a.skip.split(",")))
+
+
+def cell(model: str, k: int, strategy: str, graph: bool, a, arrays: dict) -> tuple[str, float, int | None]:
+    """One group's strategy name, images/s and (off CUDA) ATen ops per step."""
     cuda = a.device.startswith("cuda")
-    print(f"device {a.device}, torch {torch.__version__}, threads {a.threads}, batch {a.batch} "
-          f"per member, at least {a.steps} timed steps and {a.least_s} s per cell, SGD, no augmentation\n")
-    print("| model | K | strategy | mode | images/s | ratio to one eager trial | ATen ops/step | ops/member |")
-    print("|---|---:|---|---|---:|---:|---:|---:|")
+    g, step = group(model, k, strategy, a.device, a.batch, graph, arrays, a.threads)
+    ops = count_ops(step) if not cuda else None  # on a CPU also the warm-up step
+    sec = measure(step, a.steps, g.device, a.least_s, 5 if cuda else 1)
+    return g.meta["fuse_strategy"], k * a.batch / sec, ops
+
+
+def one_model(model: str, a, arrays: dict, bench) -> None:
+    """Every K and strategy of one model; the first cell (one eager plain trial) is the baseline."""
+    base = base_ops = None
+    for k in map(int, a.ks.split(",")):
+        cfg = {"model": model, "K": k, "batch": a.batch}
+        if f"{model}:{k}" in a.skip.split(","):
+            bench.row("images/s", None, "images/s", variant="-", config=cfg, note=f"skipped: --skip {model}:{k}")
+            continue
+        for strategy in (["auto"] if k == 1 else []) + ["loop", "vmap", "blockdiag"]:
+            for graph in ([False, True] if a.device.startswith("cuda") else [False]):
+                t = time.perf_counter()
+                name, ips, ops = cell(model, k, strategy, graph, a, arrays)
+                first = base is None
+                base, base_ops = base or ips, base_ops or ops
+                variant = f"{name} {'graph' if graph else 'eager'}"
+                bench.row("images/s", ips, "images/s", variant=variant, config=cfg, wall_s=time.perf_counter() - t,
+                          baseline=None if first else "one eager plain trial", baseline_value=None if first else base)
+                if ops:
+                    bench.row("ATen ops per step", ops, "ops", variant=variant, config=cfg,
+                              baseline=None if first else f"{k} plain trials", baseline_value=None if first
+                              else k * base_ops)
+
+
+def run(a, bench) -> None:
+    arrays = load_arrays()
     for model in a.models.split(","):
-        base = None
-        for k in map(int, a.ks.split(",")):
-            if f"{model}:{k}" in skip:
-                print(f"| {model} | {k} | (skipped: --skip {model}:{k}) | | | | | |", flush=True)
-                continue
-            for strategy in (["auto"] if k == 1 else []) + ["loop", "vmap", "blockdiag"]:
-                for graph in ([False, True] if cuda else [False]):
-                    g, step = group(model, k, strategy, a.device, a.batch, graph, arrays, a.threads)
-                    ops = count_ops(step) if not cuda else None  # on a CPU also the warm-up step
-                    sec = measure(step, a.steps, g.device, a.least_s, 5 if cuda else 1)
-                    ips = k * a.batch / sec
-                    base = base or ips  # the first cell: one eager plain trial
-                    name = g.meta["fuse_strategy"]
-                    print(f"| {model} | {k} | {name} | {'graph' if graph else 'eager'} | {ips:,.0f} | "
-                          f"{ips / base:.2f} | {ops if ops else '-'} | {f'{ops / k:.0f}' if ops else '-'} |",
-                          flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        one_model(model, a, arrays, bench)

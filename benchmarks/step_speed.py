@@ -1,4 +1,6 @@
-"""Fraction of the device's peak reached by a training step, and what channels_last, bf16
+"""A bare training step against eager: channels_last, bf16, cudnn.benchmark, torch.compile, a CUDA graph; % of peak.
+
+The fraction of the device's peak reached by a training step, and what channels_last, bf16
 autocast, torch.compile (mode "reduce-overhead") and a whole-step CUDA graph each change, per net
 and batch size.
 
@@ -7,33 +9,20 @@ A training step (forward, backward, SGD update) on a batch already on the device
 from torch.utils.flop_counter (forward + backward); the peak is measured here, as the bf16
 rate of a large matrix product, unless --peak-tflops is given.
 
-    python benchmarks/step_speed.py --device cuda --models tinynet_7k,resnet20
+    python -m benchmarks step_speed --device cuda --models tinynet_7k,resnet20
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
-import json
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from gridrun.models import create_model
 
-from gridrun.models import create_model  # noqa: E402
-
-
-def flops_per_image(model: str) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    net = create_model(model)
-    with FlopCounterMode(display=False) as fc:
-        net(torch.zeros(1, 1, 28, 28)).sum().backward()
-    return fc.get_total_flops()
+from . import flops_per_image
 
 
 def measured_peak_tflops(device: str) -> float:
@@ -124,39 +113,32 @@ def _step_rate(model: str, device: str, batch: int, variant: str, steps: int) ->
     return steps * batch / (time.perf_counter() - t)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def add_args(ap) -> None:
     ap.add_argument("--models", default="tinynet_7k,resnet20")
     ap.add_argument("--batch", default="128,512", help="batch sizes, joined with ','")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="from: " + ", ".join(VARIANTS))
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args()
+
+
+def run(a, bench) -> None:
     peak = a.peak_tflops or measured_peak_tflops(a.device)
-    name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "CPU"
-    print(f"device {name}; torch {torch.__version__}; peak {peak:.1f} TFLOP/s "
-          f"({'given' if a.peak_tflops else 'measured: bf16 matrix product' if a.device != 'cpu' else 'measured: fp32 matmul'})")
-    rows = []
+    how = "given" if a.peak_tflops else "measured: bf16 matrix product" if a.device != "cpu" else "measured: fp32 matmul"
     for model in a.models.split(","):
         fpi = flops_per_image(model)
+        base = {}
         for batch, variant in itertools.product([int(b) for b in a.batch.split(",")], a.variants.split(",")):
+            t = time.perf_counter()
             try:
-                rate = step_rate(model, a.device, batch, variant, a.steps)
-                err = ""
+                rate, err = step_rate(model, a.device, batch, variant, a.steps), None
             except Exception as e:  # a switch that does not work here is a result too
-                rate, err = 0.0, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-            frac = rate * fpi / (peak * 1e12)
-            rows.append({"model": model, "batch": batch, "variant": variant, "images_per_s": rate,
-                         "mflop_per_image": fpi / 1e6, "fraction_of_peak": frac, "error": err})
-            print(f"{model:<18} batch {batch:<5} {variant:<19} {rate:>11,.0f} img/s  {100 * frac:6.3f}% of peak"
-                  + (f"  ({err})" if err else ""), flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "peak_tflops": peak, "rows": rows}, f, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                rate, err = None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            cfg = {"model": model, "batch": batch, "mflop_per_image": round(fpi / 1e6, 1),
+                   "peak_tflops": round(peak, 2), "peak": how}
+            if variant == "eager":
+                base[batch] = rate
+            rel = variant != "eager" and base.get(batch)
+            bench.row("images/s", rate, "images/s", variant=variant, config=cfg, wall_s=time.perf_counter() - t,
+                      baseline="eager" if rel else None, baseline_value=base[batch] if rel else None, note=err)
+            if rate:
+                bench.row("fraction of peak", rate * fpi / (peak * 1e12), "fraction", variant=variant, config=cfg)

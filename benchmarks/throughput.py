@@ -8,13 +8,11 @@ the second is timed (the first warms up allocators, kernels and, for (b), the wo
   (b) usual:   torchvision.datasets.MNIST + RandomAffine/ColorJitter/ToTensor/Normalize per
                image in DataLoader workers, as in Ray Tune's own MNIST example.
 
-    GRIDRUN_DATA=../shared/data/mnist python benchmarks/throughput.py [--steps 200] [--batch 128]
+    GRIDRUN_DATA=../shared/data/mnist python -m benchmarks throughput [--steps 200] [--batch 128]
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import gzip
 import os
 import shutil
@@ -28,6 +26,8 @@ import torch.nn.functional as F
 from gridrun.data import find_files
 from gridrun.models import create_model
 from gridrun.train import train
+
+from . import flops_per_image
 
 # One augmentation strength for both pipelines.
 DEG, TRANSLATE, SCALE, SHEAR, BRIGHT, CONTRAST = 10.0, 0.1, 0.1, 5.0, 0.2, 0.2
@@ -92,53 +92,38 @@ def run_usual(model: str, steps: int, batch: int, device: str, workers: int, roo
     return rate
 
 
-def flops_per_image(model: str) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    net = create_model(model)
-    with FlopCounterMode(display=False) as fc:
-        net(torch.zeros(1, 1, 28, 28)).sum().backward()
-    return fc.get_total_flops()
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(ap) -> None:
     ap.add_argument("--model", default="tinynet_7k", help="one model, or several joined with ','")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 0], help="DataLoader workers to try for (b)")
-    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+
+
+def one_model(model: str, a, root: str, bench) -> None:
+    """(b) in each of its forms, then (a) against the best of them."""
+    cfg = {"model": model, "steps": a.steps, "batch": a.batch, "mflop_per_image": round(flops_per_image(model) / 1e6, 1),
+           "augment": "affine+jitter"}
+    usual = {}
+    for w in a.workers:
+        for fast in ([False, True] if a.device.startswith("cuda") else [False]):
+            key = f"torchvision + DataLoader({w} workers" + (", bf16 + channels_last)" if fast else ")")
+            t = time.perf_counter()
+            usual[key] = run_usual(model, a.steps, a.batch, a.device, w, root, fast)
+            bench.row("images/s (pass 2)", usual[key], "images/s", variant=key, config=cfg,
+                      wall_s=time.perf_counter() - t)
+    best = max(usual, key=usual.get)
+    t = time.perf_counter()
+    ours = run_gridrun(model, a.steps, a.batch, a.device, a.threads)
+    bench.row("images/s (pass 2)", ours, "images/s", variant="gridrun trainer", config=cfg,
+              baseline=f"best usual: {best}", baseline_value=usual[best], wall_s=time.perf_counter() - t)
+
+
+def run(a, bench) -> None:
+    torch.set_num_threads(a.threads)
     root = _torchvision_root()
-    rows = []
     try:
-        for model in args.model.split(","):
-            print(f"device {name}; torch {torch.__version__}; {args.threads} torch threads; model {model} "
-                  f"({flops_per_image(model) / 1e6:.1f} MFLOP per image, forward+backward); "
-                  f"{args.steps} steps of batch {args.batch}; affine+jitter augmentation", flush=True)
-            ours = run_gridrun(model, args.steps, args.batch, args.device, args.threads)
-            print(f"(a) gridrun trainer:                     {ours:9.0f} images/s", flush=True)
-            usual = {}
-            for w in args.workers:
-                for fast in ([False, True] if args.device.startswith("cuda") else [False]):
-                    key = f"{w} workers" + (", bf16 + channels_last" if fast else "")
-                    usual[key] = run_usual(model, args.steps, args.batch, args.device, w, root, fast)
-                    print(f"(b) torchvision + DataLoader({key}): {usual[key]:9.0f} images/s   ratio a/b = "
-                          f"{ours / usual[key]:.1f}x", flush=True)
-            best = max(usual, key=usual.get)
-            print(f"gridrun vs the best usual pipeline ({best}): {ours / usual[best]:.1f}x", flush=True)
-            rows.append({"model": model, "gridrun": ours, "usual": usual, "best_usual": best,
-                         "ratio": ours / usual[best]})
+        for model in a.model.split(","):
+            one_model(model, a, root, bench)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "rows": rows}, f, indent=1)
-
-
-if __name__ == "__main__":
-    main()

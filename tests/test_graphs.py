@@ -6,7 +6,7 @@ anything but its static buffers (batch indices, hyperparameter rows, alive flags
 on stale values and differ from the eager run.
 
 What a CPU cannot check is the recording itself (torch.cuda.graph, the generator registration,
-replay); `bash benchmarks/gpu/run.sh graphs` checks that on a GPU.
+replay); `bash tools/gpu/run.sh graphs` checks that on a GPU.
 
 Tolerance: none. Eager and replayed runs call the same function on the same buffers, so they
 agree bit for bit, single trials (now Adam too) and fused groups alike.

@@ -171,10 +171,10 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
     lines = []
     assert launch(str(spec), overrides=["seeds=3", "report.top_k=2"], storage=str(storage), out=lines.append) == 0
     assert "nothing to run" in lines[-1]
-    # the slim copy that travels to a GPU machine (benchmarks/gpu/carry_grid.py) keeps what a
+    # the slim copy that travels to a GPU machine (tools/gpu/carry_grid.py) keeps what a
     # launch reads: resumed there, it runs nothing again
     tgz = tmp_path / "carry" / "grow_runs.tgz"
-    assert subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "carry_grid.py"), str(exp), str(tgz)],
+    assert subprocess.run([sys.executable, str(ROOT / "tools" / "gpu" / "carry_grid.py"), str(exp), str(tgz)],
                           capture_output=True, text=True, check=True).stdout.count("model.pt of 3 finished trials")
     there = tmp_path / "there"
     with tarfile.open(tgz) as tar:

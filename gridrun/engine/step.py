@@ -3,7 +3,7 @@
 A tiny net's step is a few hundred small kernels (gather, augmentation, forward, backward,
 optimizer, weight average, metrics), each launched from Python: at batch 128 the GPU waits on
 the CPU. Replaying the whole step as one recorded CUDA graph ran tinynet_7k's step 3.5x and
-resnet20's 2.7x as fast on an H100 (reports/benchmarks.md, `benchmarks/step_speed.py`).
+resnet20's 2.7x as fast on an H100 (reports/benchmarks.md, `python -m benchmarks step_speed`).
 
 So the step reads and writes only long-lived tensors: the data on the device, the stacked
 weights, optimizer state and weight average, and small static tensors refreshed before each

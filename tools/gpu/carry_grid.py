@@ -1,7 +1,7 @@
 """Pack an experiment folder to carry to the GPU machine, slim: what `gridrun launch` needs to
 resume it, without the files of finished trials that it never reads.
 
-    python benchmarks/gpu/carry_grid.py runs/tiny_nets .device-grid/tiny_nets_runs.tgz
+    python tools/gpu/carry_grid.py runs/tiny_nets .device-grid/tiny_nets_runs.tgz
 
 A device call carries at most 64 MiB, and a grid folder grows past that (tiny_nets at 108 of
 180 trials: 72 MB, 55 MB compressed). A launch checks a finished trial's summary.json,
@@ -20,14 +20,14 @@ import sys
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 def slim_members(exp: Path) -> tuple[set[Path], int]:
     """Files to leave out, and how many trials are finished."""
     from gridrun import results
+    from gridrun.store import MODEL
 
     done_dirs = set(results.settled(exp).values())
-    drop = {d / "model.pt" for d in done_dirs if (d / "model.pt").is_file()}  # logits stay: a launch checks them
+    drop = {d / MODEL for d in done_dirs if (d / MODEL).is_file()}  # logits stay: a launch checks them
     for unit in (c for c in exp.iterdir() if c.is_dir()):
         members = [m for m in unit.iterdir() if m.is_dir() and not m.name.startswith("checkpoint_")]
         finished = unit in done_dirs or (members and all(m in done_dirs for m in members))

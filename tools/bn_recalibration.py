@@ -2,14 +2,14 @@
 running statistics are recomputed on the un-augmented training images? A gain says the
 augmented training images' statistics are not the test images' (what `clean_epochs` addresses).
 
-    python benchmarks/bn_recalibration.py runs/tiny_best [--test] [--weights raw]
+    python tools/bn_recalibration.py runs/tiny_best [--test] [--weights raw]
 
 Prints, per finished trial, validation accuracy before -> after (and test with --test; the
 issue-17 decision used validation only). No training, nothing written.
 
 `--weights raw` scores the trained weights themselves instead of the saved model: for a trial
-with `ema` on, model.pt holds the weight average and the last checkpoint's `model` the weights
-the optimiser left, so the two runs of this script compare the average against no average on
+with `ema` on, model.pt holds the weight average and the newest checkpoint's engine state
+(state.pt: the group's stacked `params` and `buffers`) the weights the optimiser left, so the two runs of this script compare the average against no average on
 the very same training runs (the average never feeds back into training).
 """
 from __future__ import annotations
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from gridrun.config import TrainConfig
-from gridrun.results import load_experiment
+from gridrun.config import TrainConfig, field_names
+from gridrun.engine.group import prepare_splits
 from gridrun.models import create_model, resolve_model_args
-from gridrun.train import prepare_splits
+from gridrun.results import load_experiment
+from gridrun.store import STATE, StateError, TrialDir
 
 
 def accuracy(model, splits, x, y, batch=4096) -> float:
@@ -46,6 +47,21 @@ def recalibrate(model, splits, batch=1024) -> None:
     model.eval()
 
 
+def raw_weights(trial_dir: Path, keys) -> dict | None:
+    """The member's weights as the optimiser left them, from the newest checkpoint of its unit
+    (a single trial's folder, or the fused group's folder above the member's), else None."""
+    ckpts = sorted(c for d in (trial_dir, trial_dir.parent) for c in d.glob("checkpoint_*") if (c / STATE).is_file())
+    if not ckpts:
+        return None
+    state = TrialDir(ckpts[-1]).read_state()
+    names = [Path(m["config"].get("out_dir") or "").name for m in state["members"]]
+    k = names.index(trial_dir.name) if trial_dir.name in names else 0 if len(names) == 1 else None
+    if k is None:
+        raise StateError(f"{ckpts[-1] / STATE} holds no member named {trial_dir.name}")
+    src = {**state["params"], **state["buffers"]}
+    return {n: src[n][k] for n in keys}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment")
@@ -59,18 +75,18 @@ def main(argv=None) -> None:
     for t in load_experiment(Path(a.experiment), logits=False).trials:
         if t.status != "finished":
             continue
-        cfg = {k: v for k, v in t.config.items() if k in TrainConfig.model_fields}
+        cfg = {k: v for k, v in t.config.items() if k in field_names()}
         cfg = TrainConfig.from_dict({**cfg, "data_dir": a.data_dir or cfg.get("data_dir"), "out_dir": None})
         splits = prepare_splits(cfg, torch.device("cpu"))
         model = create_model(cfg.model, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args))
         if a.weights == "raw":
-            last = max(t.dir.glob("checkpoint_*/state.pt"), default=None)
-            if last is None:
+            raw = raw_weights(t.dir, model.state_dict().keys())
+            if raw is None:
                 print(f"{t.name}: no checkpoint, skipped", flush=True)
                 continue
-            model.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["model"])
+            model.load_state_dict(raw)
         else:
-            model.load_state_dict(torch.load(t.dir / "model.pt", weights_only=True))
+            model.load_state_dict(TrialDir(t.dir).read_model())
         model.eval()
         v0, t0 = accuracy(model, splits, splits.val_x, splits.val_y), accuracy(model, splits, splits.test_x, splits.test_y)
         recalibrate(model, splits)

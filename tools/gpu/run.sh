@@ -3,26 +3,28 @@
 # `import ray, pydantic, gridrun` and the GPU, run the measurements, leave logs and JSON under
 # $OUT, print a summary.
 #
-#   bash benchmarks/gpu/run.sh [STAGE ...] [--device cpu] [--quick]
+#   bash tools/gpu/run.sh [STAGE ...] [--device cpu] [--quick]
 #
 # Stages (default: all, in this order): check graphs throughput fused packing mps time steps.
-# engine (not in the default list): benchmarks/engine.py, the engine's strategies side by side.
+# engine (not in the default list): `python -m benchmarks engine`, the engine's strategies side by side.
 # graphs: the trainer's CUDA-graph step (`cuda_graph: true`) against the same trainer without it,
-# one trial and one fused group, speed ratio and accuracy of both (benchmarks/graph_step.py).
+# one trial and one fused group, speed ratio and accuracy of both (`python -m benchmarks graph_step`).
+# Every benchmark stage runs through the harness (`python -m benchmarks NAME --device D --out
+# $OUT/STAGE.jsonl`): one JSON row per figure, the layout of benchmarks/__init__.py's ROW.
 # A session has 10 minutes per command: run the stages over several calls if need be, e.g.
-#   run 1: bash benchmarks/gpu/run.sh check throughput fused
-#   run 2: bash benchmarks/gpu/run.sh packing mps time steps
+#   run 1: bash tools/gpu/run.sh check throughput fused
+#   run 2: bash tools/gpu/run.sh packing mps time steps
 # Grids: stage grid:NAME launches (or resumes) grids/NAME.yaml for GRID_SECONDS (default 480)
 # under the CUDA MPS daemon (GRID_MPS=0: without), stops it cleanly with Ctrl-C's signal,
 # writes its report ($OUT/NAME.md) and tars the files the launch wrote to
 # $OUT/NAME_new.tgz.part-aa, -ab, ...; here, extract those over runs/NAME
 # (`cat NAME_new.tgz.part-* | tar xz -C runs`), run `gridrun report runs/NAME`, and for the
-# next session `python benchmarks/gpu/carry_grid.py runs/NAME .device-grid/NAME_runs.tgz`
+# next session `python tools/gpu/carry_grid.py runs/NAME .device-grid/NAME_runs.tgz`
 # (the stage extracts it into runs/ when runs/NAME is absent). .device/ and a grid's folder
 # rarely fit in one call's 64 MiB together: call 1 carries .device (Ray and MNIST stay in /tmp
 # on the warm machine), call 2 right after carries only .device-grid, e.g.
-#   call 1, carry [".device"]:      bash benchmarks/gpu/run.sh check
-#   call 2, carry [".device-grid"]: bash benchmarks/gpu/run.sh grid:tiny_nets
+#   call 1, carry [".device"]:      bash tools/gpu/run.sh check
+#   call 2, carry [".device-grid"]: bash tools/gpu/run.sh grid:tiny_nets
 # A grid of big nets (the zoo: checkpoints of hundreds of MB) cannot travel; it resumes from this
 # machine's own runs/ on later calls while the machine stays warm, and GRID_BACK=results brings
 # back only logits, metrics and summaries (no weights, no checkpoints).
@@ -104,35 +106,36 @@ from gridrun.data import load_arrays; a = load_arrays(); print('MNIST:', {k: v.s
 sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/check.log" ;;
     graphs)
-      run graphs $PY benchmarks/graph_step.py --device $DEVICE $GS --json "$OUT/graphs.json" ;;
+      run graphs $PY -m benchmarks graph_step --device $DEVICE $GS --out "$OUT/graphs.jsonl" ;;
     throughput)
-      run throughput $PY benchmarks/throughput.py --device $DEVICE --model tinynet_7k,resnet20 $TP \
-        --workers $WK --json "$OUT/throughput.json" ;;
+      run throughput $PY -m benchmarks throughput --device $DEVICE --model tinynet_7k,resnet20 $TP \
+        --workers $WK --out "$OUT/throughput.jsonl" ;;
     fused)
-      run fused $PY benchmarks/fused.py --device $DEVICE $FU --json "$OUT/fused.json" ;;
+      run fused $PY -m benchmarks fused --device $DEVICE $FU --out "$OUT/fused.jsonl" ;;
     engine)  # the engine's strategies (loop, vmap, blockdiag) x eager/graph, K in 1, 8, 32
-      run engine $PY benchmarks/engine.py --device $DEVICE $([ "$QUICK" = 1 ] && echo --ks 1,8 --batch 32) ;;
+      run engine $PY -m benchmarks engine --device $DEVICE $([ "$QUICK" = 1 ] && echo --ks 1,8 --batch 32) \
+        --out "$OUT/engine.jsonl" ;;
     packing)
-      run packing $PY benchmarks/packing.py $PK --gpus $([ $DEVICE = cpu ] && echo 0 || echo 1) \
-        --json "$OUT/packing.json" ;;
+      run packing $PY -m benchmarks packing --device $DEVICE $PK --gpus $([ $DEVICE = cpu ] && echo 0 || echo 1) \
+        --out "$OUT/packing.jsonl" ;;
     mps)
       if mps_start mps; then
-        run mps $PY benchmarks/packing.py $PK --modes ray --gpus 1 --label MPS --json "$OUT/mps.json"
+        run mps $PY -m benchmarks packing --device $DEVICE $PK --modes ray --gpus 1 --label MPS --out "$OUT/mps.jsonl"
         mps_stop
       fi ;;
     time)
       if [ "$QUICK" = 1 ]; then
-        run time $PY benchmarks/time_to_acc.py --device $DEVICE --epochs 1 --subset 5000 \
-          --recipes "tinynet_7k b256 sgd-nesterov one-cycle 0.3" --json "$OUT/time.json"
+        run time $PY -m benchmarks time_to_acc --device $DEVICE --epochs 1 --subset 5000 \
+          --recipes "tinynet_7k b256 sgd-nesterov one-cycle 0.3" --out "$OUT/time.jsonl"
       else
-        run time $PY benchmarks/time_to_acc.py --device $DEVICE ${TIME_ARGS:-} --json "$OUT/time.json"  # TIME_ARGS=--cuda-graph
+        run time $PY -m benchmarks time_to_acc --device $DEVICE ${TIME_ARGS:-} --out "$OUT/time.jsonl"  # TIME_ARGS=--cuda-graph
       fi ;;
     steps)
-      run steps $PY benchmarks/step_speed.py --device $DEVICE $SS --json "$OUT/steps.json" ;;
+      run steps $PY -m benchmarks step_speed --device $DEVICE $SS --out "$OUT/steps.jsonl" ;;
     grid:*)
       g=${stage#grid:}
       [ -f "grids/$g.yaml" ] || { echo "no grids/$g.yaml"; exit 2; }
-      # an earlier session's folder (benchmarks/gpu/carry_grid.py wrote it): .device-grid/ or
+      # an earlier session's folder (tools/gpu/carry_grid.py wrote it): .device-grid/ or
       # .device/NAME_runs.tgz, or its parts NAME_runs.tgz.part-aa, -ab, ...
       src=$(ls .device-grid/${g}_runs.tgz* .device/${g}_runs.tgz* 2>/dev/null | sort | head -1)
       if [ ! -d "runs/$g" ] && [ -n "$src" ]; then
