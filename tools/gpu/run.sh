@@ -14,9 +14,10 @@
 # A session has 10 minutes per command: run the stages over several calls if need be, e.g.
 #   run 1: bash tools/gpu/run.sh check throughput fused
 #   run 2: bash tools/gpu/run.sh packing mps time steps
-# Grids: stage grid:NAME launches (or resumes) grids/NAME.yaml for GRID_SECONDS (default 480)
+# Grids: stage grid:NAME launches (or resumes: from .device-grid/, else from the committed slim
+# export reports/runs/NAME) grids/NAME.yaml for GRID_SECONDS (default 480)
 # under the CUDA MPS daemon (GRID_MPS=0: without), stops it cleanly with Ctrl-C's signal,
-# writes its report ($OUT/NAME.md) and tars the files the launch wrote to
+# writes its report ($OUT/NAME.md) and slim export ($OUT/runs/NAME: commit it) and tars the files the launch wrote to
 # $OUT/NAME_new.tgz.part-aa, -ab, ...; here, extract those over runs/NAME
 # (`cat NAME_new.tgz.part-* | tar xz -C runs`), run `gridrun report runs/NAME`, and for the
 # next session `python tools/gpu/carry_grid.py runs/NAME .device-grid/NAME_runs.tgz`
@@ -143,6 +144,11 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
           && mv "$(find /tmp/grid-in -maxdepth 2 -type d -name "$g" | head -1)" "runs/$g" \
           && echo "== grid $g: resuming the folder from ${src%.part-*}" | tee -a "$OUT/summary.txt"
       fi
+      # else the committed slim export of an earlier window (reports/runs/NAME): its finished
+      # trials stay finished, the rest run (an export holds no checkpoints: those restart)
+      if [ ! -d "runs/$g" ] && [ -d "reports/runs/$g" ]; then
+        $PY -m gridrun.cli restore "reports/runs/$g" --storage runs 2>&1 | tee -a "$OUT/summary.txt"
+      fi
       GPU_ARGS=$([ $DEVICE = cuda ] && echo "resources.gpu=${GRID_GPU:-0.1} resources.cpu=1")
       # MPS by default: the tiny_nets grid's ten fused groups trained 1.48x the images per second
       # under it (1.3-1.6x per group; reports/benchmarks.md); GRID_MPS=0 turns it off
@@ -155,6 +161,11 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       [ $MPS = 1 ] && mps_stop
       mkdir -p /tmp/report-$g && run "report_$g" $PY -m gridrun.cli report "runs/$g" --out "/tmp/report-$g/$g.md"
       cp /tmp/report-$g/$g.md "$OUT/" 2>/dev/null
+      # the results that outlive the machine: the slim export (~25 KB a trial; no weights or
+      # checkpoints) and the report, to be committed here under reports/runs/NAME and reports/
+      rm -rf "$OUT/runs/$g" && mkdir -p "$OUT/runs" \
+        && run "export_$g" $PY -m gridrun.cli export "runs/$g" --out "$OUT/runs/$g" \
+        && echo "== grid $g: commit it: cp -r runs/$g reports/runs/ && gridrun report reports/runs/$g" | tee -a "$OUT/summary.txt"
       # back: only what this launch wrote (at most 8 files come back; the whole folder of a
       # finished grid is too big): extract it over the folder here, then `gridrun report` here
       # GRID_BACK=results leaves out weights and checkpoints (a zoo net's are tens of MB; the
