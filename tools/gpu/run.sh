@@ -165,7 +165,7 @@ sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)"
       # checkpoints) and the report, to be committed here under reports/runs/NAME and reports/
       rm -rf "$OUT/runs/$g" && mkdir -p "$OUT/runs" \
         && run "export_$g" $PY -m gridrun.cli export "runs/$g" --out "$OUT/runs/$g" \
-        && echo "== grid $g: commit it: cp -r runs/$g reports/runs/ && gridrun report reports/runs/$g" | tee -a "$OUT/summary.txt"
+        && echo "== grid $g: here, copy the returned runs/$g to reports/runs/$g, run gridrun report reports/runs/$g, commit both" | tee -a "$OUT/summary.txt"
       # back: only what this launch wrote (at most 8 files come back; the whole folder of a
       # finished grid is too big): extract it over the folder here, then `gridrun report` here
       # GRID_BACK=results leaves out weights and checkpoints (a zoo net's are tens of MB; the
