@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from ..errors import GridrunError
 from ..config import TrainConfig
 
 EPS = 1e-8  # Adam's default
@@ -46,6 +47,11 @@ def make_scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
         mode = "max" if cfg.plateau_metric == "val_acc" else "min"
         return lrs.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience), False
     if s == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        if cfg.pct_start * total <= 1:  # torch's OneCycleLR divides by its warm-up steps - 1
+            raise GridrunError(f"scheduler onecycle: {cfg.epochs} epoch(s) of {steps_per_epoch} step(s) leave "
+                               f"{cfg.pct_start * total:g} warm-up step(s) at pct_start {cfg.pct_start:g}; it needs more "
+                               f"than one: raise epochs or the data, lower batch_size, or use scheduler cosine")
         return lrs.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                               pct_start=cfg.pct_start), True
     if s == "cosine":
