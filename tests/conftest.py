@@ -1,5 +1,6 @@
 """Shared fixtures: small generated IDX files (no MNIST needed), one Ray for the whole run."""
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,24 @@ def held_env(epoch: int, release: Path) -> dict:
 def held(release: Path) -> list[str]:
     """The trials now held by `held_env(epoch, release)`, by folder name."""
     return sorted(p.name.split(".held-", 1)[1] for p in release.parent.glob(f"{release.name}.held-*"))
+
+
+def signal_when_held(proc, release: Path, sig, what: str, wait_s: float = 240) -> str:
+    """Wait until a trial of `proc` (a launch started with held_env) is held, send `sig` to the
+    launch, release the hold; the launch's output."""
+    try:
+        deadline = time.time() + wait_s
+        while not held(release):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+    return out
 
 
 def write_spec(path: Path, data_dir: Path, **over) -> Path:

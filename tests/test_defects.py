@@ -4,7 +4,6 @@ SIGTERM to the driver. Each answer is one line naming the thing and the fix, not
 import gzip
 import json
 import os
-import time
 
 import pytest
 
@@ -259,7 +258,7 @@ def test_sigterm_to_the_driver_stops_cleanly_with_summary_and_record(ray_local, 
     import subprocess
     import sys
 
-    from conftest import held, held_env, write_spec
+    from conftest import held_env, signal_when_held, write_spec
 
     spec = write_spec(tmp_path / "term.yaml", tiny_data, grid={"model": ["tinynet_7k"]}, seeds=1,
                       base={"epochs": 3, "batch_size": 10},
@@ -268,18 +267,7 @@ def test_sigterm_to_the_driver_stops_cleanly_with_summary_and_record(ray_local, 
     proc = subprocess.Popen([sys.executable, "-m", "gridrun.cli", "launch", str(spec), "--storage",
                              str(tmp_path / "runs"), "--address", ray_local.get_runtime_context().gcs_address],
                             env=held_env(1, release), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while not held(release):
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.time() < deadline, "timed out waiting for the trial to be held after epoch 1"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=180)
-    finally:
-        release.touch()
-        if proc.poll() is None:
-            proc.kill()
+    out = signal_when_held(proc, release, signal.SIGTERM, "the trial held after epoch 1")
     assert proc.returncode == 143, out
     assert "1 trials in" in out and "1 interrupted" in out and "stopped by SIGTERM" in out, out
     assert "Traceback" not in out and "SIGTERM received" not in out and "core dumped" not in out, out

@@ -305,7 +305,7 @@ def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
     spec = write_spec(tmp_path / "intr.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=2,
                       base={"epochs": 6, "batch_size": 10, "lr": 0.01},
                       data={"val_size": 100, "subset": 300, "data_dir": str(synth_dir)})
-    from conftest import held, held_env
+    from conftest import held_env, signal_when_held
 
     storage, release = tmp_path / "runs", tmp_path / "go"
     # Every trial waits after epoch 3 (its checkpoint saved) until released: Ctrl-C lands mid-grid
@@ -318,15 +318,7 @@ def test_ctrl_c_leaves_a_resumable_experiment(ray_local, synth_dir, tmp_path):
     def epochs_logged(d):
         return len((d / "metrics.csv").read_text().splitlines()) - 1 if (d / "metrics.csv").exists() else 0
 
-    try:
-        wait_for(lambda: held(release) or proc.poll() is not None, 240, "a trial held after epoch 3")
-        assert proc.poll() is None, proc.communicate()[0]
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        release.touch()
-        if proc.poll() is None:
-            proc.kill()
+    out = signal_when_held(proc, release, signal.SIGINT, "a trial held after epoch 3")
     assert proc.returncode == 130, out
     assert "interrupted (run the same command again to resume them)" in out
     done_before = {n: epochs_logged(d) for n, d in trial_dirs(exp).items()}
