@@ -338,11 +338,11 @@ def test_cuda_device_gets_an_index_before_the_memory_cap(monkeypatch, fraction):
     assert seen.get("fraction") == ((fraction, torch.device("cuda", 3)) if fraction else None)
 
 
-def test_onecycle_too_short_to_warm_up_is_one_line(synth_dir, tmp_path, capsys):
+def test_onecycle_with_one_warm_up_step_is_one_line(synth_dir, tmp_path, capsys):
     """torch's OneCycleLR divides by its warm-up steps - 1: a run of 4 steps at pct_start 0.25
     raised a bare ZeroDivisionError from inside torch (exit 1, an internal error)."""
     argv = ["train", "--data-dir", str(synth_dir), "--model", "tinynet_7k", "--epochs", "1", "--subset", "400",
             "--val-size", "0", "--batch-size", "100", "--scheduler", "onecycle", "--out", str(tmp_path / "t")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "scheduler onecycle" in err and "warm-up" in err and "\n" not in err, err
+    assert "scheduler onecycle" in err and "one warm-up step" in err and "\n" not in err, err

@@ -48,10 +48,10 @@ def make_scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
         return lrs.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience), False
     if s == "onecycle":
         total = cfg.epochs * steps_per_epoch
-        if cfg.pct_start * total <= 1:  # torch's OneCycleLR divides by its warm-up steps - 1
+        if float(cfg.pct_start * total) - 1 == 0:  # torch's OneCycleLR divides by its warm-up steps - 1
             raise GridrunError(f"scheduler onecycle: {cfg.epochs} epoch(s) of {steps_per_epoch} step(s) leave "
-                               f"{cfg.pct_start * total:g} warm-up step(s) at pct_start {cfg.pct_start:g}; it needs more "
-                               f"than one: raise epochs or the data, lower batch_size, or use scheduler cosine")
+                               f"exactly one warm-up step at pct_start {cfg.pct_start:g}, which torch's OneCycleLR "
+                               f"cannot schedule: change epochs, the data, batch_size or pct_start, or use scheduler cosine")
         return lrs.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                               pct_start=cfg.pct_start), True
     if s == "cosine":
