@@ -59,11 +59,12 @@ def group_name(train: dict, names: list[str]) -> str:
 
 def _write(folder: Path, summary) -> None:
     from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    w = EventFileWriter(str(folder), filename_suffix=SUFFIX)
-    w.add_event(Event(wall_time=time.time(), summary=summary))
-    w.close()
+    from .store import write_event_file
+
+    now = time.time()
+    write_event_file(folder, [Event(wall_time=now, file_version="brain.Event:2").SerializeToString(),
+                              Event(wall_time=now, summary=summary).SerializeToString()], SUFFIX)
 
 
 def write_session_start(trial_dir: str | Path, train: dict, names: list[str]) -> None:

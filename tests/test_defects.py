@@ -349,6 +349,7 @@ def test_train_out_on_a_full_disk_is_one_line(small_disk, tiny_data, capsys):
 
 
 @pytest.mark.slow  # ~60 s on a 2-core CPU: two trials fill a 600 KiB disk through the session's Ray
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no thread's traceback either
 def test_launch_on_a_disk_that_fills_up_is_one_line_and_a_recorded_launch(ray_local, small_disk, tmp_path,
                                                                           tiny_data):
     """The probe's case: before, an internal UnpicklingError from Ray, no summary, no launch record
