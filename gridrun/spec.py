@@ -534,8 +534,12 @@ def _check_memory(t: dict, prof: dict) -> None:
 
 
 def _check_trials(spec: Spec, trials: list[dict]) -> None:
-    """No config twice (copies would be reported as independent seeds); unique, safe names.
-    Trials may name different data folders: the launch ships each folder's arrays to its trials."""
+    """No config twice (copies would be reported as independent seeds); unique, safe names;
+    one data folder for the grid (a report checks every trial against one test set)."""
+    dirs = {t["train"]["data_dir"] for t in trials}
+    if len(dirs) > 1:
+        raise SpecError(f"trials name different data_dir values ({', '.join(sorted(map(str, dirs)))}): "
+                        f"set it once under data: (a report checks every trial against one test set)")
     seen: dict[str, dict] = {}
     for t in trials:
         if t["id"] in seen:
