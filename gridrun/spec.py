@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
-from .identity import FUSE_SHARED, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
+from .identity import trial_id
 from .config import FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
 from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml  # noqa: F401  (SpecError: spec's callers)
 
