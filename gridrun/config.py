@@ -170,9 +170,6 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump()
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
 
 # ---------------------------------------------------------------- pydantic's errors in words
 

@@ -218,8 +218,10 @@ def restore(source: str, storage: str = "runs", name: str | None = None, echo=pr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(exp.counts().items()))
-    echo(f"restored {target}: {len(exp.trials)} trials ({counts}); `gridrun launch SPEC --storage {storage}` "
-         f"runs the rest")
+    # a launch finds the folder by the spec's name: another name must be given to it
+    as_name = f" --name {target.name}" if (exp.spec or {}).get("name") != target.name else ""
+    echo(f"restored {target}: {len(exp.trials)} trials ({counts}); `gridrun launch SPEC --storage {storage}"
+         f"{as_name}` runs the rest")
     return target
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, with_defaults
-from .identity import config_id, config_key, config_label, varying_fields
+from .identity import config_id, config_label, varying_fields
 from .store import CONFIG, METRICS, SUMMARY, ExperimentDir, TrialDir, Unreadable
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
@@ -66,10 +66,6 @@ class TrialRecord:
     def epoch_seconds(self) -> list[float]:
         """Seconds of each epoch that recorded them (a hand-made metrics.csv may have none)."""
         return [h["seconds"] for h in self.history if h.get("seconds") is not None]
-
-    def group_key(self) -> str:
-        """The config without seed and plumbing: trials with the same key are seeds of one config."""
-        return config_key(self.config)
 
     def updated_at(self) -> float:
         """When its folder last changed (newest file), for `status`."""

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import GridrunError, did_you_mean
-from .identity import FUSE_SHARED, trial_id  # noqa: F401  (FUSE_SHARED: spec's readers)
+from .identity import trial_id
 from .config import FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
 from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml  # noqa: F401  (SpecError: spec's callers)
 
@@ -534,8 +534,12 @@ def _check_memory(t: dict, prof: dict) -> None:
 
 
 def _check_trials(spec: Spec, trials: list[dict]) -> None:
-    """No config twice (copies would be reported as independent seeds); unique, safe names.
-    Trials may name different data folders: the launch ships each folder's arrays to its trials."""
+    """No config twice (copies would be reported as independent seeds); unique, safe names;
+    one data folder for the grid (a report checks every trial against one test set)."""
+    dirs = {t["train"]["data_dir"] for t in trials}
+    if len(dirs) > 1:
+        raise SpecError(f"trials name different data_dir values ({', '.join(sorted(map(str, dirs)))}): "
+                        f"set it once under data: (a report checks every trial against one test set)")
     seen: dict[str, dict] = {}
     for t in trials:
         if t["id"] in seen:

@@ -123,6 +123,11 @@ def test_archive_restores_to_the_same_files_and_refuses_to_overwrite(tmp_path, c
     assert "exists: restore with --name NEW" in capsys.readouterr().err
     assert main(["restore", str(folder), "--storage", str(tmp_path / "store"), "--name", "again"]) == 0
     assert files(tmp_path / "store" / "again") == files(folder)
+    # the hint's launch must find the folder: a name other than the spec's (full) is passed on
+    assert f"`gridrun launch SPEC --storage {tmp_path / 'store'} --name again` runs the rest" in capsys.readouterr().out
+    lines = []
+    restore(str(folder), storage=str(tmp_path / "other"), echo=lines.append)
+    assert lines[0].endswith(f"`gridrun launch SPEC --storage {tmp_path / 'other'}` runs the rest"), lines
     export(str(exp), out=str(folder), echo=lambda _: None)  # an earlier export is replaced
     assert files(folder) == files(back)
 

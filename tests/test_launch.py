@@ -264,23 +264,6 @@ def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
     assert all(context.train_config(m, "x")["gpu_memory_fraction"] is None for u in units for m in u.members)
 
 
-def test_trials_on_two_data_folders_each_train_on_their_own(ray_local, synth_dir, tmp_path):
-    """The launch ships each data folder's arrays to its own trials (it once shipped the first
-    folder's to all): two folders of different sizes, one trial each."""
-    from conftest import make_data_dir
-
-    small = make_data_dir(tmp_path / "small", n_train=700, n_test=300)
-    spec = write_spec(tmp_path / "two.yaml", synth_dir, seeds=1, base={"epochs": 1, "model": "tinynet_7k"},
-                      data={"val_size": 100, "subset": 300},
-                      grid={"data": [{"data_dir": str(synth_dir)}, {"data_dir": str(small), "val_size": 150}]})
-    lines = []
-    assert launch(str(spec), storage=str(tmp_path / "runs"), out=lines.append) == 0, lines
-    tests = {}
-    for d in trial_dirs(tmp_path / "runs" / "two").values():
-        tests[json.loads((d / "config.json").read_text())["data_dir"]] = np.load(d / "logits_test.npy").shape[0]
-    assert tests == {str(synth_dir): 400, str(small): 300}
-
-
 def test_asha_stops_poor_trials_early(ray_local, synth_dir, tmp_path):
     # One trial at a time, good ones first: the hopeless ones (lr 1e-7) fall below ASHA's
     # first rung and are stopped after epoch 1; the report lists them as stopped.

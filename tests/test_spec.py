@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -78,14 +79,15 @@ def test_over_the_parameter_budget_is_refused():
         check_budget(s, expand(s))
 
 
-def test_trials_may_name_different_data_folders(tmp_path):
-    """Each folder's arrays are shipped to its own trials (test_launch trains on two); a folder is
-    plumbing, so trials that differ only in it are one config twice."""
+def test_data_dirs_must_agree_before_anything_runs(tmp_path):
+    """One data folder per grid, refused before anything runs: the report, status and the ensemble
+    score every trial against one test set (a second folder's trials were reported broken)."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    raw = {**GOOD, "grid": {"data": [{"data_dir": a, "val_size": 100}, {"data_dir": b, "val_size": 200}]}}
-    assert sorted({t["train"]["data_dir"] for t in expand(parse(raw))}) == [a, b]
-    with pytest.raises(SpecError, match="one config twice"):
-        expand(parse({**GOOD, "grid": {"data_dir": [a, b]}}))
+    for grid in ({"data": [{"data_dir": a, "val_size": 100}, {"data_dir": b, "val_size": 200}]},
+                 {"data_dir": [a, b]}):
+        want = f"different data_dir values ({a}, {b}): set it once under data:"
+        with pytest.raises(SpecError, match=re.escape(want)):
+            expand(parse({**GOOD, "grid": grid}))
 
 
 def test_overrides_are_validated_like_the_file():
