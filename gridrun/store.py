@@ -680,7 +680,8 @@ class ExperimentDir:
         try:
             raw = safe_yaml(read_text(path, MAX_SPEC_BYTES), str(path))
         except (Unreadable, OSError, SpecError, RecursionError) as e:
-            _note(problems, f"{SPEC_COPY} unreadable ({str(e)[:150]}): reported without it")
+            why = str(e).removeprefix(f"{path}: ")  # the loader's lines name the file: name it once
+            _note(problems, f"{SPEC_COPY} unreadable ({why[:150]}): reported without it")
             return {}
         if not isinstance(raw, dict):
             _note(problems, f"{SPEC_COPY} is not a mapping: reported without it")
