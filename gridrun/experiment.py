@@ -5,7 +5,6 @@ full disk."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -182,47 +181,3 @@ def storage_full(exp_dir: str) -> OSError | None:
 
 # Files that are whole or useless: JSON that must parse (store.WHOLE_JSON), arrays and torch zips
 # that must open.
-
-
-def sweep_half_files(exp: Path) -> None:
-    """After a full disk: remove the files a failed write or sync left empty or cut short (ours, and
-    Ray's pickles, which its result reader would choke on), and checkpoints that cannot be
-    resumed, so every trial reads as unfinished (resumable) or as what it really was."""
-    import zipfile
-
-    for d in [p for p in exp.rglob("*") if p.is_dir() and not p.is_symlink()]:
-        if d.name.startswith("checkpoint_"):
-            st, js = d / store.STATE, d / store.STATE_INFO
-            if not (st.is_file() and zipfile.is_zipfile(st) and _json_ok(js)):
-                shutil.rmtree(d, ignore_errors=True)
-            continue
-        for f in d.iterdir():
-            if f.is_file() and not f.is_symlink() and _half_written(f):
-                f.unlink(missing_ok=True)
-
-
-def _half_written(f: Path) -> bool:
-    import zipfile
-
-    return (f.suffix == ".tmp" or (f.name in store.WHOLE_JSON and not _json_ok(f))
-            or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == store.MODEL and not zipfile.is_zipfile(f))
-            or (f.suffix == ".pkl" and f.stat().st_size == 0)
-            or (f.name in (store.ERROR, store.RESULT) and f.stat().st_size == 0))
-
-
-def _json_ok(f: Path) -> bool:
-    try:
-        json.loads(f.read_text())
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def _npy_ok(f: Path) -> bool:
-    import numpy as np
-
-    try:
-        np.load(f, allow_pickle=False, mmap_mode="r")  # a short file fails to map its declared shape
-        return True
-    except (OSError, ValueError, EOFError):
-        return False

@@ -19,8 +19,7 @@ from ray import tune  # noqa: E402
 
 from . import diskio, store  # noqa: E402
 from .errors import GridrunError  # noqa: E402
-from .experiment import (Folder, Terminated, record_launch, record_plan, reference_file, storage_full,  # noqa: E402
-                         sweep_half_files)
+from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full  # noqa: E402
 from .plan import arrays, check_data, load, plan_table, remaining  # noqa: E402
 from .progress import Progress, exit_code, live_stream, summarize  # noqa: E402
 
@@ -238,5 +237,5 @@ def _fit(tuner, progress, local_dir: str | None, out):
     full = full or (storage_full(local_dir) if local_dir else None)
     if full is not None and local_dir:
         diskio.release(local_dir)
-        sweep_half_files(Path(local_dir))
+        store.sweep_half_files(Path(local_dir))
     return fitted, twice, full

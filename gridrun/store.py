@@ -808,3 +808,47 @@ def _touch_every(path: Path, stop: threading.Event, every_s: float) -> None:
             os.utime(path)
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------- after a full disk
+def sweep_half_files(exp: Path) -> None:
+    """After a full disk: remove the files a failed write or sync left empty or cut short (ours, and
+    Ray's pickles, which its result reader would choke on), and checkpoints that cannot be
+    resumed, so every trial reads as unfinished (resumable) or as what it really was."""
+    import shutil
+    import zipfile
+
+    for d in [p for p in exp.rglob("*") if p.is_dir() and not p.is_symlink()]:
+        if d.name.startswith("checkpoint_"):
+            st, js = d / STATE, d / STATE_INFO
+            if not (st.is_file() and zipfile.is_zipfile(st) and _json_ok(js)):
+                shutil.rmtree(d, ignore_errors=True)
+            continue
+        for f in d.iterdir():
+            if f.is_file() and not f.is_symlink() and _half_written(f):
+                f.unlink(missing_ok=True)
+
+
+def _half_written(f: Path) -> bool:
+    import zipfile
+
+    return (f.suffix == ".tmp" or (f.name in WHOLE_JSON and not _json_ok(f))
+            or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == MODEL and not zipfile.is_zipfile(f))
+            or (f.suffix == ".pkl" and f.stat().st_size == 0)
+            or (f.name in (ERROR, RESULT) and f.stat().st_size == 0))
+
+
+def _json_ok(f: Path) -> bool:
+    try:
+        json.loads(f.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _npy_ok(f: Path) -> bool:
+    try:
+        np.load(f, allow_pickle=False, mmap_mode="r")  # a short file fails to map its declared shape
+        return True
+    except (OSError, ValueError, EOFError):
+        return False
