@@ -86,6 +86,7 @@ class Progress:
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = self.clock()  # it starts again: its start-up counts again
         self.reported_at.pop(trial.trial_id, None)
+        self.ended.discard(_tname(trial))
         self.say(f"[retry] {_tname(trial)}: {_error_line(trial)}; resuming from its last checkpoint")
 
     def on_step_end(self, iteration, trials, **info):
@@ -120,7 +121,8 @@ class Progress:
         self.shown = None
 
     def update(self, trials) -> None:
-        running = [t for t in trials if t.status == "RUNNING"]
+        # Tune still lists a trial as RUNNING while its completion or failure is being handled
+        running = [t for t in trials if t.status == "RUNNING" and _tname(t) not in self.ended]
         self.slots = max(self.slots, len(running))
         line = self.line(running, self.clock())
         key = line.split(", elapsed")[0]

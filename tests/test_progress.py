@@ -245,3 +245,24 @@ def test_one_epoch_trials_get_an_eta_per_trial():
     p.on_trial_result(0, [a], a, {"epoch": 1, "status": "running"})
     assert p.eta([a], clock.t) == (12.0, 12.0, 0.0)  # b still to run: 12 s, start-up included
     assert p.line([a], clock.t).endswith("ETA 12s (12s per trial with its start-up, as measured)")
+
+
+def test_a_completed_trial_tune_still_lists_as_running_is_not_counted_running():
+    """Tune calls on_trial_complete while the trial's status still reads RUNNING: the line said
+    "2/2 done, 1 running" (found by the probe)."""
+    clock, lines = Clock(), []
+    units = [unit("a"), unit("b")]
+    p = Progress(units, lines.append, "/nowhere", clock=clock)
+    a, b = trial(units[0]), trial(units[1])
+    p.on_trial_start(0, [a, b], a)
+    p.on_trial_start(0, [a, b], b)
+    clock.t += 5
+    p.on_trial_result(0, [a, b], a, {"epoch": 4, "status": "ok", "val_acc": 0.9, "seconds": 1.0})
+    p.on_trial_complete(0, [a, b], a)
+    clock.t += 60  # past the print interval: update() prints the line
+    p.update([a, b])
+    assert lines[-1].startswith("progress: 1/2 done, 1 running"), lines[-1]
+    p.on_trial_complete(0, [a, b], b)
+    clock.t += 60
+    p.update([a, b])
+    assert lines[-1].startswith("progress: 2/2 done, 0 running"), lines[-1]
