@@ -26,7 +26,8 @@ FILES = {
 }
 ENV_VAR = "GRIDRUN_DATA"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gridrun" / "mnist"  # XDG base dirs
-FIX = f"set {ENV_VAR} to a folder holding the four MNIST IDX files (.gz or raw) or pass --data-dir"
+FIX = (f"set {ENV_VAR} to a folder holding the four MNIST IDX files (.gz or raw), or name it "
+       f"(`gridrun train --data-dir`, a spec's data.data_dir)")
 
 
 class DataError(GridrunError):

@@ -256,7 +256,8 @@ def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
         return found
     paths = []
     for t in targets:
-        for cand in (Path(t), Path(storage) / t):
+        bare = os.sep not in t and not t.startswith(".")  # a NAME: under storage first, then here
+        for cand in ((Path(storage) / t, Path(t)) if bare else (Path(t), Path(storage) / t)):
             if cand.is_dir() and ExperimentDir(cand).is_experiment():
                 paths.append(cand)
                 break
@@ -269,9 +270,6 @@ def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
 # ---------------------------------------------------------------- results as pandas
 
 def resolve_experiment(name_or_path: str | os.PathLike, storage: str) -> Path:
-    p = Path(name_or_path)
-    if p.is_dir() and ExperimentDir(p).is_experiment():
-        return p
     return find_experiments([str(name_or_path)], storage)[0]
 
 

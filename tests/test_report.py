@@ -598,3 +598,19 @@ def test_a_pending_trial_has_the_config_id_of_its_finished_seeds(tmp_path):
                                                          {"name": "m_s1", "train": {**cfg, "seed": 1}}]))
     df = gridrun.load(exp).set_index("trial")
     assert df.loc["m_s1", "status"] == "pending" and df.loc["m_s1", "config_id"] == df.loc["m_s0", "config_id"]
+
+
+def test_a_bare_name_is_looked_up_under_storage_before_the_working_folder(tmp_path, monkeypatch):
+    """`gridrun report ex2 --storage r3` read a folder ./ex2 in the working directory instead of
+    r3/ex2 (found by the probe); a path (./ex2, a/b) is still a path first."""
+    from gridrun.results import find_experiments, resolve_experiment
+    from gridrun.store import ExperimentDir
+
+    monkeypatch.chdir(tmp_path)
+    for d in (tmp_path / "ex2", tmp_path / "r3" / "ex2"):
+        d.mkdir(parents=True)
+        ExperimentDir(d).write_manifest([])
+    assert find_experiments(["ex2"], "r3") == [Path("r3") / "ex2"]
+    assert resolve_experiment("ex2", "r3") == Path("r3") / "ex2"
+    assert find_experiments(["./ex2"], "r3") == [Path("./ex2")]
+    assert find_experiments(["ex2"], "nowhere") == [Path("ex2")]  # no such name there: the folder here
