@@ -25,15 +25,21 @@ class Clock:
         return self.t
 
 
-def test_eta_counts_the_measured_start_up_of_trials_still_to_start():
-    """Two slots, three 4-epoch trials: start-up 20 s, then 5 s an epoch. The first trial's
-    first report comes 25 s after its start; the ETA counts the third trial's start-up too."""
+def started(names: str):
+    """A Progress over one 4-epoch unit per letter, the first two started: (p, clock, lines, a, b)."""
     clock, lines = Clock(), []
-    units = [unit("a"), unit("b"), unit("c")]
+    units = [unit(n) for n in names]
     p = Progress(units, lines.append, "/nowhere", clock=clock)
     a, b = trial(units[0]), trial(units[1])
     p.on_trial_start(0, [a, b], a)
     p.on_trial_start(0, [a, b], b)
+    return p, clock, lines, a, b
+
+
+def test_eta_counts_the_measured_start_up_of_trials_still_to_start():
+    """Two slots, three 4-epoch trials: start-up 20 s, then 5 s an epoch. The first trial's
+    first report comes 25 s after its start; the ETA counts the third trial's start-up too."""
+    p, clock, lines, a, b = started("abc")
     clock.t += 25
     p.on_trial_result(0, [a, b], a, {"epoch": 1, "status": "running", "val_acc": 0.5, "seconds": 4.0})
     clock.t += 5
@@ -250,12 +256,7 @@ def test_one_epoch_trials_get_an_eta_per_trial():
 def test_a_completed_trial_tune_still_lists_as_running_is_not_counted_running():
     """Tune calls on_trial_complete while the trial's status still reads RUNNING: the line said
     "2/2 done, 1 running" (found by the probe)."""
-    clock, lines = Clock(), []
-    units = [unit("a"), unit("b")]
-    p = Progress(units, lines.append, "/nowhere", clock=clock)
-    a, b = trial(units[0]), trial(units[1])
-    p.on_trial_start(0, [a, b], a)
-    p.on_trial_start(0, [a, b], b)
+    p, clock, lines, a, b = started("ab")
     clock.t += 5
     p.on_trial_result(0, [a, b], a, {"epoch": 4, "status": "ok", "val_acc": 0.9, "seconds": 1.0})
     p.on_trial_complete(0, [a, b], a)
