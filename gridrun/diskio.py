@@ -14,12 +14,13 @@ from pathlib import Path
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 RESERVE = ".gridrun-reserve"  # kept in an experiment folder so the launch record fits on a full disk
 RESERVE_BYTES = 256 * 1024
+TEMP_SUFFIX = ".tmp"  # atomic_write's file before its rename (store.sweep_temp_files clears strays)
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Write `path` through `write(f)` on a binary temp file, fsync it, rename it into place."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
     try:
         with open(tmp, "wb") as f:
             write(f)

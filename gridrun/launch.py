@@ -238,4 +238,6 @@ def _fit(tuner, progress, local_dir: str | None, out):
     if full is not None and local_dir:
         diskio.release(local_dir)
         store.sweep_half_files(Path(local_dir))
+    elif local_dir:
+        store.sweep_temp_files(Path(local_dir))
     return fitted, twice, full

@@ -810,6 +810,16 @@ def _touch_every(path: Path, stop: threading.Event, every_s: float) -> None:
             pass
 
 
+# ---------------------------------------------------------------- after a launch
+def sweep_temp_files(exp: Path) -> int:
+    """Remove the atomic writer's temp files left in an experiment once its launch has ended (Ray's
+    artifact sync can copy one mid-write, and nothing renames that copy); how many went."""
+    stray = [f for f in exp.rglob("*" + diskio.TEMP_SUFFIX) if f.is_file() and not f.is_symlink()]
+    for f in stray:
+        f.unlink(missing_ok=True)
+    return len(stray)
+
+
 # ---------------------------------------------------------------- after a full disk
 def sweep_half_files(exp: Path) -> None:
     """After a full disk: remove the files a failed write or sync left empty or cut short (ours, and
@@ -832,7 +842,7 @@ def sweep_half_files(exp: Path) -> None:
 def _half_written(f: Path) -> bool:
     import zipfile
 
-    return (f.suffix == ".tmp" or (f.name in WHOLE_JSON and not _json_ok(f))
+    return (f.name.endswith(diskio.TEMP_SUFFIX) or (f.name in WHOLE_JSON and not _json_ok(f))
             or (f.suffix == ".npy" and not _npy_ok(f)) or (f.name == MODEL and not zipfile.is_zipfile(f))
             or (f.suffix == ".pkl" and f.stat().st_size == 0)
             or (f.name in (ERROR, RESULT) and f.stat().st_size == 0))

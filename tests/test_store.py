@@ -186,3 +186,17 @@ def test_store_starts_without_torch_or_pandas():
     code = "import sys, gridrun.store, gridrun.status; print(sorted({'torch', 'pandas', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_stray_temp_files_are_swept_once_a_launch_ends(tmp_path):
+    """Ray's artifact sync copied labels_test.npy.tmp mid-write into a finished trial's folder
+    (found by the probe); the launch's end removes such strays and nothing else."""
+    from gridrun import diskio
+    from gridrun.store import sweep_temp_files
+
+    trial = tmp_path / "exp" / "group" / "t0"
+    trial.mkdir(parents=True)
+    (trial / "labels_test.npy.tmp").write_bytes(b"\x93NUMPY half")
+    diskio.atomic_write_text(trial / "summary.json", "{}")
+    assert sweep_temp_files(tmp_path / "exp") == 1
+    assert sorted(p.name for p in trial.iterdir()) == ["summary.json"]
