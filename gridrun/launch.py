@@ -122,8 +122,10 @@ def _connect(address: str | None):
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     kw = dict(log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    if os.environ.get("GRIDRUN_TEST_HOLD"):  # engine/run.py's test hook, handed to the trials of a joined Ray too
-        kw["runtime_env"] = {"env_vars": {"GRIDRUN_TEST_HOLD": os.environ["GRIDRUN_TEST_HOLD"]}}
+    from .engine.run import TEST_HOLD  # torch is loaded already: the spec's models were checked
+
+    if os.environ.get(TEST_HOLD):  # the engine's test hook, handed to the trials of a joined Ray too
+        kw["runtime_env"] = {"env_vars": {TEST_HOLD: os.environ[TEST_HOLD]}}
     try:
         ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -3,7 +3,8 @@ engine (gridrun/engine/), which says what files it writes. Knows nothing of Ray.
 from __future__ import annotations
 
 from .config import TrainConfig
-from .engine import StateError, run
+from .engine import run
+from .store import StateError  # what a resume refused raises: public with train
 from .engine.group import fast_formats, prepare_splits  # noqa: F401  (public helpers)
 
 __all__ = ["StateError", "train", "fast_formats", "prepare_splits"]

@@ -109,15 +109,13 @@ class _Reporter:
 def _train(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter) -> list[dict]:
     """Train the unit in a scratch state folder, from the newest checkpoint there is; a corrupt
     or foreign checkpoint starts it over, and says so."""
-    from .train import StateError
-
     sweep_stale_state()
     work = tempfile.mkdtemp(prefix=f"gridrun-state-{os.getpid()}-")
     report.state_dir = os.path.join(work, "state")
     try:
         try:
             return _go(unit, context, trial_dir, report, _resume_state(context.storage_of(unit.name), work))
-        except StateError as e:
+        except store.StateError as e:
             report.notice.append(f"{e}; the trial starts again from epoch 1")
             print(f"gridrun: notice: {report.notice[-1]}", file=sys.stderr)
             shutil.rmtree(report.state_dir, ignore_errors=True)

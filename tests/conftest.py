@@ -93,7 +93,9 @@ def held_env(epoch: int, release: Path) -> dict:
     GRIDRUN_TEST_HOLD): a test acts on a launch known to be mid-grid, then releases it. The
     launch hands the hook to its trials in the job's runtime_env (launch._connect), so it reaches
     them on a Ray the driver joins as on one it starts."""
-    return {**os.environ, "GRIDRUN_TEST_HOLD": f"{epoch}:{release}"}
+    from gridrun.engine.run import TEST_HOLD
+
+    return {**os.environ, TEST_HOLD: f"{epoch}:{release}"}
 
 
 def held(release: Path) -> list[str]:

@@ -7,7 +7,6 @@
   group.py       a group's setup (device, data, members, strategy), retirement, state
   run.py         the epoch loop, scoring, precise BN: run(configs) -> results
 """
-from ..store import StateError
 from .run import run
 
-__all__ = ["StateError", "run"]
+__all__ = ["run"]
