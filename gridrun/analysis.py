@@ -11,26 +11,22 @@ chosen. Identity (which trials are seeds of one config, its id and label) is gri
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from .identity import config_id, config_key, config_label, varying_fields
+from .store import finite_number
 from .results import Experiment, TrialRecord
 
 TIE_TOL = 1e-9  # validation means closer than this are a tie
 BUDGET = ("max_params", "max_epochs")  # constraints that bound what may be chosen; the test target is none
 
 
-def finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def mean_std(values) -> tuple[float | None, float | None, int]:
     """(mean, sample std or None for one value, n) of the finite values."""
-    v = [float(x) for x in values if finite(x)]
+    v = [float(x) for x in values if finite_number(x)]
     if not v:
         return None, None, 0
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None), len(v)
@@ -165,7 +161,7 @@ def chosen(summaries: list[ConfigSummary]) -> tuple[ConfigSummary | None, list[C
 def rank_by_validation(trials: list[TrialRecord]) -> list[TrialRecord]:
     """Finished runs, best validation accuracy first (then lower val loss, then name): the
     ensemble's members are the first K."""
-    done = [t for t in trials if t.status == "finished" and finite(t.final.get("val_acc"))]
+    done = [t for t in trials if t.status == "finished" and finite_number(t.final.get("val_acc"))]
     return sorted(done, key=lambda t: (-t.final["val_acc"], t.final.get("val_loss") or 0.0, t.name))
 
 

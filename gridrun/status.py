@@ -15,7 +15,7 @@ from .errors import GridrunError
 from . import analysis
 from .progress import dur as _dur  # one duration format for status and the launch's progress line
 from .results import find_experiments, load_experiment
-from .store import ExperimentDir, TrialDir, Unreadable
+from .store import ExperimentDir, TrialDir, Unreadable, finite_number
 
 ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
 
@@ -57,7 +57,7 @@ def snapshot(path: Path) -> dict:
     parallel = max(1, counts["running"])
     eta = (left * epoch_s + starting * (startup or 0.0)) / parallel if epoch_s and holder else None
     launches = exp.launches
-    elapsed = now - holder["since"] if holder and analysis.finite(holder.get("since")) else \
+    elapsed = now - holder["since"] if holder and finite_number(holder.get("since")) else \
         sum(l.get("wall_s", 0) for l in launches if isinstance(l.get("wall_s"), (int, float)))
     return {"experiment": exp.name, "folder": str(path), "launch": holder, "trials": len(rows), "counts": counts,
             "running": [r for r in rows if r["status"] == "running"],
@@ -120,7 +120,7 @@ def render(snap: dict) -> str:
             + ", ".join(f"{v} {k}" for k, v in c.items() if v))
     lines = [head]
     for r in snap["running"]:
-        va = f"{r['val_acc']:.4f}" if analysis.finite(r["val_acc"]) else "-"
+        va = f"{r['val_acc']:.4f}" if finite_number(r["val_acc"]) else "-"
         ips = f"{r['images_per_s']:,.0f} img/s" if r["images_per_s"] else "- img/s"
         lines.append(f"  running {r['trial']:<40} epoch {r['epoch']:>3}/{r['epochs']}  val acc {va}  {ips}"
                      f"  (updated {_dur(r['updated_s_ago'])} ago)")

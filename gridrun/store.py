@@ -314,7 +314,8 @@ def provenance() -> dict:
 
 # ---------------------------------------------------------------- a trial's folder
 
-def _finite_number(v) -> bool:
+def finite_number(v) -> bool:
+    """A real number (not a bool), neither NaN nor infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -368,7 +369,7 @@ class TrialDir:
         # the report quotes _meta: numbers where it computes, scalars elsewhere
         meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
         for k in ("params", "peak_gpu_mem_mb", "threads"):
-            if k in meta and not (_count(meta[k]) or (k == "peak_gpu_mem_mb" and _finite_number(meta[k]))):
+            if k in meta and not (_count(meta[k]) or (k == "peak_gpu_mem_mb" and finite_number(meta[k]))):
                 meta.pop(k)
         return cfg, meta
 
