@@ -228,6 +228,32 @@ def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(taken))
 
 
+def label_digest(labels) -> str:
+    """A checksum of a vector of class labels (as uint8 bytes): what a launch records of each
+    trial's validation and test labels, so that a folder without the data is still checked."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint8).tobytes()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=16)
+def _split_labels(train_path: str, test_path: str, val_size: int, split_seed: int) -> dict[str, np.ndarray]:
+    train, test = read_idx(train_path, "train_labels"), read_idx(test_path, "test_labels")
+    if max(train.max(initial=0), test.max(initial=0)) > 9:
+        raise DataError(f"MNIST labels in {Path(train_path).parent} hold values above 9: not MNIST labels; {FIX}")
+    _, val_idx = stratified_split(train, val_size, split_seed)
+    out = {"val": train[val_idx], "test": test}
+    for a in out.values():
+        a.flags.writeable = False  # shared by every caller of the cache
+    return out
+
+
+def split_labels(data_dir=None, val_size: int = 5000, split_seed: int = 0) -> dict[str, np.ndarray]:
+    """The validation and test labels a trial on `data_dir` is scored against, from the two label
+    files alone (checked as load_arrays checks them; never downloading): what the saved labels
+    of a trial are checked against, and what a launch records the checksums of."""
+    files = find_files(data_dir, download=False)
+    return _split_labels(str(files["train_labels"]), str(files["test_labels"]), val_size, split_seed)
+
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision's Normalize((0.1307,), (0.3081,))
 
 

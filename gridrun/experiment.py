@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -129,7 +130,7 @@ def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, cod
         except OSError as e:  # a full disk: the record itself matters more than the patch
             prov["git"]["diff_file"] = f"not saved ({e.strerror})"
     argv = sys.argv[1:] if sys.argv and os.path.basename(sys.argv[0]) in ("gridrun", "cli.py", "__main__.py") else None
-    command = " ".join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"
+    command = shlex.join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"  # the report quotes it
     exp.append_launch({"command": command, "cluster": cluster, "wall_s": round(wall_s, 1), "exit": code,
                        "finished_at": time.time(), "provenance": prov})
 

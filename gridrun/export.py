@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -115,8 +116,23 @@ def _check_out(src: Path, out: Path, archive: bool) -> None:
     if archive:
         if out.is_dir():
             raise GridrunError(f"--out {out} is a folder: give a file name ending in .tar.gz")
-    elif out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ExperimentDir(out).is_export())):
+    elif out.exists() and (not out.is_dir() or (any(out.iterdir()) and not pure_export(out))):
         raise GridrunError(f"--out {out} exists and is not an earlier export: give a new folder, or FILE.tar.gz")
+
+
+def pure_export(folder: Path) -> bool:
+    """Whether a folder is an earlier export, safe to replace: its mark, and nothing in it but
+    the files an export writes. The content is what counts: a restored folder has no mark, but a
+    launch into an export folder grows it with weights, logits, checkpoints, Ray's files, a lock."""
+    if not ExperimentDir(folder).is_export():
+        return False
+    for root, dirs, names in os.walk(folder):  # links are listed, never followed
+        rel = PurePosixPath(Path(root).relative_to(folder).as_posix())
+        if any(os.path.islink(os.path.join(root, n)) for n in dirs + names) or (dirs and len(rel.parts) >= 2):
+            return False
+        if not all(kept(rel / n) for n in names):
+            return False
+    return True
 
 
 def _write_slim(src: Path, exp: results.Experiment, dest: Path) -> tuple[int, list[str]]:
@@ -214,14 +230,15 @@ def restore(source: str, storage: str = "runs", name: str | None = None, echo=pr
         if not exp.trials:
             raise GridrunError(f"{source} holds no trials of a gridrun experiment: give a folder or archive "
                                f"written by `gridrun export`")
+        ExperimentDir(tmp / top).clear_export_mark()  # an experiment again: an export must never replace it
         os.replace(tmp / top, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(exp.counts().items()))
     # a launch finds the folder by the spec's name: another name must be given to it
-    as_name = f" --name {target.name}" if (exp.spec or {}).get("name") != target.name else ""
-    echo(f"restored {target}: {len(exp.trials)} trials ({counts}); `gridrun launch SPEC --storage {storage}"
-         f"{as_name}` runs the rest")
+    as_name = ["--name", target.name] if (exp.spec or {}).get("name") != target.name else []
+    command = shlex.join(["gridrun", "launch", "SPEC", "--storage", str(storage), *as_name])
+    echo(f"restored {target}: {len(exp.trials)} trials ({counts}); `{command}` runs the rest")
     return target
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import results
-from .store import ExperimentDir
+from .store import SPEC_COPY, ExperimentDir
 from .identity import fuse_key, trial_id
 from .spec import Spec, SpecError, short
 
@@ -152,9 +153,25 @@ class Remaining:
         merged = {e["name"]: e for e in self.held}
         group_of = {m.name: u.name for u in self.units if u.fused for m in u.members}
         for t in self.trials:
-            group = group_of.get(t.name) if t.name not in self.done else (merged.get(t.name) or {}).get("group")
-            merged[t.name] = {**t.to_dict(), "group": group}
+            old = merged.get(t.name) or {}
+            group = group_of.get(t.name) if t.name not in self.done else old.get("group")
+            # a settled trial keeps the checksums of the labels it ran with; the others get this data's
+            labels = old.get("labels") if t.name in self.done and old.get("labels") else label_digests(t.train)
+            merged[t.name] = {**t.to_dict(), "group": group, "labels": labels}
         return list(merged.values())
+
+
+def label_digests(train: dict) -> dict:
+    """Checksums of the validation and test labels a trial is scored against, from its data
+    folder's label files (the launch has read them): the manifest keeps them, so that a folder
+    whose data is not at hand is still checked (results.true_test_labels)."""
+    from .data import DataError, label_digest, split_labels
+
+    try:
+        labels = split_labels(train.get("data_dir"), train.get("val_size", 5000), train.get("split_seed", 0))
+    except DataError:  # no data here (a test's plan); the launch itself has checked it is
+        return {}
+    return {split: label_digest(labels[split]) for split in ("val", "test")}
 
 
 def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None = None) -> Remaining:
@@ -166,10 +183,21 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
     grid = adopt_names(held, grid, out, shown)
     if held:
         check_growth(shown, held, grid)
-    done = frozenset(results.settled(exp)) if exp is not None and exp.is_dir() else frozenset()
+    done = _settled(exp, {t.name for t in grid}, out, shown) if exp is not None and exp.is_dir() else frozenset()
     todo = [t for t in grid if t.name not in done]
     units = regroup(spec, todo, held, exp, out)
     return Remaining(tuple(grid), tuple(held), done, tuple(units))
+
+
+def _settled(exp: Path, names: set[str], out, shown: str) -> frozenset:
+    """The trials of the grid the folder has settled (finished or diverged, as the one reader,
+    results.load_experiment, decides for every command); says which broken ones are rerun."""
+    trials = [t for t in results.load_experiment(exp).trials if t.name in names]
+    broken = [t for t in trials if t.status == "broken"]
+    if broken:
+        said = "; ".join(f"{t.name} ({t.reason[:100]})" for t in broken[:5]) + ("; ..." if len(broken) > 5 else "")
+        out(f"{shown}: {len(broken)} broken trial(s) of this grid are rerun: {said}")
+    return frozenset(t.name for t in trials if t.status in results.SETTLED)
 
 
 def adopt_names(held: list[dict], grid: list[Trial], out, shown: str) -> list[Trial]:
@@ -231,10 +259,12 @@ def _changed(old: dict, new: dict) -> str:
 def _relaunch(shown: str) -> str:
     """The command that goes on with the experiment as it was launched (its recorded spec)."""
     if "://" in shown:  # the spec as launched is in the object store: it must be copied here first
-        again = f"gridrun launch spec.yaml --name {os.path.basename(shown)} --storage {os.path.dirname(shown)}"
-        return f"`{again}` with spec.yaml copied from {shown}/spec.yaml"
+        again = shlex.join(["gridrun", "launch", SPEC_COPY, "--name", os.path.basename(shown),
+                            "--storage", os.path.dirname(shown)])
+        return f"`{again}` with {SPEC_COPY} copied from {shown}/{SPEC_COPY}"
     rel = os.path.relpath(shown) if not os.path.relpath(shown).startswith("..") else shown
-    return f"`gridrun launch {rel}/spec.yaml --name {os.path.basename(rel)} --storage {os.path.dirname(rel) or '.'}`"
+    return "`" + shlex.join(["gridrun", "launch", f"{rel}/{SPEC_COPY}", "--name", os.path.basename(rel),
+                             "--storage", os.path.dirname(rel) or "."]) + "`"
 
 
 # ---------------------------------------------------------------- data and the plan table

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import results, store
+from .errors import GridrunError
 from .plan import Unit
 from .store import TrialDir
 
@@ -222,15 +223,16 @@ def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool
     for everything when storage is not a local path); the launch's exit code before signals."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
     by_name = {((r.config or {}).get("unit") or {}).get("name"): r for r in _readable_results(grid)}
+    states = _states(exp_dir) if local else {}
     for u in units:
         result = by_name.get(u.name)
         if result is not None and _result_error(result) is not None:
             counts["failed"] += len(u.members)
             continue
         m = (result.metrics or {}) if result is not None else {}
-        for t, d in zip(u.members, u.member_dirs(Path(exp_dir, u.name))):
+        for t in u.members:
             if local:
-                key = _KEYS.get(results.read_trial(d, t.name, logits=False).status, "interrupted")
+                key = _KEYS.get(states.get(t.name), "interrupted")
             elif str(m.get("status", "")).startswith("diverged"):
                 key = "diverged"
             else:
@@ -244,6 +246,14 @@ def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool
     out(f"{shown or exp_dir}: {sum(len(u.members) for u in units)} trials in {seconds:.0f}s: {words}"
         + (" (see the [failed] lines above; rerun the same command to retry them)" if counts["failed"] else ""))
     return 1 if counts["failed"] else 130 if counts["interrupted"] else 0
+
+
+def _states(exp_dir: str) -> dict[str, str]:
+    """Each trial's status as the one reader (results.load_experiment) decides it for every command."""
+    try:
+        return {t.name: t.status for t in results.load_experiment(Path(exp_dir)).trials}
+    except GridrunError:  # its trials' labels cannot be checked here: counted as not finished
+        return {}
 
 
 def _readable_results(grid) -> list:

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -553,7 +554,8 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
     exp = load_experiment(find_experiments([target], storage)[0])
     a = analysis.analyse(exp)
     if not a.summaries:
-        raise GridrunError(f"{exp.name} has no finished trial yet: `gridrun status {target}` shows where it is")
+        raise GridrunError(f"{exp.name} has no finished trial yet: `{shlex.join(['gridrun', 'status', target])}` "
+                           f"shows where it is")
     chosen, cons = a.chosen, a.constraints
     if chosen is None:
         budget = " and ".join(w for w in _cons_words(cons) if not w.startswith("mean test"))
@@ -562,7 +564,7 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
         raise GridrunError(f"no config of {exp.name} can be chosen: {why}")
     if how == "command":
         first = min(chosen.members, key=lambda t: (t.config.get("seed", 0), t.name))
-        return f"gridrun train --config {_shown_path(first.dir / CONFIG)}"
+        return shlex.join(["gridrun", "train", "--config", _shown_path(first.dir / CONFIG)])  # read by a shell
     budget = [w for w in _cons_words(cons) if not w.startswith("mean test")]
     rule = "highest mean validation accuracy" + (f" among the configs within {' and '.join(budget)}" if budget else "")
     numbers = f"val {_pm(chosen.val)}, test {_pm(chosen.test)}"

@@ -6,15 +6,21 @@ Used by `gridrun report`, `gridrun status`, launch's summary, and gridrun.load()
 Reads files only: never starts Ray, never trains, never unpickles (JSON, CSV, .npy without
 pickles, YAML without aliases), so a folder made by someone else runs no code here.
 
-A trial's status, from its folder:
-  finished    summary.json says ok and its logits (or, in a slim export, its predicted labels)
-              and true labels are readable
+A trial's status, from its folder, decided here alone for every command (report, best, export,
+status, load, history and the launch's plan, which reruns a broken trial):
+  finished    summary.json says ok, its logits (or, in a slim export, its predicted labels) and
+              true labels are readable and pass every check below
   diverged    summary.json says "diverged at epoch k"
   failed      Ray's error.txt and no summary: the trial raised (after its retries)
   stopped     stopped.json: early stopping (ASHA) ended it before its last epoch
   unfinished  a folder with some epochs and no summary: running, interrupted or killed
   pending     in the launch manifest, no folder yet
-  broken      files that cannot be read, or a test accuracy its logits do not reproduce
+  broken      files that cannot be read, or a finished trial that fails a check: its config.json
+              is not the config the manifest planned for it; an accuracy in metrics.csv outside
+              [0, 1]; saved labels that are not the data's (the data files of its data folder when
+              they are found here, else the checksums the launch recorded in the manifest, else,
+              for an older folder with neither, the labels a strict majority of its trials saved);
+              a test or validation accuracy its predictions do not reproduce
 
 A malformed file (store.Unreadable) marks its trial broken (or is one of its experiment's
 `problems`) with a reason; nothing read here raises on what a folder holds.
@@ -30,12 +36,20 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GridrunError
-from .config import FIELD_TYPES, NOT_CONFIG, with_defaults
-from .identity import config_id, config_label, varying_fields
-from .store import CONFIG, METRICS, SUMMARY, ExperimentDir, TrialDir, Unreadable
+from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
+from .identity import canonical, config_id, config_label, trial_id, varying_fields
+from .store import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, Unreadable, finite_number, labels_file
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
+SETTLED = ("finished", "diverged")  # what a launch leaves alone; a broken trial is rerun
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
+ACCURACIES = ("train_acc", "val_acc", "test_acc")  # metrics.csv's fields that must lie in [0, 1]
+SOURCES = {  # where the test labels every finished trial was checked against came from (the report says)
+    "mnist": "the MNIST test-label file (checksum verified)",
+    "data": "the test-label file of the trials' data folder",
+    "recorded": "the labels the trials saved, each matching the test-label checksum recorded at launch "
+                "(the data files were not found here)",
+    "saved": "the labels the trials saved (the data files were not found here)"}
 
 
 @dataclass
@@ -54,6 +68,7 @@ class TrialRecord:
     val_preds: np.ndarray | None = None         # predicted classes: argmax of the logits, or a slim export's
     test_preds: np.ndarray | None = None
     test_acc_recomputed: float | None = None
+    val_acc_recomputed: float | None = None
     meta: dict = field(default_factory=dict)    # config.json's _meta: params, device, versions, ...
     summary: dict = field(default_factory=dict)
     group: str | None = None                    # the fused group it trained in, if any
@@ -66,6 +81,10 @@ class TrialRecord:
     def epoch_seconds(self) -> list[float]:
         """Seconds of each epoch that recorded them (a hand-made metrics.csv may have none)."""
         return [h["seconds"] for h in self.history if h.get("seconds") is not None]
+
+    def spoil(self, reason: str) -> None:
+        """A check failed: the trial is broken, and says why."""
+        self.status, self.reason = "broken", reason[:300]
 
     def updated_at(self) -> float:
         """When its folder last changed (newest file), for `status`."""
@@ -101,9 +120,9 @@ class Experiment:
 
 # ---------------------------------------------------------------- reading one trial
 
-def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bool = True) -> TrialRecord:
-    """One trial folder -> TrialRecord with its status and reason; a broken file never raises.
-    With logits=False the scores are not loaded (status and metrics only)."""
+def read_trial(d: Path | None, name: str, config: dict | None = None) -> TrialRecord:
+    """One trial folder -> TrialRecord with its status and reason, as far as its own files tell
+    (load_experiment adds the checks that need the experiment); a broken file never raises."""
     t = TrialRecord(name=name, dir=d, config=dict(config) if isinstance(config, dict) else {})
     if d is None or not d.is_dir():  # pending: its config as the manifest has it, filled as a trial's is
         t.config = {k: v for k, v in with_defaults(t.config).items() if k != "out_dir"} if t.config else {}
@@ -112,13 +131,13 @@ def read_trial(d: Path | None, name: str, config: dict | None = None, logits: bo
         t.status, t.reason = "broken", "its folder is a symbolic link (not read)"
         return t
     try:
-        _read_files(t, d, logits)
+        _read_files(t, d)
     except (Unreadable, OSError) as e:
         t.status, t.reason = "broken", str(e)[:200]
     return t
 
 
-def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
+def _read_files(t: TrialRecord, d: Path) -> None:
     trial = TrialDir(d)
     if trial.has(CONFIG):
         t.config, t.meta = trial.read_config()
@@ -126,6 +145,7 @@ def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
     t.config = {k: v for k, v in with_defaults(t.config).items() if k != "out_dir"} if t.config else {}
     if trial.has(METRICS):
         t.history = trial.read_history()
+        _check_accuracies(t.history)
     if not trial.has(SUMMARY):
         if trial.failed():
             t.status, t.reason = "failed", trial.error_line()
@@ -141,13 +161,21 @@ def _read_files(t: TrialRecord, d: Path, logits: bool) -> None:
         t.status, t.reason = "diverged", str(summary.get("status", "unknown status"))[:200]
         return
     try:
-        if logits:
-            _read_scores(t, trial)
-        elif need := trial.missing_scores():
-            raise Unreadable(f"{need[0]} is missing")
+        _read_scores(t, trial)
     except Unreadable as e:
         raise Unreadable(f"finished, but its logits/labels are missing or truncated ({str(e)[:120]})") from None
     t.status = "finished"
+
+
+def _check_accuracies(history: list[dict]) -> None:
+    """Every accuracy metrics.csv records lies in [0, 1] (or is missing: NaN without validation)."""
+    for row in history:
+        for k in ACCURACIES:
+            v = row.get(k)
+            if v is not None and not math.isnan(v) and not 0.0 <= v <= 1.0:
+                e = row.get("epoch")
+                at = f" at epoch {e:g}" if e is not None and math.isfinite(e) else ""
+                raise Unreadable(f"{METRICS}: {k} {v:g}{at} is not an accuracy in [0, 1]")
 
 
 def _read_scores(t: TrialRecord, trial: TrialDir) -> None:
@@ -162,15 +190,9 @@ def _read_scores(t: TrialRecord, trial: TrialDir) -> None:
 
 # ---------------------------------------------------------------- reading an experiment
 
-def settled(path: Path) -> dict[str, Path]:
-    """The trials a launch leaves alone (finished or diverged), name -> folder."""
-    return {n: d for n, (d, _) in ExperimentDir(path).trial_dirs().items()
-            if read_trial(d, n, logits=False).status in ("finished", "diverged")}
-
-
-def load_experiment(path: Path, logits: bool = True, check_labels: bool = True) -> Experiment:
-    """Every trial of an experiment folder, with statuses; finished trials' test accuracies are
-    recomputed from their logits or predicted labels (check_labels, needs logits=True)."""
+def load_experiment(path: Path) -> Experiment:
+    """Every trial of an experiment folder with its status, as every command sees it: each
+    finished trial checked (check_finished), its test and validation accuracy recomputed."""
     path = Path(path)
     problems: list[str] = []
     folder = ExperimentDir(path)
@@ -179,71 +201,144 @@ def load_experiment(path: Path, logits: bool = True, check_labels: bool = True) 
     trials = []
     for e in manifest:
         d, group = dirs.pop(e["name"], (None, e.get("group")))
-        trials.append(read_trial(d, e["name"], e.get("train"), logits))
+        trials.append(read_trial(d, e["name"], e.get("train")))
         trials[-1].params = trials[-1].params if trials[-1].params is not None else e.get("params")
         trials[-1].group = group
     for n, (d, group) in sorted(dirs.items()):
-        trials.append(read_trial(d, n, None, logits))
+        trials.append(read_trial(d, n, None))
         trials[-1].group = group
     # Named by its folder, never by the name inside its spec: an old copy (NAME.prev-1) or a
     # foreign folder must not write its report over another experiment's.
     exp = Experiment(path.resolve().name, path, folder.read_spec(problems), trials, manifest,
                      folder.read_launches(problems), problems=problems)
-    if logits and check_labels:
-        check_test_accuracy(exp)
+    check_finished(exp)
     return exp
 
 
-def true_test_labels(exp: Experiment) -> np.ndarray | None:
-    """The MNIST test labels from the data files when they can be found, else the labels a strict
-    majority of the finished trials saved (a trial that saved others is broken)."""
-    done = [t for t in exp.trials if t.status == "finished"]
+def _finished(exp: Experiment) -> list[TrialRecord]:
+    return [t for t in exp.trials if t.status == "finished"]
+
+
+def check_finished(exp: Experiment) -> None:
+    """The checks a finished trial must pass to stay finished, in turn: its config is the one the
+    manifest planned, its saved labels are the data's, and its test and validation accuracies are
+    what its predictions score; a trial that fails one is broken, with why."""
+    planned = {e["name"]: e for e in exp.manifest}
+    for t in _finished(exp):
+        if why := _config_differs(t, (planned.get(t.name) or {}).get("train")):
+            t.spoil(why)
+    exp.test_labels = true_test_labels(exp, planned)
+    for t in _finished(exp):
+        _recompute(t, exp.test_labels)
+
+
+def _config_differs(t: TrialRecord, planned) -> str:
+    """'' when the trial's config.json is the config the manifest planned for it (by value,
+    plumbing aside), else why not."""
+    if not t.config or not isinstance(planned, dict) or not planned or trial_id(planned) == trial_id(t.config):
+        return ""
+    a, b = canonical(t.config), canonical(planned)
+    k = next((k for k in sorted(set(a) | set(b)) if k not in PLUMBING and a.get(k) != b.get(k)), "a field")
+    return f"its {CONFIG} says {k}={a.get(k)!r} but the manifest planned {k}={b.get(k)!r}: not the trial the grid planned"
+
+
+def true_test_labels(exp: Experiment, planned: dict[str, dict]) -> np.ndarray | None:
+    """The test labels every finished trial is scored against: each trial's saved validation and
+    test labels must be the data's (the data files of its data folder when found here, else the
+    checksums the launch recorded), and an older folder with neither goes by the labels most of
+    its trials saved; a trial that saved others, or was scored on another test set, is broken."""
+    cache: dict = {}
+    sources: dict[str, str] = {}
+    legacy = []
+    for t in _finished(exp):
+        expected = _data_labels(t, cache)
+        recorded = (planned.get(t.name) or {}).get("labels") or {}
+        if expected is None and not recorded:
+            legacy.append(t)
+        elif why := _labels_differ(t, expected, recorded):
+            t.spoil(why)
+        else:
+            sources[t.name] = "recorded" if expected is None else "mnist" if len(expected["test"]) == 10000 else "data"
+    if legacy:
+        sources.update((t.name, "saved") for t in _majority(exp, legacy))
+    done = _finished(exp)
     if not done:
         return None
-    try:
-        from .data import load_arrays
+    first = done[0]
+    for t in done[1:]:
+        if not np.array_equal(t.test_labels, first.test_labels):
+            t.spoil(f"it was scored on another test set ({len(t.test_labels):,} labels) than {first.name} "
+                    f"({len(first.test_labels):,})")
+    exp.label_source = SOURCES[sources[first.name]]
+    return first.test_labels
 
-        data_dir = done[0].config.get("data_dir")
-        labels = load_arrays(data_dir if isinstance(data_dir, str) else None)["test_labels"].astype(np.int64)
-        if len(labels) == len(done[0].test_labels):
-            exp.label_source = "the MNIST test-label file (checksum verified)" if len(labels) == 10000 \
-                else "the test-label file of the trials' data folder"
-            return labels
-    except (GridrunError, OSError, ValueError):
-        pass
+
+def _data_labels(t: TrialRecord, cache: dict) -> dict | None:
+    """The validation and test labels of the trial's data folder and split, when its data files
+    are found here (label files only, never downloaded), else None."""
+    key = (t.config.get("data_dir"), t.config.get("val_size", 5000), t.config.get("split_seed", 0))
+    if key not in cache:
+        from .data import split_labels
+
+        try:
+            cache[key] = split_labels(*key)
+        except (GridrunError, OSError, ValueError, TypeError):
+            cache[key] = None
+    return cache[key]
+
+
+def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> str:
+    """'' when the trial's saved labels are the data's (`expected`), or, without the data, match
+    the checksums the launch recorded; else why not."""
+    from .data import label_digest
+
+    for split in SPLITS:
+        saved = t.val_labels if split == "val" else t.test_labels
+        digest = label_digest(saved)
+        if expected is not None and not np.array_equal(saved, expected[split]):
+            hint = ("; it matches the checksum recorded at launch: the data files found here are not the ones the "
+                    "experiment ran on (set GRIDRUN_DATA to those)") if recorded.get(split) == digest else ""
+            return (f"its {labels_file(split)} ({len(saved):,} labels) differs from the {split} labels of the data "
+                    f"files found here{hint}")
+        if expected is None and recorded.get(split) not in (None, digest):
+            return f"its {labels_file(split)} differs from the {split}-label checksum recorded at launch"
+    return ""
+
+
+def _majority(exp: Experiment, legacy: list[TrialRecord]) -> list[TrialRecord]:
+    """An older folder with neither the data nor recorded checksums: the test labels a strict
+    majority of these trials saved count, and a trial that saved others is broken; returns the
+    majority (no majority: the experiment cannot be checked, an error)."""
     saved: dict[bytes, list[TrialRecord]] = {}
-    for t in done:
+    for t in legacy:
         saved.setdefault(t.test_labels.tobytes(), []).append(t)
     most = max(saved.values(), key=len)
-    if 2 * len(most) <= len(done):
+    if 2 * len(most) <= len(legacy):
         raise GridrunError(f"{exp.dir}: trials saved different test labels and the data files are not here: "
                            f"set GRIDRUN_DATA so the report can check them against MNIST")
-    for t in done:
+    for t in legacy:
         if not any(t is m for m in most):
-            t.status = "broken"
-            t.reason = (f"its labels_test.npy differs from the one {len(most)} of {len(done)} finished trials saved "
-                        f"(set GRIDRUN_DATA to check against MNIST)")
-    exp.label_source = "the labels the trials saved (the data files were not found here)"
-    return most[0].test_labels
+            t.spoil(f"its {labels_file('test')} differs from the one {len(most)} of {len(legacy)} finished trials "
+                    f"saved (set GRIDRUN_DATA to check against MNIST)")
+    return most
 
 
-def check_test_accuracy(exp: Experiment) -> None:
-    """Recompute each finished trial's test accuracy from its predictions (the argmax of its
-    logits, or a slim export's saved labels, which are that argmax); a disagreement with what the
-    trial reported marks it broken."""
-    labels = exp.test_labels = true_test_labels(exp)
-    for t in exp.trials:
-        if t.status != "finished":
-            continue
-        if len(t.test_preds) != len(labels):
-            t.status, t.reason = "broken", f"{len(t.test_preds)} test predictions for {len(labels)} test labels"
-            continue
-        t.test_acc_recomputed = float((t.test_preds == labels).mean())
-        said = t.final.get("test_acc")
-        if said is None or not abs(said - t.test_acc_recomputed) <= AGREE_TOL:
-            t.status = "broken"
-            scores = "logits" if t.test_logits is not None else "predicted labels"
-            t.reason = f"reported test acc {said} but its {scores} score {t.test_acc_recomputed:.4f}"
+def _recompute(t: TrialRecord, labels: np.ndarray) -> None:
+    """Its test and validation accuracy from its predictions (the argmax of its logits, or a slim
+    export's saved labels, which are that argmax); one metrics.csv disagrees with is broken."""
+    scores = "logits" if t.test_logits is not None else "predicted labels"
+    t.test_acc_recomputed = float((t.test_preds == labels).mean())
+    said = t.final.get("test_acc")
+    if said is None or not abs(said - t.test_acc_recomputed) <= AGREE_TOL:
+        return t.spoil(f"reported test acc {said} but its {scores} score {t.test_acc_recomputed:.4f}")
+    said = t.final.get("val_acc")
+    if not len(t.val_labels):  # val_size: 0: no validation value may be claimed
+        if finite_number(said):
+            t.spoil(f"reported val acc {said} but it saved no validation labels (val_size: 0)")
+        return
+    t.val_acc_recomputed = float((t.val_preds == t.val_labels).mean())
+    if said is None or not abs(said - t.val_acc_recomputed) <= AGREE_TOL:
+        t.spoil(f"reported val acc {said} but its {scores} score {t.val_acc_recomputed:.4f} on the validation labels")
 
 
 def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
@@ -299,10 +394,10 @@ def _metric_name(name: str) -> str:
 def load(name_or_path: str | os.PathLike, storage: str = "runs"):
     """One row per trial of an experiment: trial, status, reason, config, config_id, the config's
     fields as the grid set them, params, epochs_done, final metrics (final_*), train seconds,
-    the device it ran on. Metrics never overwrite a config column. Reads files only (no logits)."""
+    the device it ran on. Metrics never overwrite a config column. Reads files only."""
     import pandas as pd
 
-    exp = load_experiment(resolve_experiment(name_or_path, storage), logits=False)
+    exp = load_experiment(resolve_experiment(name_or_path, storage))
     ident = _identity_columns(exp)
     rows = []
     for t in exp.trials:
@@ -323,7 +418,7 @@ def history(name_or_path: str | os.PathLike, storage: str = "runs"):
     plumbing) as the grid set them, and that epoch's metrics (`lr` as epoch_lr: see _metric_name)."""
     import pandas as pd
 
-    exp = load_experiment(resolve_experiment(name_or_path, storage), logits=False)
+    exp = load_experiment(resolve_experiment(name_or_path, storage))
     ident = _identity_columns(exp)
     rows = []
     for t in exp.trials:

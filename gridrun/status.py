@@ -30,7 +30,7 @@ def _pick(name: str | None, storage: str) -> Path:
 
 def snapshot(path: Path) -> dict:
     """What the folder says now: counts, running trials, elapsed time, ETA, best config."""
-    exp = load_experiment(path, logits=False)
+    exp = load_experiment(path)  # the one reader: a trial broken for the report is broken here
     holder = ExperimentDir(path).lock_holder()
     now = time.time()
     rows = []

@@ -2,13 +2,14 @@
 here, each with its pair; the folder lock; the one atomic writer; the one provenance.
 
 An experiment folder (ExperimentDir):
-  gridrun_trials.json      the manifest: every planned trial (name, id, axes, params, train, group)
+  gridrun_trials.json      the manifest: every planned trial (name, id, axes, params, train, group, and the
+                           checksums of the validation and test labels it is scored against, from the data)
   gridrun_launches.jsonl   one record per launch (command, cluster, wall time, exit, provenance)
   gridrun_diff-N.patch     the uncommitted diff the N-th launch ran with
   spec.yaml                the effective spec as launched (overrides applied)
   reference.csv            the study's own table (the spec's report.reference), copied at launch
   gridrun.lock             the running launch (pid, host, token; touched every 20 s)
-  gridrun_export.json      in a slim export: what the export says about itself
+  gridrun_export.json      in a slim export: what the export says about itself (a restore removes it)
   gridrun_ray.log          Ray's per-trial lines
   TRIAL/ or GROUP/TRIAL/   trial folders; a fused group's folder holds fused_group.json
 A trial folder (TrialDir; a checkpoint folder holds state.pt and state.json):
@@ -539,6 +540,13 @@ def _typed(train) -> bool:
     return isinstance(train, dict) and all(FIELD_TYPES[k].accepts(v) for k, v in train.items() if k in FIELD_TYPES)
 
 
+def _digests(labels) -> dict:
+    """A manifest entry's label checksums ({"val": hex, "test": hex}), those of the wrong type dropped."""
+    if not isinstance(labels, dict):
+        return {}
+    return {k: v for k, v in labels.items() if k in SPLITS and isinstance(v, str) and 0 < len(v) <= 128}
+
+
 def _clean_launch(rec: dict) -> dict:
     kinds = {"command": str, "cluster": str, "wall_s": (int, float), "exit": int, "finished_at": (int, float),
              "provenance": dict}
@@ -636,7 +644,8 @@ class ExperimentDir:
                 and _typed(e.get("train", {})) and isinstance(e.get("group"), (str, type(None)))]
         if len(good) < len(data):
             _note(problems, f"{MANIFEST}: {len(data) - len(good)} malformed entries skipped")
-        return [{**e, "params": e.get("params") if _count(e.get("params")) else None} for e in good]
+        return [{**{k: v for k, v in e.items() if k != "labels"}, "params": e.get("params") if _count(e.get("params"))
+                 else None, **({"labels": _digests(e["labels"])} if _digests(e.get("labels")) else {})} for e in good]
 
     # gridrun_launches.jsonl (appended: one line per launch) and gridrun_diff-N.patch
     def append_launch(self, record: dict) -> None:
@@ -703,6 +712,10 @@ class ExperimentDir:
 
     def is_export(self) -> bool:
         return (self.path / EXPORT_MARK).is_file()
+
+    def clear_export_mark(self) -> None:
+        """A restored export is an experiment again: without the mark, no export replaces it."""
+        (self.path / EXPORT_MARK).unlink(missing_ok=True)
 
     # gridrun.lock
     @contextmanager

@@ -374,7 +374,7 @@ def test_launch_on_a_disk_that_fills_up_is_one_line_and_a_recorded_launch(ray_lo
                                                            ("summary.json", "config.json", "state.json"))]
     for p in ours:
         assert p.suffix != ".tmp" and p.stat().st_size > 0, p
-    assert {t.status for t in load_experiment(exp, logits=False).trials} <= {"unfinished", "failed", "finished"}
+    assert {t.status for t in load_experiment(exp).trials} <= {"unfinished", "failed", "finished"}
 
 
 def test_launch_on_a_full_or_read_only_disk_stops_before_ray_and_writes_nothing(small_disk, tmp_path, tiny_data,

@@ -18,6 +18,8 @@ from gridrun.store import MAX_LARGE
 
 N = 30
 LABELS = np.arange(N) % 10
+N_VAL = 2000  # enough validation images that any val_acc a test gives is scored to within 2.5e-4
+VAL_LABELS = np.arange(N_VAL) % 10
 
 
 def logits_for(pred: np.ndarray, conf: float = 4.0) -> np.ndarray:
@@ -43,10 +45,21 @@ def fake_trial(exp: Path, name: str, test_pred, val_acc: float, model="m", seed=
     (d / "summary.json").write_text(json.dumps({"status": status, "params": params}))
     if write_logits:
         np.save(d / "logits_test.npy", logits_for(np.asarray(test_pred), test_conf))
-        np.save(d / "logits_val.npy", logits_for(LABELS))
+        val_labels, val_pred = val_scores(val_acc)
+        np.save(d / "logits_val.npy", logits_for(val_pred))
         np.save(d / "labels_test.npy", LABELS.astype(np.uint8))
-        np.save(d / "labels_val.npy", LABELS.astype(np.uint8))
+        np.save(d / "labels_val.npy", val_labels.astype(np.uint8))
     return d
+
+
+def val_scores(val_acc: float) -> tuple[np.ndarray, np.ndarray]:
+    """(validation labels, predictions scoring val_acc on them): none for a NaN val_acc (val_size: 0)."""
+    if val_acc != val_acc:
+        return VAL_LABELS[:0], VAL_LABELS[:0]
+    pred = VAL_LABELS.copy()
+    wrong = N_VAL - round(val_acc * N_VAL)
+    pred[:wrong] = (pred[:wrong] + 1) % 10
+    return VAL_LABELS, pred
 
 
 def wrong_on(idx) -> np.ndarray:
@@ -359,8 +372,10 @@ def _all_kinds_experiment(exp: Path) -> Path:
     (exp / "fused_g" / "fused_group.json").write_text('{"members": ["f0"]}')
     fake_trial(exp / "fused_g", "f0", LABELS, val_acc=0.85, model="f")
     names = ["t0", "t1", "p0", "bad", "f0", "pending0"]
-    (exp / "gridrun_trials.json").write_text(json.dumps([{"name": n, "train": {"model": "m"}, "group": None}
-                                                         for n in names]))
+    configs = {c.parent.name: {k: v for k, v in json.loads(c.read_text()).items() if k != "_meta"}
+               for c in exp.rglob("config.json")}  # the manifest plans what each trial's config.json says
+    (exp / "gridrun_trials.json").write_text(json.dumps([{"name": n, "train": configs.get(n, {"model": "m"}),
+                                                          "group": None} for n in names]))
     (exp / "spec.yaml").write_text("name: kinds\nconstraints: {max_params: 5000, target_test_acc: 0.9}\n")
     (exp / "gridrun_launches.jsonl").write_text(json.dumps({"command": "gridrun launch k", "wall_s": 3.0,
                                                             "provenance": {"git": {"commit": "abc"}}}) + "\n")

@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     before, after = {}, {}
-    for t in load_experiment(Path(a.experiment), logits=False).trials:
+    for t in load_experiment(Path(a.experiment)).trials:
         if t.status != "finished":
             continue
         cfg = {k: v for k, v in t.config.items() if k in field_names()}

@@ -99,10 +99,13 @@ def is_clean_epoch(cfg: TrainConfig, epoch: int) -> bool:
 
 
 def epoch_metrics(epoch: int, train_loss: float, train_acc: float, seconds: float, scores: dict, lr: float,
-                  n_train: int) -> dict:
+                  n_train: int, sharing: int = 1) -> dict:
+    """A member's row. Its `seconds` are its share of the epoch's time (the group's divided by the
+    `sharing` members alive), so a sum over a group's members is the group's time, not K times
+    it; its images/s is the rate its own images went through."""
     return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": scores["val_loss"],
             "val_acc": scores["val_acc"], "test_acc": scores["test_acc"], "lr": lr,
-            "seconds": round(seconds, 3), "images_per_s": round(n_train / seconds, 1)}
+            "seconds": round(seconds / sharing, 3), "images_per_s": round(n_train / seconds, 1)}
 
 
 @contextmanager
@@ -152,12 +155,13 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
         if epoch == epochs and g.cfgs[0].precise_bn:  # a shared key (identity.FUSE_SHARED)
             precise_bn(g)
         scores = score(g)  # the last epoch's logits are the ones saved: scored exactly once
+        alive = sum(m.alive for m in g.members)
         for k, m in enumerate(g.members):
             if not m.alive:
                 continue
             lr = m.shadow.param_groups[0]["lr"]
             step_epoch_scheduler(m.cfg, m.sched, m.per_batch, scores[k]["val_loss"], scores[k]["val_acc"])
-            row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"])
+            row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"], alive)
             m.history.append(row)
             m.writer.epoch(row)
             if epoch == epochs:
