@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
-from .identity import canonical, config_id, config_label, trial_id, varying_fields
+from .identity import canonical, config_id, config_label, varying_fields
 from .store import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, Unreadable, finite_number, labels_file
 
 STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
@@ -233,12 +233,15 @@ def check_finished(exp: Experiment) -> None:
 
 
 def _config_differs(t: TrialRecord, planned) -> str:
-    """'' when the trial's config.json is the config the manifest planned for it (by value,
-    plumbing aside), else why not."""
-    if not t.config or not isinstance(planned, dict) or not planned or trial_id(planned) == trial_id(t.config):
+    """'' when the trial's config.json holds the values the manifest planned for it (every field
+    the entry sets, by value as identity.canonical resolves them, plumbing aside: a launch's entry
+    sets them all), else why not."""
+    if not t.config or not isinstance(planned, dict) or not planned:
         return ""
     a, b = canonical(t.config), canonical(planned)
-    k = next((k for k in sorted(set(a) | set(b)) if k not in PLUMBING and a.get(k) != b.get(k)), "a field")
+    k = next((k for k in sorted(planned) if k not in PLUMBING and a.get(k) != b.get(k)), None)
+    if k is None:
+        return ""
     return f"its {CONFIG} says {k}={a.get(k)!r} but the manifest planned {k}={b.get(k)!r}: not the trial the grid planned"
 
 
