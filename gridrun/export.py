@@ -14,7 +14,8 @@ export reruns them and keeps every finished trial).
 `report`, `status`, `gridrun.load`/`history` and `launch --storage` read an exported folder as
 they read the original. A folder is the default: diff-friendly, readable in place and committed
 file by file; FILE.tar.gz is one file to carry, and `gridrun restore` puts either back under the
-storage folder. Only the files named here travel, regular files only, in both directions.
+storage folder, as an experiment: without the export's mark, so no export ever replaces it. Only
+the files named here travel, regular files only, in both directions.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from .errors import GridrunError, __version__
 from .spec import NAME_RE
 from .store import ExperimentDir, TrialDir
 
-# The export mark (store.EXPORT_MARK) says what the export holds; it also marks a folder as safe to replace.
+# The export mark (store.EXPORT_MARK) says what the export holds; with nothing in the folder but the
+# files named here, it marks the folder as an earlier export, safe to replace (pure_export).
 EXPERIMENT_FILES = (store.MANIFEST, store.SPEC_COPY, store.LAUNCHES, store.REFERENCE, store.EXPORT_MARK,
                     store.DIFFS, store.EVENTS)
 TRIAL_FILES = (store.CONFIG, store.METRICS, store.SUMMARY, store.ERROR, store.STOPPED,

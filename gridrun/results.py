@@ -215,6 +215,11 @@ def load_experiment(path: Path) -> Experiment:
     return exp
 
 
+def settled(path: Path) -> dict[str, Path]:
+    """The trials a launch leaves alone (finished or diverged, as load_experiment decides), name -> folder."""
+    return {t.name: t.dir for t in load_experiment(path).trials if t.status in SETTLED and t.dir is not None}
+
+
 def _finished(exp: Experiment) -> list[TrialRecord]:
     return [t for t in exp.trials if t.status == "finished"]
 
@@ -242,7 +247,8 @@ def _config_differs(t: TrialRecord, planned) -> str:
     k = next((k for k in sorted(planned) if k not in PLUMBING and a.get(k) != b.get(k)), None)
     if k is None:
         return ""
-    return f"its {CONFIG} says {k}={a.get(k)!r} but the manifest planned {k}={b.get(k)!r}: not the trial the grid planned"
+    return (f"its {CONFIG} says {k}={a.get(k)!r} but the manifest planned {k}={b.get(k)!r}: not the trial the "
+            f"grid planned")
 
 
 def true_test_labels(exp: Experiment, planned: dict[str, dict]) -> np.ndarray | None:

@@ -171,6 +171,19 @@ def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp
     lines = []
     assert launch(str(spec), overrides=["seeds=3", "report.top_k=2"], storage=str(storage), out=lines.append) == 0
     assert "nothing to run" in lines[-1]
+    # a finished trial whose logits were cut short is broken for every command, and the next launch
+    # reruns it (from its last checkpoint: rescored, its files written anew), the others untouched
+    # (issue 38 item 3; before, status and launch took it for finished and never reran it)
+    from gridrun.results import load_experiment
+
+    cut = exp / "tinynet_7k_s1" / "logits_test.npy"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    lines = []
+    assert launch(str(spec), overrides=["seeds=3", "report.top_k=2"], storage=str(storage), out=lines.append) == 0
+    assert any("1 broken trial(s) of this grid are rerun: tinynet_7k_s1 (finished, but its logits" in l
+               for l in lines), lines
+    assert {t.name: t.status for t in load_experiment(exp).trials} == dict.fromkeys(after, "finished")
+    assert sums()["tinynet_7k_s0"] == after["tinynet_7k_s0"] and sums()["tinynet_7k_s2"] == after["tinynet_7k_s2"]
     # the slim copy that travels to a GPU machine (tools/gpu/carry_grid.py) keeps what a
     # launch reads: resumed there, it runs nothing again
     tgz = tmp_path / "carry" / "grow_runs.tgz"

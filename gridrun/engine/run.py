@@ -161,7 +161,8 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
                 continue
             lr = m.shadow.param_groups[0]["lr"]
             step_epoch_scheduler(m.cfg, m.sched, m.per_batch, scores[k]["val_loss"], scores[k]["val_acc"])
-            row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"], alive)
+            row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"],
+                                alive)
             m.history.append(row)
             m.writer.epoch(row)
             if epoch == epochs:
