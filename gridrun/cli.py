@@ -1,7 +1,7 @@
 """gridrun: launch | report | status | train | models | tensorboard | completion (benchmarks: make bench).
 
 Every subcommand's options are defined here; the modules behind them are imported only when
-their subcommand runs (launch alone imports Ray and sets its environment).
+their subcommand runs (Ray is loaded by `launch` alone).
 
 Exit codes: 0 done; 1 something failed (a launch's trial failed, train's trial diverged, an internal error);
 2 bad input or a refusal (a wrong spec, option or file; nothing was started); 130 interrupted.

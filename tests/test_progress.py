@@ -160,7 +160,8 @@ def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(
 
 
 def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
-    from gridrun.launch import RAY_LOG, _ray_trial_log
+    from gridrun.launch import _RayLog
+    from gridrun.store import RAY_LOG
 
     class Trial:  # what Ray's callback reads of a trial that reported nothing
         last_result: dict = {}
@@ -169,7 +170,7 @@ def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
             return "grid_s0"
 
     t = Trial()
-    _ray_trial_log(str(tmp_path)).on_trial_complete(0, [], t)
+    _RayLog(str(tmp_path)).on_trial_complete(0, [], t)
     assert "completed. Last result" not in capfd.readouterr().out
     assert "completed. Last result" in (tmp_path / RAY_LOG).read_text()
 
