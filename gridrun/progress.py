@@ -158,18 +158,18 @@ class Progress:
         if not self.first_s or (most > 1 and not self.epoch_s):
             return None
         epoch = statistics.median(self.epoch_s) if self.epoch_s else 0.0
-        first = statistics.median(self.first_s)  # start-up and one epoch
+        startup = statistics.median(self.first_s) - epoch  # the first report: start-up and one epoch
         wait = statistics.median(self.gaps_s) if self.gaps_s else 0.0
-        left = 0.0
+        todo = []
         for t in running:
             epochs = u.epochs if (u := self.unit(t)) else 0
             if t.trial_id in self.reported_at:
-                left += max(0, epochs - (self.last.get(t.trial_id, {}).get("epoch") or 0)) * epoch
+                todo.append((max(0, epochs - (self.last.get(t.trial_id, {}).get("epoch") or 0)), 0.0))
             else:  # still starting, or in its first epoch
-                left += max(0.0, first + (epochs - 1) * epoch - (now - self.started.get(t.trial_id, now)))
+                todo.append((epochs, startup - (now - self.started.get(t.trial_id, now))))
         busy = self.ended | {_tname(t) for t in running}
-        left += sum(wait + first + (u.epochs - 1) * epoch for name, u in self.units.items() if name not in busy)
-        return left / max(1, self.slots), wait + max(0.0, first - epoch), epoch
+        todo += [(u.epochs, wait + startup) for name, u in self.units.items() if name not in busy]
+        return eta_s(todo, epoch, self.slots), wait + max(0.0, startup), epoch
 
     def _clear(self) -> None:
         if self.live is not None and self.drawn:
@@ -182,6 +182,13 @@ class Progress:
         if self.live is not None and self.drawn:
             self._clear()
             self.out(self.line([], self.clock()).split(", ETA")[0])
+
+
+def eta_s(todo: list[tuple[int, float]], epoch_s: float, slots: int) -> float:
+    """Seconds left, the one ETA (the live line and `gridrun status`): each trial still to run
+    costs its epochs left at `epoch_s` and the start-up it has still to pay (todo: pairs of
+    those), `slots` trials at a time."""
+    return sum(max(0.0, n * epoch_s + startup) for n, startup in todo) / max(1, slots)
 
 
 def dur(s: float | None) -> str:
