@@ -8,7 +8,6 @@ row, its final files after the last epoch (files.py) and the group's resumable s
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
