@@ -111,3 +111,17 @@ def test_tinynet_arch_strings():
     for bad in ("C8 X G", "C8 O", "C0 O G", "Cx O G", "", "C8 S O G", "C8 S0 O G"):
         with pytest.raises(GridrunError, match="arch"):
             create_model("tinynet", arch=bad)
+
+
+def test_the_zoo_ships_no_test_nets():
+    """chaos_net (a net that fails on cue) is the tests' (tests/gridrun_hooks.py), registered only
+    where $GRIDRUN_HOOKS names that file, never in a user's zoo (issue 37)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from gridrun.models import list_models; print('chaos_net' in list_models())"
+    env = {k: v for k, v in os.environ.items() if k != "GRIDRUN_HOOKS"}
+    shown = [subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120).stdout.strip()
+             for e in (env, os.environ)]
+    assert shown == ["False", "True"]
