@@ -1,9 +1,15 @@
 """gridrun: run grids of small deep-learning experiments on Ray Tune, report them honestly."""
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# the version is written once, in gridrun/errors.py (gridrun.__version__, `gridrun --version`)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "gridrun" / "errors.py").read_text(), re.M)[1]
 
 setup(
     name="gridrun",
-    version="0.2.0",
+    version=VERSION,
     description="YAML grids of PyTorch trials on Ray Tune, packed onto GPUs; honest reports.",
     packages=find_packages(include=["gridrun", "gridrun.*"]),
     package_data={"gridrun": ["models/golden_params.json"]},

@@ -213,6 +213,12 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def decide(votes: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """The one vote rule: per image, the class with the most of the (N, C) `votes`; a tie goes to
+    the tied class with the largest `tiebreak` (N, C)."""
+    return np.where(votes == votes.max(1, keepdims=True), tiebreak, -np.inf).argmax(1)
+
+
 def majority_vote(logits: list[np.ndarray]) -> np.ndarray:
     """Per-image majority vote of the members' argmax; ties go to the larger summed softmax."""
     stack = np.stack([l.astype(np.float32) for l in logits])          # (K, N, C)
@@ -220,8 +226,7 @@ def majority_vote(logits: list[np.ndarray]) -> np.ndarray:
     votes = np.zeros((n, c))
     for preds in stack.argmax(2):
         votes[np.arange(n), preds] += 1
-    probs = softmax(stack, 2).sum(0)                                   # (N, C)
-    return np.where(votes == votes.max(1, keepdims=True), probs, -np.inf).argmax(1)
+    return decide(votes, softmax(stack, 2).sum(0))
 
 
 def majority_vote_labels(preds: list[np.ndarray]) -> np.ndarray:
@@ -230,12 +235,11 @@ def majority_vote_labels(preds: list[np.ndarray]) -> np.ndarray:
     slim export keeps no logits, so there is no softmax to sum)."""
     stack = np.stack([np.asarray(p, np.int64) for p in preds])        # (K, N)
     k, n = stack.shape
-    votes = np.zeros((n, 10))
-    for p in stack:
-        votes[np.arange(n), p] += 1
-    tied = votes == votes.max(1, keepdims=True)                        # (N, C)
-    first = tied[np.arange(n), stack].argmax(0)                        # best member voting a tied class
-    return stack[first, np.arange(n)]
+    votes, first = np.zeros((n, 10)), np.full((n, 10), k)              # first: the best member voting a class
+    for i in reversed(range(k)):
+        votes[np.arange(n), stack[i]] += 1
+        first[np.arange(n), stack[i]] = i
+    return decide(votes, -first)
 
 
 def tie_rule(exp: Experiment) -> str:
@@ -270,8 +274,7 @@ def _softmax_curve(ranked: list[TrialRecord], labels: np.ndarray, ks: list[int])
         votes[np.arange(len(logits)), logits.argmax(1)] += 1
         probs += softmax(logits, 1)
         if i in ks:
-            pred = np.where(votes == votes.max(1, keepdims=True), probs, -np.inf).argmax(1)
-            out.append((i, float((pred == labels).mean())))
+            out.append((i, float((decide(votes, probs) == labels).mean())))
     return out
 
 

@@ -1,7 +1,7 @@
 """gridrun: launch | report | status | train | models | tensorboard | completion (benchmarks: make bench).
 
 Every subcommand's options are defined here; the modules behind them are imported only when
-their subcommand runs (launch alone imports Ray and sets its environment).
+their subcommand runs (Ray is loaded by `launch` alone).
 
 Exit codes: 0 done; 1 something failed (a launch's trial failed, train's trial diverged, an internal error);
 2 bad input or a refusal (a wrong spec, option or file; nothing was started); 130 interrupted.
@@ -99,16 +99,16 @@ def _config_option(g, flag: str, ft, text: str) -> None:
 def _trial_config(path: str) -> dict:
     """A trial's config.json (or its folder) as TrainConfig fields: `_meta` dropped, and where it
     ran (out_dir, data_dir) left to this command's flags and environment."""
-    from .store import CONFIG
+    from .store import CONFIG, Unreadable, read_json
 
     p = Path(path)
     p = p / CONFIG if p.is_dir() else p
     if not p.is_file():
         raise GridrunError(f"--config {path}: no such file: give a trial's config.json, e.g. runs/NAME/TRIAL/config.json")
     try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GridrunError(f"--config {p}: not a JSON file ({type(e).__name__}): give a trial's config.json") from None
+        cfg = read_json(p)  # bounded, as every config.json gridrun reads
+    except Unreadable as e:
+        raise GridrunError(f"--config {p}: {e}: give a trial's config.json") from None
     if not isinstance(cfg, dict):
         raise GridrunError(f"--config {p}: holds {type(cfg).__name__}, not a config (a JSON object of fields)")
     return {k: v for k, v in cfg.items() if k not in ("_meta", "out_dir", "data_dir")}

@@ -101,7 +101,7 @@ class TrainConfig(BaseModel):
     cuda_graph: bool = _run(False, "record the training step once as a CUDA graph and replay it (CUDA only; "
                                    "engine/step.py says why)", "plumbing", fuse_shared=True)
     amp: bool | None = _run(None, "bf16 autocast on CUDA; None: for nets of >= 100k parameters "
-                                  "(train.fast_formats says why)", "plumbing", fuse_shared=True)
+                                  "(engine/group.py's fast_formats says why)", "plumbing", fuse_shared=True)
     channels_last: bool | None = _run(None, "memory format on CUDA; None: as amp", "plumbing", fuse_shared=True)
     gpu_memory_fraction: float | None = _run(None, "soft cap per process", "plumbing", fuse_shared=True, gt=0, le=1)
     fuse_strategy: Literal["auto", "vmap", "loop", "blockdiag"] = _run(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .diskio import cache_dir
 from .errors import GridrunError
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: reading and checking files needs only numpy
@@ -25,7 +26,7 @@ FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte", 2049, (10000,), "27ae3e4e09519cfbb04c329615203637"),
 }
 ENV_VAR = "GRIDRUN_DATA"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gridrun" / "mnist"  # XDG base dirs
+CACHE_DIR = cache_dir("mnist")
 FIX = (f"set {ENV_VAR} to a folder holding the four MNIST IDX files (.gz or raw), or name it "
        f"(`gridrun train --data-dir`, a spec's data.data_dir)")
 

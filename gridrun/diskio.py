@@ -17,6 +17,13 @@ RESERVE_BYTES = 256 * 1024
 TEMP_SUFFIX = ".tmp"  # atomic_write's file before its rename (store.sweep_temp_files clears strays)
 
 
+def cache_dir(*parts: str) -> Path:
+    """A folder of gridrun's in the user's cache: $XDG_CACHE_HOME/gridrun/..., else ~/.cache/gridrun/...
+    (the XDG base directories; platformdirs would say the same on Linux, but is not a dependency,
+    and on macOS it would move users' caches to ~/Library/Caches)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "gridrun", *parts).expanduser()
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Write `path` through `write(f)` on a binary temp file, fsync it, rename it into place."""
     path = Path(path)

@@ -179,6 +179,3 @@ def storage_full(exp_dir: str) -> OSError | None:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), exp_dir)
     return None
 
-
-# Files that are whole or useless: JSON that must parse (store.WHOLE_JSON), arrays and torch zips
-# that must open.

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
+
+from .diskio import cache_dir
 
 METRICS = ("val/acc", "val/loss")
 SUFFIX = ".hparams"  # the file name ending of the HParams summaries gridrun writes
@@ -142,8 +143,7 @@ def experiment_summary(manifests: list[list[dict]]):
 
 def view_dir(logdir: Path) -> Path:
     """Where the view of `logdir` is built: the user's cache, one folder per logdir."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "gridrun" / "tensorboard" / hashlib.sha256(str(logdir.resolve()).encode()).hexdigest()[:12]
+    return cache_dir("tensorboard", hashlib.sha256(str(logdir.resolve()).encode()).hexdigest()[:12])
 
 
 def build_view(logdir: Path, experiments: list[Path], view: Path) -> int:

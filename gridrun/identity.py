@@ -133,11 +133,12 @@ def varying_fields(configs: list[dict]) -> list[str]:
     return sorted(k for k in keys if len({_text({"v": c.get(k)}) for c in configs}) > 1)
 
 
-def _short(v) -> str:
+def value_text(v) -> str:
+    """A config value in a label or a plot's category: JSON for dicts and lists, else as str."""
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
 
 def config_label(train: dict, varying: list[str]) -> str:
     """A readable name of a config among others: its model, then `field=value` for each varying field."""
-    parts = [str(train.get("model"))] + [f"{k}={_short(train.get(k))}" for k in varying if k != "model"]
+    parts = [str(train.get("model"))] + [f"{k}={value_text(train.get(k))}" for k in varying if k != "model"]
     return " ".join(parts)

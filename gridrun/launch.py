@@ -1,5 +1,5 @@
 """`gridrun launch SPEC`: a validated grid becomes Ray Tune trials. The driver: plan -> lock ->
-record -> Tuner -> fit -> summary. With worker.py, the only module importing ray.
+record -> Tuner -> fit -> summary. Imports ray (as worker.py and store.py's provenance do).
 
 One Tune trial per planned unit (plan.py): a single config or a fused group of configs.
 gridrun owns the experiment folder (experiment.py): every launch runs a new Tuner over the
@@ -13,17 +13,15 @@ import os
 import time
 from pathlib import Path
 
-from .worker import LaunchContext, run_trial  # first: it sets Ray's environment before ray is imported
+from ray import tune
+from ray.tune.progress_reporter import TrialProgressCallback
 
-from ray import tune  # noqa: E402
-
-from . import diskio, store  # noqa: E402
-from .errors import GridrunError  # noqa: E402
-from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full  # noqa: E402
-from .plan import arrays, check_data, load, plan_table, remaining  # noqa: E402
-from .progress import Progress, exit_code, live_stream, summarize  # noqa: E402
-
-RAY_LOG = store.RAY_LOG  # Ray's per-trial lines, kept out of the terminal
+from . import diskio, hooks, store
+from .errors import GridrunError
+from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full
+from .plan import arrays, check_data, load, plan_table, remaining
+from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
+from .worker import LaunchContext, run_trial
 
 
 def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool = False, address: str | None = None,
@@ -100,8 +98,9 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
 
     context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.to_dict() for t in grid]), out)
     progress = _Progress(list(plan.units), out, folder.shown, live=live_stream(out), early_stop=bool(spec.early_stop))
-    tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
-    fitted, twice, full = _fit(tuner, progress, folder.shown if folder.local else None, out)
+    with quiet_tune():
+        tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
+        fitted, twice, full = _fit(tuner, progress, folder.shown if folder.local else None, out)
     if not folder.local:
         folder.remote.pull(view)  # the trials' files, as the nodes wrote them to the store
     counted = summarize(fitted, plan.units, time.time() - t0, str(view), True, out, shown=folder.shown)
@@ -122,10 +121,8 @@ def _connect(address: str | None):
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     kw = dict(log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    from .engine.run import TEST_HOLD  # torch is loaded already: the spec's models were checked
-
-    if os.environ.get(TEST_HOLD):  # the engine's test hook, handed to the trials of a joined Ray too
-        kw["runtime_env"] = {"env_vars": {TEST_HOLD: os.environ[TEST_HOLD]}}
+    if hooks.forwarded():  # a test's hooks (gridrun/hooks.py), handed to the trials of a joined Ray too
+        kw["runtime_env"] = {"env_vars": hooks.forwarded()}
     try:
         ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -175,7 +172,7 @@ def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: F
         sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True), log_to_file=True,
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[progress, _ray_trial_log(folder.shown), *_loggers()])
+        callbacks=[progress, _RayLog(folder.shown), *_loggers()])
     scheduler = None
     if spec.early_stop:
         from ray.tune.schedulers import ASHAScheduler
@@ -197,21 +194,9 @@ class _Progress(Progress, tune.Callback):
     """progress.Progress as the Tune callback it is written to be."""
 
 
-def _ray_trial_log(exp_dir: str):
-    """Ray's own per-trial lines ("Trial ... completed. Last result: ...") go to the experiment
-    folder's gridrun_ray.log, not to the terminal, where Progress speaks. Passing Ray a
-    TrialProgressCallback is what keeps it from adding its own, which prints."""
-    from ray.tune.progress_reporter import TrialProgressCallback
-
-    path = os.path.join(exp_dir, RAY_LOG) if "://" not in exp_dir else None
-
-    class ToLog(TrialProgressCallback):
-        def _print(self, msg: str):
-            if path:
-                with open(path, "a") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-
-    return ToLog()
+class _RayLog(RayLog, TrialProgressCallback):
+    """progress.RayLog as the TrialProgressCallback that keeps Ray from adding its own, which
+    prints (ray.tune.utils.callback._create_default_callbacks); only Callback's public hooks."""
 
 
 def _loggers():

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import results
 from .store import SPEC_COPY, ExperimentDir
 from .identity import fuse_key, trial_id
-from .spec import Spec, SpecError, short
+from .spec import Spec, SpecError, name_part
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None) -> l
                 units.append(Unit(chunk[0].name, False, chunk))
                 continue
             h = hashlib.sha256("".join(m.id for m in chunk).encode()).hexdigest()[:8]
-            units.append(Unit(f"fused_{short(chunk[0].train['model'])}_{len(chunk)}x_{h}", True, chunk))
+            units.append(Unit(f"fused_{name_part(chunk[0].train['model'])}_{len(chunk)}x_{h}", True, chunk))
     return units
 
 

@@ -1,12 +1,15 @@
 """The launch's voice: a line per finished or failed trial, a live progress line with an ETA
-as measured, and the closing count. `Progress` has the methods of a Tune callback (launch.py
-makes it one: only launch.py and worker.py import ray)."""
+as measured, and the closing count; Ray Tune's own voice kept out of the terminal. `Progress`
+and `RayLog` have the methods of Tune callbacks (launch.py makes them ones: this module does
+not import ray)."""
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import results, store
@@ -156,18 +159,18 @@ class Progress:
         if not self.first_s or (most > 1 and not self.epoch_s):
             return None
         epoch = statistics.median(self.epoch_s) if self.epoch_s else 0.0
-        first = statistics.median(self.first_s)  # start-up and one epoch
+        startup = statistics.median(self.first_s) - epoch  # the first report: start-up and one epoch
         wait = statistics.median(self.gaps_s) if self.gaps_s else 0.0
-        left = 0.0
+        todo = []
         for t in running:
             epochs = u.epochs if (u := self.unit(t)) else 0
             if t.trial_id in self.reported_at:
-                left += max(0, epochs - (self.last.get(t.trial_id, {}).get("epoch") or 0)) * epoch
+                todo.append((max(0, epochs - (self.last.get(t.trial_id, {}).get("epoch") or 0)), 0.0))
             else:  # still starting, or in its first epoch
-                left += max(0.0, first + (epochs - 1) * epoch - (now - self.started.get(t.trial_id, now)))
+                todo.append((epochs, startup - (now - self.started.get(t.trial_id, now))))
         busy = self.ended | {_tname(t) for t in running}
-        left += sum(wait + first + (u.epochs - 1) * epoch for name, u in self.units.items() if name not in busy)
-        return left / max(1, self.slots), wait + max(0.0, first - epoch), epoch
+        todo += [(u.epochs, wait + startup) for name, u in self.units.items() if name not in busy]
+        return eta_s(todo, epoch, self.slots), wait + max(0.0, startup), epoch
 
     def _clear(self) -> None:
         if self.live is not None and self.drawn:
@@ -182,6 +185,13 @@ class Progress:
             self.out(self.line([], self.clock()).split(", ETA")[0])
 
 
+def eta_s(todo: list[tuple[int, float]], epoch_s: float, slots: int) -> float:
+    """Seconds left, the one ETA (the live line and `gridrun status`): each trial still to run
+    costs its epochs left at `epoch_s` and the start-up it has still to pay (todo: pairs of
+    those), `slots` trials at a time."""
+    return sum(max(0.0, n * epoch_s + startup) for n, startup in todo) / max(1, slots)
+
+
 def dur(s: float | None) -> str:
     """A duration in words: 42s, 3m05s, 2h07m; '?' when unknown."""
     if s is None or not math.isfinite(s):
@@ -194,6 +204,52 @@ def live_stream(out):
     """Where the live progress line is redrawn: the terminal, when launch prints to one."""
     return sys.stdout if out is print and sys.stdout.isatty() else None
 
+
+# Ray Tune's documented switches, read when a Tuner is built and run: its TensorBoard logger
+# would duplicate the trainer's events (launch passes the JSON and CSV loggers it keeps), its new
+# output's tables and banners would bury ours, and its warning on slow experiment syncs fires on
+# every small grid. A variable the user set is left as it is.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1e9"}
+
+
+@contextmanager
+def quiet_tune():
+    """TUNE_ENV while the launch's Tuner is built and runs; the environment as it was after."""
+    added = [k for k in TUNE_ENV if k not in os.environ]
+    os.environ.update({k: TUNE_ENV[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class RayLog:
+    """A line per trial that completed or failed, in the experiment folder's gridrun_ray.log,
+    not the terminal, where Progress speaks (launch.py makes it Tune's TrialProgressCallback:
+    Ray adds its own, which prints, only when none is passed)."""
+
+    def __init__(self, exp_dir: str):
+        self.path = Path(exp_dir) / store.RAY_LOG if "://" not in exp_dir else None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        pass
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.write(f"Trial {trial} completed. Last result: {_result_str(trial.last_result)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.write(f"Trial {trial} errored ({_error_line(trial)}). Last result: {_result_str(trial.last_result)}")
+
+    def write(self, line: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
+def _result_str(result: dict) -> str:
+    return ", ".join(f"{k}={result[k]}" for k in ("epoch", "status", "val_acc") if k in (result or {}))
 
 
 

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from .diskio import cache_dir
 from .errors import GridrunError
 from .store import LOCK, STALE_S, dead_here, holder_line, lock_owner
 
@@ -257,7 +258,7 @@ def lock_holder(remote: Remote) -> dict | None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gridrun" / "storage"
+    return cache_dir("storage")
 
 
 def local_view(storage: str, targets: list[str] | None = None) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from . import analysis
 from .errors import GridrunError
 from .config import field_names
-from .identity import varying_fields
+from .identity import value_text, varying_fields
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
 from .store import CONFIG, REFERENCE, ExperimentDir
 
@@ -216,8 +216,8 @@ def _hparam_axis(ax, field: str, scored: list[analysis.ConfigSummary], colors: d
         ticks = sorted(set(xs))
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
     else:  # categories, in sorted order, at 0, 1, 2, ...
-        cats = sorted({_short(v) for v in values})
-        xs = [cats.index(_short(v)) for v in values]
+        cats = sorted({value_text(v) for v in values})
+        xs = [cats.index(value_text(v)) for v in values]
         crowded = sum(map(len, cats)) > 40
         ax.set_xticks(range(len(cats)), cats, fontsize=7, rotation=30 if crowded else 0, ha="right" if crowded else "center")
         ax.set_xlim(-0.5, len(cats) - 0.5)
@@ -240,10 +240,6 @@ def _dodge(xs: list[float], linear: bool) -> list[float]:
         rank.append(seen.get(x, 0))
         seen[x] = rank[-1] + 1
     return [(r - (seen[x] - 1) / 2) * unit for x, r in zip(xs, rank)]
-
-
-def _short(v) -> str:
-    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) or v is None else str(v)
 
 
 def _curves_plot(plt, a: analysis.Analysis, path: Path) -> bool:

@@ -442,16 +442,16 @@ def _check_shadowed(spec: Spec, overrides: list[str]) -> None:
                                     f"values set {field}: change {field} in grid.{axis} in the spec instead")
 
 
-def short(v) -> str:
+def name_part(v) -> str:
     """An axis value as a part of a trial's folder name."""
     if isinstance(v, dict):
-        return "-".join(short(x) for x in v.values())
+        return "-".join(name_part(x) for x in v.values())
     return re.sub(r"[^A-Za-z0-9._-]", "", str(v).replace("+", "-"))[:24] or "x"
 
 
 def _point(axes: dict) -> str:
     """A grid point in words for a message: 'model=vgg, lr=0.1', or 'base'."""
-    return ", ".join(f"{k}={short(v)}" for k, v in axes.items()) or "base"
+    return ", ".join(f"{k}={name_part(v)}" for k, v in axes.items()) or "base"
 
 
 def expand(spec: Spec) -> list[dict]:
@@ -475,9 +475,9 @@ def expand(spec: Spec) -> list[dict]:
                 tc = TrainConfig.from_dict(cfg)
             except ConfigError as e:
                 raise SpecError(f"trial {len(trials)} ({_point(label)}, seed {seed}): {e}") from None
-            parts = [p for p in (short(v) for v in label.values()) if p]
+            parts = [p for p in (name_part(v) for v in label.values()) if p]
             if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
-                parts.insert(0, short(tc.model))
+                parts.insert(0, name_part(tc.model))
             train = tc.to_dict()
             trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": trial_id(train), "axes": dict(label),
                            "train": train})

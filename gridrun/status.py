@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import GridrunError
 from . import analysis
-from .progress import dur as _dur  # one duration format for status and the launch's progress line
+from .progress import dur as _dur, eta_s  # one duration format and one ETA for status and the launch's line
 from .results import find_experiments, load_experiment
 from .store import ExperimentDir, TrialDir, Unreadable, finite_number
 
@@ -52,10 +52,9 @@ def snapshot(path: Path) -> dict:
     startup, per_report = _tune_times(exp)
     epoch_s = per_report or (float(np.median(per_epoch)) if per_epoch else None)
     todo = [r for r in rows if r["status"] in ("running", "pending")]
-    left = sum(max(0, (r["epochs"] or 0) - r["epoch"]) for r in todo)
-    starting = sum(r["epoch"] == 0 for r in todo)  # each still pays its start-up
-    parallel = max(1, counts["running"])
-    eta = (left * epoch_s + starting * (startup or 0.0)) / parallel if epoch_s and holder else None
+    # each trial still to run: its epochs left, and its start-up when it has not reported yet
+    left = [(max(0, (r["epochs"] or 0) - r["epoch"]), (startup or 0.0) if r["epoch"] == 0 else 0.0) for r in todo]
+    eta = eta_s(left, epoch_s, counts["running"]) if epoch_s and holder else None
     launches = exp.launches
     elapsed = now - holder["since"] if holder and finite_number(holder.get("since")) else \
         sum(l.get("wall_s", 0) for l in launches if isinstance(l.get("wall_s"), (int, float)))

@@ -10,7 +10,7 @@ An experiment folder (ExperimentDir):
   reference.csv            the study's own table (the spec's report.reference), copied at launch
   gridrun.lock             the running launch (pid, host, token; touched every 20 s)
   gridrun_export.json      in a slim export: what the export says about itself (a restore removes it)
-  gridrun_ray.log          Ray's per-trial lines
+  gridrun_ray.log          a line per trial Ray completed or failed (progress.RayLog)
   TRIAL/ or GROUP/TRIAL/   trial folders; a fused group's folder holds fused_group.json
 A trial folder (TrialDir; a checkpoint folder holds state.pt and state.json):
   config.json        the resolved config plus `_meta` (params, device, strategy, versions, ...)
@@ -271,10 +271,10 @@ def versions(with_ray: bool = False) -> dict:
     import torch
 
     out = {"gridrun": __version__}
-    if with_ray:
-        import ray
+    if with_ray:  # the installed distribution's version, without importing ray
+        from importlib.metadata import version
 
-        out["ray"] = ray.__version__
+        out["ray"] = version("ray")
     out.update(torch=torch.__version__, python=platform.python_version())
     if torch.cuda.is_available():
         out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),

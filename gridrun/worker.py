@@ -3,7 +3,7 @@
 Everything a trial needs from the launch that started it (where its folder is in storage, the
 launch's id, the HParams columns, the MNIST arrays of each data folder, whether it runs on
 CPUs for want of a GPU) comes as one `LaunchContext` through `tune.with_parameters`; the
-trial's config is only its unit. With launch.py, the only module that imports ray.
+trial's config is only its unit. Imports ray (as launch.py and store.py's provenance do).
 """
 from __future__ import annotations
 
@@ -14,19 +14,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Ray's own TensorBoard/JSON/CSV loggers would duplicate the trainer's files; its banners and
-# tables would bury ours. Set before ray is imported anywhere in this process (launch.py and
-# every module above it import ray through this one).
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
+from ray import tune
 
-from ray import tune  # noqa: E402
-
-from . import store  # noqa: E402
-from .plan import Trial, Unit  # noqa: E402
-from .store import TrialDir  # noqa: E402
+from . import store
+from .plan import Trial, Unit
+from .store import TrialDir
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridrun.data import write_idx
-
 os.environ["GRIDRUN_NO_DOWNLOAD"] = "1"  # tests never touch the network
+# The tests' nets (chaos_net) and hold, in this process and every one it starts (gridrun/hooks.py)
+os.environ["GRIDRUN_HOOKS"] = str(Path(__file__).with_name("gridrun_hooks.py"))
+
+from gridrun.data import write_idx  # noqa: E402
 MNIST_DIR = os.environ.get("GRIDRUN_DATA")
 
 
@@ -66,7 +68,6 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole run: 2 CPUs and one logical GPU (tests have no real one)."""
-    import gridrun.launch  # noqa: F401  (sets Ray's environment before ray is imported)
     import ray
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -89,13 +90,13 @@ def stop_after(epoch: int):
 
 def held_env(epoch: int, release: Path) -> dict:
     """The environment for a `gridrun launch` subprocess whose every trial, once it has reported
-    epoch `epoch`, writes RELEASE.held-TRIAL and waits until `release` exists (engine/run.py's
-    GRIDRUN_TEST_HOLD): a test acts on a launch known to be mid-grid, then releases it. The
-    launch hands the hook to its trials in the job's runtime_env (launch._connect), so it reaches
-    them on a Ray the driver joins as on one it starts."""
-    from gridrun.engine.run import TEST_HOLD
+    epoch `epoch`, writes RELEASE.held-TRIAL and waits until `release` exists (gridrun_hooks.py's
+    hold): a test acts on a launch known to be mid-grid, then releases it. The launch hands the
+    hooks to its trials in the job's runtime_env (launch._connect), so they reach them on a Ray
+    the driver joins as on one it starts."""
+    from gridrun.hooks import load
 
-    return {**os.environ, TEST_HOLD: f"{epoch}:{release}"}
+    return {**os.environ, load().HOLD: f"{epoch}:{release}"}
 
 
 def held(release: Path) -> list[str]:

@@ -1,7 +1,8 @@
 """The shape issue 33 asks for, checked on every run: imports only run down the layering (errors
 at the bottom, the CLI at the top; nothing imports the package __init__), no function in gridrun/
-is over 50 lines, the trial/experiment file names are spelled in store.py alone, and the launch
-driver stays under 250 lines. A new module must be given its place in LAYERS."""
+is over 50 lines, the trial/experiment file names are spelled in store.py alone, the launch
+driver stays under 250 lines, and only the modules whose docstring says "imports ray" import it
+(issue 37). A new module must be given its place in LAYERS."""
 import ast
 import re
 from pathlib import Path
@@ -12,9 +13,9 @@ PKG = Path(__file__).resolve().parent.parent / "gridrun"
 
 # Bottom to top: a module may import only modules earlier in this list.
 LAYERS = [
-    "errors", "diskio", "yamlsafe",
+    "errors", "diskio", "yamlsafe", "hooks",
     "models._layers", "models._registry", "models.tiny", "models.vgg", "models.resnet",
-    "models.preact_resnet", "models.wide_resnet", "models.inception", "models.testing",
+    "models.preact_resnet", "models.wide_resnet", "models.inception",
     "models", "models.golden",
     "augment", "data", "config", "identity", "store", "remote",
     "engine.files", "engine.optim", "engine.strategies", "engine.step", "engine.group",
@@ -81,3 +82,21 @@ def test_folder_file_names_are_spelled_in_store_alone():
 def test_the_launch_driver_is_small():
     n = len((PKG / "launch.py").read_text().splitlines())
     assert n <= 250, f"gridrun/launch.py is {n} lines: move what is not the driver to plan/experiment/worker/progress"
+
+
+def _imports_ray(p: Path) -> bool:
+    for n in ast.walk(ast.parse(p.read_text())):
+        names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+            [n.module or ""] if isinstance(n, ast.ImportFrom) and not n.level else []
+        if any(m.split(".")[0] == "ray" for m in names):
+            return True
+    return False
+
+
+def test_only_the_modules_that_say_so_import_ray():
+    """Ray stays at the edge: a module that imports it says so in its docstring ("imports ray"),
+    and a module that says so does (no stale claim either way)."""
+    said = {name(p) for p in MODULES if "imports ray" in (ast.get_docstring(ast.parse(p.read_text())) or "").lower()}
+    does = {name(p) for p in MODULES if _imports_ray(p)}
+    assert does <= said, f"{sorted(does - said)} import ray: say so in the module docstring (\"imports ray\")"
+    assert said <= does, f"{sorted(said - does)} say they import ray but do not"

@@ -199,8 +199,9 @@ def test_train_config_flags_override_its_fields(tmp_path, monkeypatch):
     assert (cfg.model, cfg.lr, cfg.seed, cfg.epochs, cfg.data_dir, cfg.out_dir) == ("vanilla", 0.05, 3, 1, None, None)
 
 
-@pytest.mark.parametrize("content,needle", [(None, "no such file"), ("{not json", "not a JSON file"),
-                                            ("[1, 2]", "holds list"), ('{"lr": 0.1, "bogus": 1}', "'bogus'")])
+@pytest.mark.parametrize("content,needle", [(None, "no such file"), ("{not json", "is not JSON"),
+                                            ("[1, 2]", "holds list"), ('{"lr": 0.1, "bogus": 1}', "'bogus'"),
+                                            ('{"lr": 0.1, "pad": "' + "x" * (2 << 20) + '"}', "at most 1,048,576")])
 def test_train_config_bad_file_is_one_line(tmp_path, capsys, content, needle):
     path = tmp_path / "config.json"
     if content is not None:

@@ -14,6 +14,7 @@ import torch
 from gridrun.config import ConfigError, TrainConfig
 from gridrun.engine import run, strategies
 from gridrun.engine.optim import Optimizer, host_values
+from gridrun.hooks import Hooks
 from gridrun.identity import fuse_key, trial_id
 from gridrun.models import create_model
 
@@ -130,7 +131,7 @@ def test_auto_takes_plain_for_one_loop_on_a_cpu_and_the_fastest_when_timed(synth
     two = run([_tiny(synth_dir, seed=s) for s in (0, 1)])
     assert one["fuse_strategy"] == "plain" and "fused" not in one
     assert {r["fuse_strategy"] for r in two} == {"loop"} and "fuse_timings_s" not in two[0]
-    timed = run([_tiny(synth_dir, seed=s, out_dir=str(tmp_path / str(s))) for s in (0, 1)], timed=True)
+    timed = run([_tiny(synth_dir, seed=s, out_dir=str(tmp_path / str(s))) for s in (0, 1)], hooks=Hooks(timed=True))
     meta = json.loads((tmp_path / "0" / "config.json").read_text())["_meta"]
     times = meta["fuse_timings_s"]
     assert set(times) == {"loop", "vmap", "blockdiag"} and all(t > 0 for t in times.values())

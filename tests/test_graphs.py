@@ -1,14 +1,14 @@
 """CUDA-graph steps (`cuda_graph`): the engine's one step function over static buffers,
-recorded and replayed on CUDA, here replayed by the stand-in recording that the engine's
-explicit option `record_off_cuda` turns on (engine.step.StepGraphs): after its warm-up calls a
-key's first recorded function is kept and called again on every replay, so a step that read
-anything but its static buffers (batch indices, hyperparameter rows, alive flags) would train
-on stale values and differ from the eager run.
+recorded and replayed on CUDA, here recorded by a CPU stand-in that records as a CUDA graph
+does (tests/standin.py: make_fx traces the step once with its tensors by reference and every
+Python value baked, and replays the trace), passed to the engine as a hook. So a step that read
+anything but its static buffers (batch indices, hyperparameter rows, alive flags) trains on
+stale values when replayed and differs from the eager run: the mutation test below shows it.
 
-What a CPU cannot check is the recording itself (torch.cuda.graph, the generator registration,
-replay); `bash tools/gpu/run.sh graphs` checks that on a GPU.
+What a CPU cannot check is CUDA's recording itself (torch.cuda.graph, the generator
+registration, replay); `bash tools/gpu/run.sh graphs` checks that on a GPU.
 
-Tolerance: none. Eager and replayed runs call the same function on the same buffers, so they
+Tolerance: none. Eager and replayed runs execute the same ops on the same buffers, so they
 agree bit for bit, single trials (now Adam too) and fused groups alike.
 """
 import pytest
@@ -16,9 +16,14 @@ import torch
 
 from gridrun.config import ConfigError, TrainConfig
 from gridrun.engine import run
+from gridrun.engine.optim import Optimizer
 from gridrun.fused import train_fused
+from gridrun.hooks import Hooks
 from gridrun.train import train
 from conftest import Stop, stop_after
+from standin import keep_closure, trace
+
+RECORDED = Hooks(recorder=trace)  # the stand-in recording of cuda_graph on a CPU
 
 
 def _trial(synth_dir, **kw):
@@ -53,7 +58,7 @@ def test_a_replayed_single_trial_trains_like_the_eager_one(synth_dir, tmp_path, 
     """A single trial records its whole step whatever its optimizer (Adam too, issue 29)."""
     cfg = _trial(synth_dir, optimizer=opt, lr=0.05 if opt == "sgd" else 0.003)
     plain = run([dict(cfg, out_dir=str(tmp_path / "plain"))], single=True)
-    static = run([dict(cfg, cuda_graph=True, out_dir=str(tmp_path / "static"))], single=True, record_off_cuda=True)
+    static = run([dict(cfg, cuda_graph=True, out_dir=str(tmp_path / "static"))], single=True, hooks=RECORDED)
     assert static[0]["cuda_graph"] is True and plain[0]["cuda_graph"] is False
     assert static[0]["status"] == plain[0]["status"] == "ok" and static[0]["fuse_strategy"] == "plain"
     _same_runs(static, plain, [tmp_path / "static"], [tmp_path / "plain"])
@@ -68,7 +73,7 @@ def test_the_static_fused_step_is_the_fused_step(synth_dir, tmp_path, opt):
                    augment="none", clean_epochs=0, label_smoothing=0.0)]
     plain = train_fused([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(cfgs)])
     static = run([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)],
-                 record_off_cuda=True)
+                 hooks=RECORDED)
     assert all(s["cuda_graph"] is True and s["status"] == p["status"] == "ok" for s, p in zip(static, plain))
     _same_runs(static, plain, [tmp_path / "s" / str(i) for i in range(2)], [tmp_path / "p" / str(i) for i in range(2)])
 
@@ -84,7 +89,7 @@ def test_an_interrupted_static_run_resumes_like_an_uninterrupted_one(synth_dir, 
     momentum buffers a resume loads replace the ones a recording would have read): one epoch,
     stop, resume, one epoch equals two straight, bit for bit."""
     cfg = _trial(synth_dir, cuda_graph=True, threads=1)
-    go = (lambda out, **kw: run([dict(cfg, out_dir=str(out))], record_off_cuda=True, single=not fused, **kw)[0])
+    go = (lambda out, **kw: run([dict(cfg, out_dir=str(out))], hooks=RECORDED, single=not fused, **kw)[0])
     straight = go(tmp_path / "straight", state_dir=str(tmp_path / "s1"))
     with pytest.raises(Stop):
         go(tmp_path / "part", on_epoch=stop_after(1), state_dir=str(tmp_path / "s2"))
@@ -103,7 +108,32 @@ def test_a_diverging_member_of_a_static_fused_group_is_retired_as_in_the_fused_t
     pair = [dict(base, seed=3, lr=0.01), dict(base, seed=4, lr=1e12)]
     plain = train_fused([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(pair)])
     static = run([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(pair)],
-                 record_off_cuda=True)
+                 hooks=RECORDED)
     assert static[1]["status"] == plain[1]["status"] and static[1]["status"].startswith("diverged at epoch")
     assert static[0]["status"] == "ok"
     assert [h["train_loss"] for h in static[0]["history"]] == [h["train_loss"] for h in plain[0]["history"]]
+
+
+def _sgd_reading_a_python_lr(self, grads) -> None:
+    """The mutant: SGD without momentum whose learning rate is the host's Python float (the
+    row `refresh` last copied), as a step that forgot its static buffers would read it."""
+    torch._foreach_sub_(self.params, torch._foreach_mul(grads, self._last[0][0]))
+
+
+def test_the_stand_in_bakes_a_python_learning_rate_as_a_cuda_graph_would(synth_dir, tmp_path, monkeypatch):
+    """The mutation test: with the mutant step (onecycle moves its Python lr every batch) the
+    recorded run replays the lr of the step it traced, so it differs from the eager run; the old
+    stand-in, which kept the step's closure and called it again, re-read the lr and could not
+    tell the two apart."""
+    monkeypatch.setattr(Optimizer, "_sgd", _sgd_reading_a_python_lr)
+    cfg = dict(model="tinynet_7k", epochs=1, batch_size=40, val_size=200, subset=330, data_dir=str(synth_dir),
+               threads=2, optimizer="sgd", momentum=0.0, nesterov=False, lr=0.05, scheduler="onecycle",
+               augment="none")
+    def first_epoch(name, recorder=None):
+        hooks = Hooks(recorder=recorder)
+        out = run([dict(cfg, cuda_graph=recorder is not None, out_dir=str(tmp_path / name))], single=True, hooks=hooks)
+        return out[0]["history"][0]["train_loss"]
+
+    eager = first_epoch("eager")
+    assert first_epoch("traced", trace) != eager, "the stand-in read the Python lr anew at every replay"
+    assert first_epoch("kept", keep_closure) == eager  # the old stand-in: the mutant passed it

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gridrun import GridrunError
+from gridrun.hooks import MODULE
 from gridrun.models import count_params, create_model, list_models, model_family
 
 GOLDEN = Path(__file__).resolve().parent.parent / "gridrun" / "models" / "golden_params.json"
@@ -29,7 +30,7 @@ def test_forward_backward(name):
 
 def test_golden_param_counts_are_exact():
     golden = json.loads(GOLDEN.read_text())
-    counts = {n: count_params(n) for n in list_models()}
+    counts = {n: count_params(n) for n in list_models() if model_family(n) != MODULE}  # the zoo, not tests' nets
     changed = {n: (golden.get(n), c) for n, c in counts.items() if golden.get(n) != c}
     assert not changed and set(golden) == set(counts), \
         f"param counts changed {changed}: if on purpose, regenerate with `python -m gridrun.models.golden`"
@@ -110,3 +111,17 @@ def test_tinynet_arch_strings():
     for bad in ("C8 X G", "C8 O", "C0 O G", "Cx O G", "", "C8 S O G", "C8 S0 O G"):
         with pytest.raises(GridrunError, match="arch"):
             create_model("tinynet", arch=bad)
+
+
+def test_the_zoo_ships_no_test_nets():
+    """chaos_net (a net that fails on cue) is the tests' (tests/gridrun_hooks.py), registered only
+    where $GRIDRUN_HOOKS names that file, never in a user's zoo (issue 37)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from gridrun.models import list_models; print('chaos_net' in list_models())"
+    env = {k: v for k, v in os.environ.items() if k != "GRIDRUN_HOOKS"}
+    shown = [subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120).stdout.strip()
+             for e in (env, os.environ)]
+    assert shown == ["False", "True"]

@@ -1,6 +1,7 @@
 """The launch's progress line, its ETA, and the record of a relaunch after the last epoch."""
 import io
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -160,7 +161,8 @@ def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(
 
 
 def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
-    from gridrun.launch import RAY_LOG, _ray_trial_log
+    from gridrun.launch import _RayLog
+    from gridrun.store import RAY_LOG
 
     class Trial:  # what Ray's callback reads of a trial that reported nothing
         last_result: dict = {}
@@ -169,9 +171,30 @@ def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
             return "grid_s0"
 
     t = Trial()
-    _ray_trial_log(str(tmp_path)).on_trial_complete(0, [], t)
+    _RayLog(str(tmp_path)).on_trial_complete(0, [], t)
     assert "completed. Last result" not in capfd.readouterr().out
     assert "completed. Last result" in (tmp_path / RAY_LOG).read_text()
+
+
+def test_importing_the_launch_sets_no_environment_and_quiet_tune_gives_it_back(monkeypatch):
+    """Ray Tune's switches are set around the launch's Tuner only, not when gridrun.worker or
+    gridrun.launch is imported (worker.py once set four at import: issue 37)."""
+    import subprocess
+    import sys
+
+    from gridrun.progress import TUNE_ENV, quiet_tune
+
+    code = ("import os, ray; before = dict(os.environ); import gridrun.launch; "
+            "print(sorted(k for k in {**before, **os.environ} if before.get(k) != os.environ.get(k)))")
+    env = {k: v for k, v in os.environ.items() if k not in TUNE_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    for k in TUNE_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # the user's own choice is kept
+    with quiet_tune():
+        assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" and os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ and os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
 
 
 # ---------------------------------------------------------------- status: ETA, --watch, a closed pipe

@@ -20,13 +20,14 @@ import torch
 from ..augment import Augment, deskew
 from ..config import PLUMBING, ConfigError, TrainConfig, with_defaults
 from ..data import Splits, load_splits
+from ..hooks import Hooks
 from ..models import create_model, model_defaults, model_kwargs, resolve_model_args
 from ..models._layers import seed_dropout, set_dropout_rate
 from . import strategies
 from ..store import StateError, read_state, versions
 from .files import Writer
 from .optim import Optimizer, make_shadow
-from .step import Trainer
+from .step import CudaGraphs, Trainer
 
 
 @dataclass
@@ -194,18 +195,17 @@ def choose_strategy(cfg: TrainConfig, models: list, splits: Splits, device: torc
     return min(times, key=times.get), times
 
 
-def setup(cfgs: list[TrainConfig], arrays: dict | None = None, record_off_cuda: bool = False,
-          timed: bool | None = None) -> Group:
+def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Hooks()) -> Group:
     """Device, data, members, strategy, optimizer, weight average and trainer of a group.
-    `record_off_cuda`: with `cuda_graph`, replay a stand-in recording on a CPU (tests);
-    `timed`: time the strategies for `auto` (default: on CUDA)."""
+    `hooks.recorder`: with `cuda_graph` off CUDA, record the step with it (tests);
+    `hooks.timed`: time the strategies for `auto` (default: on CUDA)."""
     c0 = cfgs[0]
     device = prepare_device(c0)
     cuda = device.type == "cuda"
     splits = prepare_splits(c0, device, arrays)
     n_train = len(splits.train_y)
     members, models = build_members(cfgs, device, n_train)
-    name, times = choose_strategy(c0, models, splits, device, cuda if timed is None else timed)
+    name, times = choose_strategy(c0, models, splits, device, cuda if hooks.timed is None else hooks.timed)
     n_params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
     # Only a plain trial trains in bf16 / channels_last: on CUDA (torch 2.11, H100) the backward
     # of vmap's batch norm refuses bf16 activations with fp32 running statistics, and bf16 bought
@@ -222,13 +222,13 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, record_off_cuda: 
         strategies.check_same(strategy, strategies.make("loop", models), splits.normalize(splits.train_x[:8]))
     opt = Optimizer(c0.optimizer, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
     ema = {n: t.detach().clone() for n, t in {**strategy.params, **strategy.buffers}.items()} if c0.ema else None
-    record = "cuda" if (c0.cuda_graph and cuda) else "stand-in" if (c0.cuda_graph and record_off_cuda) else None
+    recorder = None if not c0.cuda_graph else CudaGraphs(device, [m.dgen for m in members]) if cuda else hooks.recorder
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "amp": amp,
-            "channels_last": cl, "cuda_graph": record is not None, "n_train": n_train, "n_val": len(splits.val_y),
+            "channels_last": cl, "cuda_graph": recorder is not None, "n_train": n_train, "n_val": len(splits.val_y),
             "n_test": len(splits.test_y), "steps_per_epoch": n_train // c0.batch_size + (n_train % c0.batch_size >= 2),
             "fuse_strategy": name, **({"fuse_timings_s": times} if times else {}), **versions()}
     g = Group(cfgs, device, splits, members, strategy, opt, ema, meta)
-    g.trainer = Trainer(g, record)
+    g.trainer = Trainer(g, recorder)
     return g
 
 

@@ -8,8 +8,6 @@ row, its final files after the last epoch (files.py) and the group's resumable s
 from __future__ import annotations
 
 import math
-import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,16 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
+from ..hooks import Hooks, from_env
 from .files import Writer, save_state, write_final
 from .group import Group, check_group, load_state, member_state_dict, retire, setup, state_dict
 from .optim import step_epoch_scheduler
 
 PRECISE_BN_BATCH = 1024  # images per forward pass of precise BN (a constant: results must not
                          # depend on plumbing such as eval_batch_size)
-# A test hook, never set outside tests: with GRIDRUN_TEST_HOLD="EPOCH:PATH" a run, once it has
-# reported epoch EPOCH, writes PATH.held-TRIAL and waits until PATH exists, so a test can signal or
-# kill a launch while its trials are known to be mid-grid, on a fast machine as on a slow one.
-TEST_HOLD = "GRIDRUN_TEST_HOLD"
 
 
 def evaluate(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -120,15 +115,16 @@ def threads_restored():
 
 def run(configs: list, on_epoch=None, resume_from: str | None = None, state_dir: str | None = None,
         arrays: dict | None = None, group_dir: str | None = None, single: bool = False,
-        record_off_cuda: bool = False, timed: bool | None = None) -> list[dict]:
+        hooks: Hooks | None = None) -> list[dict]:
     """Train K configs of one architecture as one group; returns their results in order.
     `on_epoch(metrics, state_path)` gets, with `single` (K = 1, gridrun train), the trial's
     epoch row, else the group's epoch with its members' mean and best validation accuracy.
-    `record_off_cuda` and `timed`: see group.setup."""
+    `hooks` (tests): see gridrun/hooks.py; default, $GRIDRUN_HOOKS's when set, else none."""
     cfgs = [TrainConfig.from_dict(c) for c in configs]
     check_group(cfgs)
+    hooks = hooks or from_env()
     with threads_restored():
-        g = setup(cfgs, arrays, record_off_cuda, timed)
+        g = setup(cfgs, arrays, hooks)
         if resume_from:
             load_state(g, resume_from)
         group_meta = {} if single else {"fused": g.k, "fused_group": group_dir and Path(group_dir).name}
@@ -137,12 +133,12 @@ def run(configs: list, on_epoch=None, resume_from: str | None = None, state_dir:
             m.writer.config(m.cfg.to_dict(), {**g.meta, **group_meta})
         if single:
             state_dir = state_dir or cfgs[0].out_dir
-        _epochs(g, on_epoch, Path(state_dir) if state_dir else None, single)
+        _epochs(g, on_epoch, Path(state_dir) if state_dir else None, single, hooks.after_epoch)
         return [m.result for m in g.members]
 
 
-def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
-    epochs, hold = g.cfgs[0].epochs, os.environ.get(TEST_HOLD)
+def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoch) -> None:
+    epochs = g.cfgs[0].epochs
     for epoch in range(g.start_epoch, epochs + 1):
         losses, accs, seconds = g.trainer.epoch(tuple(is_clean_epoch(m.cfg, epoch) for m in g.members))
         for k, m in enumerate(g.members):
@@ -172,8 +168,8 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
         state_path = save_state(state_dir, state_dict(g, epoch))
         if on_epoch is not None:
             on_epoch(g.members[0].history[-1] if single else _group_row(g, epoch, seconds), state_path)
-        if hold:
-            _test_hold(hold, epoch, g.cfgs[0].out_dir)
+        if after_epoch is not None:
+            after_epoch(epoch, g.cfgs[0].out_dir)
     if any(m.result is None for m in g.members):  # resumed from a state saved after the last epoch
         scores = score(g)
         for k, m in enumerate(g.members):
@@ -181,16 +177,6 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool) -> None:
                 _final(g, k, scores[k] if m.status == "ok" else None)
     for m in g.members:
         m.writer.close()
-
-
-def _test_hold(hold: str, epoch: int, out_dir: str | None) -> None:
-    """The TEST_HOLD hook: after epoch EPOCH, say so in PATH.held-TRIAL and wait for PATH."""
-    at, _, path = hold.partition(":")
-    if epoch != int(at):
-        return
-    Path(f"{path}.held-{Path(out_dir or 'run').name}").write_text(str(os.getpid()))
-    while not os.path.exists(path):
-        time.sleep(0.05)
 
 
 def _group_row(g: Group, epoch: int, seconds: float) -> dict:

@@ -9,7 +9,9 @@ So the step reads and writes only long-lived tensors: the data on the device, th
 weights, optimizer state and weight average, and small static tensors refreshed before each
 step (the members' batch indices, the optimizer's hyperparameter rows, alive flags). Eager runs
 call it as it is; `cuda_graph: true` on CUDA records it once per variant (which members train
-on clean images) and replays it; the epoch's last, shorter batch always runs eagerly.
+on clean images) and replays it; the epoch's last, shorter batch always runs eagerly. A
+recording reads tensors by address and bakes every Python value the step read: tests check the
+step against a CPU stand-in that records the same way (tests/standin.py, make_fx).
 """
 from __future__ import annotations
 
@@ -24,57 +26,65 @@ from ..models._layers import cached_indices
 
 
 class StepGraphs:
-    """Runs a step function by key: eagerly for its first `warmup` calls (on a side stream, as
-    torch.cuda.graph asks), recorded on the next and replayed from then on (the call that
-    records also replays, so every call is one step). `record`: "cuda", None (always eager) or
-    "stand-in" (tests on a CPU: the first recorded call's function is kept and called again on
-    every replay, so a step that read anything but its static buffers would show)."""
+    """Runs a step function by key: eagerly for its first `warmup` calls, then recorded once by
+    `recorder` and replayed from then on. A recorder is a callable that runs the step once,
+    recorded, and returns its replay (`CudaGraphs` on CUDA; tests pass a CPU stand-in that
+    records as a CUDA graph does: tests/standin.py); with an optional `warm(step)` for the
+    warm-up calls. None: every call runs eagerly."""
 
-    def __init__(self, device: torch.device, generators=(), record: str | None = None, warmup: int = 3):
-        self.device, self.record, self.warmup = device, record, warmup
+    def __init__(self, device: torch.device, recorder=None, warmup: int = 3):
+        self.device, self.recorder, self.warmup = device, recorder, warmup
         self.error: str | None = None  # why a recording failed; the steps then all run eagerly
-        self.generators = [g for g in generators if g.device.type == "cuda"]
         self.graphs: dict = {}
         self.calls: dict = {}
-        self.keep: list = []  # tensors made before a recording that it reads: alive as long as it is
-        self.stream = torch.cuda.Stream(device) if record == "cuda" else None
 
     def __call__(self, key, step) -> None:
-        if self.record is None:
+        if self.recorder is None:
             step()
             return
-        graph = self.graphs.get(key)
-        if graph is None:
-            n = self.calls[key] = self.calls.get(key, 0) + 1
-            if n <= self.warmup:
-                self._warm(step)
-                return
-            try:
-                graph = self.graphs[key] = self._record(step)
-            except Exception as e:  # an op that cannot be recorded: say so once, go on eagerly
-                # (a recording executes nothing, so the weights and optimizer state are untouched)
-                self.record, self.graphs = None, {}
-                self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                print(f"gridrun: recording the training step as a CUDA graph failed ({self.error}); "
-                      f"this trial goes on without it", file=sys.stderr, flush=True)
+        replay = self.graphs.get(key)
+        if replay is not None:
+            replay()
+            return
+        n = self.calls[key] = self.calls.get(key, 0) + 1
+        if n <= self.warmup:
+            getattr(self.recorder, "warm", _call)(step)
+            return
+        try:
+            self.graphs[key] = self.recorder(step)
+        except Exception as e:  # an op that cannot be recorded: say so once, go on eagerly
+            # (a CUDA recording executes nothing, so the weights and optimizer state are untouched)
+            self.recorder, self.graphs = None, {}
+            self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            print(f"gridrun: recording the training step as a CUDA graph failed ({self.error}); "
+                  f"this trial goes on without it", file=sys.stderr, flush=True)
+            if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-                step()
-                return
-        graph.replay() if self.record == "cuda" else graph()
-
-    def _warm(self, step) -> None:
-        if self.stream is None:
             step()
-            return
+
+
+def _call(step) -> None:
+    step()
+
+
+class CudaGraphs:
+    """The recorder on CUDA: warm-up calls on a side stream (as torch.cuda.graph asks), then the
+    step captured as a CUDA graph, replayed at once (the call that records is a step too)."""
+
+    def __init__(self, device: torch.device, generators=()):
+        self.device = device
+        self.generators = [g for g in generators if g.device.type == "cuda"]
+        self.stream = torch.cuda.Stream(device)
+        self.keep: list = []  # tensors made before a recording that it reads: alive as long as it is
+
+    def warm(self, step) -> None:
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             step()
         current.wait_stream(self.stream)
 
-    def _record(self, step):
-        if self.record != "cuda":
-            return step
+    def __call__(self, step):
         graph = torch.cuda.CUDAGraph()
         for gen in self.generators:
             graph.register_generator_state(gen)
@@ -82,7 +92,8 @@ class StepGraphs:
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             step()
         self.keep.append(cached_indices())  # dropout's index tensors, read by the recording
-        return graph
+        graph.replay()
+        return graph.replay
 
 
 def smoothed_ce(out: torch.Tensor, y: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
@@ -125,7 +136,7 @@ def augmented(g, idx: torch.Tensor, clean: tuple) -> torch.Tensor:
 class Trainer:
     """A group's epochs of steps: `epoch` refreshes the static buffers and runs `step`."""
 
-    def __init__(self, g, record: str | None):
+    def __init__(self, g, recorder=None):
         dev, k = g.device, g.k
         self.g = g
         self.idx = torch.zeros(k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
@@ -133,7 +144,7 @@ class Trainer:
         self.ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=dev)
         self.loss_sum = torch.zeros(k, device=dev)
         self.correct = torch.zeros(k, device=dev, dtype=torch.long)
-        self.graphs = StepGraphs(dev, [m.dgen for m in g.members], record)
+        self.graphs = StepGraphs(dev, recorder)
         ema = list(g.ema.items()) if g.ema is not None else []
         live = {**g.params, **g.buffers}
         self.ema_floats = [(e, live[n]) for n, e in ema if e.dtype.is_floating_point]

@@ -1,12 +1,33 @@
-"""chaos_net: a small working net that can be told to crash, for testing retries and failures."""
+"""The tests' hooks, never shipped: gridrun imports this file in every process where
+$GRIDRUN_HOOKS names it (conftest sets it; gridrun/hooks.py says how it reaches Ray's trials).
+
+- chaos_net: a small working net that can be told to crash, for testing retries and failures.
+- the hold: with GRIDRUN_HOOKS_HOLD="EPOCH:PATH" a run, once it has reported epoch EPOCH, writes
+  PATH.held-TRIAL and waits until PATH exists, so a test can signal or kill a launch while its
+  trials are known to be mid-grid, on a fast machine as on a slow one (conftest.held_env).
+"""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ._registry import register_model
+from gridrun.models._registry import register_model
+
+HOLD = "GRIDRUN_HOOKS_HOLD"
+
+
+def after_epoch(epoch: int, out_dir: str | None) -> None:
+    """The hold: after epoch EPOCH, say so in PATH.held-TRIAL and wait for PATH."""
+    at, _, path = os.environ.get(HOLD, "").partition(":")
+    if not at or epoch != int(at):
+        return
+    Path(f"{path}.held-{Path(out_dir or 'run').name}").write_text(str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.05)
 
 
 class ChaosNet(nn.Module):
@@ -38,8 +59,6 @@ class ChaosNet(nn.Module):
         return self.fc(self.body(x))
 
     def _wait(self) -> None:
-        import time
-
         try:
             import ray
 
