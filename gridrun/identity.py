@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 
 from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, field_extra, field_names, with_defaults
 
@@ -82,17 +83,55 @@ def _model_part(train: dict) -> tuple:
     return (_number(dropout) if dropout is not None else None), args  # an int argument stays an int
 
 
+# Two names of one net: a model at its factory's defaults (model_args empty once defaults are left
+# out) that another registered name builds layer for layer. tinynet's default arch is tinynet_7k's
+# layers (tests/test_identity.py builds both and compares). Kept here, not in models/, so that
+# identity (status, report) never imports torch for a config without model arguments.
+MODEL_ALIASES = {"tinynet": "tinynet_7k"}
+
+# One layer token of a TinyNet arch string (models/tiny.py's grammar), leading zeros allowed.
+_ARCH_TOKEN = re.compile(r"([CS])0*(\d+)(?::0*(\d+))?|(T)0*(\d+)|([MOG])", re.ASCII)
+
+
+def _arch_token(tok: str) -> str:
+    """A token in the spelling gridrun's grids use: C with its padding written (C16 is C16:1), S
+    with its padding only when 0 (S24:1 is S24); anything else is left for the model to refuse."""
+    m = _ARCH_TOKEN.fullmatch(tok)
+    if m is None:
+        return tok
+    if m[1]:
+        pad = int(m[3]) if m[3] is not None else 1
+        return f"C{int(m[2])}:{pad}" if m[1] == "C" else f"S{int(m[2])}" + (f":{pad}" if pad != 1 else "")
+    return f"T{int(m[5])}" if m[4] else m[6]
+
+
+def canonical_arch(arch):
+    """An arch string as its tokens, single-spaced, each in one spelling: strings that build the
+    same layers (other spaces, C16 for C16:1, S24:1 for S24) are one value."""
+    return " ".join(_arch_token(t) for t in arch.split()) if isinstance(arch, str) else arch
+
+
+def _model_name(c: dict) -> str:
+    """The model's one name: an alias's when the config is that net at its factory's defaults."""
+    model = c.get("model")
+    return MODEL_ALIASES.get(model, model) if c.get("model_args") == {} else model
+
+
 def canonical(train: dict) -> dict:
     """A config's resolved values: every field present (defaults filled in), float fields as
-    floats, model arguments and augmentation strengths at their defaults left out."""
+    floats, arch strings in one spelling, model arguments and augmentation strengths at their
+    defaults left out, and a net with two names under one (MODEL_ALIASES)."""
     c = with_defaults(train)
     if not isinstance(c, dict):
         return c
     for k, ft in FIELD_TYPES.items():
         if ft.kind == "float" and k in c:
             c[k] = _number(c[k])
+    if isinstance(c.get("model_args"), dict) and "arch" in c["model_args"]:
+        c["model_args"] = {**c["model_args"], "arch": canonical_arch(c["model_args"]["arch"])}
     if c.get("dropout") is not None or c.get("model_args"):
         c["dropout"], c["model_args"] = _model_part(c)
+    c["model"] = _model_name(c)
     aug = c.get("aug")
     if isinstance(aug, dict) and aug:
         defaults = _aug_defaults(str(c.get("augment")))

@@ -28,6 +28,14 @@ def base(**kw) -> dict:
     ({"model_args": {"dropout": 0.1}}, {"dropout": 0.1}),       # the same argument, either place
     ({"augment": "rotate", "aug": {"rotate_deg": 10}}, {"augment": "rotate"}),  # a policy's strength
     ({"augment": "rotate", "aug": {"rotate_deg": 10}}, {"augment": "rotate", "aug": {"rotate_deg": 10.0}}),
+    ({"model": "tinynet"}, {}),                                 # one net, two names (issue 38 item 5)
+    ({"model": "tinynet", "model_args": {"arch": "C10:0 C16:0 M T10 C14:0 C16:0 C16:0 O G"}}, {}),
+    ({"model": "tinynet", "model_args": {"arch": " C10:0  C16:0 M T10 C14:0\tC16:0 C16:0 O G\n"}}, {}),
+    ({"model": "tinynet", "dropout": 0.1}, {"dropout": 0.1}),
+    ({"model": "tinynet", "model_args": {"arch": "C8:0 C16 M T10 C16:0 C16:0 C16:0 O G"}},   # spaces, C16 = C16:1
+     {"model": "tinynet", "model_args": {"arch": "C8:0  C16:1 M T10 C16:0 C16:0 C16:0 O  G"}}),
+    ({"model": "tinynet", "model_args": {"arch": "C10:0 C16:0 M S24:1 S024 O G"}},             # S24:1 = S24
+     {"model": "tinynet", "model_args": {"arch": "C10:0 C16:0 M S24 S24 O G"}}),
 ])
 def test_one_config_written_two_ways_is_one_trial(a, b):
     x, y = base(**a), base(**b)
@@ -38,6 +46,9 @@ def test_one_config_written_two_ways_is_one_trial(a, b):
 @pytest.mark.parametrize("a, b", [
     ({"lr": 0.1}, {"lr": 0.10000001}), ({"dropout": 0.1}, {}), ({"model_args": {"dropout": 0.05}}, {}),
     ({"augment": "rotate", "aug": {"rotate_deg": 11}}, {"augment": "rotate"}), ({"nesterov": False}, {}),
+    ({"model": "tinynet", "model_args": {"arch": "C10:0 C16:0 M T10 C14:0 C16:0 C16:1 O G"}}, {}),  # a real change
+    ({"model": "tinynet", "model_args": {"arch": "C10:0 C16:0 M S24:0 O G"}},
+     {"model": "tinynet", "model_args": {"arch": "C10:0 C16:0 M S24 O G"}}),
 ])
 def test_different_values_stay_different(a, b):
     assert trial_id(base(**a)) != trial_id(base(**b))
@@ -173,3 +184,47 @@ def test_fuse_shared_is_the_role_config_py_gives_its_fields():
         "gpu_memory_fraction", "eval_batch_size", "fuse_strategy"}
     assert PLUMBING == {"data_dir", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
                         "gpu_memory_fraction", "fuse_strategy", "eval_batch_size", "out_dir"}
+
+
+def test_each_model_alias_builds_the_same_net_as_its_other_name():
+    """identity.MODEL_ALIASES says two names are one net: each pair builds the same layers."""
+    from gridrun.identity import MODEL_ALIASES
+    from gridrun.models import count_params, create_model
+
+    for name, alias in MODEL_ALIASES.items():
+        assert repr(create_model(name)) == repr(create_model(alias)) and count_params(name) == count_params(alias)
+
+
+def test_a_grid_naming_one_net_twice_is_refused(synth_dir, tmp_path):
+    """tinynet (its default arch) and tinynet_7k used to be planned as two configs."""
+    spec = write_spec(tmp_path / "alias.yaml", synth_dir, grid={"model": ["tinynet", "tinynet_7k"]})
+    with pytest.raises(SpecError, match="holds one config twice"):
+        load_trials(spec)
+    arch = {"variant": [{"model": "tinynet", "model_args": {"arch": "C8:0 C16:0 M T10 C16:0 C16:0 C16:0 O G"}},
+                        {"model": "tinynet", "model_args": {"arch": "C8:0 C16:0 M T10  C16:0 C16:0 C16:0 O G"}}]}
+    with pytest.raises(SpecError, match="holds one config twice"):
+        load_trials(write_spec(tmp_path / "arch.yaml", synth_dir, grid=arch))
+
+
+def test_an_experiment_launched_under_the_other_name_keeps_its_trials(synth_dir, tmp_path):
+    """A folder whose manifest holds `tinynet` trials (and their ids as hashed before aliases
+    were one net) is matched by value by a relaunch that names tinynet_7k: nothing is new."""
+    from gridrun.plan import adopt_names, check_growth
+
+    spec, grid = load_trials(write_spec(tmp_path / "a.yaml", synth_dir, grid={"lr": [0.01, 0.02]},
+                                        base={"model": "tinynet_7k"}))
+    held = [{"name": f"old_{i}", "id": "0123456789ab", "train": {**t["train"], "model": "tinynet"}}
+            for i, t in enumerate(grid)]
+    lines = []
+    adopted = adopt_names(held, typed(grid), lines.append, "exp")
+    assert [t.name for t in adopted] == [f"old_{i}" for i in range(len(grid))] and "matched by value" in lines[0]
+    check_growth("exp", held, adopted)  # no "different grid" refusal
+
+
+def test_a_fused_group_may_hold_one_net_under_both_names():
+    """The planner fuses by canonical values, so the engine's check must accept what it fuses."""
+    from gridrun.engine.group import check_group
+
+    a, b = TrainConfig.from_dict({"model": "tinynet", "lr": 0.1}), TrainConfig.from_dict({"lr": 0.2})
+    assert fuse_key(a.to_dict()) == fuse_key(b.to_dict())
+    check_group([a, b])

@@ -142,10 +142,11 @@ def seed_all(seed: int) -> None:
 
 def check_group(cfgs: list[TrainConfig]) -> None:
     """Members must share what one batched model needs (identity.FUSE_SHARED) and the deskew step."""
-    from ..identity import FUSE_SHARED
+    from ..identity import FUSE_SHARED, canonical
 
+    resolved = [canonical(c.to_dict()) for c in cfgs]  # one net under two names (an alias) is one net
     for name in FUSE_SHARED:
-        values = {repr(getattr(c, name)) for c in cfgs}
+        values = {repr(c[name]) for c in resolved}
         if len(values) > 1:
             raise ConfigError(f"fused trials must share {name}, but the group has {', '.join(sorted(values))}")
     if len({Augment(c.augment, c.aug).align for c in cfgs}) > 1:
