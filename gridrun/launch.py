@@ -19,7 +19,7 @@ from ray.tune.progress_reporter import TrialProgressCallback
 from . import diskio, hooks, store
 from .errors import GridrunError
 from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full
-from .plan import arrays, check_data, load, plan_table, remaining
+from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
 from .worker import LaunchContext, run_trial
 
@@ -60,29 +60,34 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
 
 def _dry_run(spec, grid, view, folder: Folder, address, out) -> int:
     """What a launch would run (the trials an existing experiment lacks) and how it packs."""
-    plan = remaining(spec, grid, view, out, folder.shown)
+    nodes: list = []  # filled (and said) only when something is left to run
+    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: nodes.extend(_nodes(address, out)) or nodes)
     if not plan.units:
         out(plan.nothing_left(folder.shown))
         return 0
     if plan.done:
         out(f"{folder.shown}: {len(plan.trials) - len(plan.todo)} of {len(plan.trials)} trials already finished; "
             f"the launch would run the other {len(plan.todo)}:")
+    plan_table(spec, list(plan.todo), list(plan.units), sum(c for c, _ in nodes), sum(g for _, g in nodes), out)
+    return 0
+
+
+def _nodes(address, out) -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each node a dry run plans for: the cluster's nodes when joined, else this machine."""
     if address:
         ray = _connect(address)
         out(_cluster_line(ray, per_node=True))
-        cpus, gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
-    else:
-        import torch
+        return ray_nodes(ray)
+    import torch
 
-        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-        out(f"local: {cpus} CPU(s), {gpus} GPU(s)")
-    plan_table(spec, list(plan.todo), list(plan.units), cpus, gpus, out)
-    return 0
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    out(f"local: {cpus} CPU(s), {gpus} GPU(s)")
+    return [(cpus, gpus)]
 
 
 def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_concurrent, out, term) -> int:
     """Under the lock: match, check and record the grid, run what is left, count and record it."""
-    plan = remaining(spec, grid, view, out, folder.shown)
+    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address)))
     if plan.done:
         out(f"{folder.shown}: {len(plan.trials) - len(plan.todo)} of {len(plan.trials)} trials already finished "
             f"(kept untouched); {len(plan.todo)} to run")

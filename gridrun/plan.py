@@ -82,11 +82,13 @@ def load(spec_path: str, overrides: list[str]) -> tuple[Spec, list[Trial]]:
 
 # ---------------------------------------------------------------- units
 
-def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None) -> list[Unit]:
+def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None, slots: int = 1) -> list[Unit]:
     """Tune trials to run: one per trial, or with `fuse: K` groups of up to K trials that share
     FUSE_SHARED, in grid order. A group's name is a hash of its members' identities, so an
     interrupted group is found again by the next launch; `keep` (trial name -> group name)
-    holds the members of groups that must stay together (interrupted ones, with a checkpoint)."""
+    holds the members of groups that must stay together (interrupted ones, with a checkpoint).
+    Groups are split further (into near-equal parts) while fewer units than `slots` (the trials
+    that can run at once) would leave a CPU or GPU slot idle; otherwise chunks are of K."""
     k = spec.fuse or 1
     if k <= 1:
         return [Unit(t.name, False, (t,)) for t in todo]
@@ -101,9 +103,10 @@ def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None) -> l
     for t in todo:
         if t.name not in taken:
             by_key.setdefault(fuse_key(t.train), []).append(t)
-    for members in by_key.values():
-        for i in range(0, len(members), k):
-            chunk = tuple(members[i:i + k])
+    groups = list(by_key.values())
+    counts = _spread([len(g) for g in groups], [-(-len(g) // k) for g in groups], slots - len(units))
+    for members, n in zip(groups, counts):
+        for chunk in _chunks(members, k, n):
             if len(chunk) == 1:
                 units.append(Unit(chunk[0].name, False, chunk))
                 continue
@@ -112,13 +115,62 @@ def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None) -> l
     return units
 
 
-def regroup(spec, todo: list[Trial], old: list[dict], exp: Path | None, out) -> list[Unit]:
+def _spread(sizes: list[int], counts: list[int], target: int) -> list[int]:
+    """More chunks for the groups with the largest chunks, until there are `target` in all or
+    every trial is its own: a slot with no unit is a CPU (or GPU share) left idle."""
+    counts = list(counts)
+    while sum(counts) < target:
+        free = [i for i, n in enumerate(sizes) if counts[i] < n]
+        if not free:
+            break
+        i = max(free, key=lambda j: sizes[j] / counts[j])
+        counts[i] += 1
+    return counts
+
+
+def _chunks(members: list[Trial], k: int, n: int) -> list[tuple[Trial, ...]]:
+    """`members` in grid order as chunks of k (the plain plan: group names stay as they were),
+    or, split further, as n chunks of near-equal size."""
+    if n <= -(-len(members) // k):
+        return [tuple(members[i:i + k]) for i in range(0, len(members), k)]
+    size, extra = divmod(len(members), n)
+    bounds = [i * size + min(i, extra) for i in range(n + 1)]
+    return [tuple(members[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def slots(spec, nodes: list[tuple[float, float]]) -> int:
+    """How many trials can run at once on `nodes` ((CPUs, GPUs) each); refuses a plan in which
+    no node can hold one trial, naming the resource (Ray would otherwise wait forever)."""
+    r, any_gpu = spec.resources, any(g for _, g in nodes)
+    per_node = [min(int(c // r.cpu), _by_gpu(r.gpu, g) if r.gpu and any_gpu else 1 << 30) for c, g in nodes]
+    if max(per_node, default=0) >= 1:
+        return sum(per_node)
+    where = "any node of the cluster" if len(nodes) > 1 else "this machine"
+    cpu, gpu = max((c for c, _ in nodes), default=0), max((g for _, g in nodes), default=0)
+    if r.cpu > cpu:
+        raise SpecError(f"resources.cpu={r.cpu:g} per trial, but {where} has {cpu:g} CPU(s): no trial could ever "
+                        f"start; set resources.cpu to at most {cpu:g} (or join a larger cluster with --address)")
+    raise SpecError(f"resources.gpu={r.gpu:g} per trial, but {where} has {gpu:g} GPU(s): no trial could ever start; "
+                    f"set resources.gpu to at most {gpu:g}")
+
+
+def ray_nodes(ray) -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each live node of a connected Ray (the `ray` module, passed in: plan imports no Ray)."""
+    return [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def _by_gpu(need: float, gpus: float) -> int:
+    """Trials a node's GPUs hold: 1 // need per GPU for a share, gpus // need for whole GPUs."""
+    return int(gpus * int(1 // need)) if need <= 1 else int(gpus // need)
+
+
+def regroup(spec, todo: list[Trial], old: list[dict], exp: Path | None, out, slots: int = 1) -> list[Unit]:
     """The units to run: a fused group interrupted by an earlier launch keeps its members
     together under its name, so they resume from its checkpoint, even when the grid has grown
     (regrouping would restart them from epoch 1); says when one cannot."""
     prior = {e["name"]: e["group"] for e in old if e.get("group")}
     has_state = {g for g in set(prior.values()) if exp is not None and any((exp / g).glob("checkpoint_*"))}
-    units = plan_units(spec, todo, keep={n: g for n, g in prior.items() if g in has_state})
+    units = plan_units(spec, todo, keep={n: g for n, g in prior.items() if g in has_state}, slots=slots)
     kept, names = {u.name for u in units}, {t.name for t in todo}
     for g in sorted(has_state - kept):
         members = [n for n, gg in prior.items() if gg == g and n in names]
@@ -174,10 +226,12 @@ def label_digests(train: dict) -> dict:
     return {split: label_digest(labels[split]) for split in ("val", "test")}
 
 
-def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None = None) -> Remaining:
+def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None = None, nodes=None) -> Remaining:
     """What a launch of `grid` into the experiment folder `exp` (None: a fresh one) runs: names
     matched by value, the grid checked against what the folder holds, settled trials left out,
-    interrupted groups kept. `shown` names the experiment in messages (its URI for a mirror)."""
+    interrupted groups kept. `shown` names the experiment in messages (its URI for a mirror).
+    `nodes` (called only when something is left to run) gives each node's (CPUs, GPUs): a plan
+    no node fits is refused, and fused groups are split over the slots (`slots`)."""
     shown = shown or str(exp)
     held = ExperimentDir(exp).read_manifest() if exp is not None else []
     grid = adopt_names(held, grid, out, shown)
@@ -185,7 +239,8 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
         check_growth(shown, held, grid)
     done = _settled(exp, {t.name for t in grid}, out, shown) if exp is not None and exp.is_dir() else frozenset()
     todo = [t for t in grid if t.name not in done]
-    units = regroup(spec, todo, held, exp, out)
+    n_slots = slots(spec, nodes()) if todo and nodes is not None else 1
+    units = regroup(spec, todo, held, exp, out, n_slots)
     return Remaining(tuple(grid), tuple(held), done, tuple(units))
 
 

@@ -349,8 +349,9 @@ def test_a_fused_launch_writes_ordinary_trial_folders_that_match_the_unfused_lau
     for t in lt(spec)[1]:  # each config as an unfused launch's trial runs it (run_trial -> train)
         train(dict(t["train"], out_dir=str(storage / "alone" / t["name"])))
     alone = load_experiment(storage / "alone")
-    assert {t.group for t in fused.trials} == {next(d.name for d in (storage / "fused").iterdir()
-                                                     if d.name.startswith("fused_"))}
+    # 2 CPUs and 4 trials: two groups of two, so neither CPU idles (issue 38 item 7)
+    groups = {d.name for d in (storage / "fused").iterdir() if d.name.startswith("fused_")}
+    assert {t.group for t in fused.trials} == groups and len(groups) == 2
     acc_f = {t.name: t.test_acc_recomputed for t in fused.trials}
     acc_a = {t.name: t.test_acc_recomputed for t in alone.trials}
     assert acc_f.keys() == acc_a.keys() and len(acc_f) == 4 and all(t.status == "finished" for t in fused.trials)
@@ -382,3 +383,47 @@ def test_scratch_folders_of_dead_trial_processes_are_swept(tmp_path, monkeypatch
     sweep_stale_state()
     assert not stale.exists()  # its process is gone: the SIGKILLed trial's state no longer fills the disk
     assert live.exists() and other.exists()  # a running trial's state, and what is not ours, stay
+
+
+# ---------------------------------------------------------------- plans that fit (issue 38 item 7)
+
+def test_a_plan_no_node_can_run_is_refused_at_dry_run_and_launch(ray_local, synth_dir, tmp_path, capsys):
+    """`resources: {cpu: 4}` on 2 CPUs: the dry run said "0 trial(s) at once" and exited 0, and the
+    launch sat at "0 running" for ever."""
+    from gridrun.cli import main
+    from gridrun.spec import SpecError
+
+    too_many = (os.cpu_count() or 1) + 1
+    spec = write_spec(tmp_path / "big.yaml", synth_dir, resources={"cpu": too_many, "gpu": 0})
+    assert main(["launch", str(spec), "--dry-run", "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"resources.cpu={too_many} per trial, but this machine has {os.cpu_count()} CPU(s)" in err
+    assert len(err.strip().splitlines()) == 1
+    spec = write_spec(tmp_path / "big2.yaml", synth_dir, resources={"cpu": 3, "gpu": 0})  # ray_local: 2 CPUs
+    with pytest.raises(SpecError, match="resources.cpu=3 per trial, but this machine has 2 CPU"):
+        launch(str(spec), storage=str(tmp_path / "runs"), out=lambda _: None)
+    spec = write_spec(tmp_path / "gpus.yaml", synth_dir, resources={"cpu": 1, "gpu": 2})  # ray_local: 1 GPU
+    with pytest.raises(SpecError, match="resources.gpu=2 per trial, but this machine has 1 GPU"):
+        launch(str(spec), storage=str(tmp_path / "runs"), out=lambda _: None)
+    assert not list((tmp_path / "runs").glob("*/*/metrics.csv"))  # nothing ran
+
+
+def test_fused_groups_are_split_so_every_slot_has_work(synth_dir, tmp_path):
+    """A fused group of 12 on 2 cores ran as one Tune trial and left a core idle."""
+    from gridrun.plan import load, plan_units, slots
+
+    spec_path = write_spec(tmp_path / "f12.yaml", synth_dir, grid={"lr": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]},
+                           seeds=2, base={"model": "tinynet_7k"}, resources={"cpu": 1, "gpu": 0})
+    spec, trials = load(str(spec_path), ["fuse=12"])
+    (one,) = plan_units(spec, trials)  # one slot: the plan and its group name as they always were
+    h = hashlib.sha256("".join(t.id for t in trials).encode()).hexdigest()[:8]
+    assert one.name == f"fused_tinynet_7k_12x_{h}"
+    assert slots(spec, [(2, 0)]) == 2
+    halves = plan_units(spec, trials, slots=2)
+    assert [len(u.members) for u in halves] == [6, 6] and [m for u in halves for m in u.members] == trials
+    assert [len(u.members) for u in plan_units(spec, trials, slots=5)] == [3, 3, 2, 2, 2]
+    assert all(not u.fused for u in plan_units(spec, trials, slots=64))  # more slots than trials: one each
+    spec8, _ = load(str(spec_path), ["fuse=8"])  # 8 + 4 already fills 2 slots: unchanged
+    assert [u.name for u in plan_units(spec8, trials, slots=2)] == [u.name for u in plan_units(spec8, trials)]
+    gpu, _ = load(str(spec_path), ["resources={cpu: 1, gpu: 0.125}"])
+    assert slots(gpu, [(16, 1)]) == 8 and slots(gpu, [(16, 0)]) == 16  # no GPU: the trials run on CPUs

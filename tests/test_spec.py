@@ -435,8 +435,10 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
     from gridrun.launch import launch
     from gridrun.store import ExperimentDir
 
+    # 2 CPUs a trial: one slot on the test's 2-CPU Ray, so the planner keeps the two in one group
+    # (with two slots it splits them so that no CPU idles, issue 38 item 7)
     spec = write_spec(tmp_path / "rs.yaml", synth_dir, grid={"lr": {"loguniform": [0.005, 0.05]}}, samples=2,
-                      seeds=1, fuse=4, base={"epochs": 1, "model": "tinynet_7k"})
+                      seeds=1, fuse=4, base={"epochs": 1, "model": "tinynet_7k"}, resources={"cpu": 2, "gpu": 0})
     storage, lines = tmp_path / "runs", []
     assert launch(str(spec), storage=str(storage), out=lines.append) == 0
     assert "2 trials in 1 Tune trials" in "\n".join(lines) and "2 finished" in lines[-1]
