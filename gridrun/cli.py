@@ -263,10 +263,26 @@ def cmd_tensorboard(args) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if tb.poll() is None:
-            tb.terminate()
-            tb.wait()
+        _stop_child(tb)
     return tb.returncode
+
+
+STOP_GRACE_S = 10.0  # how long TensorBoard may take to stop after SIGTERM before it is killed
+
+
+def _stop_child(proc) -> None:
+    """Stop a child process so that it cannot hang us: SIGTERM, then SIGKILL after STOP_GRACE_S
+    (a loaded machine's TensorBoard took over 30 s to stop)."""
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cmd_completion(args) -> int:
