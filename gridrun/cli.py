@@ -251,7 +251,7 @@ def cmd_tensorboard(args) -> int:
         raise GridrunError("tensorboard is not installed in this environment: `pip install tensorboard`")
     experiments = [logdir] if args.name else find_experiments([], args.storage)
     view = hparams.view_dir(logdir)
-    n = hparams.build_view(logdir, experiments, view)
+    n = hparams.build_view(Path(args.storage), experiments, view)  # runs named EXPERIMENT/TRIAL
     print(f"gridrun tensorboard: {n} trials of {len(experiments)} experiment(s) from {logdir}, viewed through "
           f"{view}", flush=True)
     tb = subprocess.Popen([exe, "--logdir", str(view), "--port", str(args.port), *args.tensorboard_args])
@@ -259,7 +259,7 @@ def cmd_tensorboard(args) -> int:
     try:
         while tb.poll() is None:
             time.sleep(5)
-            hparams.sync_view(logdir, experiments, view)  # trials started since, new event files
+            hparams.sync_view(Path(args.storage), experiments, view)  # trials started since, new event files
     except KeyboardInterrupt:
         return 0
     finally:

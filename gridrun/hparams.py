@@ -12,8 +12,11 @@ every folder holding events is a run to TensorBoard, so it would show as a run n
 and over all of runs/ the plugin takes the first experiment summary it finds, with that one
 experiment's values. The plugin reads it from any run, so `gridrun tensorboard` writes one
 for everything it shows into a view: a folder of links to the trials' files in which the
-summary lives inside the first trial's run. Plain `tensorboard --logdir runs/NAME` works too;
-TensorBoard then derives the columns from the sessions.
+summary lives inside the first trial's run. In the view each run is EXPERIMENT/TRIAL and gets
+the view's own session start: grouped by experiment and config (over all of runs/ a row once held
+runs of three experiments), an `experiment` column, and every column's value for every trial.
+Plain `tensorboard --logdir runs/NAME` works too; TensorBoard then derives the columns from the
+sessions.
 """
 from __future__ import annotations
 
@@ -117,16 +120,17 @@ def remove_experiment_summary(exp_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------- the view `gridrun tensorboard` shows
 
-def experiment_summary(manifests: list[list[dict]]):
+def experiment_summary(manifests: list[list[dict]], experiments: list[str] | None = None):
     """The experiment summary over every trial of the given manifests: each axis field with
-    all its values, sorted; the validation metrics."""
+    all its values (a trial's own value where its experiment did not vary the field), sorted;
+    with `experiments` (their names) an `experiment` column first; the validation metrics."""
     from tensorboard.plugins.hparams import metadata, summary_v2
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     trials = [t for m in manifests for t in m if isinstance(t.get("axes"), dict) and isinstance(t.get("train"), dict)]
-    hps = []
+    hps = [summary_v2.HParam(EXPERIMENT, summary_v2.Discrete(sorted(set(experiments))))] if experiments else []
     for name in hparam_fields(trials):
-        values = {_value(t["train"].get(name)) for t in trials}
+        values = {_value(_resolved(t["train"]).get(name)) for t in trials}
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         bools = all(isinstance(v, bool) for v in values)
         values = values if numbers or bools else {str(v) for v in values}
@@ -141,38 +145,96 @@ def experiment_summary(manifests: list[list[dict]]):
     return pb
 
 
+EXPERIMENT = "experiment"  # the view's column naming the experiment a session comes from
+
+
+def _resolved(train: dict) -> dict:
+    """A stored config with every field filled in: a field its experiment did not vary shows the
+    value it ran with, not a blank."""
+    from .config import with_defaults
+
+    return with_defaults(train)
+
+
+def view_session_start(run: Path, experiment: str, train: dict, own: list[str], names: list[str]) -> None:
+    """The view's session start of one trial: grouped by experiment and config (one row never
+    holds runs of two experiments; the config labelled over its experiment's own axes, `own`),
+    with the experiment as a column and every field's value (`names`: the view's columns)."""
+    from tensorboard.plugins.hparams import summary_v2
+
+    values = {EXPERIMENT: experiment, **trial_hparams(_resolved(train), names)}
+    _write(run, summary_v2.hparams_pb(values, trial_id=f"{experiment}: {group_name(train, own)}"))
+
+
 def view_dir(logdir: Path) -> Path:
     """Where the view of `logdir` is built: the user's cache, one folder per logdir."""
     return cache_dir("tensorboard", hashlib.sha256(str(logdir.resolve()).encode()).hexdigest()[:12])
 
 
-def build_view(logdir: Path, experiments: list[Path], view: Path) -> int:
+def build_view(root: Path, experiments: list[Path], view: Path) -> int:
     """A fresh view: the experiment summary over `experiments`, in the first trial's run, and
     the links to every trial's files (sync_view). Returns the number of trials linked."""
     from .store import EVENTS, ExperimentDir
 
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
-    n = sync_view(logdir, experiments, view)
+    n = sync_view(root, experiments, view)
     runs = sorted(p.parent for p in view.rglob(EVENTS))
     if runs:
-        _write(runs[0], experiment_summary([ExperimentDir(e).read_manifest() for e in experiments]))
+        _write(runs[0], experiment_summary([ExperimentDir(e).read_manifest() for e in experiments],
+                                           [_name(root, e) for e in experiments]))
     return n
 
 
-def sync_view(logdir: Path, experiments: list[Path], view: Path) -> int:
+def _name(root: Path, exp: Path) -> str:
+    """An experiment's name in the view: its path under `root` (the storage folder), else its name."""
+    try:
+        return exp.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:  # a linked experiment from elsewhere
+        return exp.name
+
+
+def sync_view(root: Path, experiments: list[Path], view: Path) -> int:
     """Link what the trials wrote since the last call (new trials, new event files), each
-    trial's run named by its path under `logdir`."""
-    from .store import ExperimentDir, TrialDir
+    trial's run named by its path under `root`, the experiment first. A trial of the manifest gets
+    the view's own session start (view_session_start) in place of the one it wrote."""
+    from .store import ExperimentDir
 
+    manifests = {e: ExperimentDir(e).read_manifest() for e in experiments}
+    names = hparam_fields([t for m in manifests.values() for t in m if isinstance(t.get("axes"), dict)])
     n = 0
-    for exp in experiments:
-        for d, _ in ExperimentDir(exp).trial_dirs().values():
-            run = view / d.resolve().relative_to(logdir.resolve())
-            run.mkdir(parents=True, exist_ok=True)
+    for exp, manifest in manifests.items():
+        trains = {t.get("name"): t["train"] for t in manifest if isinstance(t.get("train"), dict)}
+        own = hparam_fields([t for t in manifest if isinstance(t.get("axes"), dict)])
+        for name, (d, _) in ExperimentDir(exp).trial_dirs().items():
+            run = view / _name(root, exp) / d.relative_to(exp)
             n += 1
-            for f in TrialDir(d).events():
-                link = run / f.name
-                if not link.is_symlink():
-                    link.symlink_to(f.resolve())
+            if not run.is_dir() and name in trains:
+                run.mkdir(parents=True)
+                view_session_start(run, _name(root, exp), trains[name], own, names)
+            run.mkdir(parents=True, exist_ok=True)
+            _link(d, run, own_start=name not in trains)
     return n
+
+
+def _link(trial: Path, run: Path, own_start: bool) -> None:
+    """Link the trial's event files into its run; its own session starts only when the view
+    writes none (two starts in one run would be two groups' claim on one session)."""
+    from .store import TrialDir
+
+    for f in TrialDir(trial).events():
+        link = run / f.name
+        if not link.is_symlink() and (own_start or not f.name.endswith(SUFFIX) or not _is_start(f)):
+            link.symlink_to(f.resolve())
+
+
+def _is_start(f: Path) -> bool:
+    """Whether an HParams file of gridrun's holds a session start."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    try:
+        return any(v.tag == metadata.SESSION_START_INFO_TAG for e in EventFileLoader(str(f)).Load()
+                   for v in e.summary.value)
+    except Exception:  # a truncated file: not linked
+        return True

@@ -31,22 +31,24 @@ def scalars(folder: Path, tag: str, values: list[float]) -> None:
     w.close()
 
 
-def experiment(root: Path, name: str, lrs: list[float], model="m", seeds=2, failed=()) -> Path:
+def experiment(root: Path, name: str, lrs: list[float], model="m", seeds=2, failed=(), acc=0.8, augs=()) -> Path:
     """An experiment folder as a launch leaves it: manifest, and per trial its config, a
-    session start and end, and validation accuracy per epoch."""
+    session start and end, and validation accuracy per epoch (`augs`: an augment axis too)."""
     exp = root / name
     manifest = []
     for lr in lrs:
-        for seed in range(seeds):
-            trial = f"{model}_lr{lr}_s{seed}"
-            train = {"model": model, "lr": lr, "seed": seed, "epochs": 2}
-            manifest.append({"name": trial, "axes": {"lr": lr}, "train": train})
-            d = exp / trial
-            d.mkdir(parents=True)
-            (d / "config.json").write_text(json.dumps(train))
-            hparams.write_session_start(d, train, ["lr"])
-            scalars(d, "val/acc", [0.5, 0.8 + lr / 10 + seed / 100])
-            hparams.write_session_end(d, "failed" if trial in failed else "ok")
+        for aug in augs or [None]:
+            for seed in range(seeds):
+                trial = f"{model}_lr{lr}{f'_{aug}' if aug else ''}_s{seed}"
+                train = {"model": model, "lr": lr, "seed": seed, "epochs": 2, "augment": aug or "rotate"}
+                axes = {"lr": lr, **({"augment": aug} if aug else {})}
+                manifest.append({"name": trial, "axes": axes, "train": train})
+                d = exp / trial
+                d.mkdir(parents=True)
+                (d / "config.json").write_text(json.dumps(train))
+                hparams.write_session_start(d, train, list(axes))
+                scalars(d, "val/acc", [0.5, acc + lr / 10 + seed / 100])
+                hparams.write_session_end(d, "failed" if trial in failed else "ok")
     (exp / "gridrun_trials.json").write_text(json.dumps(manifest))
     return exp
 
@@ -156,6 +158,31 @@ def test_the_experiment_summary_has_every_experiments_values_sorted():
     assert [m.name.tag for m in exp.metric_infos] == ["val/acc", "val/loss"]  # never test accuracy
 
 
+def test_a_view_over_all_of_runs_never_merges_two_experiments(two_experiments, tmp_path):
+    """Over all of runs/ one row held runs of three experiments that share a config label (0.9586
+    shown where the runs' figure was 0.9710), and nothing said which experiment a session was from;
+    a field one experiment did not vary was a blank."""
+    experiment(two_experiments, "c", [0.1], acc=0.6, augs=["none", "affine"])  # m lr=0.1 again, other figures
+    tb = Board(tmp_path, "--storage", str(two_experiments))
+    try:
+        groups = tb.groups(5)
+        exp = post(tb.port, "experiment", {"experimentName": ""})
+    finally:
+        tb.stop()
+    by_name = {g["name"]: g for g in groups}
+    assert sorted(by_name) == ["a: m lr=0.01", "a: m lr=0.1", "b: n lr=0.3", "c: m lr=0.1 augment=affine",
+                               "c: m lr=0.1 augment=none"]
+    for name, g in by_name.items():  # each row holds its own experiment's runs, named after it
+        assert {s["name"].split("/")[0] for s in g["sessions"]} == {name.split(":")[0]} and len(g["sessions"]) == 2
+    a = by_name["a: m lr=0.1"]
+    assert a["hparams"] == {"experiment": "a", "lr": 0.1, "augment": "rotate"}  # not varied by a: its value
+    accs = [m["value"] for s in a["sessions"] for m in s["metricValues"] if m["name"]["tag"] == "val/acc"]
+    assert sorted(round(v, 4) for v in accs) == [0.81, 0.82]  # a's runs only, not c's 0.61/0.62
+    cols = {h["name"]: h for h in exp["hparamInfos"]}
+    assert cols["experiment"]["domainDiscrete"] == ["a", "b", "c"]
+    assert cols["augment"]["domainDiscrete"] == ["affine", "none", "rotate"]
+
+
 def test_a_real_tensorboard_over_all_of_runs_serves_one_group_per_config(two_experiments, tmp_path):
     tb = Board(tmp_path, "--storage", str(two_experiments))
     try:
@@ -169,11 +196,11 @@ def test_a_real_tensorboard_over_all_of_runs_serves_one_group_per_config(two_exp
     assert [h["domainDiscrete"] for h in exp["hparamInfos"] if h["name"] == "lr"] == [[0.01, 0.1, 0.3]]
     assert [m["name"]["tag"] for m in exp["metricInfos"]] == ["val/acc", "val/loss"]
     by_name = {g["name"]: g for g in groups}
-    assert sorted(by_name) == ["m lr=0.01", "m lr=0.1", "n lr=0.3"]
-    assert sorted(s["name"] for s in by_name["m lr=0.1"]["sessions"]) == ["a/m_lr0.1_s0", "a/m_lr0.1_s1"]
-    assert by_name["m lr=0.1"]["hparams"] == {"lr": 0.1}
+    assert sorted(by_name) == ["a: m lr=0.01", "a: m lr=0.1", "b: n lr=0.3"]
+    assert sorted(s["name"] for s in by_name["a: m lr=0.1"]["sessions"]) == ["a/m_lr0.1_s0", "a/m_lr0.1_s1"]
+    assert by_name["a: m lr=0.1"]["hparams"] == {"experiment": "a", "lr": 0.1}
     status = {s["name"]: s["status"] for g in groups for s in g["sessions"]}
-    assert status.pop("a/m_lr0.1_s1") == "STATUS_FAILURE" and set(status.values()) == {"STATUS_SUCCESS"}
+    assert status.pop("a/m_lr0.1_s1") == "STATUS_FAILURE" and set(status.values()) == {"STATUS_SUCCESS"}, status
     assert tb.proc.returncode == 0 and "6 trials of 2 experiment(s)" in out
 
 
@@ -210,15 +237,15 @@ def test_a_tensorboard_that_ignores_sigterm_is_killed_after_the_grace(two_experi
 def test_a_real_tensorboard_over_one_experiment_shows_its_own_values(two_experiments, tmp_path):
     tb = Board(tmp_path, "a", "--storage", str(two_experiments))
     try:
-        assert sorted(tb.runs(4)) == ["m_lr0.01_s0", "m_lr0.01_s1", "m_lr0.1_s0", "m_lr0.1_s1"]
+        assert sorted(tb.runs(4)) == ["a/m_lr0.01_s0", "a/m_lr0.01_s1", "a/m_lr0.1_s0", "a/m_lr0.1_s1"]
         groups = tb.groups(2)
         exp = post(tb.port, "experiment", {"experimentName": ""})
     finally:
         tb.stop(signal.SIGTERM)
     until("stop after `kill` of gridrun tensorboard", lambda: not tb.serving(),  # no orphan server
           timeout=STOP_GRACE_S + SLOW_S)
-    assert [h["domainDiscrete"] for h in exp["hparamInfos"]] == [[0.01, 0.1]]
-    assert sorted(g["name"] for g in groups) == ["m lr=0.01", "m lr=0.1"]
+    assert {h["name"]: h["domainDiscrete"] for h in exp["hparamInfos"]} == {"experiment": ["a"], "lr": [0.01, 0.1]}
+    assert sorted(g["name"] for g in groups) == ["a: m lr=0.01", "a: m lr=0.1"]
 
 
 def _browser() -> str:
@@ -246,7 +273,7 @@ def test_the_hparams_tab_in_a_real_browser_lists_the_grids_configs(two_experimen
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{tb.port}/#hparams", timeout=60_000)
-                for label in ("m lr=0.01", "m lr=0.1"):  # the Trial ID column: readable labels, not hashes
+                for label in ("a: m lr=0.01", "a: m lr=0.1"):  # the Trial ID column: readable labels, not hashes
                     page.get_by_text(label, exact=True).first.wait_for(timeout=60_000)
                 text = page.locator("body").inner_text()
             finally:
