@@ -214,15 +214,18 @@ def cmd_status(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export
+    from .remote import local_view
 
-    export(args.name, out=args.out, storage=args.storage)
+    export(args.name, out=args.out, storage=local_view(args.storage, [args.name]))  # s3://: a mirror in the cache
     return 0
 
 
 def cmd_best(args) -> int:
+    from .remote import local_view
     from .report import best
 
-    print(best(args.name, storage=args.storage, how="yaml" if args.yaml else "command" if args.command else "text"))
+    storage = local_view(args.storage, [args.name])  # s3://: a mirror in the cache
+    print(best(args.name, storage=storage, how="yaml" if args.yaml else "command" if args.command else "text"))
     return 0
 
 
@@ -241,17 +244,20 @@ def cmd_tensorboard(args) -> int:
     import time
 
     from . import hparams
+    from .remote import local_path, local_view
     from .results import find_experiments
 
-    logdir = Path(args.storage) / args.name if args.name else Path(args.storage)
+    names = [args.name] if args.name else []
+    storage = local_view(args.storage, names)  # s3://: a mirror in the cache, refreshed below
+    logdir = Path(storage) / args.name if args.name else Path(storage)
     if not logdir.is_dir():
         raise GridrunError(f"no experiment folder {logdir}: run `gridrun launch SPEC` first, or pass --storage")
     exe = shutil.which("tensorboard") or os.path.join(os.path.dirname(sys.executable), "tensorboard")
     if not os.path.exists(exe):
         raise GridrunError("tensorboard is not installed in this environment: `pip install tensorboard`")
-    experiments = [logdir] if args.name else find_experiments([], args.storage)
+    experiments = [logdir] if args.name else find_experiments([], storage)
     view = hparams.view_dir(logdir)
-    n = hparams.build_view(Path(args.storage), experiments, view)  # runs named EXPERIMENT/TRIAL
+    n = hparams.build_view(Path(storage), experiments, view)  # runs named EXPERIMENT/TRIAL
     print(f"gridrun tensorboard: {n} trials of {len(experiments)} experiment(s) from {logdir}, viewed through "
           f"{view}", flush=True)
     tb = subprocess.Popen([exe, "--logdir", str(view), "--port", str(args.port), *args.tensorboard_args])
@@ -259,7 +265,9 @@ def cmd_tensorboard(args) -> int:
     try:
         while tb.poll() is None:
             time.sleep(5)
-            hparams.sync_view(Path(args.storage), experiments, view)  # trials started since, new event files
+            if local_path(args.storage) is None:
+                local_view(args.storage, names)
+            hparams.sync_view(Path(storage), experiments, view)  # trials started since, new event files
     except KeyboardInterrupt:
         return 0
     finally:

@@ -213,35 +213,55 @@ def _replace(folder: Path, out: Path) -> None:
 
 # ---------------------------------------------------------------- restore
 
-def restore(source: str, storage: str = "runs", name: str | None = None, echo=print) -> Path:
-    """An exported folder or .tar.gz -> storage/NAME (which must not exist), ready for report,
-    status or a launch that resumes it."""
+def restore(source: str, storage: str = "runs", name: str | None = None, echo=print) -> Path | str:
+    """An exported folder or .tar.gz -> storage/NAME (which must not exist; a folder or an object
+    store), ready for report, status or a launch that resumes it. Returns where it went."""
+    from .remote import Remote, local_path
+
     src = Path(source)
     if not src.exists():
         raise GridrunError(f"no export {source}: give an exported folder or FILE.tar.gz")
-    tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=_mkdir(Path(storage))))
+    where = local_path(storage)  # None: an object store, unpacked here first and then uploaded
+    tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=_mkdir(Path(where)) if where is not None else None))
     try:
         top = _unpack(src, tmp) if src.is_file() else _copy_folder(src, tmp)
-        target = Path(storage) / (name or top)
-        if not re.match(NAME_RE, target.name):
-            raise GridrunError(f"{target.name!r} is not a safe experiment name: restore with --name NEW "
+        target_name = name or top
+        if not re.match(NAME_RE, target_name):
+            raise GridrunError(f"{target_name!r} is not a safe experiment name: restore with --name NEW "
                                f"(letters, digits, '.', '_' and '-')")
-        if target.exists():
-            raise GridrunError(f"{target} exists: restore with --name NEW, or move it away first")
         exp = results.load_experiment(tmp / top)
         if not exp.trials:
             raise GridrunError(f"{source} holds no trials of a gridrun experiment: give a folder or archive "
                                f"written by `gridrun export`")
         ExperimentDir(tmp / top).clear_export_mark()  # an experiment again: an export must never replace it
-        os.replace(tmp / top, target)
+        if where is None:
+            target = _upload(Remote(storage, target_name), tmp / top)
+        else:
+            target = Path(where) / target_name
+            if target.exists():
+                raise GridrunError(f"{target} exists: restore with --name NEW, or move it away first")
+            os.replace(tmp / top, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(exp.counts().items()))
     # a launch finds the folder by the spec's name: another name must be given to it
-    as_name = ["--name", target.name] if (exp.spec or {}).get("name") != target.name else []
+    as_name = ["--name", target_name] if (exp.spec or {}).get("name") != target_name else []
     command = shlex.join(["gridrun", "launch", "SPEC", "--storage", str(storage), *as_name])
     echo(f"restored {target}: {len(exp.trials)} trials ({counts}); `{command}` runs the rest")
     return target
+
+
+def _upload(remote, folder: Path) -> str:
+    """A restored experiment into an object store, under a name it does not hold yet."""
+    if remote.exists():
+        raise GridrunError(f"{remote.uri} exists: restore with --name NEW, or remove it from the store first")
+    try:
+        remote.upload(folder)
+    except OSError as e:
+        from .remote import unreachable
+
+        raise unreachable(remote.storage, e) from None
+    return remote.uri
 
 
 def _mkdir(p: Path) -> Path:

@@ -67,21 +67,83 @@ def _split(uri: str) -> tuple[str, str]:
     return base.rstrip("/"), query
 
 
+# Bounds on every request to an object store, so that a refused connection, missing credentials or
+# an endpoint that accepts and never answers is one line within 30 s (the SDK's defaults retried for
+# 100-190 s). The request timeout is a stall limit (no byte for that long), not a cap on a transfer.
+S3_CONNECT_S, S3_REQUEST_S, S3_ATTEMPTS = 5.0, 8.0, 2
+S3_OPTIONS = ("endpoint_override", "scheme", "region", "allow_bucket_creation", "allow_bucket_deletion",
+              "tls_ca_file_path")  # the URI's ?options (pyarrow's names)
+
+
+def _filesystem(storage: str):
+    """(pyarrow S3FileSystem with the bounds above, bucket/prefix) for an s3:// URI."""
+    import pyarrow.fs as pafs
+
+    base, query = _split(storage)
+    q = {k: v[-1] for k, v in parse_qs(query).items()}
+    bad = sorted(set(q) - set(S3_OPTIONS))
+    if bad:
+        raise GridrunError(f"--storage {storage}: unknown option {bad[0]!r}: an s3:// URI takes "
+                           f"{', '.join(S3_OPTIONS)}")
+    flags = {k: q[k].lower() in ("1", "true", "yes") for k in ("allow_bucket_creation", "allow_bucket_deletion") if k in q}
+    fs = pafs.S3FileSystem(endpoint_override=q.get("endpoint_override"), scheme=q.get("scheme"), region=q.get("region"),
+                           tls_ca_file_path=q.get("tls_ca_file_path"), connect_timeout=S3_CONNECT_S,
+                           request_timeout=S3_REQUEST_S, **flags,
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+    root = base[len("s3://"):].strip("/")
+    if not root:
+        raise GridrunError(f"--storage {storage}: name a bucket (s3://bucket/prefix)")
+    return fs, root
+
+
+def _reason(e: Exception) -> str:
+    """Why a store could not be reached, in words (the SDK's text is a paragraph)."""
+    text = str(e)
+    if "curlCode: 7" in text or "Could not connect" in text or "Connection refused" in text:
+        return "connection refused"
+    if "curlCode: 28" in text or "Timeout" in text or "timed out" in text.lower():
+        return f"no answer within {S3_REQUEST_S:g}s"
+    if "ACCESS_DENIED" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        return "access denied: check the credentials"
+    return (text.strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def unreachable(storage: str, e: Exception) -> GridrunError:
+    return GridrunError(f"--storage {storage}: cannot reach the object store ({_reason(e)}): check the endpoint "
+                        f"(endpoint_override= or AWS_ENDPOINT_URL), the network and the AWS credentials")
+
+
+def _check_credentials(storage: str) -> None:
+    """Credentials must be found (environment, profile or instance role) before any request: without
+    them the SDK signs nothing and the store's refusal reads as something else."""
+    try:
+        import botocore.session
+    except ImportError:  # pyarrow alone: its own error will say it
+        return
+    try:
+        found = botocore.session.get_session().get_credentials()
+    except Exception as e:  # a broken profile file
+        raise GridrunError(f"--storage {storage}: cannot read the AWS credentials ({str(e)[:160]})") from None
+    if found is None:
+        raise GridrunError(f"--storage {storage}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                           f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for the object store")
+
+
 class Remote:
     """One experiment in an object store: its path there, Ray's view of it, a local mirror."""
 
     def __init__(self, storage: str, name: str):
-        import pyarrow.fs as pafs
-
         base, self.query = _split(storage)
-        try:
-            self.fs, root = pafs.FileSystem.from_uri(storage)
-        except (OSError, ValueError) as e:
-            raise GridrunError(f"--storage {storage}: {str(e).splitlines()[0][:200]}") from None
+        self.fs, root = _filesystem(storage)
         self.root, self.name = root.rstrip("/"), name
         self.path = f"{self.root}/{name}"
         self.uri = f"{base}/{name}"
         self.storage = storage
+        _check_credentials(storage)
+        try:  # one request now: an unreachable store is said here, not deep inside a command
+            self.fs.get_file_info(self.root)
+        except OSError as e:
+            raise unreachable(storage, e) from None
 
     def child(self, *parts: str) -> str:
         """The URI of a path inside the experiment, with the store's options (for Ray workers)."""
@@ -130,6 +192,15 @@ class Remote:
                 with open(src / n, "rb") as f, self.fs.open_output_stream(f"{self.path}/{n}") as out:
                     shutil.copyfileobj(f, out)
 
+    def upload(self, src: Path) -> int:
+        """Every regular file under the folder `src` to the experiment's path (restore); returns how many."""
+        n = 0
+        for f in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
+            with open(f, "rb") as data, self.fs.open_output_stream(f"{self.path}/{f.relative_to(src).as_posix()}") as out:
+                shutil.copyfileobj(data, out)
+            n += 1
+        return n
+
     def set_aside(self, out) -> None:
         """--fresh: the experiment's files move to NAME.prev-N (copied, then deleted; the caller
         holds the lock, which stays where it is)."""
@@ -174,7 +245,11 @@ def _s3_client(remote: Remote):
     endpoint = q.get("endpoint_override")
     if endpoint and "://" not in endpoint:
         endpoint = f"{q.get('scheme', 'https')}://{endpoint}"
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=q.get("region") or None)
+    from botocore.config import Config
+
+    bounds = Config(connect_timeout=S3_CONNECT_S, read_timeout=S3_REQUEST_S,
+                    retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=q.get("region") or None, config=bounds)
 
 
 class ObjectLock:
@@ -187,11 +262,13 @@ class ObjectLock:
         self.me, self.etag, self.beats = lock_owner(), None, 0
 
     def _put(self, **cond) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         body = json.dumps({**self.me, "beat": self.beats}).encode()
         try:
             r = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **cond)
+        except BotoCoreError as e:  # no connection, no credentials, no answer
+            raise unreachable(self.remote.storage, e) from None
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412",
                                                            "409", "NoSuchKey"):
@@ -202,11 +279,13 @@ class ObjectLock:
 
     def _holder(self) -> tuple[dict | None, str | None]:
         """The current lock object: (its holder if alive, its ETag); (None, None) when there is none."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             r = self.client.get_object(Bucket=self.bucket, Key=self.key)
             body = r["Body"].read(65536)
+        except BotoCoreError as e:
+            raise unreachable(self.remote.storage, e) from None
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None, None
@@ -237,19 +316,24 @@ class ObjectLock:
 
     def beat(self) -> None:
         self.beats += 1
-        if self.etag and not self._put(IfMatch=self.etag):
+        try:
+            kept = not self.etag or self._put(IfMatch=self.etag)
+        except GridrunError as e:  # one heartbeat lost to the network: the next one tries again
+            print(f"gridrun: warning: {e}", flush=True)
+            return
+        if not kept:
             print(f"gridrun: warning: the lock s3://{self.bucket}/{self.key} was taken over by another launch "
                   f"(this one looked dead for {STALE_S:.0f}s)", flush=True)
             self.etag = None
 
     def release(self) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         if self.etag:
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-            except ClientError:
-                pass  # no longer ours: leave it to its holder
+            except (ClientError, BotoCoreError):
+                pass  # no longer ours (leave it to its holder), or the store is gone: it goes stale
 
 
 def lock_holder(remote: Remote) -> dict | None:

@@ -195,3 +195,86 @@ def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypat
         {k: v for k, v in files.items() if "/tinynet" in k}
     assert json.loads(s3["client"].get_object(Bucket="gridrun-test", Key="runs/objs/gridrun_trials.json")["Body"]
                       .read())[0]["train"]["epochs"] == 1
+
+
+# ---------------------------------------------------------------- every --storage command on s3:// (issue 38 item 8)
+
+SMOKE = Path(__file__).resolve().parents[1] / "reports" / "runs" / "smoke"
+
+
+def cli(*args, cwd=None, env=None, timeout=120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
+    return subprocess.run([sys.executable, "-m", "gridrun.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+def test_restore_best_and_export_read_and_write_s3(s3, tmp_path):
+    """`restore --storage s3://…` reported success and wrote a local folder named after the URI;
+    `best` and `export` did not read s3://."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = cli("restore", str(SMOKE), "--storage", s3["uri"], "--name", "smoke_s3", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "restored s3://gridrun-test/runs/smoke_s3: 4 trials" in r.stdout
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())  # nothing local named after the URI
+    stored = keys(s3, "runs/smoke_s3/")
+    assert "runs/smoke_s3/gridrun_trials.json" in stored and "runs/smoke_s3/vanilla_s0/metrics.csv" in stored
+    again = cli("restore", str(SMOKE), "--storage", s3["uri"], "--name", "smoke_s3", cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "smoke_s3 exists" in again.stderr
+    best = cli("best", "smoke_s3", "--storage", s3["uri"], cwd=tmp_path, env=env)
+    assert best.returncode == 0 and best.stdout.startswith("smoke_s3: "), best.stderr
+    out = tmp_path / "slim.tar.gz"
+    exp = cli("export", "smoke_s3", "--storage", s3["uri"], "--out", str(out), cwd=tmp_path, env=env)
+    assert exp.returncode == 0 and "exported smoke_s3: 4 trials" in exp.stdout, exp.stderr
+    assert out.is_file()
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A port that accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                return
+    import threading
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+    for c in held:
+        c.close()
+
+
+def test_an_unreachable_store_is_one_line_and_exit_2_within_30s(s3, silent_endpoint, tmp_path, synth_dir):
+    """A refused connection or missing credentials were an internal error; an endpoint that accepts
+    and never answers was refused only after 100-190 s."""
+    spec = write_spec(tmp_path / "u.yaml", synth_dir)
+    no_creds = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "HOME": str(tmp_path)}
+    cases = [(("status", "x"), f"s3://b/runs?endpoint_override=127.0.0.1:{refused_port()}&scheme=http", {},
+              "(connection refused)"),
+             (("best", "x"), f"s3://b/runs?endpoint_override=127.0.0.1:{silent_endpoint}&scheme=http", {},
+              "(no answer within"),
+             (("launch", str(spec)), s3["uri"], no_creds, "no AWS credentials found"),
+             (("restore", str(SMOKE)), f"s3://b/runs?endpoint_override=127.0.0.1:{refused_port()}&scheme=http", {},
+              "(connection refused)")]
+    for args, uri, env, said in cases:
+        t0 = time.time()
+        r = cli(*args, "--storage", uri, cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache"), **env})
+        took = time.time() - t0
+        assert r.returncode == 2 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert took < 30, (args, took)
