@@ -142,7 +142,7 @@ def cmd_train(args) -> int:
 
         if disk_error(e) is None or not cfg.out_dir:
             raise
-        raise GridrunError(disk_line(cfg.out_dir, disk_error(e))) from None
+        raise GridrunError(disk_line(cfg.out_dir, disk_error(e), "train")) from None
     final = result["final"] or {}
     print(f"{result['status']}: {result['params']:,} params, {result['epochs']} epochs on {result['device']}, "
           f"final val acc {final.get('val_acc', float('nan')):.4f}, test acc {final.get('test_acc', float('nan')):.4f}")
@@ -483,7 +483,7 @@ def main(argv=None) -> int:
 
         if e.errno in DISK_ERRNOS:
             where = Path(os.fsdecode(e.filename)).parent if e.filename else "the folder gridrun writes to"
-            print(f"{PREFIX}{disk_line(where, e)}", file=sys.stderr)
+            print(f"{PREFIX}{disk_line(where, e, args.cmd)}", file=sys.stderr)
         else:
             print(f"{PREFIX}{e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2

@@ -63,7 +63,8 @@ class TrainConfig(BaseModel):
                           why="at least 10,000 images must stay for training", ge=0, le=50000)
     subset: int | None = _data(None, "train on this many images only (stratified), >= 10", fuse_shared=True,
                                why="one image per class", ge=10)
-    split_seed: int = _data(0, "fixes the train/validation split, independent of `seed`", fuse_shared=True)
+    split_seed: int = _data(0, "fixes the train/validation split, independent of `seed`", fuse_shared=True,
+                            why="numpy's seeds are 32-bit", ge=0, lt=2**32)
     augment: str = _data("rotate+affine", "policy: '+'-joined ops or a named recipe (augment.POLICIES)")
     aug: dict = _data({}, "strengths, see augment.AugParams (override the policy's)")
     clean_epochs: int = _data(0, "the last N epochs train on un-augmented images (0: augment every epoch)",
@@ -92,11 +93,12 @@ class TrainConfig(BaseModel):
     precise_bn: bool = _optim(False, "after the last epoch, BatchNorm's statistics of the scored model become the "
                                      "exact average over the un-augmented training images (precise BN, Wu & Johnson "
                                      "2021)", fuse_shared=True)
-    seed: int = _optim(0, "initialisation, batch order, augmentation, dropout", "seed")
+    seed: int = _optim(0, "initialisation, batch order, augmentation, dropout", "seed",
+                       why="the spec's seeds are in [0, 2**31)", ge=0, lt=2**31)
 
     device: str = _run("auto", "auto | cpu | cuda | cuda:N", "plumbing", fuse_shared=True)
     threads: int = _run(0, "CPU threads for torch; 0 leaves torch's default", "plumbing", fuse_shared=True,
-                        why="0 leaves torch's default", ge=0)
+                        why="0 leaves torch's default; more threads than cores only slow a trial", ge=0, le=1024)
     compile: bool = _run(False, "torch.compile the model (CUDA only)", "plumbing", fuse_shared=True)
     cuda_graph: bool = _run(False, "record the training step once as a CUDA graph and replay it (CUDA only; "
                                    "engine/step.py says why)", "plumbing", fuse_shared=True)

@@ -288,6 +288,17 @@ class Splits:
         return [idx for idx in perm.split(batch_size) if len(idx) >= 2]
 
 
+def check_split_sizes(n_train: int, val_size: int, subset: int | None) -> None:
+    """val_size and subset against the training files' size: a subset larger than what is left
+    after validation would silently train on fewer images than the config says."""
+    if val_size >= n_train - 1:
+        raise DataError(f"val_size={val_size} leaves no training images: the training files hold "
+                        f"{n_train}; choose a smaller val_size")
+    if subset is not None and subset > n_train - val_size:
+        raise DataError(f"subset={subset} is more than the {n_train - val_size:,} training images left after "
+                        f"val_size={val_size}: choose at most {n_train - val_size:,}, or leave subset out")
+
+
 def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, split_seed: int = 0,
                 device: str | torch.device = "cpu", arrays: dict | None = None, normalize: str = "dataset") -> Splits:
     """Train/validation/test on `device`. The validation split depends only on split_seed, never
@@ -296,9 +307,7 @@ def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, 
     import torch
 
     a = arrays if arrays is not None else load_arrays(data_dir)
-    if val_size >= len(a["train_labels"]) - 1:
-        raise DataError(f"val_size={val_size} leaves no training images: the training files hold "
-                        f"{len(a['train_labels'])}; choose a smaller val_size")
+    check_split_sizes(len(a["train_labels"]), val_size, subset)
     train_idx, val_idx = stratified_split(a["train_labels"], val_size, split_seed)
     if subset is not None and subset < len(train_idx):
         _, pick = stratified_split(a["train_labels"][train_idx], subset, split_seed + 1)

@@ -63,17 +63,24 @@ def free_bytes(folder: str | os.PathLike) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def disk_line(folder: str | os.PathLike, err: OSError | None = None) -> str:
-    """One line: what happened to which folder, and the fix."""
+# Where each command can be pointed at another disk (the fix a full-disk line offers).
+ELSEWHERE = {"launch": "launch with --storage", "restore": "restore with --storage", "report": "give --out",
+             "export": "give --out", "train": "give --out"}
+
+
+def disk_line(folder: str | os.PathLike, err: OSError | None = None, cmd: str = "launch") -> str:
+    """One line: what happened to which folder, and the fix the command `cmd` offers."""
     code = err.errno if err is not None else errno.ENOSPC
+    other = ELSEWHERE.get(cmd)
     if code == errno.EROFS:
-        return (f"{folder} is on a read-only file system: launch with --storage on a writable disk, or remount "
-                f"it read-write, then run the same command again")
+        return (f"{folder} is on a read-only file system: {f'{other} on a writable disk, or ' if other else ''}"
+                f"remount it read-write, then run the same command again")
     what = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
     free = free_bytes(folder) if Path(folder).exists() else None
     left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
-    return (f"{folder}: {what}{left}: free space there (or launch with --storage on a larger disk), then run the "
-            f"same command again to resume")
+    again = " to resume" if cmd == "launch" else ""
+    return (f"{folder}: {what}{left}: free space there{f' (or {other} on a larger disk)' if other else ''}, then run "
+            f"the same command again{again}")
 
 
 def reserve(folder: str | os.PathLike) -> None:

@@ -112,6 +112,7 @@ def export(name_or_path: str, out: str | None = None, storage: str = "runs", ech
 
 def _check_out(src: Path, out: Path, archive: bool) -> None:
     """Never write into the experiment itself, never replace what is not an earlier export."""
+    _check_place(out, archive)
     o, s = out.resolve(), src.resolve()
     if o == s or s in o.parents or o in s.parents:
         raise GridrunError(f"--out {out} is the experiment folder or inside it (or holds it): give another path")
@@ -135,6 +136,30 @@ def pure_export(folder: Path) -> bool:
         if not all(kept(rel / n) for n in names):
             return False
     return True
+
+
+def _check_place(out: Path, archive: bool) -> None:
+    """Not inside any experiment folder (its report would read the export as trials), not onto a
+    device, FIFO or link to one, and over a file only when it is an earlier export archive."""
+    inside = store.experiment_above(out)
+    if inside is not None:
+        raise GridrunError(f"--out {out} is inside the experiment folder {inside}: give a path outside it")
+    if archive and os.path.lexists(out) and not (out.is_file() and _is_export_archive(out)):
+        raise GridrunError(f"--out {out} exists and is not an archive `gridrun export` wrote: give a new file name")
+
+
+def _is_export_archive(path: Path) -> bool:
+    """Whether a .tar.gz holds an export mark (NAME/gridrun_export.json), its headers read bounded."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for i, m in enumerate(tar):
+                if i >= MAX_ARCHIVE_MEMBERS:
+                    return False
+                if PurePosixPath(m.name).name == store.EXPORT_MARK and len(PurePosixPath(m.name).parts) <= 2:
+                    return True
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return False
 
 
 def _write_slim(src: Path, exp: results.Experiment, dest: Path) -> tuple[int, list[str]]:
@@ -224,9 +249,9 @@ def restore(source: str, storage: str = "runs", name: str | None = None, echo=pr
     where = local_path(storage)  # None: an object store, unpacked here first and then uploaded
     tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=_mkdir(Path(where)) if where is not None else None))
     try:
-        top = _unpack(src, tmp) if src.is_file() else _copy_folder(src, tmp)
-        target_name = name or top
-        if not re.match(NAME_RE, target_name):
+        top, default = _unpack(src, tmp) if src.is_file() else (_copy_folder(src, tmp),) * 2
+        target_name = name or default
+        if not re.fullmatch(NAME_RE, target_name):  # the name itself: `--name ../x` never leaves the storage
             raise GridrunError(f"{target_name!r} is not a safe experiment name: restore with --name NEW "
                                f"(letters, digits, '.', '_' and '-')")
         exp = results.load_experiment(tmp / top)
@@ -278,35 +303,60 @@ def _copy_folder(src: Path, tmp: Path) -> str:
     return top
 
 
-def _unpack(archive: Path, tmp: Path) -> str:
-    """Unpack only regular files and folders under one top folder, each a kept name, sizes bounded
-    as declared and as read (a member never writes outside tmp)."""
+MAX_ARCHIVE_MEMBERS = 200_000  # what a restore reads at most (an export has ~10 files a trial)
+
+
+def _unpack(archive: Path, tmp: Path) -> tuple[str, str]:
+    """Unpack only regular files and folders, each a kept name, sizes bounded as declared and as
+    read (a member never writes outside tmp). An export has one top folder NAME/; an archive made
+    with `tar -C DIR .` holds the experiment's files at its top and is named after the file.
+    Returns (the folder under tmp, the experiment's default name)."""
     try:
         tar = tarfile.open(archive, "r:gz")
     except (tarfile.TarError, OSError) as e:
         raise GridrunError(f"{archive} is not a .tar.gz ({str(e)[:80]}): give one written by `gridrun export`") from None
-    tops, total = set(), 0
     with tar:
         try:
-            for m in tar:
-                rel = PurePosixPath(m.name)
-                if rel.is_absolute() or ".." in rel.parts or not (m.isfile() or m.isdir()):
-                    raise GridrunError(f"{archive}: member {m.name[:80]!r} is not a plain file or folder inside "
-                                       f"the archive: not restored")
-                tops.add(rel.parts[0])
-                if len(tops) > 1:
-                    raise GridrunError(f"{archive} holds more than one top folder: not an export")
-                total += m.size
-                if m.size > store.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
-                    raise GridrunError(f"{archive}: {m.name[:80]} makes it larger than an export can be: not restored")
-                if m.isfile() and kept(PurePosixPath(*rel.parts[1:])):
-                    data = tar.extractfile(m).read(m.size + 1)
-                    if len(data) != m.size:
-                        raise GridrunError(f"{archive}: {m.name[:80]} is not the size its header says")
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp / rel).write_bytes(data)
+            members = _members(tar, archive)
+            flat = any(len(rel.parts) == 1 and m.isfile() for m, rel in members)
+            tops = {rel.parts[0] for _, rel in members}
+            if not flat and len(tops) > 1:
+                raise GridrunError(f"{archive} holds more than one top folder: not an export")
+            if not members:
+                raise GridrunError(f"{archive} is empty: give one written by `gridrun export`")
+            top = "flat" if flat else tops.pop()
+            for m, rel in members:
+                inside = rel.parts if flat else rel.parts[1:]
+                if m.isfile() and kept(PurePosixPath(*inside)):
+                    _extract(tar, m, archive, tmp / top / PurePosixPath(*inside))
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise GridrunError(f"{archive} is truncated or corrupt ({str(e)[:80]}): not restored") from None
-    if not tops:
-        raise GridrunError(f"{archive} is empty: give one written by `gridrun export`")
-    return tops.pop()
+    return top, (re.sub(r"\.(tar\.gz|tgz)$", "", archive.name) if flat else top)
+
+
+def _members(tar, archive: Path) -> list:
+    """(member, its path) of every member but the archive's root `.`, checked: plain files and
+    folders inside the archive, at most MAX_ARCHIVE_MEMBERS, sizes within an export's."""
+    out, total = [], 0
+    for m in tar:
+        rel = PurePosixPath(m.name)  # `./x` reads as `x`
+        if rel.is_absolute() or ".." in rel.parts or not (m.isfile() or m.isdir()):
+            raise GridrunError(f"{archive}: member {m.name[:80]!r} is not a plain file or folder inside "
+                               f"the archive: not restored")
+        if len(out) >= MAX_ARCHIVE_MEMBERS:
+            raise GridrunError(f"{archive} holds more than {MAX_ARCHIVE_MEMBERS:,} members: more than an export "
+                               f"can hold: not restored")
+        total += m.size
+        if m.size > store.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
+            raise GridrunError(f"{archive}: {m.name[:80]} makes it larger than an export can be: not restored")
+        if rel.parts:
+            out.append((m, rel))
+    return out
+
+
+def _extract(tar, m, archive: Path, target: Path) -> None:
+    data = tar.extractfile(m).read(m.size + 1)
+    if len(data) != m.size:
+        raise GridrunError(f"{archive}: {m.name[:80]} is not the size its header says")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)

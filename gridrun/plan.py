@@ -18,6 +18,7 @@ from pathlib import Path
 from . import results
 from .store import SPEC_COPY, ExperimentDir
 from .identity import fuse_key, trial_id
+from .errors import GridrunError
 from .spec import Spec, SpecError, name_part
 
 
@@ -331,10 +332,10 @@ def check_data(grid: list[Trial], dry_run: bool, out) -> None:
 
     for data_dir in sorted({t.train["data_dir"] for t in grid}, key=str):
         if not dry_run:
-            load_arrays(data_dir)
+            _check_sizes(grid, data_dir, len(load_arrays(data_dir)["train_labels"]))
             continue
         try:
-            check_files(data_dir, download=False)
+            _check_sizes(grid, data_dir, check_files(data_dir, download=False)["train_labels"][0])
         except DataError as e:
             if search_dirs(data_dir)[0][0] != "cache":  # a folder the user named is wrong: refuse now
                 raise
@@ -344,6 +345,18 @@ def check_data(grid: list[Trial], dry_run: bool, out) -> None:
                 out(f"notice: a launch here would stop: {e}")
             else:
                 out("data: MNIST is not in the cache yet: the launch will download it first")
+
+
+def _check_sizes(grid: list[Trial], data_dir, n_train: int) -> None:
+    """Each trial's val_size and subset against the training images its data folder holds."""
+    from .data import check_split_sizes
+
+    for t in grid:
+        if t.train["data_dir"] == data_dir:
+            try:
+                check_split_sizes(n_train, t.train["val_size"], t.train["subset"])
+            except GridrunError as e:
+                raise SpecError(f"trial {t.name}: {e}") from None
 
 
 def arrays(units: list[Unit]) -> dict:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shlex
 from pathlib import Path
@@ -517,6 +518,7 @@ def report(targets: list[str], out: str | None = None, top_k: int | None = None,
             broken.append(f"{p} ({str(e)[:160]})")
             continue
         md = Path(out) if out else report_path(exp, reports_dir)
+        _check_out(md)
         try:
             md.parent.mkdir(parents=True, exist_ok=True)
             text = render(exp, md, top_k)
@@ -530,6 +532,31 @@ def report(targets: list[str], out: str | None = None, top_k: int | None = None,
     if broken:
         raise BrokenExperiments(written, broken)
     return written
+
+
+def _check_out(md: Path) -> None:
+    """A report (and its .csv) goes to regular files outside every experiment folder, over nothing
+    but an earlier report: never onto a device or FIFO, never over someone's file."""
+    from .store import experiment_above
+
+    inside = experiment_above(md)
+    if inside is not None:
+        raise GridrunError(f"--out {md} is inside the experiment folder {inside}: its readers would meet the "
+                           f"report among its trials; give a path outside it")
+    csv_ = md.with_suffix(".csv")
+    ours = csv_.is_file() and _head(csv_).startswith("trial,status,")  # a report is its .md and this .csv
+    for f in (md, csv_):
+        if os.path.lexists(f) and not (f.is_file() and ours):
+            raise GridrunError(f"--out {md}: {f} exists and is not a report gridrun wrote: give a new file name "
+                               f"(or remove it first)")
+
+
+def _head(f: Path) -> str:
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(64).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 class BrokenExperiments(GridrunError):

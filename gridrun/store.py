@@ -517,6 +517,15 @@ def write_event_file(folder: str | os.PathLike, records: list[bytes], suffix: st
     return path
 
 
+def experiment_above(path: str | os.PathLike) -> Path | None:
+    """The experiment (or fused group) folder that holds `path`, if any: outputs written there
+    would be read as its trials (a folder with a manifest, a lock or a group file)."""
+    for parent in Path(path).resolve().parents:
+        if any((parent / f).exists() for f in (MANIFEST, GROUP_FILE, LOCK)):
+            return parent
+    return None
+
+
 def event_files(folder: str | os.PathLike, suffix: str = "") -> list[Path]:
     """The TensorBoard event files in a folder (those named ...`suffix`)."""
     return sorted(Path(folder).glob(EVENTS + suffix))
