@@ -86,13 +86,19 @@ def _filesystem(storage: str):
         raise GridrunError(f"--storage {storage}: unknown option {bad[0]!r}: an s3:// URI takes "
                            f"{', '.join(S3_OPTIONS)}")
     flags = {k: q[k].lower() in ("1", "true", "yes") for k in ("allow_bucket_creation", "allow_bucket_deletion") if k in q}
-    fs = pafs.S3FileSystem(endpoint_override=q.get("endpoint_override"), scheme=q.get("scheme"), region=q.get("region"),
-                           tls_ca_file_path=q.get("tls_ca_file_path"), connect_timeout=S3_CONNECT_S,
-                           request_timeout=S3_REQUEST_S, **flags,
-                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
     root = base[len("s3://"):].strip("/")
     if not root:
         raise GridrunError(f"--storage {storage}: name a bucket (s3://bucket/prefix)")
+    region = q.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region and not q.get("endpoint_override") and not os.environ.get("AWS_ENDPOINT_URL"):
+        try:  # AWS itself: the bucket's region, as from_uri found it
+            region = pafs.resolve_s3_region(root.split("/")[0])
+        except (OSError, ValueError) as e:
+            raise unreachable(storage, e) from None
+    fs = pafs.S3FileSystem(endpoint_override=q.get("endpoint_override"), scheme=q.get("scheme"), region=region,
+                           tls_ca_file_path=q.get("tls_ca_file_path"), connect_timeout=S3_CONNECT_S,
+                           request_timeout=S3_REQUEST_S, **flags,
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
     return fs, root
 
 
