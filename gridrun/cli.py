@@ -321,6 +321,16 @@ def _port(text: str) -> int:
     return v
 
 
+def _at_most(hi: int):
+    """A whole number in 1..hi (the spec's own bound for the same knob)."""
+    def parse(text: str) -> int:
+        v = _positive(text)
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {v}")
+        return v
+    return parse
+
+
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -360,8 +370,8 @@ def _add_launch(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
     p.add_argument("--storage", default=_storage(), help=f"results root every node sees {_WHERE}")
-    p.add_argument("--max-concurrent", type=_positive, default=None, help="at most N trials at once")
-    p.add_argument("--fuse", type=_positive, default=None,
+    p.add_argument("--max-concurrent", type=_at_most(100_000), default=None, help="at most N trials at once")
+    p.add_argument("--fuse", type=_at_most(256), default=None,
                    help="train up to K same-architecture trials as one batched model (the spec's fuse:)")
     p.add_argument("--fresh", action="store_true",
                    help="start over instead of resuming (the old folder is kept as NAME.prev-N)")
@@ -374,7 +384,7 @@ def _add_readers(sub) -> None:
     p.add_argument("targets", nargs="*", metavar="NAME|PATH", help="experiments (default: all under runs/)")
     p.add_argument("--out", default=None, help="markdown file (default $GRIDRUN_REPORTS/<folder name>.md, "
                                                 "else reports/<folder name>.md)")
-    p.add_argument("--top-k", type=_positive, default=None, help="ensemble size (default: the spec's report.top_k, or 5)")
+    p.add_argument("--top-k", type=_at_most(10_000), default=None, help="ensemble size (default: the spec's report.top_k, or 5)")
     p.add_argument("--storage", default=_storage(), help=f"where experiment names are looked up {_WHERE}")
     p.set_defaults(func=cmd_report)
 

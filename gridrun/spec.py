@@ -70,13 +70,13 @@ class Resources(_Strict):
 
 
 class EarlyStop(_Strict):
-    grace_period: int = Field(3, ge=1)     # epochs every trial gets before it can be stopped
+    grace_period: int = Field(3, ge=1, le=10000)     # epochs every trial gets before it can be stopped
     reduction_factor: float = Field(3, gt=1, le=100)
 
 
 class Constraints(_Strict):
-    max_params: int | None = Field(None, ge=1)
-    max_epochs: int | None = Field(None, ge=1)
+    max_params: int | None = Field(None, ge=1, le=10**12)
+    max_epochs: int | None = Field(None, ge=1, le=10000)
     target_test_acc: float | None = Field(None, gt=0, le=1)
 
 

@@ -137,3 +137,14 @@ def test_a_full_disk_line_fits_the_command(small_disk, tmp_path, capsys):
     assert main(["restore", str(SMOKE), "--storage", str(small_disk / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert "the disk is full" in err and "restore with --storage on a larger disk" in err and "launch" not in err, err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["report", "x", "--top-k", "100000"], "--top-k: must be at most 10,000, got 100000"),
+    (["launch", "s.yaml", "--fuse", "1000"], "--fuse: must be at most 256, got 1000"),
+    (["launch", "s.yaml", "--max-concurrent", "10000000"], "--max-concurrent: must be at most 100,000"),
+])
+def test_numeric_options_are_bounded(argv, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
