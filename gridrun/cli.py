@@ -248,7 +248,8 @@ def cmd_tensorboard(args) -> int:
     from .results import find_experiments
 
     names = [args.name] if args.name else []
-    storage = local_view(args.storage, names)  # s3://: a mirror in the cache, refreshed below
+    remote = local_path(args.storage) is None
+    storage = local_view(args.storage, names) if remote else args.storage  # s3://: a mirror, refreshed below
     logdir = Path(storage) / args.name if args.name else Path(storage)
     if not logdir.is_dir():
         raise GridrunError(f"no experiment folder {logdir}: run `gridrun launch SPEC` first, or pass --storage")
@@ -265,7 +266,7 @@ def cmd_tensorboard(args) -> int:
     try:
         while tb.poll() is None:
             time.sleep(5)
-            if local_path(args.storage) is None:
+            if remote:
                 local_view(args.storage, names)
             hparams.sync_view(Path(storage), experiments, view)  # trials started since, new event files
     except KeyboardInterrupt:
