@@ -249,7 +249,8 @@ def cmd_tensorboard(args) -> int:
 
     names = [args.name] if args.name else []
     remote = local_path(args.storage) is None
-    storage = local_view(args.storage, names) if remote else args.storage  # s3://: a mirror, refreshed below
+    storage = (local_view(args.storage, names) if remote  # s3://: a mirror in the cache, refreshed below
+               else local_path(args.storage) if "://" in args.storage else args.storage)
     logdir = Path(storage) / args.name if args.name else Path(storage)
     if not logdir.is_dir():
         raise GridrunError(f"no experiment folder {logdir}: run `gridrun launch SPEC` first, or pass --storage")
