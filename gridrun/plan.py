@@ -240,6 +240,7 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
         check_growth(shown, held, grid)
     done = _settled(exp, {t.name for t in grid}, out, shown) if exp is not None and exp.is_dir() else frozenset()
     todo = [t for t in grid if t.name not in done]
+    check_sizes(todo)
     n_slots = slots(spec, nodes()) if todo and nodes is not None else 1
     units = regroup(spec, todo, held, exp, out, n_slots)
     return Remaining(tuple(grid), tuple(held), done, tuple(units))
@@ -332,10 +333,10 @@ def check_data(grid: list[Trial], dry_run: bool, out) -> None:
 
     for data_dir in sorted({t.train["data_dir"] for t in grid}, key=str):
         if not dry_run:
-            _check_sizes(grid, data_dir, len(load_arrays(data_dir)["train_labels"]))
+            load_arrays(data_dir)
             continue
         try:
-            _check_sizes(grid, data_dir, check_files(data_dir, download=False)["train_labels"][0])
+            check_files(data_dir, download=False)
         except DataError as e:
             if search_dirs(data_dir)[0][0] != "cache":  # a folder the user named is wrong: refuse now
                 raise
@@ -347,12 +348,17 @@ def check_data(grid: list[Trial], dry_run: bool, out) -> None:
                 out("data: MNIST is not in the cache yet: the launch will download it first")
 
 
-def _check_sizes(grid: list[Trial], data_dir, n_train: int) -> None:
-    """Each trial's val_size and subset against the training images its data folder holds."""
-    from .data import check_split_sizes
+def check_sizes(todo: list[Trial]) -> None:
+    """Each trial to run: its val_size and subset against the training images its data folder
+    holds (headers only; a folder check_data could not find is left to the trial to say)."""
+    from .data import DataError, check_files, check_split_sizes
 
-    for t in grid:
-        if t.train["data_dir"] == data_dir:
+    for data_dir in sorted({t.train["data_dir"] for t in todo}, key=str):
+        try:
+            n_train = check_files(data_dir, download=False)["train_labels"][0]
+        except DataError:
+            continue
+        for t in (t for t in todo if t.train["data_dir"] == data_dir):
             try:
                 check_split_sizes(n_train, t.train["val_size"], t.train["subset"])
             except GridrunError as e:
