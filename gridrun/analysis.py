@@ -235,7 +235,8 @@ def majority_vote_labels(preds: list[np.ndarray]) -> np.ndarray:
     slim export keeps no logits, so there is no softmax to sum)."""
     stack = np.stack([np.asarray(p, np.int64) for p in preds])        # (K, N)
     k, n = stack.shape
-    votes, first = np.zeros((n, 10)), np.full((n, 10), k)              # first: the best member voting a class
+    c = max(10, int(stack.max(initial=0)) + 1)                          # MNIST's 10, or a dataset's classes
+    votes, first = np.zeros((n, c)), np.full((n, c), k)                # first: the best member voting a class
     for i in reversed(range(k)):
         votes[np.arange(n), stack[i]] += 1
         first[np.arange(n), stack[i]] = i

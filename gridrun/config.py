@@ -57,6 +57,8 @@ class TrainConfig(BaseModel):
     dropout: float | None = _model(None, "the model's dropout rate; None keeps its default", ge=0, lt=1)
     model_args: dict = _model({}, "other keyword arguments of the model's factory", fuse_shared=True)
 
+    dataset: str = _data("mnist", "mnist | fashion_mnist | kmnist | a folder of four IDX files | an .npz of x_train, "
+                                  "y_train, x_test, y_test (gridrun/datasets.py)", fuse_shared=True)
     data_dir: str | None = _data(None, "folder of the MNIST files; None: $GRIDRUN_DATA, cache", "plumbing",
                                  fuse_shared=True)
     val_size: int = _data(5000, "validation images held out of the 60,000 (stratified)", fuse_shared=True,
@@ -122,9 +124,23 @@ class TrainConfig(BaseModel):
     @classmethod
     def _registered(cls, v: str) -> str:
         from .models import list_models
+        from .models._registry import import_model
 
+        if ":" in v:  # a user's net by import path: importable, or one line naming its module
+            try:
+                import_model(v)
+            except GridrunError as e:
+                raise ValueError(str(e).replace(f"model {v!r}: ", "")) from None
+            return v
         if v not in list_models():
             raise ValueError(f"unknown model{did_you_mean(v, list_models())}")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not v.strip() or "\x00" in v or len(v) > 1024:
+            raise ValueError("name mnist, fashion_mnist, kmnist, a folder of four IDX files or an .npz file")
         return v
 
     @field_validator("device")

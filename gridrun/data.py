@@ -1,4 +1,6 @@
-"""MNIST IDX files: find, verify, download, split (stratified), put on a device."""
+"""Data sources: MNIST's IDX files (find, verify, download), the MNIST family through torchvision
+(fashion_mnist, kmnist), any folder of four IDX files, an .npz of x_train/y_train/x_test/y_test;
+each read bounded and checked, split (stratified) and put on a device as (N, C, H, W) images."""
 from __future__ import annotations
 
 import gzip
@@ -260,7 +262,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision's Normalize((0.1307,), (0.
 
 @dataclass
 class Splits:
-    """Images as float [0, 1] of shape (N, 1, 28, 28) and int64 labels, all on one device."""
+    """Images as float [0, 1] of shape (N, C, H, W) and int64 labels, all on one device."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -268,9 +270,15 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    mean: float  # of the training split, for normalisation
-    std: float
+    mean: float | torch.Tensor  # of the training split, for normalisation (per channel: a (C, 1, 1) tensor)
+    std: float | torch.Tensor
     mode: str = "dataset"  # dataset | mnist | per_image (see TrainConfig.normalize)
+    classes: int = 10  # what the nets predict: MNIST's 10, another set's largest training label + 1
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(channels, height, width, classes): what the nets are built for."""
+        return (*self.train_x.shape[1:], self.classes)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "per_image":
@@ -300,10 +308,11 @@ def check_split_sizes(n_train: int, val_size: int, subset: int | None) -> None:
 
 
 def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, split_seed: int = 0,
-                device: str | torch.device = "cpu", arrays: dict | None = None, normalize: str = "dataset") -> Splits:
+                device: str | torch.device = "cpu", arrays: dict | None = None, normalize: str = "dataset",
+                classes: int = 10) -> Splits:
     """Train/validation/test on `device`. The validation split depends only on split_seed, never
     on the trial seed; `subset` then draws that many training images (also stratified).
-    `arrays` (from load_arrays, e.g. shipped by Ray) replaces reading the files."""
+    `arrays` (datasets.load_dataset's, e.g. shipped by Ray) replaces reading MNIST's files."""
     import torch
 
     a = arrays if arrays is not None else load_arrays(data_dir)
@@ -316,14 +325,18 @@ def load_splits(data_dir=None, val_size: int = 5000, subset: int | None = None, 
     def put(images, labels, idx=None):
         # Fancy indexing already copies; the cached arrays are read-only, so copy them once.
         images, labels = (images[idx], labels[idx]) if idx is not None else (images.copy(), labels)
-        x = torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255)
+        x = torch.from_numpy(images).to(device)
+        x = (x.unsqueeze(1) if x.dim() == 3 else x).float().div_(255)  # MNIST's (N, H, W): one channel
         return x, torch.from_numpy(labels.astype(np.int64)).to(device)
 
     train_x, train_y = put(a["train_images"], a["train_labels"], train_idx)
     val_x, val_y = put(a["train_images"], a["train_labels"], val_idx)
     test_x, test_y = put(a["test_images"], a["test_labels"])
-    return Splits(train_x, train_y, val_x, val_y, test_x, test_y,
-                  mean=float(train_x.mean()), std=float(train_x.std()), mode=normalize)
+    if train_x.shape[1] == 1:  # one channel: one number, as MNIST always had
+        mean, std = float(train_x.mean()), float(train_x.std())
+    else:  # per channel, from the training split only
+        mean, std = train_x.mean((0, 2, 3), keepdim=True)[0], train_x.std((0, 2, 3), keepdim=True)[0]
+    return Splits(train_x, train_y, val_x, val_y, test_x, test_y, mean=mean, std=std, mode=normalize, classes=classes)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

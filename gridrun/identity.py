@@ -16,12 +16,15 @@ import hashlib
 import json
 import re
 
-from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, field_extra, field_names, with_defaults
+from .config import DEFAULTS, FIELD_TYPES, NOT_CONFIG, PLUMBING, field_extra, field_names, with_defaults
 
 # What the members of one fused group must share (the fields config.py marks `fuse_shared`): one
 # batched model, one data split, one epoch loop, one device. The other config fields (lr, weight
 # decay, augmentation, seed, ...) may differ member by member.
 FUSE_SHARED = tuple(n for n in field_names() if field_extra(n)["fuse_shared"])
+# Fields added after experiments were run: at their default they are left out of a config's
+# resolved values, so every trial that ran before them keeps its id.
+SINCE = ("dataset",)
 
 
 def _text(d: dict) -> str:
@@ -124,6 +127,9 @@ def canonical(train: dict) -> dict:
     c = with_defaults(train)
     if not isinstance(c, dict):
         return c
+    for k in SINCE:
+        if c.get(k) == DEFAULTS[k]:
+            del c[k]
     for k, ft in FIELD_TYPES.items():
         if ft.kind == "float" and k in c:
             c[k] = _number(c[k])
@@ -161,7 +167,7 @@ def fuse_key(train: dict) -> str:
     from .augment import Augment
 
     c = canonical(train)
-    return _text({**{k: c.get(k) for k in FUSE_SHARED},
+    return _text({**{k: c.get(k) for k in FUSE_SHARED if k in c or k not in SINCE},
                   "align": Augment(c.get("augment", "none"), c.get("aug") or {}).align})
 
 

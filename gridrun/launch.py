@@ -19,7 +19,7 @@ from ray.tune.progress_reporter import TrialProgressCallback
 from . import diskio, hooks, store
 from .errors import GridrunError
 from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full
-from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining
+from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining, user_modules
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
 from .worker import LaunchContext, run_trial
 
@@ -96,7 +96,7 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     if not plan.units:
         out(plan.nothing_left(folder.shown))
         return 0
-    ray = _connect(address)
+    ray = _connect(address, user_modules(grid))
     term.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit
     t0 = time.time()
     from .hparams import hparam_fields
@@ -119,7 +119,7 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     return code
 
 
-def _connect(address: str | None):
+def _connect(address: str | None, modules: list[str] = ()):
     import ray
 
     if ray.is_initialized():
@@ -128,6 +128,8 @@ def _connect(address: str | None):
     kw = dict(log_to_driver=False, logging_level="ERROR", configure_logging=True)
     if hooks.forwarded():  # a test's hooks (gridrun/hooks.py), handed to the trials of a joined Ray too
         kw["runtime_env"] = {"env_vars": hooks.forwarded()}
+    if modules:  # the user's nets: Ray uploads them to every node, local or joined
+        kw["runtime_env"] = {**kw.get("runtime_env", {}), "py_modules": list(modules)}
     try:
         ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -51,9 +51,9 @@ class Unit:
         return max((m.train["epochs"] for m in self.members), default=0)
 
     @property
-    def data_dir(self) -> str | None:
-        """The data folder of its members (one: data_dir is part of fuse_key)."""
-        return self.members[0].train["data_dir"]
+    def data(self) -> tuple[str, str | None]:
+        """(dataset, data_dir) of its members (one: both are part of fuse_key)."""
+        return self.members[0].train.get("dataset", "mnist"), self.members[0].train["data_dir"]
 
     def member_dirs(self, base: str | Path) -> list[Path]:
         """Its trials' folders under `base` (the unit's own folder): the members' inside a group."""
@@ -215,13 +215,15 @@ class Remaining:
 
 
 def label_digests(train: dict) -> dict:
-    """Checksums of the validation and test labels a trial is scored against, from its data
-    folder's label files (the launch has read them): the manifest keeps them, so that a folder
+    """Checksums of the validation and test labels a trial is scored against, from its dataset's
+    label files (the launch has read them; MNIST's published checksums, any other set's here): the manifest keeps them, so that a folder
     whose data is not at hand is still checked (results.true_test_labels)."""
-    from .data import DataError, label_digest, split_labels
+    from .data import DataError, label_digest
+    from .datasets import split_labels
 
     try:
-        labels = split_labels(train.get("data_dir"), train.get("val_size", 5000), train.get("split_seed", 0))
+        labels = split_labels(train.get("dataset", "mnist"), train.get("data_dir"), train.get("val_size", 5000),
+                              train.get("split_seed", 0))
     except DataError:  # no data here (a test's plan); the launch itself has checked it is
         return {}
     return {split: label_digest(labels[split]) for split in ("val", "test")}
@@ -327,13 +329,14 @@ def _relaunch(shown: str) -> str:
 # ---------------------------------------------------------------- data and the plan table
 
 def check_data(grid: list[Trial], dry_run: bool, out) -> None:
-    """Every data folder the grid names, found and read (headers only for a dry run, which never
-    downloads); the arrays stay cached for the launch, which ships them to the trials."""
-    from .data import DataError, check_files, load_arrays, search_dirs
+    """Every dataset the grid names, found and read (MNIST's headers only for a dry run, which
+    never downloads); the arrays stay cached for the launch, which ships them to the trials."""
+    from .data import DataError, check_files, search_dirs
+    from .datasets import load_dataset
 
-    for data_dir in sorted({t.train["data_dir"] for t in grid}, key=str):
-        if not dry_run:
-            load_arrays(data_dir)
+    for dataset, data_dir in sorted({(t.train.get("dataset", "mnist"), t.train["data_dir"]) for t in grid}, key=str):
+        if not dry_run or dataset != "mnist":
+            load_dataset(dataset, data_dir)
             continue
         try:
             check_files(data_dir, download=False)
@@ -366,11 +369,19 @@ def check_sizes(todo: list[Trial]) -> None:
 
 
 def arrays(units: list[Unit]) -> dict:
-    """The MNIST arrays of every data folder the units train on, keyed by the folder (as
-    written in the config; None: $GRIDRUN_DATA or the cache), read and checked once."""
-    from .data import load_arrays
+    """The arrays of every dataset the units train on, keyed by (dataset, data_dir) as written in
+    the config (data_dir None: $GRIDRUN_DATA or the cache), read and checked once."""
+    from .datasets import load_dataset
 
-    return {d: load_arrays(d) for d in {u.data_dir for u in units}}
+    return {d: load_dataset(*d) for d in {u.data for u in units}}
+
+
+def user_modules(grid: list[Trial]) -> list[str]:
+    """The files (or package folders) of the user's modules the grid's nets come from, for Ray's
+    runtime environment (py_modules): every worker, on every node, imports them as the driver did."""
+    from .models._registry import module_file
+
+    return sorted({f for f in (module_file(t.train["model"]) for t in grid) if f})
 
 
 def plan_table(spec, grid: list[Trial], units: list[Unit], cpus: float, gpus: float, out=print) -> None:

@@ -305,7 +305,11 @@ def _save(plt, fig, path: Path) -> bool:
 
 
 def write_csv(exp: Experiment, path: Path) -> None:
-    keys = sorted({k for t in exp.trials for k in t.config})
+    from .config import DEFAULTS
+    from .identity import SINCE
+
+    # a field added later (dataset) gets a column only where some trial sets it: older reports stay as they were
+    keys = sorted({k for t in exp.trials for k in t.config if k not in SINCE or t.config[k] != DEFAULTS[k]})
     metric_keys = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -321,15 +325,48 @@ def write_csv(exp: Experiment, path: Path) -> None:
 
 def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
     """The report's markdown (plots are written beside `out_md`): the numbers analysis.py
-    computes once, rendered."""
+    computes once, rendered; with several datasets, one section per dataset, each with its own
+    configs, choice, ensemble and test set."""
+    if len(exp.datasets()) > 1:
+        return _render_datasets(exp, out_md, top_k)
     a = analysis.analyse(exp)
     done = [t for t in exp.trials if t.status == "finished"]
-    lines = _header(exp, a) + _conditions(exp) + _config_section(a) + _reference_section(exp, a)
+    lines = _header(exp, a) + _conditions(exp) + _body(exp, a, out_md, top_k)
+    return "\n".join(lines + _others_section(exp) + _checks_section(exp, done, out_md))
+
+
+def _body(exp: Experiment, a: analysis.Analysis, out_md: Path, top_k: int | None) -> list[str]:
+    """Configs, reference, ensemble, runs and plots of one dataset's trials."""
+    done = [t for t in exp.trials if t.status == "finished"]
+    lines = _config_section(a) + _reference_section(exp, a)
     lines += _ensemble_section(analysis.ensemble(exp, a, _top_k(exp, top_k)), done) + _runs_section(done)
     pics = _plots(a, out_md)
     if pics:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pics] + [""]
-    return "\n".join(lines + _others_section(exp) + _checks_section(exp, done, out_md))
+    return lines
+
+
+def _render_datasets(exp: Experiment, out_md: Path, top_k: int | None) -> str:
+    """One section per dataset: a config of one dataset is never compared with, chosen over or
+    voted with a config of another, and each is scored against its own test labels."""
+    lines = _header(exp, analysis.analyse(exp)) + _conditions(exp)
+    sources = []
+    for ds in exp.datasets():
+        view = exp.view(ds)
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", ds)
+        body = _body(view, analysis.analyse(view), out_md.with_name(f"{out_md.stem}_{safe}.md"), top_k)
+        n = sum(t.status == "finished" for t in view.trials)
+        lines += [f"## Dataset {ds}", "", f"{len(view.trials)} trials, {n} finished"
+                  + (f"; test labels: {view.label_source}." if view.label_source else "."), ""]
+        lines += ["#" + x if x.startswith("## ") else x for x in body]
+        if view.label_source:
+            sources.append(f"{ds}: {view.label_source}")
+    done = [t for t in exp.trials if t.status == "finished"]
+    checks = _checks_section(exp, done, out_md)
+    if checks:
+        checks[2] = checks[2].replace(f"against {exp.label_source} ", f"against its own dataset's test labels "
+                                                                     f"({'; '.join(sources)}) ")
+    return "\n".join(lines + _others_section(exp) + checks)
 
 
 def _top_k(exp: Experiment, top_k: int | None) -> int:
@@ -573,8 +610,15 @@ class BrokenExperiments(GridrunError):
 def best(target: str, storage: str = "runs", how: str = "text") -> str:
     """The config the report's validation rule chooses (within the spec's budget when it sets
     one), with its mean ± std and n: as text, as a spec-ready YAML block, or as the command that
-    retrains its first seed's trial."""
+    retrains its first seed's trial; with several datasets, one per dataset."""
     exp = load_experiment(find_experiments([target], storage)[0])
+    if len(exp.datasets()) > 1:
+        return "\n".join(f"# dataset {ds}\n{_best(exp.view(ds), target, how)}" for ds in exp.datasets())
+    return _best(exp, target, how)
+
+
+def _best(exp, target: str, how: str) -> str:
+    """`best` of the trials of one dataset."""
     a = analysis.analyse(exp)
     if not a.summaries:
         raise GridrunError(f"{exp.name} has no finished trial yet: `{shlex.join(['gridrun', 'status', target])}` "

@@ -103,8 +103,20 @@ class Experiment:
     manifest: list[dict] = field(default_factory=list)
     launches: list[dict] = field(default_factory=list)
     label_source: str = ""
-    test_labels: np.ndarray | None = None  # what every finished trial was scored against
+    test_labels: np.ndarray | None = None  # what every finished trial was scored against (one dataset)
     problems: list[str] = field(default_factory=list)  # experiment files that could not be read
+    by_dataset: dict = field(default_factory=dict)  # dataset -> (test labels, where they came from)
+
+    def datasets(self) -> list[str]:
+        """The datasets its trials train on, in trial order (MNIST when a trial's config says none)."""
+        return list(dict.fromkeys(dataset_of(t) for t in self.trials)) or ["mnist"]
+
+    def view(self, dataset: str) -> "Experiment":
+        """The experiment's trials of one dataset, with that dataset's test labels: what one
+        section of the report, its ensemble and its chosen config are computed from."""
+        labels, source = self.by_dataset.get(dataset, (None, ""))
+        return Experiment(self.name, self.dir, self.spec, [t for t in self.trials if dataset_of(t) == dataset],
+                          self.manifest, self.launches, source, labels, self.problems, self.by_dataset)
 
     @property
     def labels_only(self) -> bool:
@@ -116,6 +128,11 @@ class Experiment:
         for t in self.trials:
             out[t.status] = out.get(t.status, 0) + 1
         return out
+
+
+def dataset_of(t: TrialRecord) -> str:
+    d = t.config.get("dataset")
+    return d if isinstance(d, str) else "mnist"
 
 
 # ---------------------------------------------------------------- reading one trial
@@ -178,11 +195,23 @@ def _check_accuracies(history: list[dict]) -> None:
                 raise Unreadable(f"{METRICS}: {k} {v:g}{at} is not an accuracy in [0, 1]")
 
 
+def _classes(t: TrialRecord) -> int:
+    """How many logits a trial's predictions hold: the MNIST family's 10, else what its metadata
+    recorded (the data's classes), else its logits' width as long as they hold at least 2."""
+    from .datasets import MAX_CLASSES, NAMES
+
+    if dataset_of(t) in NAMES:
+        return 10
+    n = t.meta.get("classes")
+    return n if isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= MAX_CLASSES else 10
+
+
 def _read_scores(t: TrialRecord, trial: TrialDir) -> None:
     """Its predictions (logits or a slim export's classes) and labels, as many of each per split."""
-    t.val_logits, t.val_preds = trial.read_scores("val")
-    t.test_logits, t.test_preds = trial.read_scores("test")
-    t.val_labels, t.test_labels = trial.read_labels("val"), trial.read_labels("test")
+    classes = _classes(t)
+    t.val_logits, t.val_preds = trial.read_scores("val", classes)
+    t.test_logits, t.test_preds = trial.read_scores("test", classes)
+    t.val_labels, t.test_labels = trial.read_labels("val", classes), trial.read_labels("test", classes)
     for split, preds, labels in (("val", t.val_preds, t.val_labels), ("test", t.test_preds, t.test_labels)):
         if len(preds) != len(labels):
             raise Unreadable(f"{len(preds)} {split} predictions for {len(labels)} {split} labels")
@@ -220,8 +249,8 @@ def settled(path: Path) -> dict[str, Path]:
     return {t.name: t.dir for t in load_experiment(path).trials if t.status in SETTLED and t.dir is not None}
 
 
-def _finished(exp: Experiment) -> list[TrialRecord]:
-    return [t for t in exp.trials if t.status == "finished"]
+def _finished(exp: Experiment, dataset: str | None = None) -> list[TrialRecord]:
+    return [t for t in exp.trials if t.status == "finished" and dataset in (None, dataset_of(t))]
 
 
 def check_finished(exp: Experiment) -> None:
@@ -232,9 +261,12 @@ def check_finished(exp: Experiment) -> None:
     for t in _finished(exp):
         if why := _config_differs(t, (planned.get(t.name) or {}).get("train")):
             t.spoil(why)
-    exp.test_labels = true_test_labels(exp, planned)
-    for t in _finished(exp):
-        _recompute(t, exp.test_labels)
+    for dataset in exp.datasets():  # each trial against its own dataset's labels, never another's
+        exp.by_dataset[dataset] = true_test_labels(exp, planned, dataset)
+        for t in _finished(exp, dataset):
+            _recompute(t, exp.by_dataset[dataset][0])
+    if len(exp.by_dataset) == 1:  # one dataset: the experiment's labels are its
+        exp.test_labels, exp.label_source = next(iter(exp.by_dataset.values()))
 
 
 def _config_differs(t: TrialRecord, planned) -> str:
@@ -251,15 +283,15 @@ def _config_differs(t: TrialRecord, planned) -> str:
             f"grid planned")
 
 
-def true_test_labels(exp: Experiment, planned: dict[str, dict]) -> np.ndarray | None:
-    """The test labels every finished trial is scored against: each trial's saved validation and
-    test labels must be the data's (the data files of its data folder when found here, else the
-    checksums the launch recorded), and an older folder with neither goes by the labels most of
-    its trials saved; a trial that saved others, or was scored on another test set, is broken."""
+def true_test_labels(exp: Experiment, planned: dict[str, dict], dataset: str = "mnist") -> tuple:
+    """(labels, where they come from) of one dataset's finished trials: each trial's saved
+    validation and test labels must be the data's (the data files of its dataset when found here,
+    else the checksums the launch recorded), and an older folder with neither goes by the labels
+    most of its trials saved; a trial that saved others, or was scored on another test set, is broken."""
     cache: dict = {}
     sources: dict[str, str] = {}
     legacy = []
-    for t in _finished(exp):
+    for t in _finished(exp, dataset):
         expected = _data_labels(t, cache)
         recorded = (planned.get(t.name) or {}).get("labels") or {}
         if expected is None and not recorded:
@@ -270,24 +302,23 @@ def true_test_labels(exp: Experiment, planned: dict[str, dict]) -> np.ndarray | 
             sources[t.name] = "recorded" if expected is None else "mnist" if len(expected["test"]) == 10000 else "data"
     if legacy:
         sources.update((t.name, "saved") for t in _majority(exp, legacy))
-    done = _finished(exp)
+    done = _finished(exp, dataset)
     if not done:
-        return None
+        return None, ""
     first = done[0]
     for t in done[1:]:
         if not np.array_equal(t.test_labels, first.test_labels):
             t.spoil(f"it was scored on another test set ({len(t.test_labels):,} labels) than {first.name} "
                     f"({len(first.test_labels):,})")
-    exp.label_source = SOURCES[sources[first.name]]
-    return first.test_labels
+    return first.test_labels, SOURCES[sources[first.name]]
 
 
 def _data_labels(t: TrialRecord, cache: dict) -> dict | None:
     """The validation and test labels of the trial's data folder and split, when its data files
     are found here (label files only, never downloaded), else None."""
-    key = (t.config.get("data_dir"), t.config.get("val_size", 5000), t.config.get("split_seed", 0))
+    key = (dataset_of(t), t.config.get("data_dir"), t.config.get("val_size", 5000), t.config.get("split_seed", 0))
     if key not in cache:
-        from .data import split_labels
+        from .datasets import split_labels
 
         try:
             cache[key] = split_labels(*key)

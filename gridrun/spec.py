@@ -1,7 +1,8 @@
 """YAML grid spec -> validated trial configs. The only module that knows the YAML shape.
 
     name: smoke                       # experiment name: runs/<name>/, reports/<name>.md
-    data: {val_size: 5000, subset: null, split_seed: 0, data_dir: null}
+    data: {dataset: mnist, val_size: 5000, subset: null, split_seed: 0, data_dir: null}
+    modules: [mynets]                 # optional: your modules; their @register_model nets become names
     base: {epochs: 20, batch_size: 64}   # TrainConfig fields every trial shares
     grid:                             # axes; trials are their cross product
       model: [vanilla, dropout]       #   an axis named after a TrainConfig field takes values
@@ -51,6 +52,7 @@ class _Strict(BaseModel):
 
 
 class Data(_Strict):
+    dataset: str = "mnist"    # a grid may vary it: grid: {dataset: [mnist, fashion_mnist]}
     val_size: int = Field(5000, ge=0, le=50000)
     subset: int | None = Field(None, ge=10)
     split_seed: int = Field(0, ge=0, lt=2**32)
@@ -89,6 +91,7 @@ class Spec(_Strict):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
     data: Data = Data()
+    modules: list[str] = []   # the user's modules whose registered nets the spec names
     base: dict = {}
     grid: Any = {}      # {axis: [values] | {distribution: args}}, or a list of such mappings (parse checks it)
     samples: int | None = Field(None, ge=1, le=1_000_000)  # configs drawn from the distribution axes
@@ -413,7 +416,11 @@ def apply_overrides(raw: dict, overrides: list[str], src: str = "override") -> d
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    import sys
+
     raw = read_raw(path)
+    if str(Path(path).resolve().parent) not in sys.path:  # a spec's own modules (mynets.py) sit beside it
+        sys.path.append(str(Path(path).resolve().parent))
     if overrides:
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: a spec is a YAML mapping with at least 'name'; got {type(raw).__name__}")
@@ -459,6 +466,7 @@ def expand(spec: Spec) -> list[dict]:
     Names are readable (axis values and seed) and do not depend on a trial's position, so a
     grown grid keeps every existing trial's name."""
     trials = []
+    users = user_models(spec)
     for label in points(spec):
         for seed in spec.seed_list:
             cfg = {**spec.data.model_dump(), **spec.base}
@@ -467,6 +475,8 @@ def expand(spec: Spec) -> list[dict]:
                     cfg[axis] = value
                 else:
                     cfg.update(value)
+            if cfg.get("model") in users:
+                cfg["model"] = users[cfg["model"]]
             cfg["seed"] = seed
             cfg.setdefault("threads", max(1, int(spec.resources.cpu)))
             if 0 < spec.resources.gpu < 1:
@@ -475,7 +485,9 @@ def expand(spec: Spec) -> list[dict]:
                 tc = TrainConfig.from_dict(cfg)
             except ConfigError as e:
                 raise SpecError(f"trial {len(trials)} ({_point(label)}, seed {seed}): {e}") from None
-            parts = [p for p in (name_part(v) for v in label.values()) if p]
+            # a dataset named by its path reads as its file or folder name
+            parts = [p for p in (name_part(Path(v).name if a == "dataset" and isinstance(v, str) else v)
+                                 for a, v in label.items()) if p]
             if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
                 parts.insert(0, name_part(tc.model))
             train = tc.to_dict()
@@ -486,10 +498,31 @@ def expand(spec: Spec) -> list[dict]:
     return trials
 
 
+def user_models(spec: Spec) -> dict[str, str]:
+    """The nets the spec's modules register, name -> import path (module:name): a config names
+    its module, so a worker, `gridrun train --config` and a restore know what to import."""
+    from .models._registry import module_models
+
+    try:
+        return {n: f"{mod}:{n}" for mod in spec.modules for n in module_models(mod)}
+    except GridrunError as e:
+        raise SpecError(str(e)) from None
+
+
 # A trial whose estimated peak memory is over this is refused at spec time: every registered model
 # at its defaults needs at most ~3 GiB (inception_v4_light at batch 128), and the probe's
 # `arch: "C10:100 O G"` (a 226x226 map at eval batch 4096) grew to 24 GB until the kernel killed it.
 MAX_TRIAL_GIB = 16
+
+
+def data_shape(c: dict) -> tuple:
+    """(channels, height, width, classes) of a trial's dataset (headers and labels read, cached)."""
+    from .datasets import describe
+
+    try:
+        return tuple(describe(c["dataset"], c["data_dir"]))
+    except GridrunError as e:
+        raise SpecError(str(e)) from None
 
 
 def check_models(trials: list[dict]) -> None:
@@ -503,10 +536,11 @@ def check_models(trials: list[dict]) -> None:
         c = t["train"]
         try:
             kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
-            key = json.dumps([c["model"], kw], sort_keys=True, default=repr)
+            data = data_shape(c)
+            key = json.dumps([c["model"], kw, data], sort_keys=True, default=repr)
             if key not in seen:
                 try:
-                    seen[key] = profile(c["model"], **kw)
+                    seen[key] = profile(c["model"], data, **kw)
                 except GridrunError as e:
                     seen[key] = e
             if isinstance(seen[key], GridrunError):
@@ -534,12 +568,13 @@ def _check_memory(t: dict, prof: dict) -> None:
 
 
 def _check_trials(spec: Spec, trials: list[dict]) -> None:
-    """No config twice (copies would be reported as independent seeds); unique, safe names;
-    one data folder for the grid (a report checks every trial against one test set)."""
-    dirs = {t["train"]["data_dir"] for t in trials}
+    """No config twice (copies would be reported as independent seeds); unique, safe names.
+    Datasets may differ (each trial is scored against its own dataset's test set), but MNIST is
+    one dataset wherever it lies: its trials name one data folder (data_dir is plumbing)."""
+    dirs = {t["train"]["data_dir"] for t in trials if t["train"]["dataset"] == "mnist"}
     if len(dirs) > 1:
         raise SpecError(f"trials name different data_dir values ({', '.join(sorted(map(str, dirs)))}): "
-                        f"set it once under data: (a report checks every trial against one test set)")
+                        f"set it once under data: (MNIST's test set is one; another image set is a dataset: PATH)")
     seen: dict[str, dict] = {}
     for t in trials:
         if t["id"] in seen:
@@ -569,9 +604,10 @@ def check_budget(spec: Spec, trials: list[dict]) -> dict[str, int]:
     for t in trials:
         c = t["train"]
         kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
-        key = json.dumps([c["model"], kw], sort_keys=True)
+        data = data_shape(c)
+        key = json.dumps([c["model"], kw, data], sort_keys=True)
         if key not in counts:
-            counts[key] = count_params(c["model"], **kw)
+            counts[key] = count_params(c["model"], data, **kw)
         t["params"] = counts[key]
         cap = spec.constraints.max_params
         if cap and t["params"] > cap:

@@ -64,7 +64,16 @@ def snapshot(path: Path) -> dict:
             "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None,
             "seconds_per_epoch": round(epoch_s, 2) if epoch_s else None,
             "startup_s": round(startup, 1) if startup is not None else None,
-            "best": _best(analysis.analyse(exp)), "problems_experiment": exp.problems}
+            **_bests(exp), "problems_experiment": exp.problems}
+
+
+def _bests(exp) -> dict:
+    """{"best": ...}, or with several datasets {"best": None, "best_by_dataset": {dataset: ...}}: a
+    config is never the best over another dataset's."""
+    sets = exp.datasets()
+    if len(sets) == 1:
+        return {"best": _best(analysis.analyse(exp))}
+    return {"best": None, "best_by_dataset": {ds: _best(analysis.analyse(exp.view(ds))) for ds in sets}}
 
 
 def _tune_times(exp) -> tuple[float | None, float | None]:
@@ -133,12 +142,14 @@ def render(snap: dict) -> str:
         time_line += (f"; ETA {_dur(snap['eta_s'])} (from {startup}{snap['seconds_per_epoch']} s per epoch as measured, "
                       f"{max(1, c['running'])} at a time)")
     lines.append(time_line)
-    b = snap["best"]
-    if b:
-        spread = f" ± {100 * b['val_acc_std']:.2f}" if b["val_acc_std"] is not None else ""
-        cfg = ", ".join(f"{k}={v}" for k, v in b["config"].items())
-        lines.append(f"  best config so far by validation: {cfg}: val {100 * b['val_acc_mean']:.2f}{spread} "
-                     f"(n={b['n']})" + (f"; ties with {'; '.join(b['ties'])}" if b["ties"] else ""))
+    bests = snap.get("best_by_dataset") or {"": snap["best"]}
+    for ds, b in bests.items():
+        if b:
+            spread = f" ± {100 * b['val_acc_std']:.2f}" if b["val_acc_std"] is not None else ""
+            cfg = ", ".join(f"{k}={v}" for k, v in b["config"].items())
+            lines.append(f"  best config so far by validation{f' on {ds}' if ds else ''}: {cfg}: val "
+                         f"{100 * b['val_acc_mean']:.2f}{spread} (n={b['n']})"
+                         + (f"; ties with {'; '.join(b['ties'])}" if b["ties"] else ""))
     return "\n".join(lines)
 
 

@@ -88,7 +88,7 @@ WHOLE_JSON = (SUMMARY, CONFIG, STOPPED, NODE, GROUP_FILE, STATE_INFO)  # JSON th
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr",
                 "seconds", "images_per_s"]
 STATE_VERSION = 3  # 3: one format for every group (K >= 1) of the engine
-N_CLASSES = 10
+N_CLASSES = 10  # MNIST's; another dataset's trials have `classes` columns (datasets.MAX_CLASSES at most)
 # What a file may cost to read: a trial's JSON is small; tables and arrays grow with the grid or
 # the split (a 5,000-trial manifest is ~5 MB, 10,000 float16 logits 200 KB); of error.txt only
 # its end is read (the exception line is the last one).
@@ -325,11 +325,11 @@ def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _classes(path: Path) -> np.ndarray:
+def _classes(path: Path, classes: int = N_CLASSES) -> np.ndarray:
     """A vector of class indices (predicted or true labels)."""
     arr = read_npy(path)
-    if arr.ndim != 1 or arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES)):
-        raise Unreadable(f"{path.name} is not a vector of classes 0..{N_CLASSES - 1} ({arr.dtype}, shape {arr.shape})")
+    if arr.ndim != 1 or arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() >= classes)):
+        raise Unreadable(f"{path.name} is not a vector of classes 0..{classes - 1} ({arr.dtype}, shape {arr.shape})")
     return arr.astype(np.int64)
 
 
@@ -415,13 +415,13 @@ class TrialDir:
     def write_preds(self, split: str, preds: np.ndarray) -> None:
         atomic_save(self.path / preds_file(split), preds.astype(np.uint8))
 
-    def read_scores(self, split: str) -> tuple[np.ndarray | None, np.ndarray]:
+    def read_scores(self, split: str, classes: int = N_CLASSES) -> tuple[np.ndarray | None, np.ndarray]:
         """(logits or None, predicted classes) of one split: the logits when saved, else the
-        predicted labels of a slim export."""
+        predicted labels of a slim export. `classes`: the trial's dataset's (MNIST's 10)."""
         name = logits_file(split)
         if self.has(name):
             arr = read_npy(self.path / name)
-            if arr.ndim != 2 or arr.shape[1] != N_CLASSES or arr.dtype.kind != "f":
+            if arr.ndim != 2 or arr.shape[1] != classes or arr.dtype.kind != "f":
                 raise Unreadable(f"{name} has shape {arr.shape} ({arr.dtype}) or non-finite values")
             # float16 widened (exactly): numpy's isfinite and argmax run several times slower on it
             wide = arr.astype(np.float32) if arr.dtype == np.float16 else arr
@@ -430,10 +430,10 @@ class TrialDir:
             return arr, wide.argmax(1)
         if not self.has(preds_file(split)):
             raise Unreadable(f"{name} is missing")
-        return None, _classes(self.path / preds_file(split))
+        return None, _classes(self.path / preds_file(split), classes)
 
-    def read_labels(self, split: str) -> np.ndarray:
-        return _classes(self.path / labels_file(split))
+    def read_labels(self, split: str, classes: int = N_CLASSES) -> np.ndarray:
+        return _classes(self.path / labels_file(split), classes)
 
     def missing_scores(self) -> list[str]:
         """The final arrays it lacks (labels, and logits where no predicted labels stand for them)."""

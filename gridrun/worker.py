@@ -1,7 +1,7 @@
 """The Ray worker: one Tune trial (a unit of the plan) trains, reports, checkpoints and resumes.
 
 Everything a trial needs from the launch that started it (where its folder is in storage, the
-launch's id, the HParams columns, the MNIST arrays of each data folder, whether it runs on
+launch's id, the HParams columns, the arrays of each dataset, whether it runs on
 CPUs for want of a GPU) comes as one `LaunchContext` through `tune.with_parameters`; the
 trial's config is only its unit. Imports ray (as launch.py and store.py's provenance do).
 """
@@ -29,7 +29,7 @@ class LaunchContext:
     hparams: tuple = ()            # the grid's HParams columns (hparams.hparam_fields)
     cpu_only: bool = False         # the spec asks for GPUs but the cluster has none
     query: str = ""                # the object store's options (?endpoint_override=...), for workers
-    arrays: dict = field(default_factory=dict, repr=False)  # data_dir -> its four MNIST arrays
+    arrays: dict = field(default_factory=dict, repr=False)  # (dataset, data_dir) -> its four arrays
 
     def storage_of(self, unit: str) -> str:
         """Where a unit's folder (and Ray's checkpoints of it) lives in storage."""
@@ -42,7 +42,7 @@ class LaunchContext:
 
 def run_trial(config: dict, context: LaunchContext) -> None:
     """One Tune trial: train one config, or a fused group of them, reporting metrics and a
-    checkpoint every epoch. The MNIST arrays were verified once by the driver."""
+    checkpoint every epoch. The data arrays were verified once by the driver."""
     import ray
 
     unit = Unit.from_tune(config["unit"])
@@ -117,7 +117,7 @@ def _train(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter
 
 
 def _go(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter, resume_from: str | None) -> list:
-    arrays = context.arrays.get(unit.data_dir)  # this unit's data folder (shipped per folder)
+    arrays = context.arrays.get(unit.data)  # this unit's dataset (shipped per dataset): never another's
     if unit.fused:
         from .fused import train_fused
 

@@ -17,7 +17,7 @@ LAYERS = [
     "models._layers", "models._registry", "models.tiny", "models.vgg", "models.resnet",
     "models.preact_resnet", "models.wide_resnet", "models.inception",
     "models", "models.golden",
-    "augment", "data", "config", "identity", "store", "remote",
+    "augment", "data", "datasets", "config", "identity", "store", "remote",
     "engine.files", "engine.optim", "engine.strategies", "engine.step", "engine.group",
     "engine.run", "engine", "train", "fused",
     "spec", "results", "analysis", "hparams", "export",

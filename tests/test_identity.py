@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from gridrun.config import PLUMBING, TrainConfig
-from gridrun.identity import canonical, config_key, fuse_key, trial_id, varying_fields
+from gridrun.identity import SINCE, canonical, config_key, fuse_key, trial_id, varying_fields
 from gridrun.plan import plan_units, regroup, trials as typed
 from gridrun.spec import SpecError, load_trials, parse
 from conftest import write_spec
@@ -58,7 +58,9 @@ def test_ids_of_configs_already_in_canonical_form_are_unchanged():
     """Older experiments keep their ids (and fused group names): the hash of a config whose
     values are already canonical is the hash the earlier, by-key version computed."""
     for cfg in (base(), base(lr=0.05, weight_decay=0.0), base(model="chaos_net", seed=3)):
-        old = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if k not in PLUMBING}, sort_keys=True,
+        # as an older version stored it: without the fields added since (identity.SINCE, at their defaults)
+        old = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if k not in PLUMBING and k not in SINCE},
+                                        sort_keys=True,
                                         default=str).encode()).hexdigest()[:12]
         assert trial_id(cfg) == old
     assert canonical({"model": "tinynet_7k"})["weight_decay"] == 5e-4  # filled in from the defaults
@@ -181,7 +183,7 @@ def test_fuse_shared_is_the_role_config_py_gives_its_fields():
     assert set(FUSE_SHARED) == {  # the set fused groups have always shared (fuse keys must not move)
         "model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed", "data_dir",
         "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
-        "gpu_memory_fraction", "eval_batch_size", "fuse_strategy"}
+        "gpu_memory_fraction", "eval_batch_size", "fuse_strategy", "dataset"}
     assert PLUMBING == {"data_dir", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
                         "gpu_memory_fraction", "fuse_strategy", "eval_batch_size", "out_dir"}
 

@@ -110,7 +110,12 @@ def prepare_device(cfg: TrainConfig) -> torch.device:
 
 def prepare_splits(cfg: TrainConfig, device: torch.device, arrays: dict | None = None) -> Splits:
     """The config's train/validation/test split on the device, deskewed when its policy aligns."""
-    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays, cfg.normalize)
+    from ..datasets import MNIST_SHAPE, kind, load_dataset, shape_of
+
+    arrays = arrays if arrays is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    classes = MNIST_SHAPE.classes if kind(cfg.dataset) in ("mnist", "torchvision") else shape_of(arrays).classes
+    splits = load_splits(cfg.data_dir, cfg.val_size, cfg.subset, cfg.split_seed, device, arrays, cfg.normalize,
+                         classes)
     if Augment(cfg.augment, cfg.aug).align:  # deskewing is preprocessing: the same for all three splits
         splits.train_x, splits.val_x, splits.test_x = (deskew(splits.train_x), deskew(splits.val_x),
                                                         deskew(splits.test_x))
@@ -160,14 +165,15 @@ def _dropout_rate(cfg: TrainConfig) -> float | None:
     return cfg.dropout if cfg.dropout is not None else model_defaults(cfg.model)["dropout"]
 
 
-def build_members(cfgs: list[TrainConfig], device: torch.device, n_train: int) -> tuple[list, list]:
+def build_members(cfgs: list[TrainConfig], device: torch.device, n_train: int,
+                  data: tuple = (1, 28, 28, 10)) -> tuple[list, list]:
     """(members, models): each member's model, generator and schedule exactly as it would be alone."""
     members, models = [], []
     for cfg in cfgs:
         seed_all(cfg.seed)
         dgen = torch.Generator(device=device).manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # again: the initial weights must not depend on data-loading work
-        model = create_model(cfg.model, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args)).to(device)
+        model = create_model(cfg.model, data, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args)).to(device)
         seed_dropout(model, cfg.seed)  # dropout masks: a hash of (seed, step, element), not the global RNG
         shadow, sched, per_batch = make_shadow(cfg, math.ceil(n_train / cfg.batch_size))
         members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
@@ -205,7 +211,7 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Ho
     cuda = device.type == "cuda"
     splits = prepare_splits(c0, device, arrays)
     n_train = len(splits.train_y)
-    members, models = build_members(cfgs, device, n_train)
+    members, models = build_members(cfgs, device, n_train, splits.shape)
     name, times = choose_strategy(c0, models, splits, device, cuda if hooks.timed is None else hooks.timed)
     n_params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
     # Only a plain trial trains in bf16 / channels_last: on CUDA (torch 2.11, H100) the backward
@@ -226,7 +232,8 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Ho
     recorder = None if not c0.cuda_graph else CudaGraphs(device, [m.dgen for m in members]) if cuda else hooks.recorder
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "amp": amp,
             "channels_last": cl, "cuda_graph": recorder is not None, "n_train": n_train, "n_val": len(splits.val_y),
-            "n_test": len(splits.test_y), "steps_per_epoch": n_train // c0.batch_size + (n_train % c0.batch_size >= 2),
+            "n_test": len(splits.test_y), **({"classes": splits.classes} if c0.dataset != "mnist" else {}),
+            "steps_per_epoch": n_train // c0.batch_size + (n_train % c0.batch_size >= 2),
             "fuse_strategy": name, **({"fuse_timings_s": times} if times else {}), **versions()}
     g = Group(cfgs, device, splits, members, strategy, opt, ema, meta)
     g.trainer = Trainer(g, recorder)

@@ -35,11 +35,11 @@ def evaluate(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def infer(g: Group, x: torch.Tensor) -> torch.Tensor:
-    """(K, N, 10) float32 logits of every member's scored model on the images x (shared)."""
+    """(K, N, classes) float32 logits of every member's scored model on the images x (shared)."""
     g.strategy.module.eval()
     chunk = max(256, g.cfgs[0].eval_batch_size // g.k)
     out = [g.strategy.forward(g.splits.normalize(xb), g.scored(), shared=True) for xb in x.split(chunk)]
-    return torch.cat(out, 1) if out else torch.empty(g.k, 0, 10, device=x.device)
+    return torch.cat(out, 1) if out else torch.empty(g.k, 0, g.splits.classes, device=x.device)
 
 
 def score(g: Group) -> list[dict]:

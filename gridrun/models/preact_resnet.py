@@ -31,15 +31,15 @@ class PreActBlock(nn.Module):
 
 
 @register_model
-def preact_resnet(depth: int = 20) -> nn.Module:
-    return ResNet(depth, block=PreActBlock, preact=True)
+def preact_resnet(depth: int = 20, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(depth, block=PreActBlock, preact=True, in_channels=in_channels, num_classes=num_classes)
 
 
 @register_model
-def preact_resnet20() -> nn.Module:
-    return ResNet(20, block=PreActBlock, preact=True)
+def preact_resnet20(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(20, block=PreActBlock, preact=True, in_channels=in_channels, num_classes=num_classes)
 
 
 @register_model
-def preact_resnet32() -> nn.Module:
-    return ResNet(32, block=PreActBlock, preact=True)
+def preact_resnet32(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(32, block=PreActBlock, preact=True, in_channels=in_channels, num_classes=num_classes)

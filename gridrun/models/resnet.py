@@ -40,13 +40,13 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, depth: int = 20, widths=(16, 32, 64), block=BasicBlock, preact: bool = False,
-                 n: int | None = None, stem_width: int | None = None):
+                 n: int | None = None, stem_width: int | None = None, in_channels: int = 1, num_classes: int = 10):
         """n blocks per stage (default: from a 6n+2 depth); the stem is widths[0] wide unless
         stem_width says otherwise (Wide ResNets keep a 16-wide stem)."""
         super().__init__()
         n = blocks_for(depth) if n is None else n
         c = stem_width or widths[0]
-        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, 1, 1, bias=False))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False))
         if not preact:  # pre-activation nets normalise inside each block instead
             self.stem.append(nn.BatchNorm2d(c))
             self.stem.append(nn.ReLU(inplace=True))
@@ -57,27 +57,27 @@ class ResNet(nn.Module):
                 c = w
         self.layers = nn.Sequential(*layers)
         self.head = nn.Sequential(*([nn.BatchNorm2d(c), nn.ReLU(inplace=True)] if preact else []),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
 
-    def forward(self, x):  # (N, 1, 28, 28) -> 28 -> 14 -> 7 -> (N, 10)
+    def forward(self, x):  # (N, C, 28, 28) -> 28 -> 14 -> 7 -> (N, classes)
         return self.head(self.layers(self.stem(x)))
 
 
 @register_model
-def resnet(depth: int = 20) -> nn.Module:
-    return ResNet(depth)
+def resnet(depth: int = 20, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(depth, in_channels=in_channels, num_classes=num_classes)
 
 
 @register_model
-def resnet20() -> nn.Module:
-    return ResNet(20)
+def resnet20(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(20, in_channels=in_channels, num_classes=num_classes)
 
 
 @register_model
-def resnet32() -> nn.Module:
-    return ResNet(32)
+def resnet32(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(32, in_channels=in_channels, num_classes=num_classes)
 
 
 @register_model
-def resnet56() -> nn.Module:
-    return ResNet(56)
+def resnet56(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return ResNet(56, in_channels=in_channels, num_classes=num_classes)

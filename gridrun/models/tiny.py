@@ -132,7 +132,7 @@ class TinyNet(nn.Sequential):
     under the same budget), T(c) 1x1 conv + BN + ReLU + channel dropout, M max-pool, O 1x1 conv
     to 10, G GAP."""
 
-    def __init__(self, layers, dropout: float = 0.0, in_ch: int = 1):
+    def __init__(self, layers, dropout: float = 0.0, in_ch: int = 1, classes: int = 10):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         mods, c = [], in_ch
@@ -146,8 +146,8 @@ class TinyNet(nn.Sequential):
             elif kind == "M":
                 mods.append(nn.MaxPool2d(2))
             elif kind == "O":
-                mods.append(nn.Conv2d(c, 10, 1, bias=False))
-                c = 10
+                mods.append(nn.Conv2d(c, classes, 1, bias=False))
+                c = classes
             elif kind == "G":
                 mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         super().__init__(*mods)
@@ -159,7 +159,7 @@ MAX_ARCH_LAYERS, MAX_CHANNELS = 64, 512
 _TOKEN = re.compile(r"^(?:([CS])(\d{1,6})(?::(\d{1,6}))?|(T)(\d{1,6})|([MOG]))$", re.ASCII)
 
 
-def parse_arch(arch: str) -> list[tuple]:
+def parse_arch(arch: str, image_size: tuple[int, int] = (28, 28)) -> list[tuple]:
     """'C10:0 C16:0 M T10 C14 O G' -> TinyNet's layer list (C<c>[:pad], S<c>[:pad], T<c>, M, O, G),
     checked as it is read: known tokens, channels in 1..512, padding 0 or 1, feature maps that
     stay at least 1x1 from a 28x28 input, and O (the 10 class maps) followed only by the final G."""
@@ -168,7 +168,7 @@ def parse_arch(arch: str) -> list[tuple]:
     tokens = arch.split()
     if not tokens or len(tokens) > MAX_ARCH_LAYERS:
         raise ValueError(f"arch has {len(tokens)} layers (1..{MAX_ARCH_LAYERS}): {ARCH_HELP}")
-    layers, size = [], 28  # spatial size after each layer, for a 28x28 image
+    layers, size = [], min(image_size)  # spatial size after each layer (the shorter side)
     for i, tok in enumerate(tokens):
         m = _TOKEN.match(tok)
         if m is None:
@@ -191,7 +191,8 @@ def parse_arch(arch: str) -> list[tuple]:
         if layers[-1][0] in "CST" and not 1 <= c <= MAX_CHANNELS:
             raise ValueError(f"arch token {tok!r}: channels must be in 1..{MAX_CHANNELS}")
         if size < 1:
-            raise ValueError(f"arch token {tok!r} (layer {i + 1}) shrinks the 28x28 image to nothing: remove a "
+            raise ValueError(f"arch token {tok!r} (layer {i + 1}) shrinks the {'x'.join(map(str, image_size))} image "
+                             f"to nothing: remove a "
                              f"max-pool or pad the convs (C<c>:1)")
     if layers[-1][0] != "G" or len(layers) < 2 or layers[-2][0] != "O":
         raise ValueError(f"arch must end with O G (a 1x1 conv to the 10 classes, then global pooling): {ARCH_HELP}")
@@ -199,12 +200,13 @@ def parse_arch(arch: str) -> list[tuple]:
 
 
 @register_model
-def tinynet_7k(dropout: float = 0.0) -> nn.Module:
-    return TinyNet(TINYNET_7K, dropout)
+def tinynet_7k(dropout: float = 0.0, in_channels: int = 1, num_classes: int = 10, image_size=(28, 28)) -> nn.Module:
+    return TinyNet(TINYNET_7K, dropout, in_channels, num_classes)
 
 
 @register_model
-def tinynet(arch: str = "C10:0 C16:0 M T10 C14:0 C16:0 C16:0 O G", dropout: float = 0.0) -> nn.Module:
+def tinynet(arch: str = "C10:0 C16:0 M T10 C14:0 C16:0 C16:0 O G", dropout: float = 0.0, in_channels: int = 1,
+            num_classes: int = 10, image_size=(28, 28)) -> nn.Module:
     """TinyNet from a layer string, for width and depth searches under a parameter budget
     (the default string is tinynet_7k)."""
-    return TinyNet(parse_arch(arch), dropout)
+    return TinyNet(parse_arch(arch, tuple(image_size)), dropout, in_channels, num_classes)

@@ -23,14 +23,15 @@ from .resnet import ResNet
 
 
 class WideResNet(ResNet):
-    def __init__(self, depth: int = 16, widen: int = 4, dropout: float = 0.0):
+    def __init__(self, depth: int = 16, widen: int = 4, dropout: float = 0.0, in_channels: int = 1,
+                 num_classes: int = 10):
         n, rem = divmod(depth - 4, 6)
         if rem or not 1 <= n <= 16:  # bounds: a spec-time build on `meta` stays cheap, a trial fits a device
             raise ValueError(f"WRN depth must be 6n+4 with n in 1..16 (10, 16, 22, 28, ... 100), got {depth}")
         if not 1 <= widen <= 16:
             raise ValueError(f"WRN widen must be 1..16 (stages 16k, 32k, 64k wide), got {widen}")
         super().__init__(widths=(16 * widen, 32 * widen, 64 * widen), block=partial(PreActBlock, dropout=dropout),
-                         preact=True, n=n, stem_width=16)
+                         preact=True, n=n, stem_width=16, in_channels=in_channels, num_classes=num_classes)
 
 
 class StudyWideBlock(nn.Module):
@@ -76,10 +77,11 @@ def wide_resnet14(dropout: float = 0.3) -> nn.Module:
 
 
 @register_model
-def wide_resnet(depth: int = 16, widen: int = 4, dropout: float = 0.0) -> nn.Module:
-    return WideResNet(depth, widen, dropout)
+def wide_resnet(depth: int = 16, widen: int = 4, dropout: float = 0.0, in_channels: int = 1,
+                num_classes: int = 10) -> nn.Module:
+    return WideResNet(depth, widen, dropout, in_channels, num_classes)
 
 
 @register_model
-def wrn_16_4(dropout: float = 0.0) -> nn.Module:
-    return WideResNet(16, 4, dropout)
+def wrn_16_4(dropout: float = 0.0, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return WideResNet(16, 4, dropout, in_channels, num_classes)
