@@ -156,7 +156,41 @@ def _bad_npz(folder: Path, kind: str) -> Path:
     return path
 
 
+def _hostile_idx(folder: Path, kind: str) -> Path:
+    """An IDX folder whose train images file lies: a header declaring 4 billion images, or more
+    bytes after the data than its header declares."""
+    idx, _ = write_sets(folder)
+    path = idx / "train-images-idx4-ubyte.gz"
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes())
+    if kind == "huge":
+        raw = raw[:4] + (2**32 - 1).to_bytes(4, "big") + raw[8:]
+    else:
+        raw = raw + bytes(1 << 16)
+    path.write_bytes(gzip.compress(raw, compresslevel=1))
+    return idx
+
+
+def _hostile_npz(folder: Path) -> Path:
+    """An .npz whose x_train header declares a shape of 10^12 images (the data is small)."""
+    path = _bad_npz(folder, "fine")
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    head = members["x_train.npy"]
+    members["x_train.npy"] = head.replace(b"(60, 3, 32, 32)", b"(1000000000000, 3, 32, 32)")
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    return path
+
+
 BAD = {
+    "idx_huge": (lambda f: (str(_hostile_idx(f, "huge")), "tinynet_7k"), "declares shape (4294967295, 3, 32, 32)"),
+    "idx_padded": (lambda f: (str(_hostile_idx(f, "padded")), "tinynet_7k"), "is padded: more bytes follow"),
+    "npz_huge": (lambda f: (str(_hostile_npz(f)), "tinynet_7k"), "holds x_train of shape (1000000000000, 3, 32, 32)"),
     "objects": (lambda f: (str(_bad_npz(f, "objects")), "tinynet_7k"), "holds Python objects in y_train"),
     "shapes": (lambda f: (str(_bad_npz(f, "shapes")), "tinynet_7k"), "60 train images but (50,) train labels"),
     "test_shape": (lambda f: (str(_bad_npz(f, "test_shape")), "tinynet_7k"), "both splits must have one image shape"),
