@@ -216,8 +216,8 @@ class Remaining:
 
 def label_digests(train: dict) -> dict:
     """Checksums of the validation and test labels a trial is scored against, from its dataset's
-    label files (the launch has read them; MNIST's published checksums, any other set's here): the manifest keeps them, so that a folder
-    whose data is not at hand is still checked (results.true_test_labels)."""
+    label files (the launch has read them): the manifest keeps them, so that a folder whose data
+    is not at hand is still checked (results.true_test_labels), whatever the dataset."""
     from .data import DataError, label_digest
     from .datasets import split_labels
 

@@ -47,6 +47,7 @@ ACCURACIES = ("train_acc", "val_acc", "test_acc")  # metrics.csv's fields that m
 SOURCES = {  # where the test labels every finished trial was checked against came from (the report says)
     "mnist": "the MNIST test-label file (checksum verified)",
     "data": "the test-label file of the trials' data folder",
+    "dataset": "the test labels of the dataset's own files, found here",
     "recorded": "the labels the trials saved, each matching the test-label checksum recorded at launch "
                 "(the data files were not found here)",
     "saved": "the labels the trials saved (the data files were not found here)"}
@@ -299,7 +300,8 @@ def true_test_labels(exp: Experiment, planned: dict[str, dict], dataset: str = "
         elif why := _labels_differ(t, expected, recorded):
             t.spoil(why)
         else:
-            sources[t.name] = "recorded" if expected is None else "mnist" if len(expected["test"]) == 10000 else "data"
+            sources[t.name] = ("recorded" if expected is None else "dataset" if dataset != "mnist" else
+                               "mnist" if len(expected["test"]) == 10000 else "data")
     if legacy:
         sources.update((t.name, "saved") for t in _majority(exp, legacy))
     done = _finished(exp, dataset)

@@ -280,6 +280,7 @@ def test_user_net_and_two_datasets_through_ray_fused_reported_exported_restored(
         assert f"## Dataset {path}" in text
     assert text.count("### Ensemble: majority vote") == 2 and text.count("### Results by config") == 2
     assert "against its own dataset's test labels" in text
+    assert text.count("test labels: the test labels of the dataset's own files, found here") == 2
     chosen = best("ds", storage=str(storage))
     assert chosen.count("# dataset ") == 2
     from gridrun.status import render, snapshot
