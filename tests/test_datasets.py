@@ -4,6 +4,7 @@ each trial scored against its own test set, and every bad input one line, exit 2
 The data is made here: 3x32x32 colour images of 7 classes (a bright bar whose place and channel
 say the class), as an IDX folder and as an .npz."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -356,3 +357,20 @@ def test_blockdiag_refuses_a_user_net_that_mixes_channels_across_members(sets, t
             "augment": "none", "fuse_strategy": "blockdiag"}
     with pytest.raises(ConfigError, match="fuse_strategy blockdiag does not compute this model's members apart"):
         train_fused([dict(base, seed=0), dict(base, seed=1)])
+
+
+def test_a_user_net_is_budgeted_at_spec_time_and_trains_from_the_command_line(sets, tmp_path, monkeypatch, capsys):
+    """Checked like the zoo: its parameters for this dataset's images against max_params; and
+    `gridrun train --model module:function --dataset PATH` trains it."""
+    from gridrun.cli import main
+    from gridrun.spec import SpecError, load_trials
+
+    (tmp_path / "mynets.py").write_text(NET)
+    _, npz = sets
+    spec = _spec(tmp_path, str(npz), "mynets:small_cnn", constraints={"max_params": 500})
+    with pytest.raises(SpecError, match=r"model mynets:small_cnn has 1,525 parameters, over constraints.max_params=500"):
+        load_trials(spec)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "mynets:small_cnn", "--dataset", str(npz), "--epochs", "1", "--val-size", "50", "--subset", "100", "--augment", "none", "--threads", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
+    assert re.search(r"ok: 1,?525 params", capsys.readouterr().out)
