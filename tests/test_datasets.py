@@ -371,6 +371,7 @@ def test_a_user_net_is_budgeted_at_spec_time_and_trains_from_the_command_line(se
     with pytest.raises(SpecError, match=r"model mynets:small_cnn has 1,525 parameters, over constraints.max_params=500"):
         load_trials(spec)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--model", "mynets:small_cnn", "--dataset", str(npz), "--epochs", "1", "--val-size", "50", "--subset", "100", "--augment", "none", "--threads", "1",
-                 "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", "--model", "mynets:small_cnn", "--dataset", str(npz), "--epochs", "1", "--val-size", "50",
+                 "--subset", "100", "--augment", "none", "--threads", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "one")]) == 0
     assert re.search(r"ok: 1,?525 params", capsys.readouterr().out)
