@@ -131,8 +131,9 @@ def _npz_array(z, path: Path, key: str) -> np.ndarray:
     images = key.endswith("images")
     if len(shape) not in ((3, 4) if images else (1,)) or (shape and shape[0] > MAX_ITEMS) or \
             int(np.prod(shape[1:], dtype=np.int64)) > MAX_PIXELS:
-        raise _fail(path, f"holds {name} of shape {shape}: {'images are (N, H, W) or (N, C, H, W)' if images else 'labels are (N,)'}, "
-                          f"at most {MAX_ITEMS:,} items of at most {MAX_PIXELS:,} values")
+        form = "images are (N, H, W) or (N, C, H, W)" if images else "labels are (N,)"
+        raise _fail(path, f"holds {name} of shape {shape}: {form}, at most {MAX_ITEMS:,} items of at most "
+                          f"{MAX_PIXELS:,} values")
     if images and dtype != np.uint8 or not images and dtype.kind not in "iu":
         raise _fail(path, f"holds {name} as {dtype}: images are uint8 (0-255), labels whole numbers")
     return z[name]

@@ -245,9 +245,11 @@ def _launch(spec: Path, storage: Path, cwd: Path) -> subprocess.CompletedProcess
 def test_user_net_and_two_datasets_through_ray_fused_reported_exported_restored(tmp_path, capsys):
     """One launch: the spec's module (mynets.py beside the spec, on no path of the workers: Ray's
     runtime environment ships it; with that line of launch.py removed the workers fail with
-    ModuleNotFoundError), over an IDX folder and an .npz, two learning rates fused in pairs. Then the report has one section per dataset, each trial's test accuracy
-    recomputed against its own set (checked here against the labels), one ensemble and one choice
-    per set; an export restored elsewhere, its data gone, still checks against the recorded checksum."""
+    ModuleNotFoundError), over an IDX folder and an .npz, two learning rates fused in pairs. Then
+    the report has one section per dataset, each trial's test accuracy recomputed against its own
+    set (checked here against the labels), one ensemble and one choice per set (report, best,
+    status); an export restored elsewhere, its data gone, still checks against the checksums
+    recorded at launch, and a trial whose saved labels were forged is broken."""
     from gridrun.export import export, restore
     from gridrun.report import best, report
     from gridrun.results import load_experiment
@@ -368,7 +370,7 @@ def test_a_user_net_is_budgeted_at_spec_time_and_trains_from_the_command_line(se
     (tmp_path / "mynets.py").write_text(NET)
     _, npz = sets
     spec = _spec(tmp_path, str(npz), "mynets:small_cnn", constraints={"max_params": 500})
-    with pytest.raises(SpecError, match=r"model mynets:small_cnn has 1,525 parameters, over constraints.max_params=500"):
+    with pytest.raises(SpecError, match=r"mynets:small_cnn has 1,525 parameters, over constraints.max_params=500"):
         load_trials(spec)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--model", "mynets:small_cnn", "--dataset", str(npz), "--epochs", "1", "--val-size", "50",

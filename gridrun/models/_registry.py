@@ -168,8 +168,9 @@ def create_model(name: str, data: tuple = MNIST, **kw) -> torch.nn.Module:
     except Exception as e:
         if ":" not in name:
             raise
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise GridrunError(f"model {name!r} (module {name.partition(':')[0]!r}) does not build: "
-                           f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}") from None
+                           f"{type(e).__name__}: {first}") from None
     if not isinstance(model, torch.nn.Module):
         raise GridrunError(f"model {name!r} returned {type(model).__name__}, not an nn.Module: return the net")
     return model
