@@ -210,12 +210,16 @@ def _check_labels(a: dict[str, np.ndarray], where: str) -> None:
                            f"and the test set holds no class the training set lacks")
 
 
-@lru_cache(maxsize=8)
 def load_dataset(dataset: str = MNIST, data_dir: str | None = None) -> dict[str, np.ndarray]:
-    """The four arrays of a config's dataset (data_dir: MNIST's folder), read once per process."""
+    """The four arrays of a config's dataset (data_dir: MNIST's folder), read once per process
+    (MNIST's through data.load_arrays and its cache)."""
+    return load_arrays(data_dir) if kind(dataset) == "mnist" else read_dataset(dataset)
+
+
+@lru_cache(maxsize=8)
+def read_dataset(dataset: str) -> dict[str, np.ndarray]:
+    """A dataset other than MNIST, read and checked (cached: `read_dataset.cache_clear()` rereads)."""
     k = kind(dataset)
-    if k == "mnist":
-        return load_arrays(data_dir)
     if k == "npz":
         return _checked(read_npz(Path(dataset).expanduser()), dataset)
     files = torchvision_files(dataset) if k == "torchvision" else idx_files(Path(dataset).expanduser())

@@ -95,7 +95,7 @@ def test_the_mnist_family_comes_from_torchvision_s_cache(tmp_path, monkeypatch):
     for name, arr in (("train-images-idx3-ubyte", xtr[:, 0]), ("train-labels-idx1-ubyte", ytr),
                       ("t10k-images-idx3-ubyte", xte[:, 0]), ("t10k-labels-idx1-ubyte", yte)):
         write_idx(raw / name, arr)
-    a = ds.load_dataset.__wrapped__("fashion_mnist")
+    a = ds.read_dataset.__wrapped__("fashion_mnist")
     assert a["train_images"].shape == (50, 28, 28) and ds.shape_of(a) == (1, 28, 28, 10)
 
 
@@ -294,7 +294,9 @@ def test_user_net_and_two_datasets_through_ray_fused_reported_exported_restored(
     out = export("ds", out=str(tmp_path / "ds_export.tar.gz"), storage=str(storage), echo=lambda _: None)
     back = restore(str(out), storage=str(tmp_path / "restored"), echo=lambda _: None)
     os.rename(npz, npz.with_suffix(".gone"))  # the report must now lean on the checksum recorded at launch
-    load_dataset.cache_clear()
+    from gridrun.datasets import read_dataset
+
+    read_dataset.cache_clear()
     again = load_experiment(back)
     assert [t.status for t in again.trials] == ["finished"] * 4
     assert "checksum recorded at launch" in again.view(str(npz)).label_source
