@@ -87,12 +87,13 @@ def read_any_idx(path: Path) -> np.ndarray:
     """One IDX file of any allowed shape, streamed: header, then exactly the bytes it declares."""
     try:
         with _open(path) as f:
-            magic, shape = _idx_header(f, path)
-            return _read_exactly(f, path, shape, hashlib.md5())
+            _magic, shape = _idx_header(f, path)
+            try:
+                return _read_exactly(f, path, shape, hashlib.md5())
+            except DataError as e:  # data.py's words name MNIST: say it of this set
+                raise _fail(path, str(e).split(": replace it")[0].split(f"{path} ", 1)[-1]) from None
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise _fail(path, f"is unreadable or corrupt ({str(e)[:80] or type(e).__name__})") from None
-    except DataError as e:  # data.py's words name MNIST: say it of this set
-        raise _fail(path, str(e).split(": replace it")[0].split(f"{path} ", 1)[-1]) from None
 
 
 def idx_files(folder: Path) -> dict[str, Path]:
@@ -184,6 +185,8 @@ def _checked(arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]
     out = {}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if x.ndim not in (3, 4):
+            raise _fail(where, f"holds {split} images of shape {x.shape}: images are (N, H, W) or (N, C, H, W)")
         if x.ndim == 4 and x.shape[1] > MAX_CHANNELS >= x.shape[3]:  # channels last: (N, H, W, C)
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         if x.ndim == 4 and x.shape[1] > MAX_CHANNELS:
