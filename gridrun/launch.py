@@ -87,7 +87,8 @@ def _nodes(address, out) -> list[tuple[float, float]]:
 
 def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_concurrent, out, term) -> int:
     """Under the lock: match, check and record the grid, run what is left, count and record it."""
-    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address)))
+    modules = user_modules(grid)  # whichever call starts Ray ships them
+    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address, modules)))
     if plan.done:
         out(f"{folder.shown}: {len(plan.trials) - len(plan.todo)} of {len(plan.trials)} trials already finished "
             f"(kept untouched); {len(plan.todo)} to run")
@@ -96,7 +97,7 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     if not plan.units:
         out(plan.nothing_left(folder.shown))
         return 0
-    ray = _connect(address, user_modules(grid))
+    ray = _connect(address, modules)
     term.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit
     t0 = time.time()
     from .hparams import hparam_fields
