@@ -27,6 +27,7 @@ setup(
         "protobuf",  # hparams.py builds TensorBoard's HParams protos (google.protobuf)
         "pyarrow",  # launch.py finds a trial's checkpoint in remote storage (pyarrow.fs)
         "pydantic>=2",  # the spec's shape (spec.py); Ray depends on it too, but gridrun imports it itself
+        "optuna>=4",  # a study's sampler (TPE asked a fused group at a time) and importance (study.py)
         "shtab",  # `gridrun completion bash|zsh|tcsh`: completion scripts from the argparse parser (pure Python)
     ],
     extras_require={

@@ -16,7 +16,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.progress_reporter import TrialProgressCallback
 
-from . import diskio, hooks, store
+from . import diskio, hooks, store, study
 from .errors import GridrunError
 from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full
 from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining, user_modules
@@ -37,6 +37,8 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     check_data(grid, dry_run, out)  # before any folder is touched or Ray started
     if dry_run:
         with folder.mirror() as view:
+            grid = study.next_grid(spec, None if fresh else view, study.slots(spec, max_concurrent), out)[0] \
+                if spec.search else grid  # a study's: what its next batch would ask and run
             return _dry_run(spec, grid, None if fresh else view, folder, address or os.environ.get("RAY_ADDRESS"), out)
     if fresh and folder.local:
         folder.set_aside(out)
@@ -46,7 +48,8 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
             if fresh and not folder.local:
                 folder.set_aside(out)
             with folder.mirror() as view:
-                return _run(spec, spec_path, grid, view, folder, reference, address, max_concurrent, out, term)
+                run = lambda g: _run(spec, spec_path, g, view, folder, reference, address, max_concurrent, out, term)  # noqa
+                return study.drive(spec, view, max_concurrent, out, run) if spec.search else run(grid)
     except KeyboardInterrupt:
         if not term.received:
             raise

@@ -30,13 +30,16 @@ class Trial:
     axes: dict
     train: dict
     params: int | None = None
+    stage: str | None = None    # a study's: "search" or "confirm" (study.py); None in a grid
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "id": self.id, "axes": self.axes, "params": self.params, "train": self.train}
+        return {"name": self.name, "id": self.id, "axes": self.axes, "params": self.params, "train": self.train,
+                **({"stage": self.stage} if self.stage else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trial":
-        return cls(d["name"], d["id"], dict(d.get("axes") or {}), dict(d["train"]), d.get("params"))
+        stage = d.get("stage") if isinstance(d.get("stage"), str) else None
+        return cls(d["name"], d["id"], dict(d.get("axes") or {}), dict(d["train"]), d.get("params"), stage)
 
 
 @dataclass(frozen=True)

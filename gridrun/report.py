@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import analysis
+from . import analysis, study, studyview
 from .errors import GridrunError
 from .config import field_names
 from .identity import value_text, varying_fields
@@ -176,6 +176,7 @@ def _bar(stats: tuple) -> tuple[float, float]:
 
 
 LOG_AXES = ("lr", "weight_decay")  # spread over decades: equal ratios get equal room
+SAMPLED = 8  # a numeric field with more distinct values was sampled: matplotlib's ticks (decades on a log axis)
 
 
 def _hparams_plot(plt, a: analysis.Analysis, path: Path) -> bool:
@@ -209,20 +210,23 @@ def _hparam_axis(ax, field: str, scored: list[analysis.ConfigSummary], colors: d
     values = [s.config.get(field) for s in scored]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     log = numeric and field in LOG_AXES and all(v > 0 for v in values)
-    if numeric:  # ticks at the grid's own values, written as in the spec
+    sampled = numeric and len(set(values)) > SAMPLED
+    if numeric:  # ticks at the grid's own values, written as in the spec; decades for sampled values
         xs = [float(v) for v in values]
         if log:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # the decades' minor labels collide
         ticks = sorted(set(xs))
-        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
+        if not sampled:
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
     else:  # categories, in sorted order, at 0, 1, 2, ...
         cats = sorted({value_text(v) for v in values})
         xs = [cats.index(value_text(v)) for v in values]
         crowded = sum(map(len, cats)) > 40
         ax.set_xticks(range(len(cats)), cats, fontsize=7, rotation=30 if crowded else 0, ha="right" if crowded else "center")
         ax.set_xlim(-0.5, len(cats) - 0.5)
-    for x, dx, s in zip(xs, _dodge([math.log10(x) for x in xs] if log else xs, numeric and not log), scored):
+    offsets = [0.0] * len(xs) if sampled else _dodge([math.log10(x) for x in xs] if log else xs, numeric and not log)
+    for x, dx, s in zip(xs, offsets, scored):  # sampled values are read where they are: no sideways offsets
         mean, std = _bar(s.val)
         color = colors[s.model] if colors else "tab:blue"
         ax.errorbar(x * 10 ** dx if log else x + dx, mean, yerr=std, fmt="o", color=color, capsize=3, alpha=0.8)
@@ -329,10 +333,12 @@ def render(exp: Experiment, out_md: Path, top_k: int | None = None) -> str:
     configs, choice, ensemble and test set."""
     if len(exp.datasets()) > 1:
         return _render_datasets(exp, out_md, top_k)
+    full, (exp, stage) = exp, study.shown(exp)  # a study's tables: its confirmation runs alone
     a = analysis.analyse(exp)
     done = [t for t in exp.trials if t.status == "finished"]
-    lines = _header(exp, a) + _conditions(exp) + _body(exp, a, out_md, top_k)
-    return "\n".join(lines + _others_section(exp) + _checks_section(exp, done, out_md))
+    lines = _header(full, a) + _conditions(full) + studyview.section(full, stage, a, out_md)
+    lines += _body(exp, a, out_md, top_k) + _others_section(studyview.others(full) if stage else exp)
+    return "\n".join(lines + _checks_section(exp, done, out_md))
 
 
 def _body(exp: Experiment, a: analysis.Analysis, out_md: Path, top_k: int | None) -> list[str]:
@@ -611,7 +617,7 @@ def best(target: str, storage: str = "runs", how: str = "text") -> str:
     """The config the report's validation rule chooses (within the spec's budget when it sets
     one), with its mean ± std and n: as text, as a spec-ready YAML block, or as the command that
     retrains its first seed's trial; with several datasets, one per dataset."""
-    exp = load_experiment(find_experiments([target], storage)[0])
+    exp = study.shown(load_experiment(find_experiments([target], storage)[0]))[0]  # a study: its confirmation
     if len(exp.datasets()) > 1:
         return "\n".join(f"# dataset {ds}\n{_best(exp.view(ds), target, how)}" for ds in exp.datasets())
     return _best(exp, target, how)
@@ -664,3 +670,17 @@ def _spec_block(exp: Experiment, chosen, comment: str) -> str:
     spec = {"name": f"{exp.name}-best", "data": data, "base": cfg,
             "seeds": seeds if seeds != list(range(len(seeds))) else len(seeds)}
     return comment + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=False).rstrip()
+
+
+def chosen_config(target: str, storage: str | None = None) -> dict:
+    """`gridrun best` as a dict (gridrun.launch's handle): the chosen config's label, id, fields,
+    validation and test accuracy (mean, std, n) and its trials; a study's from its confirmation runs."""
+    from .results import resolve_experiment
+
+    exp = study.shown(load_experiment(resolve_experiment(target, storage)))[0]
+    a = analysis.analyse(exp)
+    if a.chosen is None:
+        best(str(exp.dir))  # says why nothing can be chosen
+    c = a.chosen
+    return {"label": c.label, "config_id": c.id, "config": dict(c.config), "val_acc": c.val, "test_acc": c.test,
+            "trials": [t.name for t in c.members], "ties": [t.label for t in a.chosen_ties]}

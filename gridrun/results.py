@@ -406,7 +406,15 @@ def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
 
 # ---------------------------------------------------------------- results as pandas
 
-def resolve_experiment(name_or_path: str | os.PathLike, storage: str) -> Path:
+def resolve_experiment(name_or_path: str | os.PathLike, storage: str | None) -> Path:
+    """An experiment by NAME under `storage` (None: $GRIDRUN_STORAGE, else runs/, as the CLI; an
+    s3:// store is mirrored here first) or by its folder."""
+    from .remote import local_path, local_view
+
+    storage = storage or os.environ.get("GRIDRUN_STORAGE") or "runs"
+    if local_path(storage) is None:
+        bare = os.sep not in str(name_or_path) and not Path(name_or_path).is_dir()
+        storage = local_view(storage, [str(name_or_path)]) if bare else "runs"
     return find_experiments([str(name_or_path)], storage)[0]
 
 
@@ -433,7 +441,7 @@ def _metric_name(name: str) -> str:
     return f"epoch_{name}" if name in FIELD_TYPES or name in ROW_COLUMNS else name
 
 
-def load(name_or_path: str | os.PathLike, storage: str = "runs"):
+def load(name_or_path: str | os.PathLike, storage: str | None = None):
     """One row per trial of an experiment: trial, status, reason, config, config_id, the config's
     fields as the grid set them, params, epochs_done, final metrics (final_*), train seconds,
     the device it ran on. Metrics never overwrite a config column. Reads files only."""
@@ -455,7 +463,7 @@ def load(name_or_path: str | os.PathLike, storage: str = "runs"):
     return pd.DataFrame(rows)
 
 
-def history(name_or_path: str | os.PathLike, storage: str = "runs"):
+def history(name_or_path: str | os.PathLike, storage: str | None = None):
     """One row per trial and epoch: trial, status, config, config_id, its config fields (not
     plumbing) as the grid set them, and that epoch's metrics (`lr` as epoch_lr: see _metric_name)."""
     import pandas as pd

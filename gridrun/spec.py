@@ -19,6 +19,8 @@
     constraints: {max_params: 20000, max_epochs: 20, target_test_acc: 0.994}
     report: {top_k: 5, reference: tiny_nets_study.csv}
     max_trials: 5000                  # a larger grid is refused unless this says so
+    search: {sampler: tpe, trials: 48, seed: 0, confirm: {top: 3, seeds: 5}}
+                                      # optional: a study (study.py) instead of the grid's cross product
 
 Validation happens here, before anything is written or started: the spec's shape (pydantic,
 unknown keys name the nearest valid one), every expanded trial's TrainConfig, duplicate
@@ -32,7 +34,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -87,6 +89,19 @@ class ReportOpts(_Strict):
     reference: str | None = None  # a CSV beside the spec: a study's numbers set beside the report's
 
 
+class Confirm(_Strict):
+    top: int = Field(3, ge=1, le=100)       # the best configs by validation rerun after the search
+    seeds: int = Field(5, ge=1, le=100)     # fresh seeds each (none of the search's)
+
+
+class Search(_Strict):
+    """A study: the grid's axes are a search space, asked `fuse` configs at a time (study.py)."""
+    sampler: Literal["tpe", "random"] = "tpe"   # Optuna's TPESampler (constant liar) or RandomSampler
+    trials: int = Field(ge=1, le=100_000)      # the budget: configs the search trains (pruned ones count)
+    seed: int = Field(0, ge=0, lt=2**32)       # the sampler's: same seed and folder, same suggestions
+    confirm: Confirm | None = None
+
+
 class Spec(_Strict):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
@@ -104,6 +119,7 @@ class Spec(_Strict):
     constraints: Constraints = Constraints()
     report: ReportOpts = ReportOpts()
     max_trials: int = Field(DEFAULT_MAX_TRIALS, ge=1, le=1_000_000)
+    search: Search | None = None
     _raw: dict = PrivateAttr(default_factory=dict)
 
     @property
@@ -209,6 +225,8 @@ def subgrids(spec: Spec) -> list[dict]:
 def n_trials(spec: Spec) -> int:
     """The number of trials, counted without expanding the grid (or drawing a sample)."""
     n_seeds = spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds)
+    if spec.search is not None:  # the budget, and the confirmation's reruns
+        return spec.search.trials + (spec.search.confirm.top * spec.search.confirm.seeds if spec.search.confirm else 0)
     return sum(math.prod(len(v) if isinstance(v, list) else 1 for v in sub.values())
                * ((spec.samples or 1) if any(isinstance(v, dict) for v in sub.values()) else 1)
                for sub in subgrids(spec)) * n_seeds
@@ -241,6 +259,8 @@ def _check_grid(spec: Spec, src: str) -> None:
             raise SpecError(f"{src}: grid.{axis} is empty: give it at least one value")
         _check_linked_axis(axis, values, src)
     dist = next((a for sub in subgrids(spec) for a, v in sub.items() if isinstance(v, dict)), None)
+    if spec.search is not None:
+        return _check_search(spec, src)
     if dist and not spec.samples:
         raise SpecError(f"{src}: grid.{dist} is a distribution: say how many configs to draw with samples: N "
                         f"(e.g. samples: 20)")
@@ -249,6 +269,25 @@ def _check_grid(spec: Spec, src: str) -> None:
                         f"(such as lr: {{loguniform: [0.001, 1]}}): drop samples, or make an axis a distribution")
     if spec.sample_seed and not spec.samples:
         raise SpecError(f"{src}: sample_seed is set but nothing is sampled: drop it, or add samples and a distribution")
+
+
+def _check_search(spec: Spec, src: str) -> None:
+    """A study samples the grid's axes itself: one mapping of axes, one seed per suggestion, no
+    `samples` (the budget is search.trials), no early_stop (`prune` prunes its search)."""
+    if isinstance(spec.grid, list):
+        raise SpecError(f"{src}: search needs grid to be one mapping of axes (its search space), not a list of "
+                        f"sub-grids: merge them, e.g. with a choice over linked values")
+    if spec.samples or spec.sample_seed:
+        raise SpecError(f"{src}: samples/sample_seed draw a random grid; with search the budget is search.trials "
+                        f"and the seed search.seed: drop samples")
+    if len(spec.seed_list) != 1:
+        raise SpecError(f"{src}: with search each suggestion trains once (seeds: 1 or [s]); repeats with fresh "
+                        f"seeds are search.confirm: {{top: 3, seeds: 5}}")
+    if spec.early_stop:
+        raise SpecError(f"{src}: early_stop and search cannot be combined: a study prunes with prune: {{rungs: "
+                        f"[5, 10], keep: 0.5}} (inside its fused groups; never its confirmation runs)")
+    if spec.data.val_size == 0 or spec.base.get("val_size") == 0:
+        raise SpecError(f"{src}: search chooses on validation accuracy, so it needs val_size > 0 (data.val_size)")
 
 
 def _check_linked_axis(axis: str, values: list, src: str) -> None:
@@ -622,6 +661,8 @@ def check_budget(spec: Spec, trials: list[dict]) -> dict[str, int]:
 def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[Spec, list[dict]]:
     """Load, validate, expand and budget-check a spec file (with command-line overrides)."""
     spec = load(path, overrides)
+    if spec.search is not None:  # a study's trials are asked, not expanded (study.py)
+        return spec, []
     trials = expand(spec)
     check_budget(spec, trials)
     return spec, trials

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GridrunError
-from . import analysis
+from . import analysis, study
 from .progress import dur as _dur, eta_s  # one duration format and one ETA for status and the launch's line
 from .results import find_experiments, load_experiment
 from .store import ExperimentDir, TrialDir, Unreadable, finite_number
@@ -64,7 +64,7 @@ def snapshot(path: Path) -> dict:
             "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None,
             "seconds_per_epoch": round(epoch_s, 2) if epoch_s else None,
             "startup_s": round(startup, 1) if startup is not None else None,
-            **_bests(exp), "problems_experiment": exp.problems}
+            **_bests(study.shown(exp)[0]), "problems_experiment": exp.problems}  # a study: its confirmation
 
 
 def _bests(exp) -> dict:

@@ -21,8 +21,8 @@ LAYERS = [
     "engine.files", "engine.optim", "engine.strategies", "engine.step", "engine.group",
     "engine.run", "engine", "train", "fused",
     "spec", "results", "analysis", "hparams", "export",
-    "plan", "experiment", "worker", "progress",
-    "status", "report", "launch", "cli", "__main__", "",
+    "plan", "study", "experiment", "worker", "progress",
+    "status", "studyview", "report", "launch", "api", "cli", "__main__", "",
 ]
 RANK = {m: i for i, m in enumerate(LAYERS)}
 FOLDER_FILES = re.compile(
