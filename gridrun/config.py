@@ -97,7 +97,7 @@ class TrainConfig(BaseModel):
                                      "2021)", fuse_shared=True)
     rungs: tuple[StrictInt, ...] = _optim(
         (), "successive halving in a fused group: after each of these epochs only the best rung_keep of the "
-            "members still training go on (by validation accuracy); () = off", fuse_shared=True, strict=False)
+            "members still training go on (by validation accuracy); empty: off", fuse_shared=True, strict=False)
     rung_keep: float = _optim(0.5, "the fraction of a group's members kept at each rung (at least one)",
                               fuse_shared=True, why="a fraction of the members such as 0.5", gt=0, lt=1)
     seed: int = _optim(0, "initialisation, batch order, augmentation, dropout", "seed",

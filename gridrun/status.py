@@ -17,7 +17,7 @@ from .progress import dur as _dur, eta_s  # one duration format and one ETA for 
 from .results import find_experiments, load_experiment
 from .store import ExperimentDir, TrialDir, Unreadable, finite_number
 
-ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
+ORDER = ("running", "pending", "finished", "diverged", "pruned", "failed", "stopped", "unfinished", "broken")
 
 
 def _pick(name: str | None, storage: str) -> Path:

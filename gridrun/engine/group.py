@@ -309,7 +309,8 @@ def _match(g: Group, path, saved: list) -> list:
         where.append(k)
         if k is not None:
             free.remove(k)
-    lost = [j for j, k in enumerate(where) if k is None and (not isinstance(saved[j], dict) or saved[j].get("alive", True))]
+    lost = [j for j, k in enumerate(where)
+            if k is None and (not isinstance(saved[j], dict) or saved[j].get("alive", True))]
     if free or lost:
         k = (free or [0])[0]
         other = theirs[k] if k < len(theirs) else {}

@@ -1,7 +1,8 @@
 """run(configs) -> results: a group of K >= 1 trials from start to finish. Knows nothing of Ray.
 
 One epoch loop for every trial: train an epoch (step.Trainer), retire a member whose loss went
-non-finite (the others go on), after the last epoch recompute the scored model's BatchNorm
+non-finite (the others go on as a smaller group), after a rung epoch (`rungs`) retire the members
+below successive halving's cut as pruned, after the last epoch recompute the scored model's BatchNorm
 statistics (precise BN), score every member, step the per-epoch schedules, write each member's
 row, its final files after the last epoch (files.py) and the group's resumable state.
 """
