@@ -271,7 +271,8 @@ def _error_line(trial) -> str:
 
 # ---------------------------------------------------------------- the closing count
 
-_KEYS = {"finished": "finished", "diverged": "diverged", "pruned": "pruned", "failed": "failed", "stopped": "stopped", "broken": "failed"}
+_KEYS = {"finished": "finished", "diverged": "diverged", "pruned": "pruned", "failed": "failed", "stopped": "stopped",
+         "broken": "failed"}
 
 
 def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool, out, shown: str | None = None) -> int:

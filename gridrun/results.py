@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
-from .identity import canonical, config_id, config_label, varying_fields
+from .identity import OFF, canonical, config_id, config_label, varying_fields
 from .store import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, Unreadable, finite_number, labels_file
 
 STATUSES = ("finished", "diverged", "pruned", "failed", "stopped", "unfinished", "pending", "broken")
@@ -417,8 +417,10 @@ ROW_COLUMNS = ("trial", "status", "reason", "config", "config_id")  # what no co
 
 
 def _config_columns(config: dict) -> dict:
+    """Its config as columns; a field that is off (identity.OFF: rungs when empty) has none, so a
+    grid without rungs reads as it always did."""
     return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in config.items()
-            if k not in ROW_COLUMNS}
+            if k not in ROW_COLUMNS and not (k in OFF and OFF[k](config))}
 
 
 def _identity_columns(exp: Experiment) -> dict[str, dict]:
