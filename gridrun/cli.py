@@ -90,6 +90,8 @@ def _config_option(g, flag: str, ft, text: str) -> None:
         g.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=text)
     elif ft.kind == "bool":
         g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+    elif ft.kind == "list":  # e.g. --rungs 3 6 (whole numbers); --rungs alone is the empty list
+        g.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, metavar="N", help=text)
     else:
         kind = {"int": int, "float": float, "str": str}[ft.kind]
         g.add_argument(flag, type=_optional(kind) if ft.optional else kind, default=argparse.SUPPRESS,

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import GridrunError, did_you_mean
 
@@ -95,6 +95,11 @@ class TrainConfig(BaseModel):
     precise_bn: bool = _optim(False, "after the last epoch, BatchNorm's statistics of the scored model become the "
                                      "exact average over the un-augmented training images (precise BN, Wu & Johnson "
                                      "2021)", fuse_shared=True)
+    rungs: tuple[StrictInt, ...] = _optim(
+        (), "successive halving in a fused group: after each of these epochs only the best rung_keep of the "
+            "members still training go on (by validation accuracy); empty: off", fuse_shared=True, strict=False)
+    rung_keep: float = _optim(0.5, "the fraction of a group's members kept at each rung (at least one)",
+                              fuse_shared=True, why="a fraction of the members such as 0.5", gt=0, lt=1)
     seed: int = _optim(0, "initialisation, batch order, augmentation, dropout", "seed",
                        why="the spec's seeds are in [0, 2**31)", ge=0, lt=2**31)
 
@@ -162,6 +167,9 @@ class TrainConfig(BaseModel):
         if self.clean_epochs > self.epochs:
             bad("clean_epochs", f"must be an integer in [0, epochs={self.epochs}]: the last epochs that skip "
                                 "augmentation")
+        if list(self.rungs) != sorted(set(self.rungs)) or any(not 1 <= r < self.epochs for r in self.rungs):
+            bad("rungs", f"must be strictly increasing epochs, each in [1, epochs={self.epochs}): the epochs after "
+                         "which a rung keeps the best members")
         if self.cuda_graph and self.compile:
             bad("cuda_graph", "cuda_graph and compile cannot both be on: each replays the step its own way; pick one")
         if self.scheduler == "plateau" and self.val_size == 0:
@@ -195,7 +203,7 @@ class TrainConfig(BaseModel):
 WANTS = {"int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
          "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
          "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
-         "list_type": "a list", "dict_type": "a mapping (key: value)", "model_type": "a mapping (key: value)",
+         "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping (key: value)", "model_type": "a mapping (key: value)",
          "model_attributes_type": "a mapping (key: value)", "none_required": "null"}
 BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
@@ -258,7 +266,8 @@ class FieldType(typing.NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _adapter(kind: str, optional: bool) -> TypeAdapter:
-    t = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[kind]
+    t = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict,
+         "list": list[StrictInt] | tuple[StrictInt, ...]}[kind]
     return TypeAdapter(t | None if optional else t, config=ConfigDict(strict=True))
 
 
@@ -267,7 +276,8 @@ def _field_type(hint) -> FieldType:
     args = typing.get_args(hint) if union else (hint,)
     base = next(a for a in args if a is not type(None))
     choices = typing.get_args(base) if typing.get_origin(base) is Literal else None
-    return FieldType("str" if choices else base.__name__, type(None) in args, choices)
+    kind = "str" if choices else "list" if typing.get_origin(base) is tuple else base.__name__
+    return FieldType(kind, type(None) in args, choices)
 
 
 def field_names() -> list[str]:

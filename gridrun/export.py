@@ -40,7 +40,7 @@ EXPERIMENT_FILES = (store.MANIFEST, store.SPEC_COPY, store.LAUNCHES, store.REFER
 TRIAL_FILES = (store.CONFIG, store.METRICS, store.SUMMARY, store.ERROR, store.STOPPED,
                *map(store.labels_file, store.SPLITS), *map(store.preds_file, store.SPLITS), store.EVENTS)
 GROUP_FILES = (store.GROUP_FILE,)
-SETTLED = ("finished", "diverged", "failed", "stopped", "broken")  # what an export keeps of a trial
+SETTLED = ("finished", "diverged", "pruned", "failed", "stopped", "broken")  # what an export keeps of a trial
 MAX_ARCHIVE_BYTES = 1 << 30  # what a restore unpacks at most (a 5,000-trial export is ~200 MB)
 
 

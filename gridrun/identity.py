@@ -145,14 +145,26 @@ def canonical(train: dict) -> dict:
     return c
 
 
+# Fields added after trial ids were fixed that a trial leaves out of its id while they are off, so
+# every existing trial keeps its id: rungs (off when empty), rung_keep (read only with rungs).
+OFF = {"rungs": lambda c: not c.get("rungs"), "rung_keep": lambda c: not c.get("rungs")}
+
+
+def _identity(train: dict, left_out: frozenset) -> dict:
+    c = canonical(train)
+    if not isinstance(c, dict):
+        return c
+    return {k: v for k, v in c.items() if k not in left_out and not (k in OFF and OFF[k](c))}
+
+
 def trial_id(train: dict) -> str:
     """A trial's identity: a hash of the resolved value of every field that changes what it computes."""
-    return _hash(_text({k: v for k, v in canonical(train).items() if k not in PLUMBING}))
+    return _hash(_text(_identity(train, PLUMBING)))
 
 
 def config_key(train: dict) -> str:
     """The config without seed and plumbing, as text: trials with the same key are seeds of one config."""
-    return _text({k: v for k, v in canonical(train).items() if k not in NOT_CONFIG})
+    return _text(_identity(train, NOT_CONFIG))
 
 
 def config_id(train: dict) -> str:

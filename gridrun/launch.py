@@ -21,6 +21,7 @@ from .errors import GridrunError
 from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full
 from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining, user_modules
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
+from .spec import asha
 from .worker import LaunchContext, run_trial
 
 
@@ -106,7 +107,7 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     from .hparams import hparam_fields
 
     context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.to_dict() for t in grid]), out)
-    progress = _Progress(list(plan.units), out, folder.shown, live=live_stream(out), early_stop=bool(spec.early_stop))
+    progress = _Progress(list(plan.units), out, folder.shown, live=live_stream(out), early_stop=bool(asha(spec)))
     with quiet_tune():
         tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
         fitted, twice, full = _fit(tuner, progress, folder.shown if folder.local else None, out)
@@ -184,13 +185,14 @@ def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: F
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         callbacks=[progress, _RayLog(folder.shown), *_loggers()])
-    scheduler = None
-    if spec.early_stop:
+    scheduler, halving = None, asha(spec)
+    if halving and not all(u.fused for u in units):  # a fused group cuts at its own rungs (engine/run.py)
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
-                                  max_t=max(u.epochs for u in units), grace_period=spec.early_stop.grace_period,
-                                  reduction_factor=spec.early_stop.reduction_factor)
+        # on `trial_val_acc`, which only unfused trials report: ASHA leaves a fused group alone
+        scheduler = ASHAScheduler(metric="trial_val_acc", mode="max", time_attr="training_iteration",
+                                  max_t=max(u.epochs for u in units), grace_period=halving[0],
+                                  reduction_factor=halving[1])
     import logging
 
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures get our one-line [failed]

@@ -100,8 +100,9 @@ def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None, slot
     for t in todo:
         if (keep or {}).get(t.name):
             kept.setdefault(keep[t.name], []).append(t)
+    # one member left is still its group (the others pruned or diverged): it resumes in the group's folder
     units = [Unit(g, True, tuple(ms)) for g, ms in kept.items()
-             if 1 < len(ms) <= k and len({fuse_key(m.train) for m in ms}) == 1]
+             if len(ms) <= k and len({fuse_key(m.train) for m in ms}) == 1]
     taken = {m.name for u in units for m in u.members}
     by_key: dict[str, list[Trial]] = {}
     for t in todo:

@@ -271,13 +271,14 @@ def _error_line(trial) -> str:
 
 # ---------------------------------------------------------------- the closing count
 
-_KEYS = {"finished": "finished", "diverged": "diverged", "failed": "failed", "stopped": "stopped", "broken": "failed"}
+_KEYS = {"finished": "finished", "diverged": "diverged", "pruned": "pruned", "failed": "failed", "stopped": "stopped",
+         "broken": "failed"}
 
 
 def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool, out, shown: str | None = None) -> int:
     """Count this launch's trials by what their folders say (Ray's ResultGrid for errors, and
     for everything when storage is not a local path); the launch's exit code before signals."""
-    counts = {"finished": 0, "diverged": 0, "failed": 0, "stopped": 0, "interrupted": 0}
+    counts = {"finished": 0, "diverged": 0, "pruned": 0, "failed": 0, "stopped": 0, "interrupted": 0}
     by_name = {((r.config or {}).get("unit") or {}).get("name"): r for r in _readable_results(grid)}
     states = _states(exp_dir) if local else {}
     for u in units:
@@ -295,6 +296,8 @@ def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool
                 key = "finished" if m.get("epoch", 0) >= t.train["epochs"] else "interrupted"
             counts[key] += 1
     words = f"{counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} failed"
+    if counts["pruned"]:
+        words += f", {counts['pruned']} pruned at a rung"
     if counts["stopped"]:
         words += f", {counts['stopped']} stopped early"
     if counts["interrupted"]:

@@ -22,7 +22,7 @@ import numpy as np
 from . import analysis, study, studyview
 from .errors import GridrunError
 from .config import field_names
-from .identity import value_text, varying_fields
+from .identity import OFF, value_text, varying_fields
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
 from .store import CONFIG, REFERENCE, ExperimentDir
 
@@ -313,7 +313,9 @@ def write_csv(exp: Experiment, path: Path) -> None:
     from .identity import SINCE
 
     # a field added later (dataset) gets a column only where some trial sets it: older reports stay as they were
-    keys = sorted({k for t in exp.trials for k in t.config if k not in SINCE or t.config[k] != DEFAULTS[k]})
+    # and a field that is off (identity.OFF: rungs when empty) too
+    keys = sorted({k for t in exp.trials for k in t.config if (k not in SINCE or t.config[k] != DEFAULTS[k])
+                   and not (k in OFF and OFF[k](t.config))})
     metric_keys = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -11,6 +11,8 @@ status, load, history and the launch's plan, which reruns a broken trial):
   finished    summary.json says ok, its logits (or, in a slim export, its predicted labels) and
               true labels are readable and pass every check below
   diverged    summary.json says "diverged at epoch k"
+  pruned      summary.json says "pruned at epoch k": a rung of its fused group retired it (its
+              files hold epoch k's scores); never a finished run or seed, never rerun
   failed      Ray's error.txt and no summary: the trial raised (after its retries)
   stopped     stopped.json: early stopping (ASHA) ended it before its last epoch
   unfinished  a folder with some epochs and no summary: running, interrupted or killed
@@ -37,11 +39,11 @@ import numpy as np
 
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
-from .identity import canonical, config_id, config_label, varying_fields
+from .identity import OFF, canonical, config_id, config_label, varying_fields
 from .store import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, Unreadable, finite_number, labels_file
 
-STATUSES = ("finished", "diverged", "failed", "stopped", "unfinished", "pending", "broken")
-SETTLED = ("finished", "diverged")  # what a launch leaves alone; a broken trial is rerun
+STATUSES = ("finished", "diverged", "pruned", "failed", "stopped", "unfinished", "pending", "broken")
+SETTLED = ("finished", "diverged", "pruned")  # what a launch leaves alone; a broken trial is rerun
 AGREE_TOL = 5e-4  # float16 logits may flip a near-tie; more than 5 in 10,000 is a real mismatch
 ACCURACIES = ("train_acc", "val_acc", "test_acc")  # metrics.csv's fields that must lie in [0, 1]
 SOURCES = {  # where the test labels every finished trial was checked against came from (the report says)
@@ -176,7 +178,8 @@ def _read_files(t: TrialRecord, d: Path) -> None:
     t.summary = summary = trial.read_summary()
     t.params = t.params if t.params is not None else summary.get("params")
     if summary.get("status") != "ok":
-        t.status, t.reason = "diverged", str(summary.get("status", "unknown status"))[:200]
+        pruned = str(summary.get("status")).startswith("pruned at epoch")
+        t.status, t.reason = "pruned" if pruned else "diverged", str(summary.get("status", "unknown status"))[:200]
         return
     try:
         _read_scores(t, trial)
@@ -422,8 +425,10 @@ ROW_COLUMNS = ("trial", "status", "reason", "config", "config_id")  # what no co
 
 
 def _config_columns(config: dict) -> dict:
+    """Its config as columns; a field that is off (identity.OFF: rungs when empty) has none, so a
+    grid without rungs reads as it always did."""
     return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in config.items()
-            if k not in ROW_COLUMNS}
+            if k not in ROW_COLUMNS and not (k in OFF and OFF[k](config))}
 
 
 def _identity_columns(exp: Experiment) -> dict[str, dict]:

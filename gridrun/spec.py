@@ -14,7 +14,8 @@
     seeds: 3                          # n -> seeds 0..n-1, or a list
     resources: {cpu: 1, gpu: 0.125}   # per trial; gpu a fraction in (0, 1] or a whole number
     retries: 2                        # a trial that raises is retried from its checkpoint
-    early_stop: {grace_period: 5, reduction_factor: 3}   # optional ASHA on val_acc
+    early_stop: {grace_period: 5, reduction_factor: 3}   # optional ASHA on val_acc (in fused groups: rungs)
+    prune: {rungs: [3, 6], keep: 0.5}  # optional successive halving at these epochs (instead of early_stop)
     fuse: 8                           # optional: train up to 8 same-architecture trials as one
     constraints: {max_params: 20000, max_epochs: 20, target_test_acc: 0.994}
     report: {top_k: 5, reference: tiny_nets_study.csv}
@@ -40,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .errors import GridrunError, did_you_mean
 from .identity import trial_id
-from .config import FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
+from .config import DEFAULTS, FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
 from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml  # noqa: F401  (SpecError: spec's callers)
 
 CONFIG_KEYS = field_names()
@@ -76,6 +77,11 @@ class Resources(_Strict):
 class EarlyStop(_Strict):
     grace_period: int = Field(3, ge=1, le=10000)     # epochs every trial gets before it can be stopped
     reduction_factor: float = Field(3, gt=1, le=100)
+
+
+class Prune(_Strict):
+    rungs: list[int] = Field(min_length=1)  # epochs after which only the best `keep` of a group go on
+    keep: float = Field(0.5, gt=0, lt=1)
 
 
 class Constraints(_Strict):
@@ -115,6 +121,7 @@ class Spec(_Strict):
     resources: Resources = Resources()
     retries: int = Field(1, ge=0, le=100)
     early_stop: EarlyStop | None = None
+    prune: Prune | None = None
     fuse: int | None = Field(None, ge=1, le=256)
     constraints: Constraints = Constraints()
     report: ReportOpts = ReportOpts()
@@ -207,14 +214,49 @@ def parse(raw: dict, src: str = "spec") -> Spec:
             hint = " (seeds are set by 'seeds:')" if key == "seed" else did_you_mean(key, CONFIG_KEYS, 0.5)
             raise SpecError(f"{src}: unknown key 'base.{key}'{hint}")
     _check_grid(spec, src)
-    if spec.fuse and spec.fuse > 1 and spec.early_stop:
-        raise SpecError(f"{src}: early_stop and fuse cannot be combined: ASHA stops whole Tune trials, and a fused "
-                        f"group is one Tune trial, so one member's score would stop all of them; drop one of the two")
+    _check_prune(spec, src)
     n = n_trials(spec)
     if n > spec.max_trials:
         raise SpecError(f"{src}: the grid expands into {n:,} trials, more than max_trials={spec.max_trials:,}: "
                         f"shrink the grid, or set max_trials: {n} in the spec if you mean it")
     return spec
+
+
+def _check_prune(spec: Spec, src: str) -> None:
+    """`prune` is the only source of a grid's rungs: not with early_stop, nor beside rungs in base."""
+    if spec.prune and spec.early_stop:
+        raise SpecError(f"{src}: prune and early_stop both stop weak trials early: keep one (early_stop with fuse "
+                        f"becomes rungs in each fused group)")
+    if spec.prune and {"rungs", "rung_keep"} & set(spec.base):
+        raise SpecError(f"{src}: prune sets rungs and rung_keep: drop them from base")
+
+
+def asha_milestones(grace: int, rf: float, epochs: int) -> list[int]:
+    """The epochs at which Ray's ASHAScheduler(grace_period=grace, reduction_factor=rf, max_t=epochs)
+    cuts (its bracket's grace * rf**k, applied at the first epoch at or after each), below the last."""
+    n = int(math.log(epochs / grace) / math.log(rf) + 1) if epochs > grace else 0
+    return sorted({m for m in (math.ceil(grace * rf ** k - 1e-9) for k in range(n)) if m < epochs})
+
+
+def rung_fields(spec: Spec, epochs: int) -> dict:
+    """The TrainConfig rungs of a trial of `epochs`: prune's, or early_stop's with fuse (ASHA's
+    milestones and keep 1 / reduction_factor, applied inside each fused group)."""
+    if spec.prune:
+        return {"rungs": list(spec.prune.rungs), "rung_keep": spec.prune.keep}
+    if spec.early_stop and (spec.fuse or 1) > 1:
+        es = spec.early_stop
+        rungs = asha_milestones(es.grace_period, es.reduction_factor, epochs)
+        return {"rungs": rungs, "rung_keep": 1 / es.reduction_factor} if rungs else {}
+    return {}
+
+
+def asha(spec: Spec) -> tuple[int, float] | None:
+    """(grace_period, reduction_factor) of the ASHA that stops unfused trials early, or None."""
+    if spec.early_stop:
+        return spec.early_stop.grace_period, spec.early_stop.reduction_factor
+    if spec.prune:
+        return spec.prune.rungs[0], 1 / spec.prune.keep
+    return None
 
 
 def subgrids(spec: Spec) -> list[dict]:
@@ -516,6 +558,7 @@ def expand(spec: Spec) -> list[dict]:
                     cfg.update(value)
             if cfg.get("model") in users:
                 cfg["model"] = users[cfg["model"]]
+            cfg.update(rung_fields(spec, cfg.get("epochs", DEFAULTS["epochs"])))
             cfg["seed"] = seed
             cfg.setdefault("threads", max(1, int(spec.resources.cpu)))
             if 0 < spec.resources.gpu < 1:
@@ -533,6 +576,7 @@ def expand(spec: Spec) -> list[dict]:
             trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": trial_id(train), "axes": dict(label),
                            "train": train})
     _check_trials(spec, trials)
+    _check_unfused_rungs(spec, trials)
     check_models(trials)
     return trials
 
@@ -546,6 +590,19 @@ def user_models(spec: Spec) -> dict[str, str]:
         return {n: f"{mod}:{n}" for mod in spec.modules for n in module_models(mod)}
     except GridrunError as e:
         raise SpecError(str(e)) from None
+
+
+def _check_unfused_rungs(spec: Spec, trials: list[dict]) -> None:
+    """Unfused trials are pruned by Ray's ASHA (each is its own Tune trial, with no group to cut):
+    `prune`'s rungs must then be ASHA's milestones, or the fused and unfused rules would differ."""
+    if not spec.prune or (spec.fuse or 1) > 1 or not trials:
+        return
+    grace, rf = asha(spec)
+    want = asha_milestones(grace, rf, max(t["train"]["epochs"] for t in trials))
+    if list(spec.prune.rungs) != want:
+        raise SpecError(f"prune.rungs {list(spec.prune.rungs)}: unfused trials are pruned by Ray's ASHA, which cuts at "
+                        f"{want} (the first rung times (1/keep)^k): use rungs {want}, or fuse: K to cut inside groups "
+                        f"at any epochs")
 
 
 # A trial whose estimated peak memory is over this is refused at spec time: every registered model

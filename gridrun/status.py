@@ -17,7 +17,7 @@ from .progress import dur as _dur, eta_s  # one duration format and one ETA for 
 from .results import find_experiments, load_experiment
 from .store import ExperimentDir, TrialDir, Unreadable, finite_number
 
-ORDER = ("running", "pending", "finished", "diverged", "failed", "stopped", "unfinished", "broken")
+ORDER = ("running", "pending", "finished", "diverged", "pruned", "failed", "stopped", "unfinished", "broken")
 
 
 def _pick(name: str | None, storage: str) -> Path:
@@ -48,6 +48,8 @@ def snapshot(path: Path) -> dict:
                      "updated_s_ago": round(now - t.updated_at(), 1) if t.dir else None, "reason": t.reason,
                      "group": t.group})
     counts = {s: sum(r["status"] == s for r in rows) for s in ORDER}
+    if not counts["pruned"]:  # a grid without rungs says what it always said
+        del counts["pruned"]
     per_epoch = [r["seconds_per_epoch"] for r in rows if r["seconds_per_epoch"]]
     startup, per_report = _tune_times(exp)
     epoch_s = per_report or (float(np.median(per_epoch)) if per_epoch else None)

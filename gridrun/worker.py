@@ -94,6 +94,8 @@ class _Reporter:
         # returns, so it is the checkpoint as it stands (no second copy per epoch).
         TrialDir(self.state_dir).write_state_info(m["epoch"], self.launch)
         extra = {"notice": self.notice.pop()} if self.notice else {}
+        if not self.unit.fused:  # what ASHA watches (launch.py): never a fused group's best member
+            extra["trial_val_acc"] = m["val_acc"]
         tune.report({**m, "node_id": self.node, "status": "running", **extra},
                     checkpoint=tune.Checkpoint.from_directory(self.state_dir))
 

@@ -62,7 +62,8 @@ def test_dict_axis_sets_fields_jointly():
     ({"base": {"dropout": 0.1, "model": "resnet20"}, "grid": {}}, "dropout=0.1", "takes no dropout"),
     ({"grid": {"run": [{"model": "vanilla"}, {"model": "vanilla"}]}}, "one config twice", "remove the repeat"),
     ({"max_trials": 5}, "12 trials", "max_trials: 12"),
-    ({"fuse": 4, "early_stop": {}}, "early_stop and fuse", "cannot be combined"),
+    ({"fuse": 4, "early_stop": {}, "prune": {"rungs": [1]}}, "prune and early_stop", "keep one"),  # early_stop
+    # with fuse alone is allowed: it becomes rungs in each group (tests/test_prune.py)
 ])
 def test_each_validation_error_is_one_line_naming_the_key(patch, key, why):
     raw = {**GOOD, **patch}

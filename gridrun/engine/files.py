@@ -53,8 +53,9 @@ class Writer:
 
 def write_final(writer: Writer, device: torch.device, meta: dict, history: list, status: str,
                 scores: dict | None, labels: dict, weights) -> dict:
-    """What every finished trial folder holds (logits, labels, model.pt when it ended ok; always
-    summary.json); `labels` maps split -> labels, `weights()` gives the state dict to save.
+    """What every finished trial folder holds (logits, labels, model.pt when it has `scores`: it
+    ended ok, or was pruned; always summary.json); `labels` maps split -> labels, `weights()` gives
+    the state dict to save.
     Returns the result dict."""
     meta = dict(meta)
     if device.type == "cuda":
@@ -64,7 +65,7 @@ def write_final(writer: Writer, device: torch.device, meta: dict, history: list,
     trial = writer.trial
     if trial is None:
         return result
-    if status == "ok":
+    if scores is not None:  # ended ok, or pruned at a rung: the scores of its last epoch
         for split in SPLITS:
             trial.write_logits(split, scores[f"{split}_logits"].half().cpu().numpy())
         for split in SPLITS:

@@ -9,6 +9,7 @@ that computes them (strategies.py).
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 from contextlib import nullcontext
@@ -60,6 +61,7 @@ class Group:
     meta: dict
     trainer: Trainer | None = None
     start_epoch: int = 1
+    roster: list = field(default_factory=list)  # every member it started with, in order; `members`: those training
 
     @property
     def k(self) -> int:
@@ -235,21 +237,40 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Ho
             "n_test": len(splits.test_y), **({"classes": splits.classes} if c0.dataset != "mnist" else {}),
             "steps_per_epoch": n_train // c0.batch_size + (n_train % c0.batch_size >= 2),
             "fuse_strategy": name, **({"fuse_timings_s": times} if times else {}), **versions()}
-    g = Group(cfgs, device, splits, members, strategy, opt, ema, meta)
+    g = Group(cfgs, device, splits, members, strategy, opt, ema, meta, roster=list(members))
     g.trainer = Trainer(g, recorder)
     return g
 
 
 @torch.no_grad()
-def retire(g: Group, k: int) -> None:
-    """A diverged member: zero its slice everywhere so its NaNs cost nothing and touch nothing."""
-    g.members[k].alive = False
-    g.trainer.alive[k] = False
-    for t in [*g.params.values(), *g.buffers.values(), *(g.ema or {}).values()]:
-        if t.dtype.is_floating_point:
-            t[k] = 0
-    for t in (t for ts in g.opt.state for t in ts):  # stacked, or a plain model's own shapes (K = 1)
-        t[k].zero_() if g.k > 1 else t.zero_()
+def retire(g: Group, gone: list[int]) -> None:
+    """Members diverged or pruned (positions in the group): the group goes on without them."""
+    for k in gone:
+        g.members[k].alive = False
+    keep_members(g, [k for k, m in enumerate(g.members) if m.alive])
+
+
+@torch.no_grad()
+def keep_members(g: Group, keep: list[int]) -> None:
+    """Go on with the members at positions `keep` only, in that order: the stacked weights, buffers,
+    weight average and optimizer state shrink to theirs and the strategy and trainer are rebuilt,
+    so a retired member costs no further compute in any strategy."""
+    if keep == list(range(g.k)) or not keep:  # no member left: the group ends as it stands
+        return
+    idx = torch.tensor(keep, dtype=torch.long, device=g.device)
+    members = [g.members[k] for k in keep]
+    strategy = g.strategy.select(idx)
+    opt = Optimizer(g.opt.kind, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
+    opt.t = g.opt.t
+    for mine, old in zip(opt.state, g.opt.state):
+        for t, o in zip(mine, old):
+            t.copy_(o[idx])
+    g.ema = {n: t[idx].clone() for n, t in g.ema.items()} if g.ema is not None else None
+    g.members, g.cfgs, g.strategy, g.opt = members, [m.cfg for m in members], strategy, opt
+    recorder = g.trainer.graphs.recorder  # None after a failed recording: the steps stay eager
+    if isinstance(recorder, CudaGraphs):  # its graphs hold the survivors' generators only
+        recorder = CudaGraphs(g.device, [m.dgen for m in members])
+    g.trainer = Trainer(g, recorder)  # recorded anew: a recording holds the old group's tensors
 
 
 def member_state_dict(g: Group, k: int) -> dict:
@@ -260,46 +281,77 @@ def member_state_dict(g: Group, k: int) -> dict:
 
 
 def state_dict(g: Group, epoch: int) -> dict:
-    """Everything the group needs to go on after `epoch`, as plain tensors and containers."""
+    """Everything the group needs to go on after `epoch`, as plain tensors and containers: every
+    member it started with, and which of them (`stacked`, in order) the tensors still hold."""
     return {"epoch": epoch, "params": {n: t.detach() for n, t in g.params.items()}, "buffers": g.buffers,
             "opt": g.opt.state_dict(list(g.params)), "ema": g.ema, "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(g.device) if g.device.type == "cuda" else None,
+            "stacked": [next(j for j, r in enumerate(g.roster) if r is m) for m in g.members],
             "members": [{"config": m.cfg.to_dict(), "history": m.history, "status": m.status, "alive": m.alive,
                          "dgen": m.dgen.get_state(), "shadow": m.shadow.state_dict(),
-                         "scheduler": m.sched.state_dict() if m.sched is not None else None} for m in g.members]}
+                         "scheduler": m.sched.state_dict() if m.sched is not None else None} for m in g.roster]}
 
 
-def _check_configs(g: Group, path, saved: list) -> None:
-    if len(saved) != g.k:
-        raise StateError(f"resume state {path} is the state of a group of {len(saved)}, not of these {g.k} trials")
-    for m, s in zip(g.members, saved):
-        ours = {k: v for k, v in m.cfg.to_dict().items() if k not in PLUMBING}
-        theirs = {k: v for k, v in with_defaults(s.get("config") or {}).items() if k in ours}
-        if ours != theirs:
-            changed = sorted(k for k in ours if theirs.get(k) != ours[k])
-            raise StateError(f"resume state {path} belongs to another config (differs in {', '.join(changed)})")
+def _computing(cfg: dict) -> dict:
+    """A config's computing fields as JSON values (a stored tuple and list are one value)."""
+    return json.loads(json.dumps({k: v for k, v in with_defaults(cfg).items() if k not in PLUMBING}, default=str))
+
+
+def _match(g: Group, path, saved: list) -> list:
+    """For each saved member, its position in `g` (None: not in g); every member of `g` must be one
+    of them, and a saved member `g` lacks must be retired (a relaunch leaves pruned and diverged
+    trials alone)."""
+    ours = [_computing(m.cfg.to_dict()) for m in g.members]
+    theirs = [_computing(s.get("config") or {}) if isinstance(s, dict) else {} for s in saved]
+    where, free = [], list(range(g.k))
+    for cfg in theirs:
+        k = next((k for k in free if ours[k] == cfg), None)
+        where.append(k)
+        if k is not None:
+            free.remove(k)
+    lost = [j for j, k in enumerate(where)
+            if k is None and (not isinstance(saved[j], dict) or saved[j].get("alive", True))]
+    if free or lost:
+        k = (free or [0])[0]
+        other = theirs[k] if k < len(theirs) else {}
+        changed = sorted(n for n in ours[k] if other.get(n) != ours[k][n])
+        raise StateError(f"resume state {path} belongs to another config ("
+                         + (f"differs in {', '.join(changed)})" if changed and len(saved) == g.k else
+                            f"a group of {len(saved)} trials, not of these {g.k})"))
+    return where
 
 
 @torch.no_grad()
 def load_state(g: Group, path) -> None:
-    """Continue `g` from a saved state: weights, optimizer, schedules, generators, histories."""
+    """Continue `g` from a saved state: weights, optimizer, schedules, generators, histories; the
+    members the state had retired are retired here too."""
     state = read_state(path, g.device)
-    _check_configs(g, path, state.get("members") or [])
+    saved = state.get("members") or []
+    where = _match(g, path, saved)
     try:
-        for mine, saved in ((g.params, state["params"]), (g.buffers, state["buffers"]), (g.ema, state["ema"])):
+        stacked = [where[j] for j in state.get("stacked", range(len(saved)))]  # older states stacked every member
+        if None in stacked:
+            raise StateError(f"resume state {path} holds the weights of a trial that is not among these {g.k}")
+        for k, s in zip(where, saved):
+            if k is not None:
+                _load_member(g.members[k], s)
+        keep_members(g, stacked)
+        for mine, theirs in ((g.params, state["params"]), (g.buffers, state["buffers"]), (g.ema, state["ema"])):
             for n, t in (mine or {}).items():
-                t.copy_(saved[n])
+                t.copy_(theirs[n])
         g.opt.load_state_dict(state["opt"], list(g.params))
         torch.set_rng_state(state["rng_cpu"].cpu())
         if g.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), g.device)
-        for k, (m, s) in enumerate(zip(g.members, state["members"])):
-            m.history, m.status, m.alive = list(s["history"]), s["status"], bool(s["alive"])
-            g.trainer.alive[k] = m.alive
-            m.dgen.set_state(s["dgen"].cpu())
-            m.shadow.load_state_dict(s["shadow"])
-            if m.sched is not None:
-                m.sched.load_state_dict(s["scheduler"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
         raise StateError(f"resume state {path} does not fit this model ({str(e).splitlines()[0][:120]})") from None
+    keep_members(g, [k for k, m in enumerate(g.members) if m.alive])
     g.start_epoch = int(state["epoch"]) + 1
+
+
+def _load_member(m: Member, s: dict) -> None:
+    m.history, m.status, m.alive = list(s["history"]), s["status"], bool(s["alive"])
+    m.dgen.set_state(s["dgen"].cpu())
+    m.shadow.load_state_dict(s["shadow"])
+    if m.sched is not None:
+        m.sched.load_state_dict(s["scheduler"])

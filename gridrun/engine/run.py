@@ -1,7 +1,8 @@
 """run(configs) -> results: a group of K >= 1 trials from start to finish. Knows nothing of Ray.
 
 One epoch loop for every trial: train an epoch (step.Trainer), retire a member whose loss went
-non-finite (the others go on), after the last epoch recompute the scored model's BatchNorm
+non-finite (the others go on as a smaller group), after a rung epoch (`rungs`) retire the members
+below successive halving's cut as pruned, after the last epoch recompute the scored model's BatchNorm
 statistics (precise BN), score every member, step the per-epoch schedules, write each member's
 row, its final files after the last epoch (files.py) and the group's resumable state.
 """
@@ -128,33 +129,37 @@ def run(configs: list, on_epoch=None, resume_from: str | None = None, state_dir:
         if resume_from:
             load_state(g, resume_from)
         group_meta = {} if single else {"fused": g.k, "fused_group": group_dir and Path(group_dir).name}
-        for m in g.members:
+        for m in g.roster:
+            if not m.alive:  # retired before the state it resumed from: its folder is complete
+                m.writer = Writer(None, m.history)
+                m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, None, {}, None)
+                continue
             m.writer = Writer(m.cfg.out_dir, m.history)
             m.writer.config(m.cfg.to_dict(), {**g.meta, **group_meta})
         if single:
             state_dir = state_dir or cfgs[0].out_dir
         _epochs(g, on_epoch, Path(state_dir) if state_dir else None, single, hooks.after_epoch)
-        return [m.result for m in g.members]
+        return [m.result for m in g.roster]
 
 
 def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoch) -> None:
     epochs = g.cfgs[0].epochs
     for epoch in range(g.start_epoch, epochs + 1):
         losses, accs, seconds = g.trainer.epoch(tuple(is_clean_epoch(m.cfg, epoch) for m in g.members))
-        for k, m in enumerate(g.members):
-            if m.alive and not math.isfinite(float(losses[k])):
-                m.status = f"diverged at epoch {epoch}"
-                _final(g, k, None)
-                retire(g, k)
-        if not any(m.alive for m in g.members):
+        diverged = [k for k, m in enumerate(g.members) if not math.isfinite(float(losses[k]))]
+        for k in diverged:
+            g.members[k].status = f"diverged at epoch {epoch}"
+            _final(g, k, None)
+        live = [k for k in range(g.k) if k not in diverged]
+        if not live:
             break
+        retire(g, diverged)
+        losses, accs = losses[live], accs[live]
         if epoch == epochs and g.cfgs[0].precise_bn:  # a shared key (identity.FUSE_SHARED)
             precise_bn(g)
         scores = score(g)  # the last epoch's logits are the ones saved: scored exactly once
         alive = sum(m.alive for m in g.members)
         for k, m in enumerate(g.members):
-            if not m.alive:
-                continue
             lr = m.shadow.param_groups[0]["lr"]
             step_epoch_scheduler(m.cfg, m.sched, m.per_batch, scores[k]["val_loss"], scores[k]["val_acc"])
             row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"],
@@ -165,9 +170,12 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoc
                 # Final files before the last report: a scheduler (ASHA at max_t) may stop the
                 # trial at that report, and nothing after it would run.
                 _final(g, k, scores[k])
+        row = _group_row(g, epoch, seconds)
+        if epoch in g.cfgs[0].rungs:  # a shared key: every member has the same rungs
+            _rung(g, epoch, scores)
         state_path = save_state(state_dir, state_dict(g, epoch))
         if on_epoch is not None:
-            on_epoch(g.members[0].history[-1] if single else _group_row(g, epoch, seconds), state_path)
+            on_epoch(g.members[0].history[-1] if single else row, state_path)
         if after_epoch is not None:
             after_epoch(epoch, g.cfgs[0].out_dir)
     if any(m.result is None for m in g.members):  # resumed from a state saved after the last epoch
@@ -175,12 +183,36 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoc
         for k, m in enumerate(g.members):
             if m.result is None:
                 _final(g, k, scores[k] if m.status == "ok" else None)
-    for m in g.members:
+    for m in g.roster:
         m.writer.close()
 
 
+def rung_survivors(val_accs: list[float], keep: float) -> list[int]:
+    """Successive halving's cut: the positions of the best ceil(keep * n) of n members by
+    validation accuracy (at least one; a tie goes to the earlier member), in member order."""
+    n = max(1, math.ceil(keep * len(val_accs) - 1e-9))  # 0.5 * 4 is 2, not 3 by a rounding
+    best = sorted(range(len(val_accs)), key=lambda k: (-_number(val_accs[k]), k))[:n]
+    return sorted(best)
+
+
+def _number(v: float) -> float:
+    """A validation accuracy to rank by: NaN (no validation split) ranks last."""
+    return v if math.isfinite(v) else -math.inf
+
+
+def _rung(g: Group, epoch: int, scores: list[dict]) -> None:
+    """Successive halving after a rung epoch: the members below the cut are retired as pruned
+    with their final files from this epoch's scores; the rest go on as a smaller group."""
+    keep = rung_survivors([s["val_acc"] for s in scores], g.cfgs[0].rung_keep)
+    gone = [k for k in range(g.k) if k not in keep]
+    for k in gone:
+        g.members[k].status = f"pruned at epoch {epoch}"
+        _final(g, k, scores[k])
+    retire(g, gone)
+
+
 def _group_row(g: Group, epoch: int, seconds: float) -> dict:
-    val = [m.history[-1]["val_acc"] for m in g.members if m.alive]
+    val = [m.history[-1]["val_acc"] for m in g.members]
     return {"epoch": epoch, "val_acc": max(val), "mean_val_acc": sum(val) / len(val), "members_alive": len(val),
             "seconds": round(seconds, 3), "images_per_s": round(g.meta["n_train"] * g.k / seconds, 1)}
 

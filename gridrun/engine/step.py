@@ -140,7 +140,7 @@ class Trainer:
         dev, k = g.device, g.k
         self.g = g
         self.idx = torch.zeros(k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
-        self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # cleared by `retire`
+        self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # a retired member leaves the group (keep_members)
         self.ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=dev)
         self.loss_sum = torch.zeros(k, device=dev)
         self.correct = torch.zeros(k, device=dev, dtype=torch.long)

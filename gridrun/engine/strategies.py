@@ -49,6 +49,17 @@ class Strategy:
         `shared` (the same images); `weights` (params, buffers) default to the live ones."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def select(self, idx: torch.Tensor) -> "Strategy":
+        """The same strategy over the members `idx` only, on copies of their slices: a retired
+        member leaves the computation (its slices are no longer computed, stepped or stored)."""
+        new = copy.copy(self)
+        new.k = len(idx)
+        new.params = {n: t.detach()[idx].clone().requires_grad_(t.requires_grad) for n, t in self.params.items()}
+        new.buffers = {n: t[idx].clone() for n, t in self.buffers.items()}
+        new.leaves = list(new.params.values())
+        return new
+
 
 class Plain(Strategy):
     name = "plain"
@@ -59,6 +70,9 @@ class Plain(Strategy):
         self.params = {n: p.detach().unsqueeze(0) for n, p in self.module.named_parameters()}
         self.buffers = {n: b.unsqueeze(0) for n, b in self.module.named_buffers()}
         self.leaves = list(self.module.parameters())
+
+    def select(self, idx):
+        raise NotImplementedError("a plain trial is one member: it never continues as a smaller group")
 
     def forward(self, x, weights=None, shared=False):
         x = (x if shared else x[0]).contiguous(memory_format=self.fmt)
@@ -204,8 +218,16 @@ class BlockDiag(Strategy):
 
     def __init__(self, models: list[nn.Module]):
         super().__init__(models)
-        self.module = copy.deepcopy(models[0])
+        self.arch = copy.deepcopy(models[0])  # the member's own layers: select() blockifies them anew
+        self.module = copy.deepcopy(self.arch)
         _blockify(self.module, self.k)
+
+    def select(self, idx):
+        new = super().select(idx)
+        new.module = copy.deepcopy(self.arch)  # the blocks are K-wide: rebuilt for the smaller group
+        _blockify(new.module, new.k)
+        new.module.train(self.module.training)
+        return new
 
     def forward(self, x, weights=None, shared=False):
         if shared:                                               # (B, C, H, W) -> (B, K*C, H, W)
