@@ -183,7 +183,8 @@ def test_fuse_shared_is_the_role_config_py_gives_its_fields():
     assert set(FUSE_SHARED) == {  # the set fused groups have always shared (fuse keys must not move)
         "model", "model_args", "batch_size", "epochs", "optimizer", "val_size", "subset", "split_seed", "data_dir",
         "normalize", "ema", "precise_bn", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
-        "gpu_memory_fraction", "eval_batch_size", "fuse_strategy", "dataset"}
+        "gpu_memory_fraction", "eval_batch_size", "fuse_strategy", "dataset",
+        "rungs", "rung_keep"}  # the last two are left out of keys while off (identity.SINCE): no grid's key moved
     assert PLUMBING == {"data_dir", "device", "threads", "compile", "cuda_graph", "amp", "channels_last",
                         "gpu_memory_fraction", "fuse_strategy", "eval_batch_size", "out_dir"}
 
