@@ -153,7 +153,7 @@ def check_group(cfgs: list[TrainConfig]) -> None:
 
     resolved = [canonical(c.to_dict()) for c in cfgs]  # one net under two names (an alias) is one net
     for name in FUSE_SHARED:
-        values = {repr(c[name]) for c in resolved}
+        values = {repr(c.get(name)) for c in resolved}  # canonical leaves out a SINCE field at its default
         if len(values) > 1:
             raise ConfigError(f"fused trials must share {name}, but the group has {', '.join(sorted(values))}")
     if len({Augment(c.augment, c.aug).align for c in cfgs}) > 1:
