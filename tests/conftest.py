@@ -136,3 +136,25 @@ def write_spec(path: Path, data_dir: Path, **over) -> Path:
     spec.update(over)
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(SIZE) -> a fresh tmpfs of that size, e.g. "600k" (root only; the test is skipped where
+    mounting is not allowed); unmounted after the test."""
+    import subprocess
+
+    mounts = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"disk{len(mounts)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -280,17 +280,9 @@ def test_sigterm_to_the_driver_stops_cleanly_with_summary_and_record(ray_local, 
 # ---------------------------------------------------------------- item 5: a full disk
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 600 KiB tmpfs (root only; skipped where mounting is not allowed)."""
-    import subprocess
-
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def small_disk(tmpfs):
+    """A 600 KiB tmpfs (conftest.tmpfs)."""
+    return tmpfs("600k")
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS"])
