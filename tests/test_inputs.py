@@ -4,7 +4,6 @@ command."""
 import io
 import re
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
