@@ -65,3 +65,95 @@ def test_tiny_benchmark_writes_rows_of_the_layout(tmp_path, capsys):
             assert r["ratio"] == pytest.approx(base["value"] / r["value"])
     printed = capsys.readouterr().out.splitlines()  # a line of the run's facts, then one per row
     assert len(printed) == 7 and "device cpu" in printed[0] and "x separate" in printed[2]
+
+
+# ---- benchmarks/search.py: search methods at equal wall time -----------------------------------------
+
+from benchmarks import search  # noqa: E402
+
+
+def _run(method, seed, obs):
+    """A method's run as search.run_method returns it: (seconds from start, val_acc, trial, epoch)."""
+    return {"method": method, "seed": seed, "t0": 0.0, "rc": 0, "load": [1.0, 1.0], "obs": sorted(obs)}
+
+
+def test_search_figures_best_so_far_and_time_to_target():
+    obs = [(30.0, 0.90, "a", 1), (50.0, 0.96, "a", 2), (55.0, 0.95, "b", 1), (90.0, 0.975, "b", 2),
+           (130.0, 0.99, "c", 1)]
+    assert search.best_at(obs, 10) is None and search.best_at(obs, 60) == 0.96 and search.best_at(obs, 120) == 0.975
+    assert search.time_to(obs, 0.97, 120) == 90.0 and search.time_to(obs, 0.985, 120) is None  # 130 s: over budget
+    assert search.curve(obs, 120) == [(30.0, 0.90), (50.0, 0.96), (90.0, 0.975)]
+    assert search.median_time([40.0, None, 10.0]) == 40.0 and search.median_time([None, None, 10.0]) is None
+
+
+def test_search_rows_set_each_method_against_ray_tune_and_tpe_against_random():
+    runs = [_run("random", 0, [(20.0, 0.95, "r1", 1), (80.0, 0.97, "r1", 2)]),
+            _run("tpe", 0, [(10.0, 0.96, "t1", 1), (40.0, 0.98, "t2", 2)]),
+            _run("tune", 0, [(60.0, 0.94, "u1", 1), (100.0, 0.972, "u1", 2)]),
+            _run("random", 1, [(50.0, 0.96, "r1", 1)]),
+            _run("tpe", 1, [(30.0, 0.971, "t1", 1)]),
+            _run("tune", 1, [(90.0, 0.975, "u1", 1)])]
+    rows = search.rows(runs, budget=120, target=0.97)
+    one = {(r["variant"], r["config"].get("seed"), r["metric"], r["baseline"]): r for r in rows}
+    acc, secs = "best val_acc within 120 s", "seconds to val_acc 97%"
+    tpe, rnd, tune = search.LABELS["tpe"], search.LABELS["random"], search.LABELS["tune"]
+    r = one[(tpe, 0, secs, tune)]  # seconds: lower is better, so the ratio is tune's / tpe's
+    assert (r["value"], r["baseline_value"]) == (40.0, 100.0) and r["unit"] == "s"
+    r = one[(tpe, 0, acc, tune)]
+    assert (r["value"], r["baseline_value"]) == (0.98, 0.972) and r["config"]["trials"] == 2
+    r = one[(rnd, 1, secs, tune)]
+    assert r["value"] is None and r["note"] == "not reached in 120 s"
+    assert one[(tune, 0, acc, None)]["baseline"] is None  # the baseline is set against nothing
+    # over the seeds: the median of (40, 30) and (100, 90); random reached it in one seed of two
+    med = f"median {secs}"
+    assert one[(tpe, None, med, tune)]["value"] == 35.0 and one[(tpe, None, med, tune)]["baseline_value"] == 95.0
+    assert one[(tpe, None, med, rnd)]["baseline_value"] is None  # random's median seed never got there
+    assert one[(rnd, None, med, tune)]["note"] == "1 of 2 seeds reached it"
+    assert one[(tpe, None, f"mean {acc}", rnd)]["baseline_value"] == pytest.approx((0.97 + 0.96) / 2)
+    assert not any((rnd, None, f"mean {acc}", rnd) == k[:4] for k in one)  # nothing against itself
+
+
+def test_search_harness_computes_the_ratios(tmp_path, monkeypatch, capsys):
+    """Through the harness: rows of the one layout, with ratios computed from the baselines."""
+    fake = {("random", 0): [(30.0, 0.97, "r", 1)], ("tune", 0): [(60.0, 0.97, "u", 1), (70.0, 0.98, "u", 2)]}
+    monkeypatch.setattr(search, "subset_data", lambda a, folder: folder)
+    monkeypatch.setattr(search, "run_method", lambda m, s, a, work, data: _run(m, s, fake[(m, s)]))
+    out = tmp_path / "rows.jsonl"
+    assert main(["search", "--out", str(out), "--methods", "random,tune", "--seeds", "0", "--budget", "100",
+                 "--trace", str(tmp_path / "trace.json")]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(tuple(r) == benchmarks.ROW for r in rows)
+    by = {(r["variant"], r["metric"], r["config"].get("seed")): r for r in rows}
+    r = by[(search.LABELS["random"], "seconds to val_acc 97%", 0)]
+    assert r["ratio"] == pytest.approx(2.0)  # 60 s / 30 s
+    r = by[(search.LABELS["random"], "best val_acc within 100 s", 0)]
+    assert r["ratio"] == pytest.approx(0.97 / 0.98)
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert [c for c in trace["runs"][1]["curve"]] == [[60.0, 0.97], [70.0, 0.98]]
+
+
+def test_search_bad_method_is_one_line(capsys):
+    assert main(["search", "--methods", "random,optuna"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "optuna is not one of random, tpe, tune" in err
+
+
+def test_search_reads_each_scored_epoch_with_its_wall_time(tmp_path, synth_dir):
+    """gridrun's side: every epoch a trial scored, with the time it was written (the trial
+    folder's TensorBoard scalars); Tune's side: what the train function reported."""
+    import time
+
+    from gridrun.train import train
+
+    t0 = time.time()
+    res = train({"model": "tinynet_7k", "epochs": 2, "batch_size": 50, "subset": 200, "val_size": 100,
+                 "data_dir": str(synth_dir), "augment": "none", "out_dir": str(tmp_path / "exp" / "t1")})
+    got = sorted(search.gridrun_obs(tmp_path / "exp"))
+    assert [(o[2], o[3]) for o in got] == [("t1", 1), ("t1", 2)]
+    assert [o[1] for o in got] == pytest.approx([h["val_acc"] for h in res["history"]])
+    assert t0 <= got[0][0] <= got[1][0] <= time.time()
+    tdir = tmp_path / "tune" / "train_fn_0001"
+    tdir.mkdir(parents=True)
+    (tdir / "result.json").write_text('{"val_acc": 0.5, "epoch": 1, "wall": 12.5, "trial_id": "0001"}\n'
+                                      '{"val_acc": 0.7, "ep')  # a line cut by a kill
+    assert search.tune_obs(tmp_path / "tune") == [(12.5, 0.5, "0001", 1)]
