@@ -50,7 +50,7 @@ def main(path: str) -> None:
         tune.with_parameters(train_fn, base=job["base"], arrays=load_arrays(job["base"]["data_dir"])),
         param_space=param_space(job["space"]),
         tune_config=tune.TuneConfig(
-            metric="val_acc", mode="max", num_samples=-1,
+            metric="val_acc", mode="max", num_samples=job["samples"],
             search_alg=OptunaSearch(seed=job["seed"]),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job["base"]["epochs"],
                                     grace_period=job["grace_period"], reduction_factor=job["reduction_factor"]),

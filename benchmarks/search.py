@@ -54,11 +54,12 @@ def add_args(ap) -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rungs", default="2,4", help="(b)'s rung epochs; ASHA's grace period is the first")
     ap.add_argument("--keep", type=float, default=0.5, help="(b): fraction kept at a rung; ASHA's factor is 1/keep")
-    ap.add_argument("--samples", type=int, default=400, help="(a)'s draws and (b)'s trial budget: more than "
-                                                                  "--budget trains, so the budget stops both")
+    ap.add_argument("--samples", type=int, default=400, help="configs each method may try (a budget in trials; the "
+                                                                  "default is more than --budget trains here)")
     ap.add_argument("--fuse", type=int, default=4, help="fused group size of (a) and (b) (and (b)'s K asked at once)")
     ap.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed after)")
     ap.add_argument("--trace", default=None, help="write every method's observations and curves to this JSON file")
+    ap.add_argument("--plot", default=None, help="draw best-so-far validation accuracy against wall time to this PNG")
 
 
 def run(a, bench) -> None:
@@ -79,6 +80,8 @@ def run(a, bench) -> None:
         bench.row(**r)
     if a.trace:
         Path(a.trace).write_text(json.dumps(trace(runs, a), indent=1) + "\n")
+    if a.plot:
+        plot(runs, a.budget, a.target, a.plot)
 
 
 def _choices(a) -> tuple[list[str], list[int]]:
@@ -144,7 +147,8 @@ def _rungs(a) -> list[int]:
 
 def tune_job(seed: int, a, data: Path, storage: Path, deadline: float) -> dict:
     """What (c)'s script needs: ASHA's grace period and factor match (b)'s first rung and keep."""
-    return {"space": SPACE, "base": base(a, data), "seed": seed, "deadline": deadline, "storage": str(storage),
+    return {"space": SPACE, "base": base(a, data), "seed": seed, "samples": a.samples, "deadline": deadline,
+            "storage": str(storage),
             "grace_period": _rungs(a)[0] if _rungs(a) else 1, "reduction_factor": 1 / a.keep}
 
 
@@ -164,6 +168,9 @@ def run_method(method: str, seed: int, a, work: Path, data: Path) -> dict:
         cmd = [sys.executable, "-m", "gridrun.cli", "launch", str(spec), "--storage", str(where / "runs")]
     load0 = os.getloadavg()[0]
     rc = stopped(cmd, where / "log.txt", t0 + a.budget)
+    if rc not in (0, 130, -signal.SIGINT):  # neither finished nor stopped at the budget: say why
+        tail = (where / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
+        print(f"search: {method} seed {seed} exited with {rc}:", *tail, sep="\n  ", flush=True)
     obs = tune_obs(where / "tune") if method == "tune" else gridrun_obs(where / "runs" / f"{method}_s{seed}")
     return {"method": method, "seed": seed, "t0": t0, "rc": rc, "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "obs": sorted((round(t - t0, 3), v, trial, e) for t, v, trial, e in obs)}
@@ -294,3 +301,27 @@ def trace(runs: list[dict], a) -> dict:
     """Everything the figures came from, for a report or a plot without rerunning."""
     return {"args": {k: v for k, v in vars(a).items() if k not in ("out", "trace")}, "space": SPACE,
             "base": base(a, Path("MNIST-SUBSET")), "runs": [{**r, "curve": curve(r["obs"], a.budget)} for r in runs]}
+
+
+def plot(runs: list[dict], budget: float, target: float, path: str) -> None:
+    """Best-so-far validation accuracy against wall time: one colour per method, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, m in enumerate(LABELS):
+        for j, r in enumerate(r for r in runs if r["method"] == m):
+            pts = curve(r["obs"], budget)
+            if pts:  # a step from each improvement to the next, held to the budget
+                xs, ys = zip(*(pts + [(budget, pts[-1][1])]))
+                ax.step(xs, [100 * y for y in ys], where="post", color=f"C{i}", alpha=0.85,
+                        label=LABELS[m] if j == 0 else None)
+    ax.axhline(100 * target, color="grey", ls="--", lw=0.8, label=f"target {100 * target:g}%")
+    ax.set(xlim=(0, budget), ylim=(max(0, 100 * target - 10), 100), xlabel="wall seconds from the method's start",
+           ylabel="best validation accuracy so far (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -157,3 +157,22 @@ def test_search_reads_each_scored_epoch_with_its_wall_time(tmp_path, synth_dir):
     (tdir / "result.json").write_text('{"val_acc": 0.5, "epoch": 1, "wall": 12.5, "trial_id": "0001"}\n'
                                       '{"val_acc": 0.7, "ep')  # a line cut by a kill
     assert search.tune_obs(tmp_path / "tune") == [(12.5, 0.5, "0001", 1)]
+
+
+@pytest.mark.slow  # two Ray starts in subprocesses, two 2-epoch configs each: ~1-2 min on the busy 2-core CPU
+def test_search_runs_random_and_ray_tune_for_a_micro_budget(tmp_path, synth_dir, monkeypatch):
+    """The real methods on tiny synthetic data, each for a budget of two configs (the wall-time
+    budget is only a ceiling here): what their trials scored comes back as rows, set against Ray Tune's."""
+    monkeypatch.setenv("GRIDRUN_DATA", str(synth_dir))
+    out = tmp_path / "rows.jsonl"
+    assert main(["search", "--out", str(out), "--methods", "random,tune", "--seeds", "0", "--budget", "240",
+                 "--images", "1000", "--val-size", "200", "--test-images", "100", "--epochs", "2", "--rungs", "",
+                 "--fuse", "2", "--samples", "2", "--target", "0.5", "--work", str(tmp_path / "work")]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    seeded = {r["variant"]: r for r in rows if r["config"].get("seed") == 0 and r["unit"] == "acc"}
+    assert set(seeded) == {search.LABELS["random"], search.LABELS["tune"]}
+    assert all(r["config"]["trials"] == 2 and r["value"] > 0.1 for r in seeded.values()), seeded  # both trained
+    r = seeded[search.LABELS["random"]]
+    assert r["baseline_value"] == seeded[search.LABELS["tune"]]["value"]
+    assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"])
+    assert (tmp_path / "work" / "tune_s0" / "tune").is_dir() and (tmp_path / "work" / "random_s0" / "runs").is_dir()
