@@ -51,7 +51,7 @@ def add_args(ap) -> None:
     ap.add_argument("--val-size", type=int, default=2000, help="of those, held out for validation (the objective)")
     ap.add_argument("--test-images", type=int, default=1000,
                     help="MNIST test images (never used to choose; the trainer scores them every epoch)")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--rungs", default="2,4", help="(b)'s rung epochs; ASHA's grace period is the first")
     ap.add_argument("--keep", type=float, default=0.5, help="(b): fraction kept at a rung; ASHA's factor is 1/keep")
     ap.add_argument("--samples", type=int, default=400, help="configs each method may try (a budget in trials; the "
@@ -60,10 +60,14 @@ def add_args(ap) -> None:
     ap.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed after)")
     ap.add_argument("--trace", default=None, help="write every method's observations and curves to this JSON file")
     ap.add_argument("--plot", default=None, help="draw best-so-far validation accuracy against wall time to this PNG")
+    ap.add_argument("--from-trace", default=None, metavar="TRACE_JSON",
+                    help="run nothing: the rows, tables and plot from a trace a run wrote (--budget/--target may differ)")
 
 
 def run(a, bench) -> None:
     methods, seeds = _choices(a)
+    if a.from_trace:
+        return report(json.loads(Path(a.from_trace).read_text())["runs"], a, bench)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="gridrun-search-"))
     runs = []
     try:
@@ -76,10 +80,16 @@ def run(a, bench) -> None:
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
-    for r in rows(runs, a.budget, a.target):
-        bench.row(**r)
     if a.trace:
         Path(a.trace).write_text(json.dumps(trace(runs, a), indent=1) + "\n")
+    report(runs, a, bench)
+
+
+def report(runs: list[dict], a, bench) -> None:
+    """The rows, the two markdown tables, the plot."""
+    for r in rows(runs, a.budget, a.target):
+        bench.row(**r)
+    print(markdown(runs, a.budget, a.target), flush=True)
     if a.plot:
         plot(runs, a.budget, a.target, a.plot)
 
@@ -325,3 +335,40 @@ def plot(runs: list[dict], budget: float, target: float, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(runs: list[dict], budget: float, target: float) -> str:
+    """Per run, then over the seeds, as reports/benchmarks.md shows them."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def sec(v):
+        return "not reached" if v is None else f"{v:.0f} s"
+
+    def x(v, b, lower=False):
+        return "" if v is None or b is None else f" ({(b / v if lower else v / b):.2f}×)"
+
+    per = {(r["method"], r["seed"]): r for r in runs}
+    out = [f"| seed | method | load avg (start → end) | configs scored | epochs scored | best val acc in "
+           f"{budget:g} s (÷ (c)) | seconds to {100 * target:g}% ((c) ÷ this) |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in sorted(runs, key=lambda r: (r["seed"], list(LABELS).index(r["method"]))):
+        b = per.get((BASELINE, r["seed"])) if r["method"] != BASELINE else None
+        acc, t = best_at(r["obs"], budget), time_to(r["obs"], target, budget)
+        out.append(f"| {r['seed']} | {LABELS[r['method']]} | {r['load'][0]:.1f} → {r['load'][1]:.1f} | "
+                   f"{len({o[2] for o in r['obs']})} | {len(r['obs'])} | {pct(acc)}"
+                   f"{x(acc, best_at(b['obs'], budget)) if b else ''} | {sec(t)}"
+                   f"{x(t, time_to(b['obs'], target, budget), lower=True) if b else ''} |")
+    out += ["", f"| method | mean best val acc in {budget:g} s | median seconds to {100 * target:g}% | seeds that "
+                f"reached it | (c)'s median ÷ this | (a)'s median ÷ this |", "|---|---:|---:|---:|---:|---:|"]
+    by = {m: [r for r in runs if r["method"] == m] for m in LABELS}
+    times = {m: [time_to(r["obs"], target, budget) for r in rs] for m, rs in by.items() if rs}
+    med = {m: median_time(ts) for m, ts in times.items()}
+
+    def faster(m, than):  # how many times sooner m's median seed got there
+        return "-" if m == than or med.get(m) is None or med.get(than) is None else f"{med[than] / med[m]:.2f}×"
+
+    for m, ts in times.items():
+        mean = statistics.mean(best_at(r["obs"], budget) or 0.0 for r in by[m])
+        out.append(f"| {LABELS[m]} | {pct(mean)} | {sec(med[m])} | {sum(t is not None for t in ts)} of {len(ts)} | "
+                   f"{faster(m, BASELINE)} | {faster(m, 'random')} |")
+    return "\n".join(out)
