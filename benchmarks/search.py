@@ -43,7 +43,7 @@ GRACE_S = 60  # after the budget: seconds a method gets to stop on SIGINT before
 
 
 def add_args(ap) -> None:
-    ap.add_argument("--budget", type=float, default=180, help="wall seconds per method and seed (Ray start included)")
+    ap.add_argument("--budget", type=float, default=240, help="wall seconds per method and seed (Ray start included)")
     ap.add_argument("--seeds", default="0,1,2", help="sampler seeds, joined with ','")
     ap.add_argument("--methods", default="random,tpe,tune", help=f"of {','.join(LABELS)}, joined with ','")
     ap.add_argument("--target", type=float, default=0.97, help="the validation accuracy timed (fraction)")
