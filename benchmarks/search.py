@@ -349,12 +349,14 @@ def markdown(runs: list[dict], budget: float, target: float) -> str:
         return "" if v is None or b is None else f" ({(b / v if lower else v / b):.2f}×)"
 
     per = {(r["method"], r["seed"]): r for r in runs}
-    out = [f"| seed | method | load avg (start → end) | configs scored | epochs scored | best val acc in "
-           f"{budget:g} s (÷ (c)) | seconds to {100 * target:g}% ((c) ÷ this) |", "|---|---|---|---:|---:|---:|---:|"]
+    out = [f"| seed | method | load avg (start → end) | first epoch scored at | configs scored | epochs scored | "
+           f"best val acc in {budget:g} s (÷ (c)) | seconds to {100 * target:g}% ((c) ÷ this) |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(runs, key=lambda r: (r["seed"], list(LABELS).index(r["method"]))):
         b = per.get((BASELINE, r["seed"])) if r["method"] != BASELINE else None
         acc, t = best_at(r["obs"], budget), time_to(r["obs"], target, budget)
-        out.append(f"| {r['seed']} | {LABELS[r['method']]} | {r['load'][0]:.1f} → {r['load'][1]:.1f} | "
+        first = sec(min((o[0] for o in r["obs"]), default=None)).replace("not reached", "-")
+        out.append(f"| {r['seed']} | {LABELS[r['method']]} | {r['load'][0]:.1f} → {r['load'][1]:.1f} | {first} | "
                    f"{len({o[2] for o in r['obs']})} | {len(r['obs'])} | {pct(acc)}"
                    f"{x(acc, best_at(b['obs'], budget)) if b else ''} | {sec(t)}"
                    f"{x(t, time_to(b['obs'], target, budget), lower=True) if b else ''} |")

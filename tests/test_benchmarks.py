@@ -131,7 +131,7 @@ def test_search_harness_computes_the_ratios(tmp_path, monkeypatch, capsys):
     trace = json.loads((tmp_path / "trace.json").read_text())
     assert [c for c in trace["runs"][1]["curve"]] == [[60.0, 0.97], [70.0, 0.98]]
     table = capsys.readouterr().out  # the markdown tables printed after the rows
-    assert "| 0 | (a) gridrun random | 1.0 → 1.0 | 1 | 1 | 97.00% (0.99×) | 30 s (2.00×) |" in table
+    assert "| 0 | (a) gridrun random | 1.0 → 1.0 | 30 s | 1 | 1 | 97.00% (0.99×) | 30 s (2.00×) |" in table
     assert "| (a) gridrun random | 97.00% | 30 s | 1 of 1 | 2.00× | - |" in table
     # the same figures again from the trace alone, nothing run
     assert main(["search", "--from-trace", str(tmp_path / "trace.json"), "--budget", "100"]) == 0
