@@ -137,15 +137,16 @@ def base(a, data: Path) -> dict:
 
 
 def gridrun_spec(method: str, seed: int, a, data: Path) -> dict:
-    """(a) random: the distribution axes and `samples`; (b) the same space as a TPE study with rungs."""
+    """(a) random: the distribution axes and `samples`; (b) the same space as a TPE study, its
+    fused groups pruned at the rungs (`prune:`)."""
     b = base(a, data)
     spec = {"name": f"{method}_s{seed}", "data": {"val_size": b.pop("val_size"), "data_dir": b.pop("data_dir")},
             "base": {k: v for k, v in b.items() if k != "seed"}, "grid": SPACE, "seeds": [b["seed"]],
             "resources": {"cpu": 1}, "fuse": a.fuse}
     if method == "random":  # more draws than a budget here trains: the budget stops it
         return {**spec, "samples": a.samples, "sample_seed": seed}
-    return {**spec, "search": {"sampler": "tpe", "trials": a.samples, "seed": seed, "rungs": _rungs(a),
-                               "keep": a.keep}}
+    return {**spec, "search": {"sampler": "tpe", "trials": a.samples, "seed": seed},
+            **({"prune": {"rungs": _rungs(a), "keep": a.keep}} if _rungs(a) else {})}
 
 
 def _rungs(a) -> list[int]:

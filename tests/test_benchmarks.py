@@ -182,3 +182,17 @@ def test_search_runs_random_and_ray_tune_for_a_micro_budget(tmp_path, synth_dir,
     assert r["baseline_value"] == seeded[search.LABELS["tune"]]["value"]
     assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"])
     assert (tmp_path / "work" / "tune_s0" / "tune").is_dir() and (tmp_path / "work" / "random_s0" / "runs").is_dir()
+
+
+def test_search_specs_are_valid_gridrun_specs(tmp_path):
+    """(a)'s and (b)'s specs as gridrun reads them: the same space, (b) a TPE study pruned at the rungs."""
+    import argparse
+
+    from gridrun.spec import parse
+
+    a = argparse.Namespace(epochs=5, val_size=200, fuse=4, samples=40, rungs="2,4", keep=0.5)
+    rnd, tpe = (parse(search.gridrun_spec(m, 3, a, tmp_path)) for m in ("random", "tpe"))
+    assert rnd.samples == 40 and rnd.sample_seed == 3 and rnd.search is None and rnd.fuse == 4
+    assert tpe.search.sampler == "tpe" and tpe.search.seed == 3 and tpe.search.trials == 40 and tpe.fuse == 4
+    assert tpe.prune.rungs == [2, 4] and tpe.prune.keep == 0.5
+    assert rnd.grid == tpe.grid == search.SPACE
