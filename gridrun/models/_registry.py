@@ -93,6 +93,11 @@ def model_family(name: str) -> str:
     return _FAMILY[_check(name)]
 
 
+def is_zoo(name: str) -> bool:
+    """Whether a net is gridrun's own (registered in gridrun.models), not a user's or a test's."""
+    return _MODELS[_check(name)].__module__.startswith(f"{__package__}.")
+
+
 def _params(name: str) -> dict:
     return dict(inspect.signature(_MODELS[_check(name)]).parameters)
 
