@@ -109,7 +109,11 @@ def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None, slot
         if t.name not in taken:
             by_key.setdefault(fuse_key(t.train), []).append(t)
     groups = list(by_key.values())
-    counts = _spread([len(g) for g in groups], [-(-len(g) // k) for g in groups], slots - len(units))
+    plain = [-(-len(g) // k) for g in groups]
+    # a group that prunes at rungs (a fuse-shared field) is never split: its members compete
+    # with each other, and a split would change who is cut (a study asks K configs for one group)
+    most = [n if g[0].train.get("rungs") else len(g) for g, n in zip(groups, plain)]
+    counts = _spread(most, plain, slots - len(units))
     for members, n in zip(groups, counts):
         for chunk in _chunks(members, k, n):
             if len(chunk) == 1:

@@ -210,7 +210,11 @@ def live_stream(out):
 # output's tables and banners would bury ours, and its warning on slow experiment syncs fires on
 # every small grid. A variable the user set is left as it is.
 TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1e9"}
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1e9",
+            # a plan mixing fused groups and lone trials under pruning: ASHA watches trial_val_acc,
+            # which only lone trials report (a group prunes itself); Tune's strict check would fail
+            # every group's result for lacking it, though ASHA itself skips such results
+            "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 
 @contextmanager
