@@ -229,7 +229,7 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Ho
     strategy = strategies.make(name, models, **plain)
     if name == "blockdiag":
         strategies.check_same(strategy, strategies.make("loop", models), splits.normalize(splits.train_x[:8]))
-    opt = Optimizer(c0.optimizer, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
+    opt = _optimizer(c0.optimizer, strategy, members)
     ema = {n: t.detach().clone() for n, t in {**strategy.params, **strategy.buffers}.items()} if c0.ema else None
     recorder = None if not c0.cuda_graph else CudaGraphs(device, [m.dgen for m in members]) if cuda else hooks.recorder
     meta = {"params": n_params, "device": str(device), "threads": torch.get_num_threads(), "amp": amp,
@@ -250,6 +250,11 @@ def retire(g: Group, gone: list[int]) -> None:
     keep_members(g, [k for k, m in enumerate(g.members) if m.alive])
 
 
+def _optimizer(kind: str, strategy, members: list) -> Optimizer:
+    """One optimizer over the strategy's stacked leaves, each member's Nesterov flag its own."""
+    return Optimizer(kind, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
+
+
 @torch.no_grad()
 def keep_members(g: Group, keep: list[int]) -> None:
     """Go on with the members at positions `keep` only, in that order: the stacked weights, buffers,
@@ -260,7 +265,7 @@ def keep_members(g: Group, keep: list[int]) -> None:
     idx = torch.tensor(keep, dtype=torch.long, device=g.device)
     members = [g.members[k] for k in keep]
     strategy = g.strategy.select(idx)
-    opt = Optimizer(g.opt.kind, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
+    opt = _optimizer(g.opt.kind, strategy, members)
     opt.t = g.opt.t
     for mine, old in zip(opt.state, g.opt.state):
         for t, o in zip(mine, old):
