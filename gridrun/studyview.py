@@ -101,9 +101,11 @@ def _confirmed(exp, a: Analysis, searched: list) -> list[str]:
 def _importance(imp: dict, searched: list) -> list[str]:
     import pandas as pd
 
-    if not imp:
-        return []
     n = sum(t.status == "finished" for t, _ in searched)
+    if not imp:  # say why rather than leave the section out (a reader looks for it)
+        why = (f"{n} finished search trial(s); the evaluator needs at least 5" if n < 5
+               else "every searched axis took one value among the finished trials: nothing to apportion")
+        return ["### Hyperparameter importance", "", f"Not computed: {why}.", ""] if searched else []
     rows = [{"hyperparameter": k, "importance": f"{v:.3f}"} for k, v in imp.items()]
     return ["### Hyperparameter importance", "", f"Optuna's PED-ANOVA importance evaluator over the {n} finished "
             f"search trials: how far each axis's values among the best 10% by final validation accuracy depart "

@@ -237,6 +237,8 @@ def test_the_report_chooses_among_confirmed_configs_and_reads_test_from_confirma
     assert "holds the confirmation runs alone" in text and "## Study" in text
     assert f"Chosen: **{', '.join(f'{k}={v}' for k, v in second.axes.items())}**" in text
     assert "### Confirmed configs" in text and (tmp_path / "rep" / "syn_study.png").is_file()
+    # too few finished search trials for the importance evaluator: the section says so, not left out
+    assert "### Hyperparameter importance\n\nNot computed: 4 finished search trial(s); the evaluator needs at least 5" in text
     assert first.name not in text.split("## Runs")[1]  # the search's runs are not the table's runs
     from gridrun.status import snapshot
 
