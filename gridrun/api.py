@@ -43,7 +43,7 @@ class Experiment:
         """The config the report chooses on validation (a study's: among its confirmed configs,
         with test accuracy from the confirmation runs alone): label, config, val and test
         accuracy (mean, std, n) and its trials."""
-        from .report import chosen_config
+        from .best import chosen_config
 
         return chosen_config(self.name, self.storage)
 

@@ -224,7 +224,7 @@ def cmd_export(args) -> int:
 
 def cmd_best(args) -> int:
     from .remote import local_view
-    from .report import best
+    from .best import best
 
     storage = local_view(args.storage, [args.name])  # s3://: a mirror in the cache
     print(best(args.name, storage=storage, how="yaml" if args.yaml else "command" if args.command else "text"))

@@ -14,17 +14,16 @@ import json
 import math
 import os
 import re
-import shlex
 from pathlib import Path
 
 import numpy as np
 
-from . import analysis, study, studyview
+from . import analysis, reportplots, study, studyview
 from .errors import GridrunError
 from .config import field_names
-from .identity import OFF, value_text, varying_fields
+from .identity import OFF
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
-from .store import CONFIG, REFERENCE, ExperimentDir
+from .store import REFERENCE, ExperimentDir
 
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
                  ("batch_size", "Batch"), ("epochs", "Epochs")]
@@ -145,168 +144,6 @@ def _cons_words(cons: dict) -> list[str]:
 
 # ---------------------------------------------------------------- the report
 
-def _plots(a: analysis.Analysis, out_md: Path) -> list[str]:
-    """The report's figures, written beside `out_md`; returns their file names. A figure that
-    would say nothing (parameters when every config has the same count, validation curves
-    without a validation value) is not drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not a.summaries:
-        return []
-    stem = out_md.stem
-    figures = [(_hparams_plot, f"{stem}_hparams.png"), (_curves_plot, f"{stem}_curves.png"),
-               (_params_plot, f"{stem}_params.png")]
-    names = []
-    for draw, name in figures:
-        path = out_md.with_name(name)
-        if draw(plt, a, path):
-            names.append(name)
-        else:
-            path.unlink(missing_ok=True)  # an earlier report's figure that no longer applies
-    return names
-
-
-def _bar(stats: tuple) -> tuple[float, float]:
-    """A (mean, std, n) of accuracies as a point and an error bar in percent (one seed: no bar)."""
-    mean, std, _ = stats
-    return 100 * mean, 100 * (std or 0.0)
-
-
-LOG_AXES = ("lr", "weight_decay")  # spread over decades: equal ratios get equal room
-SAMPLED = 8  # a numeric field with more distinct values was sampled: matplotlib's ticks (decades on a log axis)
-
-
-def _hparams_plot(plt, a: analysis.Analysis, path: Path) -> bool:
-    """Validation accuracy (mean ± std over seeds, one point per config) against each field
-    the grid varies: a subplot per field, categories for text and choices, log axes for lr and
-    weight decay."""
-    scored = [s for s in a.summaries if s.val_mean is not None]
-    fields = varying_fields([s.config for s in scored])[:12]  # among the configs drawn
-    if not fields:
-        return False
-    cols = min(3, len(fields))
-    rows = -(-len(fields) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(5.5, 4.2 * cols), 3.4 * rows + 0.4), squeeze=False)
-    models = sorted({s.model for s in scored})
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    for ax, field in zip(axes.flat, fields):
-        _hparam_axis(ax, field, scored, colors if len(models) > 1 else None)
-    for ax in list(axes.flat)[len(fields):]:
-        ax.set_visible(False)
-    if len(models) > 1:
-        axes.flat[0].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=colors[m], label=m) for m in models],
-                            fontsize=7)
-    fig.suptitle(f"{a.experiment}: validation accuracy against each varying field\n(mean ± std over seeds, "
-                 f"one point per config)", fontsize=10)
-    return _save(plt, fig, path)
-
-
-def _hparam_axis(ax, field: str, scored: list[analysis.ConfigSummary], colors: dict | None) -> None:
-    from matplotlib.ticker import NullFormatter
-
-    values = [s.config.get(field) for s in scored]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    log = numeric and field in LOG_AXES and all(v > 0 for v in values)
-    sampled = numeric and len(set(values)) > SAMPLED
-    if numeric:  # ticks at the grid's own values, written as in the spec; decades for sampled values
-        xs = [float(v) for v in values]
-        if log:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # the decades' minor labels collide
-        ticks = sorted(set(xs))
-        if not sampled:
-            ax.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
-    else:  # categories, in sorted order, at 0, 1, 2, ...
-        cats = sorted({value_text(v) for v in values})
-        xs = [cats.index(value_text(v)) for v in values]
-        crowded = sum(map(len, cats)) > 40
-        ax.set_xticks(range(len(cats)), cats, fontsize=7, rotation=30 if crowded else 0, ha="right" if crowded else "center")
-        ax.set_xlim(-0.5, len(cats) - 0.5)
-    offsets = [0.0] * len(xs) if sampled else _dodge([math.log10(x) for x in xs] if log else xs, numeric and not log)
-    for x, dx, s in zip(xs, offsets, scored):  # sampled values are read where they are: no sideways offsets
-        mean, std = _bar(s.val)
-        color = colors[s.model] if colors else "tab:blue"
-        ax.errorbar(x * 10 ** dx if log else x + dx, mean, yerr=std, fmt="o", color=color, capsize=3, alpha=0.8)
-    ax.set_xlabel(field + (" (log scale)" if log else ""))
-    ax.set_ylabel("val acc, %")
-    ax.grid(alpha=0.3)
-
-
-def _dodge(xs: list[float], linear: bool) -> list[float]:
-    """Small sideways offsets so that configs sharing a value do not hide each other's bars
-    (in axis units: categories and log10 of a log axis, or a share of a linear axis' span)."""
-    unit = 0.025 * ((max(xs) - min(xs)) or 1) if linear else 0.06
-    seen: dict[float, int] = {}
-    rank = []
-    for x in xs:
-        rank.append(seen.get(x, 0))
-        seen[x] = rank[-1] + 1
-    return [(r - (seen[x] - 1) / 2) * unit for x, r in zip(xs, rank)]
-
-
-def _curves_plot(plt, a: analysis.Analysis, path: Path) -> bool:
-    """Validation curves of the five best configs by validation: the mean over seeds, with a
-    band of ± one std across them."""
-    from matplotlib.ticker import MaxNLocator
-
-    with_val = [s for s in a.summaries if s.val_mean is not None
-                and all(t.final.get("val_acc") is not None for t in s.members)]
-    ranked = sorted(with_val, key=lambda s: -s.val_mean)[:5]
-    if not ranked:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in ranked:
-        g = s.members
-        n_ep = min(len(t.history) for t in g)
-        acc = 100 * np.array([[h["val_acc"] for h in t.history[:n_ep]] for t in g], dtype=float)
-        epochs = np.arange(1, n_ep + 1)
-        line, = ax.plot(epochs, acc.mean(0), marker=".", label=f"{s.label} (n={len(g)})")
-        if len(g) > 1:
-            sd = acc.std(0, ddof=1)
-            ax.fill_between(epochs, acc.mean(0) - sd, acc.mean(0) + sd, color=line.get_color(), alpha=0.2, lw=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish(plt, fig, ax, "epoch", "validation accuracy, % (mean ± std over seeds)",
-                   f"{a.experiment}: validation curves of the best configs (by validation)", path) is not None
-
-
-def _params_plot(plt, a: analysis.Analysis, path: Path) -> bool:
-    """Test accuracy against parameter count, one point per config; only when the configs'
-    counts differ (one count would stack every point on one vertical line)."""
-    if len({s.params for s in a.summaries}) < 2:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    models = sorted({s.model for s in a.summaries})
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    for s in a.summaries:
-        if s.test[0] is not None:
-            mean, std = _bar(s.test)
-            ax.errorbar(s.params or 0, mean, yerr=std, fmt="o", color=colors[s.model], capsize=3, alpha=0.8)
-    for m in models:
-        ax.plot([], [], "o", color=colors[m], label=m)
-    return _finish(plt, fig, ax, "parameters", "test accuracy, % (mean ± std over seeds)",
-                   f"{a.experiment}: test accuracy against parameters (one point per config)", path) is not None
-
-
-def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
-    """Label, save (no timestamp in the PNG, so reruns give the same bytes), close."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    _save(plt, fig, path)
-    return path.name
-
-
-def _save(plt, fig, path: Path) -> bool:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return True
-
 
 def write_csv(exp: Experiment, path: Path) -> None:
     from .config import DEFAULTS
@@ -348,7 +185,7 @@ def _body(exp: Experiment, a: analysis.Analysis, out_md: Path, top_k: int | None
     done = [t for t in exp.trials if t.status == "finished"]
     lines = _config_section(a) + _reference_section(exp, a)
     lines += _ensemble_section(analysis.ensemble(exp, a, _top_k(exp, top_k)), done) + _runs_section(done)
-    pics = _plots(a, out_md)
+    pics = reportplots.plots(a, out_md)
     if pics:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pics] + [""]
     return lines
@@ -611,78 +448,3 @@ class BrokenExperiments(GridrunError):
         self.written, self.broken = written, broken
         super().__init__(f"{len(broken)} of {len(written) + len(broken)} experiments could not be read and have no "
                          f"report: {'; '.join(broken)}")
-
-
-# ---------------------------------------------------------------- gridrun best
-
-def best(target: str, storage: str = "runs", how: str = "text") -> str:
-    """The config the report's validation rule chooses (within the spec's budget when it sets
-    one), with its mean ± std and n: as text, as a spec-ready YAML block, or as the command that
-    retrains its first seed's trial; with several datasets, one per dataset."""
-    exp = study.shown(load_experiment(find_experiments([target], storage)[0]))[0]  # a study: its confirmation
-    if len(exp.datasets()) > 1:
-        return "\n".join(f"# dataset {ds}\n{_best(exp.view(ds), target, how)}" for ds in exp.datasets())
-    return _best(exp, target, how)
-
-
-def _best(exp, target: str, how: str) -> str:
-    """`best` of the trials of one dataset."""
-    a = analysis.analyse(exp)
-    if not a.summaries:
-        raise GridrunError(f"{exp.name} has no finished trial yet: `{shlex.join(['gridrun', 'status', target])}` "
-                           f"shows where it is")
-    chosen, cons = a.chosen, a.constraints
-    if chosen is None:
-        budget = " and ".join(w for w in _cons_words(cons) if not w.startswith("mean test"))
-        why = ("no trial recorded a validation accuracy (val_size: 0), and test accuracy chooses nothing"
-               if not a.has_validation else f"no config is within {budget}")
-        raise GridrunError(f"no config of {exp.name} can be chosen: {why}")
-    if how == "command":
-        first = min(chosen.members, key=lambda t: (t.config.get("seed", 0), t.name))
-        return shlex.join(["gridrun", "train", "--config", _shown_path(first.dir / CONFIG)])  # read by a shell
-    budget = [w for w in _cons_words(cons) if not w.startswith("mean test")]
-    rule = "highest mean validation accuracy" + (f" among the configs within {' and '.join(budget)}" if budget else "")
-    numbers = f"val {_pm(chosen.val)}, test {_pm(chosen.test)}"
-    tie = (f"; ties on validation with {'; '.join(t.label for t in a.chosen_ties)} (the first in trial order is shown)"
-           if a.chosen_ties else "")
-    if how == "yaml":
-        return _spec_block(exp, chosen, f"# gridrun best {exp.name}: {chosen.label} ({rule}): {numbers}{tie}")
-    return (f"{exp.name}: {chosen.label} (config {chosen.id}), chosen by {rule}{tie}\n"
-            f"  {numbers}\n  trials: {', '.join(t.name for t in chosen.members)}")
-
-
-def _shown_path(p: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
-
-
-def _spec_block(exp: Experiment, chosen, comment: str) -> str:
-    """A YAML spec that reruns the chosen config with as many seeds: data fields under data:, every
-    other config field (not seed, not plumbing) under base:."""
-    import yaml
-
-    from .config import NOT_CONFIG
-    from .spec import Data
-
-    cfg = {k: v for k, v in chosen.config.items() if k not in NOT_CONFIG}
-    data = {k: cfg.pop(k) for k in list(cfg) if k in Data.model_fields}
-    seeds = sorted({t.config.get("seed", 0) for t in chosen.members})
-    spec = {"name": f"{exp.name}-best", "data": data, "base": cfg,
-            "seeds": seeds if seeds != list(range(len(seeds))) else len(seeds)}
-    return comment + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=False).rstrip()
-
-
-def chosen_config(target: str, storage: str | None = None) -> dict:
-    """`gridrun best` as a dict (gridrun.launch's handle): the chosen config's label, id, fields,
-    validation and test accuracy (mean, std, n) and its trials; a study's from its confirmation runs."""
-    from .results import resolve_experiment
-
-    exp = study.shown(load_experiment(resolve_experiment(target, storage)))[0]
-    a = analysis.analyse(exp)
-    if a.chosen is None:
-        best(str(exp.dir))  # says why nothing can be chosen
-    c = a.chosen
-    return {"label": c.label, "config_id": c.id, "config": dict(c.config), "val_acc": c.val, "test_acc": c.test,
-            "trials": [t.name for t in c.members], "ties": [t.label for t in a.chosen_ties]}

@@ -22,7 +22,7 @@ LAYERS = [
     "engine.run", "engine", "train", "fused",
     "spec", "results", "analysis", "hparams", "export",
     "plan", "study", "experiment", "worker", "progress",
-    "status", "studyview", "report", "launch", "api", "cli", "__main__", "",
+    "status", "studyview", "reportplots", "report", "best", "launch", "api", "cli", "__main__", "",
 ]
 RANK = {m: i for i, m in enumerate(LAYERS)}
 FOLDER_FILES = re.compile(

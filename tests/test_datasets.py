@@ -251,7 +251,8 @@ def test_user_net_and_two_datasets_through_ray_fused_reported_exported_restored(
     status); an export restored elsewhere, its data gone, still checks against the checksums
     recorded at launch, and a trial whose saved labels were forged is broken."""
     from gridrun.export import export, restore
-    from gridrun.report import best, report
+    from gridrun.best import best
+    from gridrun.report import report
     from gridrun.results import load_experiment
 
     specdir, work = tmp_path / "project", tmp_path / "elsewhere"

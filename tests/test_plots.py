@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gridrun import report as rep
+from gridrun import reportplots
 from test_report import logits_for, val_scores
 
 LABELS = np.arange(30) % 10
@@ -57,7 +58,7 @@ def figures(monkeypatch):
         Path(path).write_bytes(b"png")
         return True
 
-    monkeypatch.setattr(rep, "_save", keep)
+    monkeypatch.setattr(reportplots, "_save", keep)
     yield saved
     import matplotlib.pyplot as plt
 

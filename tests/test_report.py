@@ -412,9 +412,9 @@ def test_every_kind_of_malformed_file_is_read_without_a_crash(name, kinds_base, 
     pytest-timeout)."""
     import shutil
 
-    import gridrun.report as rep
+    import gridrun.reportplots as plots
 
-    monkeypatch.setattr(rep, "_plots", lambda exp, out: [])  # plots read the same records; seconds saved
+    monkeypatch.setattr(plots, "plots", lambda exp, out: [])  # plots read the same records; seconds saved
     base, before = kinds_base
     owner = FILES[name]
     for kind, corrupt in CORRUPTIONS.items():

@@ -216,7 +216,8 @@ def test_pruned_trials_are_told_as_pruned_and_never_counted_as_runs():
 
 
 def test_the_report_chooses_among_confirmed_configs_and_reads_test_from_confirmation_alone(tmp_path):
-    from gridrun.report import chosen_config, report
+    from gridrun.best import chosen_config
+    from gridrun.report import report
 
     exp, spec = tmp_path / "syn", small_spec(trials=4, confirm={"top": 2, "seeds": 2})
     grid, _ = study.next_grid(spec, exp, 1, out=lambda _: None)
@@ -318,7 +319,7 @@ def test_sampled_values_are_plotted_where_they_are_on_decade_ticks(tmp_path, mon
     from matplotlib.ticker import LogLocator
 
     from gridrun import report as rep
-    from gridrun import studyview
+    from gridrun import reportplots, studyview
 
     saved = {}
 
@@ -328,7 +329,7 @@ def test_sampled_values_are_plotted_where_they_are_on_decade_ticks(tmp_path, mon
         Path(path).write_bytes(b"png")
         return Path(path).name
 
-    monkeypatch.setattr(rep, "_save", keep)
+    monkeypatch.setattr(reportplots, "_save", keep)
     monkeypatch.setattr(studyview, "_save", keep)
     exp, spec = tmp_path / "syn", small_spec(trials=12)
     grid, _ = study.next_grid(spec, exp, 3, out=lambda _: None)
