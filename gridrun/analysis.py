@@ -119,14 +119,16 @@ def constraint_checks(s: ConfigSummary, cons: dict) -> list[Check]:
     return checks
 
 
-def config_summaries(trials: list[TrialRecord], cons: dict | None = None) -> list[ConfigSummary]:
+def config_summaries(trials: list[TrialRecord], cons: dict | None = None,
+                     varying: list[str] | None = None) -> list[ConfigSummary]:
     """Finished trials grouped by config (every field but the seed and plumbing), in trial order,
-    each checked against the constraints `cons` (the spec's; none: no checks)."""
+    each checked against the constraints `cons` (the spec's; none: no checks) and labelled by the
+    fields `varying` (default: those in which they differ)."""
     groups: dict[str, list[TrialRecord]] = {}
     for t in trials:
         if t.status == "finished":
             groups.setdefault(config_key(t.config), []).append(t)
-    varying = varying_fields([g[0].config for g in groups.values()])
+    varying = varying if varying is not None else varying_fields([g[0].config for g in groups.values()])
     return [ConfigSummary(g, varying, cons or {}) for g in groups.values()]
 
 
@@ -197,7 +199,7 @@ class Analysis:
 def analyse(exp: Experiment) -> Analysis:
     """The experiment's configs summarized, checked and chosen on validation, once."""
     cons = constraints(exp)
-    summaries = config_summaries(exp.trials, cons)
+    summaries = config_summaries(exp.trials, cons, exp.label_fields or None)
     varying = summaries[0].varying if summaries else []
     best, best_ties = best_by_validation(summaries)
     pick, pick_ties = chosen(summaries)

@@ -109,6 +109,7 @@ class Experiment:
     test_labels: np.ndarray | None = None  # what every finished trial was scored against (one dataset)
     problems: list[str] = field(default_factory=list)  # experiment files that could not be read
     by_dataset: dict = field(default_factory=dict)  # dataset -> (test labels, where they came from)
+    label_fields: list = field(default_factory=list)  # a study's view: label its configs by these (its searched axes)
 
     def datasets(self) -> list[str]:
         """The datasets its trials train on, in trial order (MNIST when a trial's config says none)."""
@@ -119,7 +120,8 @@ class Experiment:
         section of the report, its ensemble and its chosen config are computed from."""
         labels, source = self.by_dataset.get(dataset, (None, ""))
         return Experiment(self.name, self.dir, self.spec, [t for t in self.trials if dataset_of(t) == dataset],
-                          self.manifest, self.launches, source, labels, self.problems, self.by_dataset)
+                          self.manifest, self.launches, source, labels, self.problems, self.by_dataset,
+                          self.label_fields)
 
     @property
     def labels_only(self) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import results
-from .identity import FUSE_SHARED, fuse_key
+from .identity import FUSE_SHARED, fuse_key, varying_fields
 from .plan import Trial
 from .spec import SAMPLE_DIGITS, SpecError, check_budget, expand
 
@@ -344,7 +344,10 @@ def shown(exp) -> tuple:
     stage = stages(exp)
     confirm = [t for t in exp.trials if stage.get(t.name) == CONFIRM]
     which = CONFIRM if any(t.status == "finished" for t in confirm) else SEARCH
-    return replace(exp, trials=confirm if which == CONFIRM else [t for t in exp.trials if stage.get(t.name) != CONFIRM]), which
+    trials = confirm if which == CONFIRM else [t for t in exp.trials if stage.get(t.name) != CONFIRM]
+    # labelled by what the search varied: one confirmed config alone would be labelled by its model only
+    searched = varying_fields([t.config for t in exp.trials if t.status in ("finished", "pruned")])
+    return replace(exp, trials=trials, label_fields=searched), which
 
 
 def search_trials(exp) -> list[tuple]:

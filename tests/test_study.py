@@ -247,6 +247,24 @@ def test_the_report_chooses_among_confirmed_configs_and_reads_test_from_confirma
     assert said["n"] == 2 and set(said["trials"]) == set(best["trials"])
 
 
+def test_one_confirmed_config_is_named_by_its_searched_values(tmp_path):
+    """confirm.top 1: best, the report and status name the chosen config by the values the search
+    chose, not by its model alone (nothing varies among one config's seeds)."""
+    from gridrun.best import best, chosen_config
+    from gridrun.status import snapshot
+
+    exp, spec = tmp_path / "syn", small_spec(trials=4, confirm={"top": 1, "seeds": 2})
+    grid, _ = study.next_grid(spec, exp, 1, out=lambda _: None)
+    record(exp, spec, grid, score=objective)
+    full, _ = study.next_grid(spec, exp, 1, out=lambda _: None)
+    ExperimentDir(exp).write_manifest([{**t.to_dict(), "group": None} for t in full])
+    for t in full[4:]:
+        write_trial(exp, t, 0.97)
+    lr = f"lr={full[4].axes['lr']}"
+    assert lr in chosen_config(str(exp))["label"] and lr in best(str(exp))
+    assert lr in snapshot(exp)["best"]["label"]
+
+
 # ---------------------------------------------------------------- the spec
 
 @pytest.mark.parametrize("change, says", [
