@@ -61,12 +61,12 @@ def group_name(train: dict, names: list[str]) -> str:
     return config_label(train, names)
 
 
-def _write(folder: Path, summary) -> None:
+def _write(folder: Path, summary, at: float | None = None) -> None:
     from tensorboard.compat.proto.event_pb2 import Event
 
     from .store import write_event_file
 
-    now = time.time()
+    now = time.time() if at is None else at
     write_event_file(folder, [Event(wall_time=now, file_version="brain.Event:2").SerializeToString(),
                               Event(wall_time=now, summary=summary).SerializeToString()], SUFFIX)
 
@@ -156,14 +156,17 @@ def _resolved(train: dict) -> dict:
     return with_defaults(train)
 
 
-def view_session_start(run: Path, experiment: str, train: dict, own: list[str], names: list[str]) -> None:
+def view_session_start(run: Path, experiment: str, train: dict, own: list[str], names: list[str],
+                       started: float | None = None) -> None:
     """The view's session start of one trial: grouped by experiment and config (one row never
     holds runs of two experiments; the config labelled over its experiment's own axes, `own`),
-    with the experiment as a column and every field's value (`names`: the view's columns)."""
+    with the experiment as a column and every field's value (`names`: the view's columns), dated
+    when the trial started (`started`), not when the view was built: after the trial's end."""
     from tensorboard.plugins.hparams import summary_v2
 
     values = {EXPERIMENT: experiment, **trial_hparams(_resolved(train), names)}
-    _write(run, summary_v2.hparams_pb(values, trial_id=f"{experiment}: {group_name(train, own)}"))
+    _write(run, summary_v2.hparams_pb(values, trial_id=f"{experiment}: {group_name(train, own)}",
+                                      start_time_secs=started), at=started)
 
 
 def view_dir(logdir: Path) -> Path:
@@ -211,7 +214,7 @@ def sync_view(root: Path, experiments: list[Path], view: Path) -> int:
             n += 1
             if not run.is_dir() and name in trains:
                 run.mkdir(parents=True)
-                view_session_start(run, _name(root, exp), trains[name], own, names)
+                view_session_start(run, _name(root, exp), trains[name], own, names, _started(d))
             run.mkdir(parents=True, exist_ok=True)
             _link(d, run, own_start=name not in trains)
     return n
@@ -226,6 +229,14 @@ def _link(trial: Path, run: Path, own_start: bool) -> None:
         link = run / f.name
         if not link.is_symlink() and (own_start or not f.name.endswith(SUFFIX) or not _is_start(f)):
             link.symlink_to(f.resolve())
+
+
+def _started(trial: Path) -> float | None:
+    """When the trial started: its own session-start file was written then and never again."""
+    from .store import TrialDir
+
+    starts = [f.stat().st_mtime for f in TrialDir(trial).events() if f.name.endswith(SUFFIX) and _is_start(f)]
+    return min(starts) if starts else None
 
 
 def _is_start(f: Path) -> bool:

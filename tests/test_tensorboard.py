@@ -153,6 +153,28 @@ def test_session_start_names_its_group_by_the_readable_config_label(tmp_path):
     assert end.status == 2 and hparams.has_session_end(tmp_path)  # STATUS_FAILURE: it did not finish
 
 
+def test_the_views_session_start_is_dated_when_the_trial_started(tmp_path):
+    """The view's own session start (written when `gridrun tensorboard` builds the view) said the
+    trial started then: after it had ended."""
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    exp = experiment(tmp_path / "runs", "a", [0.1], seeds=1)
+    trial = exp / "m_lr0.1_s0"
+    start = next(f for f in trial.iterdir() if f.name.endswith(hparams.SUFFIX) and hparams._is_start(f))
+    os.utime(start, (time.time() - 3600, time.time() - 3600))  # it started an hour ago
+    hparams.build_view(tmp_path / "runs", [exp], tmp_path / "view")
+    acc = EventAccumulator(str(tmp_path / "view" / "a" / "m_lr0.1_s0"))
+    acc.Reload()
+    begun = metadata.parse_session_start_info_plugin_data(
+        acc.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+    ended = metadata.parse_session_end_info_plugin_data(acc.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
+    assert begun.group_name == "a: m lr=0.1"  # the view's start, not the trial's own
+    assert begun.start_time_secs == pytest.approx(start.stat().st_mtime) and begun.start_time_secs < ended.end_time_secs
+
+
 def test_the_experiment_summary_has_every_experiments_values_sorted():
     from tensorboard.plugins.hparams import metadata
 
