@@ -344,12 +344,20 @@ def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> str
         digest = label_digest(saved)
         if expected is not None and not np.array_equal(saved, expected[split]):
             hint = ("; it matches the checksum recorded at launch: the data files found here are not the ones the "
-                    "experiment ran on (set GRIDRUN_DATA to those)") if recorded.get(split) == digest else ""
+                    f"experiment ran on ({_put_back(dataset_of(t))})") if recorded.get(split) == digest else ""
             return (f"its {labels_file(split)} ({len(saved):,} labels) differs from the {split} labels of the data "
                     f"files found here{hint}")
         if expected is None and recorded.get(split) not in (None, digest):
             return f"its {labels_file(split)} differs from the {split}-label checksum recorded at launch"
     return ""
+
+
+def _put_back(dataset: str) -> str:
+    """How to give the checks the data an experiment ran on, for its kind of dataset."""
+    from .datasets import kind
+
+    return {"mnist": "set GRIDRUN_DATA to those", "torchvision": f"put {dataset}'s files back in torchvision's cache"
+            }.get(kind(dataset), f"put the data the experiment ran on back at {dataset}")
 
 
 def _majority(exp: Experiment, legacy: list[TrialRecord]) -> list[TrialRecord]:

@@ -233,6 +233,23 @@ def test_two_datasets_in_one_grid_are_two_configs(sets, tmp_path):
     assert len({t["id"] for t in trials}) == 2
 
 
+@pytest.mark.parametrize("dataset, says", [("mnist", "set GRIDRUN_DATA to those"),
+                                            ("fashion_mnist", "put fashion_mnist's files back in torchvision's cache"),
+                                            ("/d/colour.npz", "put the data the experiment ran on back at /d/colour.npz")])
+def test_data_found_here_but_not_the_one_run_on_says_how_to_put_it_back(dataset, says):
+    """The saved labels match the checksum recorded at launch, the data found here differs: the hint
+    fits the kind of dataset (it said "set GRIDRUN_DATA" for an .npz replaced at its path)."""
+    from gridrun.data import label_digest
+    from gridrun.results import TrialRecord, _labels_differ
+
+    ran = {"val": np.array([1, 2, 3], np.uint8), "test": np.array([0, 1], np.uint8)}
+    t = TrialRecord(name="t", dir=None, config={"dataset": dataset}, val_labels=ran["val"], test_labels=ran["test"])
+    found = {"val": np.array([3, 2, 1], np.uint8), "test": ran["test"]}
+    why = _labels_differ(t, found, {k: label_digest(v) for k, v in ran.items()})
+    assert "not the ones the experiment ran on" in why and says in why
+    assert ("GRIDRUN_DATA" in why) == (dataset == "mnist")
+
+
 # ---------------------------------------------------------------- through Ray, end to end
 
 def _launch(spec: Path, storage: Path, cwd: Path) -> subprocess.CompletedProcess:
