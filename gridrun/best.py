@@ -2,6 +2,7 @@
 or the command that retrains it; `chosen_config` is the same as a dict (gridrun.launch's handle)."""
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -15,14 +16,21 @@ from .store import CONFIG
 def best(target: str, storage: str = "runs", how: str = "text") -> str:
     """The config the report's validation rule chooses (within the spec's budget when it sets
     one), with its mean ± std and n: as text, as a spec-ready YAML block, or as the command that
-    retrains its first seed's trial; with several datasets, one per dataset."""
+    retrains its first seed's trial; with several datasets, one per dataset (as YAML: one spec
+    document each, named after its dataset)."""
     exp = study.shown(load_experiment(find_experiments([target], storage)[0]))[0]  # a study: its confirmation
     if len(exp.datasets()) > 1:
-        return "\n".join(f"# dataset {ds}\n{_best(exp.view(ds), target, how)}" for ds in exp.datasets())
+        sep = "---\n" if how == "yaml" else ""
+        return "\n".join(f"{sep}# dataset {ds}\n{_best(exp.view(ds), target, how, _tag(ds))}" for ds in exp.datasets())
     return _best(exp, target, how)
 
 
-def _best(exp, target: str, how: str) -> str:
+def _tag(dataset: str) -> str:
+    """A dataset in a spec's name: mnist, or a file's or folder's name without its suffix."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", Path(dataset).stem) or "data"
+
+
+def _best(exp, target: str, how: str, tag: str = "") -> str:
     """`best` of the trials of one dataset."""
     a = analysis.analyse(exp)
     if not a.summaries:
@@ -43,7 +51,7 @@ def _best(exp, target: str, how: str) -> str:
     tie = (f"; ties on validation with {'; '.join(t.label for t in a.chosen_ties)} (the first in trial order is shown)"
            if a.chosen_ties else "")
     if how == "yaml":
-        return _spec_block(exp, chosen, f"# gridrun best {exp.name}: {chosen.label} ({rule}): {numbers}{tie}")
+        return _spec_block(exp, chosen, f"# gridrun best {exp.name}: {chosen.label} ({rule}): {numbers}{tie}", tag)
     return (f"{exp.name}: {chosen.label} (config {chosen.id}), chosen by {rule}{tie}\n"
             f"  {numbers}\n  trials: {', '.join(t.name for t in chosen.members)}")
 
@@ -55,7 +63,7 @@ def _shown_path(p: Path) -> str:
         return str(p)
 
 
-def _spec_block(exp: Experiment, chosen, comment: str) -> str:
+def _spec_block(exp: Experiment, chosen, comment: str, tag: str = "") -> str:
     """A YAML spec that reruns the chosen config with as many seeds: data fields under data:, every
     other config field (not seed, not plumbing) under base:."""
     import yaml
@@ -66,7 +74,7 @@ def _spec_block(exp: Experiment, chosen, comment: str) -> str:
     cfg = {k: v for k, v in chosen.config.items() if k not in NOT_CONFIG}
     data = {k: cfg.pop(k) for k in list(cfg) if k in Data.model_fields}
     seeds = sorted({t.config.get("seed", 0) for t in chosen.members})
-    spec = {"name": f"{exp.name}-best", "data": data, "base": cfg,
+    spec = {"name": f"{exp.name}-best" + (f"-{tag}" if tag else ""), "data": data, "base": cfg,
             "seeds": seeds if seeds != list(range(len(seeds))) else len(seeds)}
     return comment + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=False).rstrip()
 

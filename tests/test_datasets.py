@@ -304,6 +304,9 @@ def test_user_net_and_two_datasets_through_ray_fused_reported_exported_restored(
     assert text.count("test labels: the test labels of the dataset's own files, found here") == 2
     chosen = best("ds", storage=str(storage))
     assert chosen.count("# dataset ") == 2
+    docs = list(yaml.safe_load_all(best("ds", storage=str(storage), how="yaml")))  # it printed two `name:` keys in one
+    assert [d["name"] for d in docs] == ["ds-best-colour_idx", "ds-best-colour"]
+    assert [d["data"]["dataset"] for d in docs] == [str(idx), str(npz)]
     from gridrun.status import render, snapshot
 
     snap = snapshot(storage / "ds")  # status: a best config per dataset, never one over both
