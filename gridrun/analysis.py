@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 
 from .identity import config_id, config_key, config_label, varying_fields
-from .store import finite_number
+from .storage.layout import finite_number
 from .results import Experiment, TrialRecord
 
 TIE_TOL = 1e-9  # validation means closer than this are a tie

@@ -101,7 +101,8 @@ def _config_option(g, flag: str, ft, text: str) -> None:
 def _trial_config(path: str) -> dict:
     """A trial's config.json (or its folder) as TrainConfig fields: `_meta` dropped, and where it
     ran (out_dir, data_dir) left to this command's flags and environment."""
-    from .store import CONFIG, Unreadable, read_json
+    from .storage.layout import CONFIG
+    from .storage.safeio import Unreadable, read_json
 
     p = Path(path)
     p = p / CONFIG if p.is_dir() else p
@@ -154,9 +155,9 @@ def cmd_train(args) -> int:
 def _check_out(out: Path) -> None:
     """`train --out` writes only into a new or empty-of-results folder, never over a trial,
     into an experiment folder, or into a folder inside one (the report would read it as a trial).
-    A folder holding any of store.RESULT_FILES is someone's results: writing there would mix two
+    A folder holding any of layout.RESULT_FILES is someone's results: writing there would mix two
     configs in one folder."""
-    from .store import GROUP_FILE, LOCK, MANIFEST, RESULT_FILES
+    from .storage.layout import GROUP_FILE, LOCK, MANIFEST, RESULT_FILES
 
     if out.exists() and not out.is_dir():
         raise GridrunError(f"--out {out} is a file: give a folder for the trial's files")
@@ -195,7 +196,7 @@ def cmd_launch(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import BrokenExperiments, report
-    from .remote import local_view
+    from .storage.backends import local_view
 
     try:
         report(args.targets, out=args.out, top_k=args.top_k, storage=local_view(args.storage, args.targets),
@@ -208,7 +209,7 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     from .status import status
-    from .remote import local_view
+    from .storage.backends import local_view
 
     storage = local_view(args.storage, [args.name] if args.name else [])  # s3://: a mirror in the cache
     return status(args.name, storage=storage, watch=args.watch, as_json=args.json, every_s=args.every)
@@ -216,15 +217,15 @@ def cmd_status(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export
-    from .remote import local_view
+    from .storage.backends import local_view
 
     export(args.name, out=args.out, storage=local_view(args.storage, [args.name]))  # s3://: a mirror in the cache
     return 0
 
 
 def cmd_best(args) -> int:
-    from .remote import local_view
     from .best import best
+    from .storage.backends import local_view
 
     storage = local_view(args.storage, [args.name])  # s3://: a mirror in the cache
     print(best(args.name, storage=storage, how="yaml" if args.yaml else "command" if args.command else "text"))
@@ -246,7 +247,7 @@ def cmd_tensorboard(args) -> int:
     import time
 
     from . import hparams
-    from .remote import local_path, local_view
+    from .storage.backends import local_path, local_view
     from .results import find_experiments
 
     names = [args.name] if args.name else []

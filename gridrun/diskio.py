@@ -1,9 +1,8 @@
-"""Writing results safely on a disk that can fill up: atomic writes, and one line for a full disk.
+"""A disk that can fill up: one line for a full disk, the reserve that keeps room for a launch
+record, and the user's cache folder. (Atomic writes are storage/safeio.py's.)
 
-A file is written to a temp name beside it, flushed and fsynced, then renamed over the target, so
-a reader sees the old file or the whole new one, never a 0-byte or half file; a failed write
-removes its temp file. ENOSPC (disk full), EDQUOT (quota) and EROFS (read-only) are the errors
-a user fixes outside gridrun: disk_line() says which folder and what to do.
+ENOSPC (disk full), EDQUOT (quota) and EROFS (read-only) are the errors a user fixes outside
+gridrun: disk_line() says which folder and what to do.
 """
 from __future__ import annotations
 
@@ -11,10 +10,11 @@ import errno
 import os
 from pathlib import Path
 
+from .storage.safeio import atomic_write
+
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 RESERVE = ".gridrun-reserve"  # kept in an experiment folder so the launch record fits on a full disk
 RESERVE_BYTES = 256 * 1024
-TEMP_SUFFIX = ".tmp"  # atomic_write's file before its rename (store.sweep_temp_files clears strays)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -22,25 +22,6 @@ def cache_dir(*parts: str) -> Path:
     (the XDG base directories; platformdirs would say the same on Linux, but is not a dependency,
     and on macOS it would move users' caches to ~/Library/Caches)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "gridrun", *parts).expanduser()
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write `path` through `write(f)` on a binary temp file, fsync it, rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TEMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def disk_error(exc: BaseException | None) -> OSError | None:

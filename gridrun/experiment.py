@@ -1,27 +1,21 @@
-"""The experiment folder a launch owns: its name, where it is (a folder, or an object store
-with a local mirror), its lock, --fresh's set-aside, the records a launch writes (manifest,
-effective spec, reference table, launch record with provenance), and the clean-up after a
-full disk."""
+"""The experiment a launch owns: its name and its storage (storage.backends: a folder, or an
+object store with a local mirror), the records a launch writes (manifest, effective spec,
+reference table, launch record with provenance), and SIGTERM handled as Ctrl-C."""
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from . import diskio, store
-from .errors import GridrunError
-from .remote import Remote, local_path
-from .store import ExperimentDir
 from .spec import NAME_RE, SpecError
+from .storage.backends import Storage, open_storage
+from .storage.layout import ExperimentDir
+from .storage.provenance import provenance
 
 
 def check_name(name: str) -> None:
@@ -41,69 +35,10 @@ def reference_file(spec, spec_path: str) -> Path | None:
     return ref
 
 
-class Folder:
-    """One experiment in storage: a local folder, or a prefix in an object store (`remote`).
-    `shown` names it in messages and is where Ray writes (a path, or the store's URI)."""
-
-    def __init__(self, name: str, storage: str | None):
-        check_name(name)
-        where = local_path(storage or "runs")
-        self.remote = None if where is not None else Remote(storage, name)
-        self.local = self.remote is None
-        self.shown = os.path.join(where, name) if self.local else self.remote.uri
-
-    @contextmanager
-    def lock(self):
-        """The experiment's lock: one launch at a time, a stale one taken over."""
-        with ExperimentDir(self.shown).lock() if self.local else self.remote.lock():
-            yield
-
-    @contextmanager
-    def reserved(self):
-        """Room for the launch record should the disk fill up (diskio.reserve), held while the
-        launch runs; no room to begin with is a full disk before anything else is written."""
-        if self.local:
-            diskio.reserve(self.shown)
-        try:
-            yield
-        finally:
-            if self.local:
-                diskio.release(self.shown)
-
-    @contextmanager
-    def mirror(self):
-        """The experiment as a folder here: itself, or a private mirror of the object store's copy."""
-        if self.local:
-            yield Path(self.shown)
-            return
-        tmp = tempfile.mkdtemp(prefix="gridrun-mirror-")
-        try:
-            yield self.remote.pull(Path(tmp, self.remote.name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def set_aside(self, out) -> None:
-        """--fresh: start over, but never delete results (the old experiment becomes NAME.prev-N).
-        A local folder moves before its lock is taken; an object store's under its lock."""
-        if not self.local:
-            return self.remote.set_aside(out)
-        if not os.path.exists(self.shown):
-            return None
-        holder = ExperimentDir(self.shown).lock_holder()
-        if holder:
-            raise GridrunError(f"{self.shown} is being launched by pid {holder.get('pid')} on {holder.get('host')}: "
-                               f"--fresh cannot move it away while it runs")
-        k = 1
-        while os.path.exists(f"{self.shown}.prev-{k}"):
-            k += 1
-        os.rename(self.shown, f"{self.shown}.prev-{k}")
-        out(f"--fresh: the previous experiment is kept as {self.shown}.prev-{k}")
-
-    def push(self, view: Path, names: list[str] | None = None) -> None:
-        """The mirror's top-level files (all but the lock, or `names`) back to the object store."""
-        if not self.local:
-            self.remote.push(view, names if names is not None else
-                             [p.name for p in view.iterdir() if p.is_file() and p.name != store.LOCK])
+def folder(name: str, storage: str | None) -> Storage:
+    """The experiment `name` in `storage` (a folder, file:///folder or s3://bucket/prefix)."""
+    check_name(name)
+    return open_storage(name, storage)
 
 
 def record_plan(view: Path, spec, plan, reference: Path | None) -> None:
@@ -122,7 +57,7 @@ def record_plan(view: Path, spec, plan, reference: Path | None) -> None:
 
 def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, code: int) -> None:
     """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
-    prov, exp = store.provenance(), ExperimentDir(exp_dir)
+    prov, exp = provenance(), ExperimentDir(exp_dir)
     diff = prov.get("git", {}).pop("diff", None)
     if diff:
         try:
@@ -167,15 +102,3 @@ class Terminated:
         if self.sigint is not None:  # Tune's fit leaves its SIGINT handler behind: Ctrl-C would do nothing
             signal.signal(signal.SIGINT, self.sigint)
         return False
-
-
-# ---------------------------------------------------------------- a full disk
-
-def storage_full(exp_dir: str) -> OSError | None:
-    """ENOSPC when the experiment's disk has under 1 MiB left for anyone but root (its reserve still
-    held): trials there fail to write or sync their files, whatever error Ray shows for them."""
-    free = diskio.free_bytes(exp_dir)
-    if free is not None and free < 2**20:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), exp_dir)
-    return None
-

@@ -20,6 +20,7 @@ the files named here travel, regular files only, in both directions.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import re
 import shlex
@@ -28,18 +29,19 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from . import results, store
+from . import results
 from .errors import GridrunError, __version__
 from .spec import NAME_RE
-from .store import ExperimentDir, TrialDir
+from .storage import layout, safeio
+from .storage.layout import ExperimentDir, TrialDir
 
-# The export mark (store.EXPORT_MARK) says what the export holds; with nothing in the folder but the
+# The export mark (layout.EXPORT_MARK) says what the export holds; with nothing in the folder but the
 # files named here, it marks the folder as an earlier export, safe to replace (pure_export).
-EXPERIMENT_FILES = (store.MANIFEST, store.SPEC_COPY, store.LAUNCHES, store.REFERENCE, store.EXPORT_MARK,
-                    store.DIFFS, store.EVENTS)
-TRIAL_FILES = (store.CONFIG, store.METRICS, store.SUMMARY, store.ERROR, store.STOPPED,
-               *map(store.labels_file, store.SPLITS), *map(store.preds_file, store.SPLITS), store.EVENTS)
-GROUP_FILES = (store.GROUP_FILE,)
+EXPERIMENT_FILES = (layout.MANIFEST, layout.SPEC_COPY, layout.LAUNCHES, layout.REFERENCE, layout.EXPORT_MARK,
+                    layout.DIFFS, layout.EVENTS)
+TRIAL_FILES = (layout.CONFIG, layout.METRICS, layout.SUMMARY, layout.ERROR, layout.STOPPED,
+               *map(layout.labels_file, layout.SPLITS), *map(layout.preds_file, layout.SPLITS), layout.EVENTS)
+GROUP_FILES = (layout.GROUP_FILE,)
 SETTLED = ("finished", "diverged", "pruned", "failed", "stopped", "broken")  # what an export keeps of a trial
 MAX_ARCHIVE_BYTES = 1 << 30  # what a restore unpacks at most (a 5,000-trial export is ~200 MB)
 
@@ -141,7 +143,7 @@ def pure_export(folder: Path) -> bool:
 def _check_place(out: Path, archive: bool) -> None:
     """Not inside any experiment folder (its report would read the export as trials), not onto a
     device, FIFO or link to one, and over a file only when it is an earlier export archive."""
-    inside = store.experiment_above(out)
+    inside = layout.experiment_above(out)
     if inside is not None:
         raise GridrunError(f"--out {out} is inside the experiment folder {inside}: give a path outside it")
     if archive and os.path.lexists(out) and not (out.is_file() and _is_export_archive(out)):
@@ -155,7 +157,7 @@ def _is_export_archive(path: Path) -> bool:
             for i, m in enumerate(tar):
                 if i >= MAX_ARCHIVE_MEMBERS:
                     return False
-                if PurePosixPath(m.name).name == store.EXPORT_MARK and len(PurePosixPath(m.name).parts) <= 2:
+                if PurePosixPath(m.name).name == layout.EXPORT_MARK and len(PurePosixPath(m.name).parts) <= 2:
                     return True
     except (tarfile.TarError, OSError, EOFError):
         return False
@@ -189,10 +191,10 @@ def _copy(path: Path, target: Path) -> None:
     plainly: it lands in a private folder that is moved into place whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        data = store.read_bytes(path, store.MAX_LARGE)
-    except store.Unreadable:
+        data = safeio.read_bytes(path, safeio.MAX_LARGE)
+    except safeio.Unreadable:
         return  # its trial already reads as broken; the export keeps what can be kept
-    target.write_bytes(data)
+    safeio.write_plain(target, data)
 
 
 def _verify(exp: results.Experiment, dest: Path) -> None:
@@ -218,8 +220,7 @@ def _pack(folder: Path, out: Path, name: str) -> None:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             if p.is_file():
-                with open(p, "rb") as f:
-                    tar.addfile(info, f)
+                tar.addfile(info, io.BytesIO(safeio.read_bytes(p, safeio.MAX_LARGE)))  # what _copy wrote
             else:
                 tar.addfile(info)
     os.replace(tmp, out)
@@ -241,7 +242,8 @@ def _replace(folder: Path, out: Path) -> None:
 def restore(source: str, storage: str = "runs", name: str | None = None, echo=print) -> Path | str:
     """An exported folder or .tar.gz -> storage/NAME (which must not exist; a folder or an object
     store), ready for report, status or a launch that resumes it. Returns where it went."""
-    from .remote import Remote, local_path
+    from .storage.backends import local_path
+    from .storage.s3 import Remote
 
     src = Path(source)
     if not src.exists():
@@ -283,7 +285,7 @@ def _upload(remote, folder: Path) -> str:
     try:
         remote.upload(folder)
     except OSError as e:
-        from .remote import unreachable
+        from .storage.s3 import unreachable
 
         raise unreachable(remote.storage, e) from None
     return remote.uri
@@ -347,7 +349,7 @@ def _members(tar, archive: Path) -> list:
             raise GridrunError(f"{archive} holds more than {MAX_ARCHIVE_MEMBERS:,} members: more than an export "
                                f"can hold: not restored")
         total += m.size
-        if m.size > store.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
+        if m.size > safeio.MAX_LARGE or total > MAX_ARCHIVE_BYTES:
             raise GridrunError(f"{archive}: {m.name[:80]} makes it larger than an export can be: not restored")
         if rel.parts:
             out.append((m, rel))
@@ -359,4 +361,4 @@ def _extract(tar, m, archive: Path, target: Path) -> None:
     if len(data) != m.size:
         raise GridrunError(f"{archive}: {m.name[:80]} is not the size its header says")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    safeio.write_plain(target, data)

@@ -64,7 +64,7 @@ def group_name(train: dict, names: list[str]) -> str:
 def _write(folder: Path, summary, at: float | None = None) -> None:
     from tensorboard.compat.proto.event_pb2 import Event
 
-    from .store import write_event_file
+    from .storage.events import write_event_file
 
     now = time.time() if at is None else at
     write_event_file(folder, [Event(wall_time=now, file_version="brain.Event:2").SerializeToString(),
@@ -97,7 +97,7 @@ def has_session_end(trial_dir: str | Path) -> bool:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import metadata
 
-    from .store import TrialDir
+    from .storage.layout import TrialDir
 
     for f in TrialDir(trial_dir).events(SUFFIX):
         try:
@@ -112,7 +112,7 @@ def has_session_end(trial_dir: str | Path) -> bool:
 def remove_experiment_summary(exp_dir: str | Path) -> None:
     """Earlier versions wrote the experiment summary into the experiment folder itself (the
     run "."): remove it."""
-    from .store import event_files
+    from .storage.layout import event_files
 
     for old in event_files(exp_dir, SUFFIX):
         old.unlink(missing_ok=True)
@@ -177,7 +177,7 @@ def view_dir(logdir: Path) -> Path:
 def build_view(root: Path, experiments: list[Path], view: Path) -> int:
     """A fresh view: the experiment summary over `experiments`, in the first trial's run, and
     the links to every trial's files (sync_view). Returns the number of trials linked."""
-    from .store import EVENTS, ExperimentDir
+    from .storage.layout import EVENTS, ExperimentDir
 
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
@@ -201,7 +201,7 @@ def sync_view(root: Path, experiments: list[Path], view: Path) -> int:
     """Link what the trials wrote since the last call (new trials, new event files), each
     trial's run named by its path under `root`, the experiment first. A trial of the manifest gets
     the view's own session start (view_session_start) in place of the one it wrote."""
-    from .store import ExperimentDir
+    from .storage.layout import ExperimentDir
 
     manifests = {e: ExperimentDir(e).read_manifest() for e in experiments}
     names = hparam_fields([t for m in manifests.values() for t in m if isinstance(t.get("axes"), dict)])
@@ -223,7 +223,7 @@ def sync_view(root: Path, experiments: list[Path], view: Path) -> int:
 def _link(trial: Path, run: Path, own_start: bool) -> None:
     """Link the trial's event files into its run; its own session starts only when the view
     writes none (two starts in one run would be two groups' claim on one session)."""
-    from .store import TrialDir
+    from .storage.layout import TrialDir
 
     for f in TrialDir(trial).events():
         link = run / f.name
@@ -233,7 +233,7 @@ def _link(trial: Path, run: Path, own_start: bool) -> None:
 
 def _started(trial: Path) -> float | None:
     """When the trial started: its own session-start file was written then and never again."""
-    from .store import TrialDir
+    from .storage.layout import TrialDir
 
     starts = [f.stat().st_mtime for f in TrialDir(trial).events() if f.name.endswith(SUFFIX) and _is_start(f)]
     return min(starts) if starts else None

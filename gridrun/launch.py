@@ -1,5 +1,6 @@
 """`gridrun launch SPEC`: a validated grid becomes Ray Tune trials. The driver: plan -> lock ->
-record -> Tuner -> fit -> summary. Imports ray (as worker.py and store.py's provenance do).
+record -> Tuner -> fit -> summary. Imports ray (as worker.py does). Where the experiment lives
+is its storage object's business (storage/backends.py): no branch on it here.
 
 One Tune trial per planned unit (plan.py): a single config or a fused group of configs.
 gridrun owns the experiment folder (experiment.py): every launch runs a new Tuner over the
@@ -11,17 +12,18 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from ray import tune
 from ray.tune.progress_reporter import TrialProgressCallback
 
-from . import diskio, hooks, store, study
+from . import diskio, hooks, study
 from .errors import GridrunError
-from .experiment import Folder, Terminated, record_launch, record_plan, reference_file, storage_full
+from .experiment import Terminated, folder as open_folder, record_launch, record_plan, reference_file
 from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining, user_modules
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
 from .spec import asha
+from .storage.backends import Storage
+from .storage.layout import LAUNCHES, ExperimentDir
 from .worker import LaunchContext, run_trial
 
 
@@ -33,7 +35,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     Ctrl-C: trials stopped, summary printed, launch recorded). Storage is a folder, file:///folder
     or s3://bucket/prefix."""
     spec, grid = load(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
-    folder = Folder(name or spec.name, storage)
+    folder = open_folder(name or spec.name, storage)
     reference = reference_file(spec, spec_path)
     check_data(grid, dry_run, out)  # before any folder is touched or Ray started
     if dry_run:
@@ -41,13 +43,9 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
             grid = study.next_grid(spec, None if fresh else view, study.slots(spec, max_concurrent), out)[0] \
                 if spec.search else grid  # a study's: what its next batch would ask and run
             return _dry_run(spec, grid, None if fresh else view, folder, address or os.environ.get("RAY_ADDRESS"), out)
-    if fresh and folder.local:
-        folder.set_aside(out)
     term = Terminated()
     try:
-        with folder.lock(), term, folder.reserved():
-            if fresh and not folder.local:
-                folder.set_aside(out)
+        with folder.claim(fresh, out), term:
             with folder.mirror() as view:
                 run = lambda g: _run(spec, spec_path, g, view, folder, reference, address, max_concurrent, out, term)  # noqa
                 return study.drive(spec, view, max_concurrent, out, run) if spec.search else run(grid)
@@ -62,7 +60,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
         raise GridrunError(diskio.disk_line(folder.shown, diskio.disk_error(e))) from None
 
 
-def _dry_run(spec, grid, view, folder: Folder, address, out) -> int:
+def _dry_run(spec, grid, view, folder: Storage, address, out) -> int:
     """What a launch would run (the trials an existing experiment lacks) and how it packs."""
     nodes: list = []  # filled (and said) only when something is left to run
     plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: nodes.extend(_nodes(address, out)) or nodes)
@@ -89,7 +87,7 @@ def _nodes(address, out) -> list[tuple[float, float]]:
     return [(cpus, gpus)]
 
 
-def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_concurrent, out, term) -> int:
+def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_concurrent, out, term) -> int:
     """Under the lock: match, check and record the grid, run what is left, count and record it."""
     modules = user_modules(grid)  # whichever call starts Ray ships them
     plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address, modules)))
@@ -110,15 +108,13 @@ def _run(spec, spec_path, grid, view, folder: Folder, reference, address, max_co
     progress = _Progress(list(plan.units), out, folder.shown, live=live_stream(out), early_stop=bool(asha(spec)))
     with quiet_tune():
         tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
-        fitted, twice, full = _fit(tuner, progress, folder.shown if folder.local else None, out)
-    if not folder.local:
-        folder.remote.pull(view)  # the trials' files, as the nodes wrote them to the store
+        fitted, twice, full = _fit(tuner, progress, folder, out)
+    folder.pull(view)  # an object store's: the trials' files, as the nodes wrote them there
     counted = summarize(fitted, plan.units, time.time() - t0, str(view), True, out, shown=folder.shown)
     code = exit_code(counted, term.received, twice, full, folder.shown, out)
-    if folder.local:
-        diskio.release(folder.shown)  # room for the record
+    folder.make_room()  # for the record, should the disk be full
     record_launch(str(view), _cluster_line(ray), spec_path, time.time() - t0, code)
-    folder.push(view, [store.LAUNCHES, *(p.name for p in store.ExperimentDir(view).diffs())])
+    folder.push(view, [LAUNCHES, *(p.name for p in ExperimentDir(view).diffs())])
     if full is not None:
         raise GridrunError(diskio.disk_line(folder.shown, full))
     return code
@@ -154,7 +150,7 @@ def _cluster_line(ray, per_node: bool = False) -> str:
     return line
 
 
-def _context(ray, spec, units, folder: Folder, hparams: list[str], out) -> tuple[LaunchContext, dict]:
+def _context(ray, spec, units, folder: Storage, hparams: list[str], out) -> tuple[LaunchContext, dict]:
     """What every trial of this launch is given (tune.with_parameters) and the resources each asks."""
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resources["gpu"] and not ray.cluster_resources().get("GPU"):
@@ -163,21 +159,16 @@ def _context(ray, spec, units, folder: Folder, hparams: list[str], out) -> tuple
     n = sum(len(u.members) for u in units)
     out(f"{_cluster_line(ray)}; {n} trials" + (f" in {len(units)} Tune trials" if n != len(units) else "")
         + f" -> {folder.shown}")
-    storage, query = (folder.shown, "") if folder.local else (folder.remote.uri, folder.remote.query)
     # The driver reads and checks each data folder once; Ray ships its arrays to each node's object
     # store, so a trial finds its data whatever that node's disk holds (about 55 MB per folder).
-    return LaunchContext(storage, f"{time.time():.0f}-{os.getpid()}", tuple(hparams), cpu_only=resources["gpu"] == 0
-                         and spec.resources.gpu > 0, query=query, arrays=arrays(units)), resources
+    return LaunchContext(folder.uri, f"{time.time():.0f}-{os.getpid()}", tuple(hparams), cpu_only=resources["gpu"] == 0
+                         and spec.resources.gpu > 0, query=folder.query, arrays=arrays(units)), resources
 
 
-def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: Folder, max_concurrent, progress):
+def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: Storage, max_concurrent, progress):
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-    # On an object store Ray writes through gridrun's pyarrow filesystem (endpoint and options
-    # from the URI), which it ships to every node with the trials.
-    where = dict(storage_path=os.path.dirname(folder.shown)) if folder.local else \
-        dict(storage_path=folder.remote.root, storage_filesystem=folder.remote.fs)
     run_config = tune.RunConfig(
-        name=os.path.basename(folder.shown) if folder.local else folder.remote.name, **where, verbose=0,
+        **folder.ray_storage(), verbose=0,
         # Trial files (metrics, TensorBoard, logits) go to storage at every epoch's checkpoint,
         # from whichever node ran the trial: live reports and TensorBoard, and nothing left
         # behind on a node that dies. (Ray 2.60 syncs no artifacts by default.)
@@ -218,10 +209,10 @@ def _loggers():
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
-def _fit(tuner, progress, local_dir: str | None, out):
+def _fit(tuner, progress, folder: Storage, out):
     """Run the Tuner: (its results, whether a second Ctrl-C or SIGTERM stopped it at once, the
-    full-disk error or None). A first signal lets Tune stop the trials and save its state. A disk
-    that filled up (`local_dir` only) gets its half-written files removed before they are counted."""
+    full-disk error or None). A first signal lets Tune stop the trials and save its state; the
+    storage then cleans up after it (folder.after_fit: a full disk's half-written files)."""
     fitted, twice, full = [], False, None
     try:
         fitted = tuner.fit()
@@ -229,15 +220,9 @@ def _fit(tuner, progress, local_dir: str | None, out):
         out("interrupted twice: stopped at once")
         twice = True
     except Exception as e:  # Ray's writes on a full disk, or its reader choking on what they left
-        full = diskio.disk_error(e) or (storage_full(local_dir) if local_dir else None)
+        full = diskio.disk_error(e) or folder.full()
         if full is None:
             raise
     finally:
         progress.close()
-    full = full or (storage_full(local_dir) if local_dir else None)
-    if full is not None and local_dir:
-        diskio.release(local_dir)
-        store.sweep_half_files(Path(local_dir))
-    elif local_dir:
-        store.sweep_temp_files(Path(local_dir))
-    return fitted, twice, full
+    return fitted, twice, folder.after_fit(full)

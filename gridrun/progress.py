@@ -12,10 +12,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import results, store
+from . import results
 from .errors import GridrunError
 from .plan import Unit
-from .store import TrialDir
+from .storage.layout import RAY_LOG, TrialDir, error_line
+from .storage.safeio import append_line
 
 
 class Progress:
@@ -235,7 +236,7 @@ class RayLog:
     Ray adds its own, which prints, only when none is passed)."""
 
     def __init__(self, exp_dir: str):
-        self.path = Path(exp_dir) / store.RAY_LOG if "://" not in exp_dir else None
+        self.path = Path(exp_dir) / RAY_LOG if "://" not in exp_dir else None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         pass
@@ -248,8 +249,7 @@ class RayLog:
 
     def write(self, line: str) -> None:
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            append_line(self.path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
 
 
 def _result_str(result: dict) -> str:
@@ -268,7 +268,7 @@ def _fmt(v) -> str:
 def _error_line(trial) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:
-        return store.error_line(Path(path))[:300] if path else "error"
+        return error_line(Path(path))[:300] if path else "error"
     except OSError:
         return "error"
 

@@ -1,5 +1,5 @@
 """What trials wrote, as records: trial and experiment records with their status, and the check
-of every test accuracy against the test labels, on top of store.py (which names, writes and
+of every test accuracy against the test labels, on top of storage/layout.py (which names, writes and
 reads every file, bounded).
 
 Used by `gridrun report`, `gridrun status`, launch's summary, and gridrun.load()/history().
@@ -24,7 +24,7 @@ status, load, history and the launch's plan, which reruns a broken trial):
               for an older folder with neither, the labels a strict majority of its trials saved);
               a test or validation accuracy its predictions do not reproduce
 
-A malformed file (store.Unreadable) marks its trial broken (or is one of its experiment's
+A malformed file (safeio.Unreadable) marks its trial broken (or is one of its experiment's
 `problems`) with a reason; nothing read here raises on what a folder holds.
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ import numpy as np
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
 from .identity import OFF, canonical, config_id, config_label, varying_fields
-from .store import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, Unreadable, finite_number, labels_file
+from .storage.layout import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, finite_number, labels_file
+from .storage.safeio import Unreadable
 
 STATUSES = ("finished", "diverged", "pruned", "failed", "stopped", "unfinished", "pending", "broken")
 SETTLED = ("finished", "diverged", "pruned")  # what a launch leaves alone; a broken trial is rerun
@@ -422,7 +423,7 @@ def find_experiments(targets: list[str], storage: str = "runs") -> list[Path]:
 def resolve_experiment(name_or_path: str | os.PathLike, storage: str | None) -> Path:
     """An experiment by NAME under `storage` (None: $GRIDRUN_STORAGE, else runs/, as the CLI; an
     s3:// store is mirrored here first) or by its folder."""
-    from .remote import local_path, local_view
+    from .storage.backends import local_path, local_view
 
     storage = storage or os.environ.get("GRIDRUN_STORAGE") or "runs"
     if local_path(storage) is None:

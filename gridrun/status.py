@@ -15,7 +15,8 @@ from .errors import GridrunError
 from . import analysis, study
 from .progress import dur as _dur, eta_s  # one duration format and one ETA for status and the launch's line
 from .results import find_experiments, load_experiment
-from .store import ExperimentDir, TrialDir, Unreadable, finite_number
+from .storage.layout import ExperimentDir, TrialDir, finite_number
+from .storage.safeio import Unreadable
 
 ORDER = ("running", "pending", "finished", "diverged", "pruned", "failed", "stopped", "unfinished", "broken")
 

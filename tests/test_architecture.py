@@ -1,8 +1,8 @@
 """The shape issue 33 asks for, checked on every run: imports only run down the layering (errors
 at the bottom, the CLI at the top; nothing imports the package __init__), no function in gridrun/
-is over 50 lines, the trial/experiment file names are spelled in store.py alone, the launch
-driver stays under 250 lines, and only the modules whose docstring says "imports ray" import it
-(issue 37). A new module must be given its place in LAYERS."""
+is over 50 lines, the trial/experiment file names are spelled in storage/layout.py alone, the
+launch driver stays under 250 lines, only the modules whose docstring says "imports ray" import it,
+and only storage/safeio.py opens files (issue 37). A new module must be given its place in LAYERS."""
 import ast
 import re
 from pathlib import Path
@@ -13,11 +13,13 @@ PKG = Path(__file__).resolve().parent.parent / "gridrun"
 
 # Bottom to top: a module may import only modules earlier in this list.
 LAYERS = [
-    "errors", "diskio", "yamlsafe", "hooks",
+    "errors", "storage", "storage.safeio", "diskio", "yamlsafe", "hooks",
     "models._layers", "models._registry", "models.tiny", "models.vgg", "models.resnet",
     "models.preact_resnet", "models.wide_resnet", "models.inception",
     "models", "models.golden",
-    "augment", "data", "datasets", "config", "identity", "store", "remote",
+    "augment", "data", "datasets", "config", "identity",
+    "storage.locks", "storage.layout", "storage.provenance", "storage.events", "storage.sweep", "storage.s3",
+    "storage.backends", "store",
     "engine.files", "engine.optim", "engine.strategies", "engine.step", "engine.group",
     "engine.run", "engine", "train", "fused",
     "spec", "results", "analysis", "hparams", "export",
@@ -53,6 +55,8 @@ def imported(p: Path) -> set[str]:
             targets = [a.name[len("gridrun."):] if "." in a.name else "" for a in n.names if a.name.split(".")[0] == "gridrun"]
         else:
             continue
+        if isinstance(n, ast.ImportFrom) and n.level and n.module:  # `from .storage import layout`: the modules
+            targets += [f"{targets[0]}.{a.name}" for a in n.names if f"{targets[0]}.{a.name}" in RANK]
         for t in targets:  # `from .models import count_params` names a module's attribute: count its module
             out.add(t if t in RANK or "." not in t else t.rsplit(".", 1)[0])
     return out
@@ -73,8 +77,8 @@ def test_no_function_is_over_50_lines():
     assert not long, long
 
 
-def test_folder_file_names_are_spelled_in_store_alone():
-    spelled = [f"{p.relative_to(PKG.parent)}:{i}: {line.strip()}" for p in MODULES if name(p) != "store"
+def test_folder_file_names_are_spelled_in_the_layout_alone():
+    spelled = [f"{p.relative_to(PKG.parent)}:{i}: {line.strip()}" for p in MODULES if name(p) != "storage.layout"
                for i, line in enumerate(p.read_text().splitlines(), 1) if FOLDER_FILES.search(line)]
     assert not spelled, spelled
 
@@ -100,3 +104,53 @@ def test_only_the_modules_that_say_so_import_ray():
     does = {name(p) for p in MODULES if _imports_ray(p)}
     assert does <= said, f"{sorted(does - said)} import ray: say so in the module docstring (\"imports ray\")"
     assert said <= does, f"{sorted(said - does)} say they import ray but do not"
+
+
+# Opening a file, as this test sees it: a call of the builtin open(); a call of a method or function
+# named in OPENERS (os.open, gzip.open, tarfile.open, Path.open, fdopen; Path's read_/write_text and
+# _bytes; pyarrow's stream openers; zipfile; matplotlib's savefig); numpy's or torch's load/save.
+# Moving, copying whole, listing, stat-ing or deleting files is not opening them; safeio.read_bytes(...) is
+# the safe way.
+OPENERS = {"open", "fdopen", "read_text", "write_text", "read_bytes", "write_bytes", "open_input_stream",
+           "open_input_file", "open_output_stream", "open_append_stream", "ZipFile", "is_zipfile", "savefig"}
+ARRAY_IO = {"load", "save", "savez", "savez_compressed", "fromfile", "tofile", "loadtxt", "savetxt"}
+# The modules besides storage.safeio that open files, each for a reason that is not an experiment's
+# folder (or, for worker, not a local file):
+OPEN_ELSEWHERE = {
+    "data": "the dataset's IDX files (the MNIST cache, a user's data folder): streamed header first, gzip or not",
+    "datasets": "a dataset's own files (.npz, torchvision's archives), checked as they are read",
+    "spec": "the user's spec YAML, its size checked first (yamlsafe.MAX_SPEC_BYTES)",
+    "api": "the spec file a gridrun.launch() call writes from the dict it was given",
+    "report": "the report's own outputs (markdown, CSV, plots) where --out points, and the head of one it replaces",
+    "studyview": "a study's plots beside its report",
+    "models.golden": "the developer's golden file of parameter counts (make golden)",
+    "export": "the export archive (tarfile): its members are read bounded on restore",
+    "worker": "a checkpoint's state.json on whichever filesystem Ray wrote it (a pyarrow stream, local or s3)",
+    "cli": "os.open(os.devnull): the null device a quiet child writes to, not a file of gridrun's",
+}
+
+
+def _opens(p: Path) -> list[str]:
+    """Where a module opens a file (line: call), as defined above."""
+    out = []
+    for n in ast.walk(ast.parse(p.read_text())):
+        if not isinstance(n, ast.Call):
+            continue
+        f = n.func
+        hit = (isinstance(f, ast.Name) and f.id in ("open", "ZipFile")) or (isinstance(f, ast.Attribute) and (
+            (f.attr in OPENERS and not (isinstance(f.value, ast.Name) and f.value.id == "safeio"))
+            or (f.attr in ARRAY_IO and isinstance(f.value, ast.Name) and f.value.id in ("np", "numpy", "torch"))))
+        if hit:
+            out.append(f"{n.lineno}: {ast.unparse(f)}(...)")
+    return out
+
+
+def test_only_the_safe_io_module_opens_files():
+    """Every read and write of a file goes through storage/safeio.py (bounded reads, atomic writes),
+    but for the exceptions named with their reasons in OPEN_ELSEWHERE (and none listed that does not)."""
+    opens = {name(p): _opens(p) for p in MODULES}
+    stray = {m: o for m, o in opens.items() if o and m != "storage.safeio" and m not in OPEN_ELSEWHERE}
+    assert not stray, f"open files through gridrun/storage/safeio.py (or say why not in OPEN_ELSEWHERE): {stray}"
+    stale = sorted(m for m in OPEN_ELSEWHERE if not opens.get(m))
+    assert not stale, f"{stale} open no file: take them out of OPEN_ELSEWHERE"
+    assert opens["storage.safeio"], "storage.safeio opens no file: the rule above sees nothing"

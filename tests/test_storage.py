@@ -51,7 +51,7 @@ def race(take, n: int = N_RACERS) -> list[str]:
 def test_a_stale_folder_lock_is_taken_over_by_exactly_one_process(tmp_path):
     """Item 12: two processes both won a stale lock's takeover in 2 of 90 tries. Every round
     here has N racers released by one barrier, each holding what it won until all have tried."""
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     stale = {"pid": dead_pid(), "host": os.uname().nodename, "since": 0}
     for k in range(8):
@@ -121,7 +121,7 @@ def keys(s3, prefix: str) -> dict[str, str]:
 
 
 def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
-    from gridrun.remote import Remote
+    from gridrun.storage.s3 import Remote
 
     stale = json.dumps({"pid": dead_pid(), "host": os.uname().nodename}).encode()
     for k in range(4):
@@ -136,8 +136,8 @@ def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
         with pytest.raises(GridrunError, match="already being launched"):
             with remote.lock():
                 pass
-        from gridrun.remote import local_view
-        from gridrun.store import ExperimentDir
+        from gridrun.storage.backends import local_view
+        from gridrun.storage.layout import ExperimentDir
 
         mirror = Path(local_view(s3["uri"], ["lockrace0"]))  # what `gridrun status` reads
         assert ExperimentDir(mirror / "lockrace0").lock_holder()["pid"] == os.getpid()
@@ -162,7 +162,7 @@ def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypat
             assert f"runs/objs/{t}/{f}" in files
     assert "runs/objs/gridrun_trials.json" in files and "runs/objs/gridrun_launches.jsonl" in files
     assert "runs/objs/gridrun.lock" not in files  # released
-    from gridrun.remote import Remote
+    from gridrun.storage.s3 import Remote
 
     mirror = Remote(s3["uri"], "objs").pull(tmp_path / "mirror")  # what launch and status read
     (ckpt,) = (mirror / "0.01_tinynet_7k_s0").glob("checkpoint_*")  # a checkpoint shows as its empty folder
@@ -273,7 +273,7 @@ def test_an_unreachable_store_is_one_line_and_exit_2_within_30s(s3, silent_endpo
              (("restore", str(SMOKE)), f"s3://b/runs?endpoint_override=127.0.0.1:{refused_port()}&scheme=http", {},
               "(connection refused)"),
              # launch first imports torch and Ray and checks the spec (over 30 s at a load of ~18 here):
-             # timed by the readers above, which fail at the same place (remote.Remote)
+             # timed by the readers above, which fail at the same place (storage.s3.Remote)
              (("launch", str(spec)), s3["uri"], no_creds, "no AWS credentials found")]
     for args, uri, env, said in cases:
         t0 = time.time()

@@ -1,4 +1,4 @@
-"""store.py, the folder format: every file read back as written (a pair per file), and a torn,
+"""layout.py, the folder format: every file read back as written (a pair per file), and a torn,
 oversized or foreign file read as one line that names it."""
 import json
 import os
@@ -8,15 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from gridrun import store
-from gridrun.store import ExperimentDir, StateError, TrialDir, Unreadable
+from gridrun.storage import layout, provenance, safeio
+from gridrun.storage.layout import ExperimentDir, StateError, TrialDir
+from gridrun.storage.safeio import Unreadable
 
 
 def finished_trial(d, n=20) -> TrialDir:
     t = TrialDir(d)
     t.path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for split in store.SPLITS:
+    for split in layout.SPLITS:
         t.write_logits(split, rng.standard_normal((n, 10)).astype(np.float16))
         t.write_labels(split, rng.integers(0, 10, n).astype(np.uint8))
     return t
@@ -39,12 +40,12 @@ def test_every_trial_file_reads_back_as_written(tmp_path):
     assert t.read_labels("test").dtype == np.int64 and t.missing_scores() == []
     t.write_model({"w": torch.arange(3.0)})
     assert torch.equal(t.read_model()["w"], torch.arange(3.0))
-    assert t.write_state({"epoch": 2}) == t.path / store.STATE and t.read_state()["epoch"] == 2
+    assert t.write_state({"epoch": 2}) == t.path / layout.STATE and t.read_state()["epoch"] == 2
     t.write_state_info(2, "launch-1")
     assert t.read_state_info() == {"epoch": 2, "launch": "launch-1"}
     assert not t.stopped()
     t.write_stopped(3)
-    assert t.stopped() and json.loads((t.path / store.STOPPED).read_text()) == {"after_epoch": 3, "by": "ASHA"}
+    assert t.stopped() and json.loads((t.path / layout.STOPPED).read_text()) == {"after_epoch": 3, "by": "ASHA"}
     t.write_node("n1", "host-a")
     assert t.read_node() == {"node_id": "n1", "host": "host-a"}
     t.write_group(["a", "b"])
@@ -56,12 +57,12 @@ def test_a_slim_exports_predicted_labels_stand_for_the_logits(tmp_path):
     t = finished_trial(tmp_path / "t")
     logits, _ = t.read_scores("test")
     t.write_preds("test", logits.argmax(1))
-    (t.path / store.logits_file("test")).unlink()
+    (t.path / layout.logits_file("test")).unlink()
     assert t.missing_scores() == []
     none, preds = t.read_scores("test")
     assert none is None and (preds == logits.argmax(1)).all()
-    (t.path / store.preds_file("test")).unlink()
-    assert t.missing_scores() == [store.logits_file("test")]
+    (t.path / layout.preds_file("test")).unlink()
+    assert t.missing_scores() == [layout.logits_file("test")]
     with pytest.raises(Unreadable, match="logits_test.npy is missing"):
         t.read_scores("test")
 
@@ -89,7 +90,7 @@ def test_every_experiment_file_reads_back_as_written(tmp_path):
     assert exp.read_reference() == "label,test_acc\nx,99.1\n"
     assert not exp.is_export()
     exp.write_export_mark({"experiment": "exp"})
-    assert exp.is_export() and (exp.path / store.EXPORT_MARK).read_text() == '{\n "experiment": "exp"\n}'
+    assert exp.is_export() and (exp.path / layout.EXPORT_MARK).read_text() == '{\n "experiment": "exp"\n}'
 
 
 def test_trial_folders_are_found_top_level_and_inside_fused_groups(tmp_path):
@@ -116,20 +117,20 @@ def oversize(path, limit):
 
 
 BAD = {
-    "torn summary": (lambda t: tear(t.path / store.SUMMARY), lambda t: t.read_summary(), "summary.json is not JSON"),
-    "oversized config": (lambda t: oversize(t.path / store.CONFIG, store.MAX_SMALL), lambda t: t.read_config(),
+    "torn summary": (lambda t: tear(t.path / layout.SUMMARY), lambda t: t.read_summary(), "summary.json is not JSON"),
+    "oversized config": (lambda t: oversize(t.path / layout.CONFIG, safeio.MAX_SMALL), lambda t: t.read_config(),
                          "config.json is 1,048,577 bytes"),
-    "torn logits": (lambda t: tear(t.path / store.logits_file("val")), lambda t: t.read_scores("val"),
+    "torn logits": (lambda t: tear(t.path / layout.logits_file("val")), lambda t: t.read_scores("val"),
                     "logits_val.npy is truncated"),
-    "oversized metrics": (lambda t: oversize(t.path / store.METRICS, store.MAX_LARGE), lambda t: t.read_history(),
+    "oversized metrics": (lambda t: oversize(t.path / layout.METRICS, safeio.MAX_LARGE), lambda t: t.read_history(),
                           "metrics.csv is 67,108,865 bytes"),
-    "labels out of range": (lambda t: store.atomic_save(t.path / store.labels_file("val"), np.full(3, 12, np.uint8)),
+    "labels out of range": (lambda t: safeio.atomic_save(t.path / layout.labels_file("val"), np.full(3, 12, np.uint8)),
                             lambda t: t.read_labels("val"), "labels_val.npy is not a vector of classes"),
-    "summary not an object": (lambda t: store.atomic_save(t.path / store.SUMMARY, "[1]"), lambda t: t.read_summary(),
+    "summary not an object": (lambda t: safeio.atomic_save(t.path / layout.SUMMARY, "[1]"), lambda t: t.read_summary(),
                               "summary.json is not a JSON object"),
-    "linked node.json": (lambda t: (t.path / store.NODE).symlink_to("/etc/passwd"), lambda t: t.read_node(),
+    "linked node.json": (lambda t: (t.path / layout.NODE).symlink_to("/etc/passwd"), lambda t: t.read_node(),
                          "node.json is a symbolic link"),
-    "torn state.json": (lambda t: store.atomic_save(t.path / store.STATE_INFO, '{"epo'), lambda t: t.read_state_info(),
+    "torn state.json": (lambda t: safeio.atomic_save(t.path / layout.STATE_INFO, '{"epo'), lambda t: t.read_state_info(),
                         "state.json does not name an epoch"),
 }
 
@@ -150,11 +151,11 @@ def test_a_torn_oversized_or_foreign_file_reads_as_one_line_naming_it(tmp_path, 
 def test_a_torn_or_planted_state_is_a_state_error(tmp_path):
     t = TrialDir(tmp_path)
     t.write_state({"epoch": 1, "w": np.zeros(3)})
-    tear(t.path / store.STATE)
+    tear(t.path / layout.STATE)
     with pytest.raises(StateError, match="is unreadable") as e:
         t.read_state()
     assert "\n" not in str(e.value)
-    store.atomic_save(t.path / store.STATE, {"version": 1})  # a torch file, not a gridrun state of this version
+    safeio.atomic_save(t.path / layout.STATE, {"version": 1})  # a torch file, not a gridrun state of this version
     with pytest.raises(StateError, match="not a gridrun state of version 3"):
         t.read_state()
 
@@ -168,22 +169,23 @@ def test_the_folder_lock_names_its_holder_and_a_dead_holder_holds_nothing(tmp_pa
     assert exp.lock_holder() is None and not exp.path.exists()  # a folder it made for nothing is gone
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     exp.path.mkdir()
-    (exp.path / store.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
+    (exp.path / layout.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
     assert exp.lock_holder() is None
-    (exp.path / store.LOCK).write_text("{torn")
+    (exp.path / layout.LOCK).write_text("{torn")
     assert exp.lock_holder() is None
 
 
 def test_one_provenance_for_trials_and_launches():
-    v = store.versions()
+    v = provenance.versions()
     assert list(v)[:3] == ["gridrun", "torch", "python"] and "ray" not in v
-    p = store.provenance()
+    p = provenance.provenance()
     assert list(p)[:4] == ["gridrun", "ray", "torch", "python"]
     assert {k: p[k] for k in v} == v  # a launch's record says what a trial's config says, and more
 
 
 def test_store_starts_without_torch_or_pandas():
-    code = "import sys, gridrun.store, gridrun.status; print(sorted({'torch', 'pandas', 'ray'} & set(sys.modules)))"
+    code = ("import sys, gridrun.storage.layout, gridrun.storage.backends, gridrun.status; "
+            "print(sorted({'torch', 'pandas', 'ray'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -191,12 +193,12 @@ def test_store_starts_without_torch_or_pandas():
 def test_stray_temp_files_are_swept_once_a_launch_ends(tmp_path):
     """Ray's artifact sync copied labels_test.npy.tmp mid-write into a finished trial's folder
     (found by the probe); the launch's end removes such strays and nothing else."""
-    from gridrun import diskio
-    from gridrun.store import sweep_temp_files
+    from gridrun.storage.safeio import atomic_write_text
+    from gridrun.storage.sweep import sweep_temp_files
 
     trial = tmp_path / "exp" / "group" / "t0"
     trial.mkdir(parents=True)
     (trial / "labels_test.npy.tmp").write_bytes(b"\x93NUMPY half")
-    diskio.atomic_write_text(trial / "summary.json", "{}")
+    atomic_write_text(trial / "summary.json", "{}")
     assert sweep_temp_files(tmp_path / "exp") == 1
     assert sorted(p.name for p in trial.iterdir()) == ["summary.json"]

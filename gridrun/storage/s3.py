@@ -1,68 +1,35 @@
-"""Where experiments live: a folder (a local path or file://, shared by NFS or not) or an object
-store (s3://, any S3-compatible server) that every node of a cluster reaches. What the folder
-holds, and its lock, are store.py's; this module is the object store and the storage URIs.
+"""The object store (s3://, any S3-compatible server) that every node of a cluster reaches: an
+experiment there (Remote), its lock (ObjectLock), and the bounds on every request.
 
-gridrun reads and checks an experiment in a local folder. On an object store the launch works
-in a private mirror of the experiment (every file but the checkpoints), writes back what it
-changed, and lets Ray Tune write the trials straight to the store (RunConfig's storage_path and
-storage_filesystem); `status` and `report` read a mirror in the cache. An S3 URI may carry
-pyarrow's options, e.g. s3://bucket/runs?endpoint_override=10.0.0.1:9000&scheme=http, or take
-the endpoint from AWS_ENDPOINT_URL; credentials come from the usual AWS variables or files.
+On an object store the launch works in a private mirror of the experiment (every file but the
+checkpoints), writes back what it changed, and lets Ray Tune write the trials straight to the
+store (RunConfig's storage_path and storage_filesystem); `status` and `report` read a mirror in
+the cache. Files move between the store and a mirror with pyarrow.fs.copy_files. An S3 URI may
+carry pyarrow's options, e.g. s3://bucket/runs?endpoint_override=10.0.0.1:9000&scheme=http, or
+take the endpoint from AWS_ENDPOINT_URL; credentials come from the usual AWS variables or files.
 
-One launch per experiment at a time, on either kind of store:
-  folder  `gridrun.lock` names the holder's pid and host and is touched every 20 s. Taking it
-          (new or stale: its process gone on this host, or its heartbeat older than 120 s) is
-          done under an exclusive flock of a guard file beside the experiment, so exactly one
-          of any number of racing launches wins (flock is kernel-atomic on one host, and works
-          across hosts on NFS with lockd). store.ExperimentDir.lock.
-  S3      the lock object is created with `If-None-Match: *` and a stale one (same test) is
-          replaced with `If-Match: <its ETag>`: the store accepts exactly one of any number of
-          racing writes. The holder rewrites it every 20 s with `If-Match` on its own ETag,
-          so a holder that was taken over (paused > 120 s) learns it at its next heartbeat and
-          says so; it does not stop its trials (their files are per trial and idempotent).
-          Staleness is judged by the server's own clock (Date vs Last-Modified), so clock skew
-          between hosts does not matter. Needs a store with conditional writes (AWS S3 since
-          2024, MinIO, moto) and boto3.
+The lock (locks.py's protocol, held with its one heartbeat): the lock object is created with
+`If-None-Match: *` and a stale one (same test) is replaced with `If-Match: <its ETag>`: the store
+accepts exactly one of any number of racing writes. The holder rewrites it every 20 s with
+`If-Match` on its own ETag, so a holder that was taken over (paused > 120 s) learns it at its next
+heartbeat and says so; it does not stop its trials (their files are per trial and idempotent).
+Staleness is judged by the server's own clock (Date vs Last-Modified), so clock skew between hosts
+does not matter. Needs a store with conditional writes (AWS S3 since 2024, MinIO, moto) and boto3.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-from .diskio import cache_dir
-from .errors import GridrunError
-from .store import LOCK, STALE_S, dead_here, holder_line, lock_owner
-
-
-def is_uri(storage: str) -> bool:
-    return "://" in str(storage)
+from ..errors import GridrunError
+from . import locks
+from .layout import LOCK
 
 
-def local_path(storage: str) -> str | None:
-    """The folder a storage names on this machine (a path or file:///path), or None for an object store."""
-    if not is_uri(storage):
-        return os.path.abspath(storage)
-    parts = urlsplit(storage)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise GridrunError(f"--storage {storage}: a file:// URI names a folder on this machine "
-                               f"(file:///abs/path); use a shared folder or s3:// for other hosts")
-        return os.path.abspath(parts.path)
-    if parts.scheme != "s3":
-        raise GridrunError(f"--storage {storage}: unknown scheme {parts.scheme!r}: give a folder, file:///path or "
-                           f"s3://bucket/prefix")
-    return None
-
-
-# ---------------------------------------------------------------- an object store
-
-def _split(uri: str) -> tuple[str, str]:
+def split_uri(uri: str) -> tuple[str, str]:
     base, _, query = uri.partition("?")
     return base.rstrip("/"), query
 
@@ -79,7 +46,7 @@ def _filesystem(storage: str):
     """(pyarrow S3FileSystem with the bounds above, bucket/prefix) for an s3:// URI."""
     import pyarrow.fs as pafs
 
-    base, query = _split(storage)
+    base, query = split_uri(storage)
     q = {k: v[-1] for k, v in parse_qs(query).items()}
     bad = sorted(set(q) - set(S3_OPTIONS))
     if bad:
@@ -139,7 +106,7 @@ class Remote:
     """One experiment in an object store: its path there, Ray's view of it, a local mirror."""
 
     def __init__(self, storage: str, name: str):
-        base, self.query = _split(storage)
+        base, self.query = split_uri(storage)
         self.fs, root = _filesystem(storage)
         self.root, self.name = root.rstrip("/"), name
         self.path = f"{self.root}/{name}"
@@ -184,8 +151,7 @@ class Remote:
             if local.is_file() and local.stat().st_size == info.size and local.stat().st_mtime == mtime:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
-            with self.fs.open_input_stream(info.path) as src, open(local, "wb") as out:
-                shutil.copyfileobj(src, out)
+            self._copy(info.path, local, down=True)
             os.utime(local, (mtime, mtime))
         for f in [p for p in dest.rglob("*") if p.is_file() and p not in keep]:
             f.unlink()
@@ -195,17 +161,23 @@ class Remote:
         """Write files of the mirror's top level back to the store."""
         for n in names:
             if (src / n).is_file():
-                with open(src / n, "rb") as f, self.fs.open_output_stream(f"{self.path}/{n}") as out:
-                    shutil.copyfileobj(f, out)
+                self._copy(src / n, f"{self.path}/{n}")
 
     def upload(self, src: Path) -> int:
         """Every regular file under the folder `src` to the experiment's path (restore); returns how many."""
         n = 0
         for f in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
-            with open(f, "rb") as data, self.fs.open_output_stream(f"{self.path}/{f.relative_to(src).as_posix()}") as out:
-                shutil.copyfileobj(data, out)
+            self._copy(f, f"{self.path}/{f.relative_to(src).as_posix()}")
             n += 1
         return n
+
+    def _copy(self, src, dst, down: bool = False) -> None:
+        """One file between a local path and a path in the store (`down`: store -> local)."""
+        import pyarrow.fs as pafs
+
+        here = pafs.LocalFileSystem()
+        pafs.copy_files(str(src), str(dst), source_filesystem=self.fs if down else here,
+                        destination_filesystem=here if down else self.fs)
 
     def set_aside(self, out) -> None:
         """--fresh: the experiment's files move to NAME.prev-N (copied, then deleted; the caller
@@ -224,22 +196,9 @@ class Remote:
         if moved:
             out(f"--fresh: the previous experiment is kept as {self.uri}.prev-{k}")
 
-    @contextmanager
-    def lock(self, heartbeat_s: float = 20.0):
-        lock = ObjectLock(self, f"{self.path}/{LOCK}")
-        lock.acquire()
-        stop = threading.Event()
-
-        def beat():
-            while not stop.wait(heartbeat_s):
-                lock.beat()
-
-        threading.Thread(target=beat, daemon=True).start()
-        try:
-            yield
-        finally:
-            stop.set()
-            lock.release()
+    def lock(self, heartbeat_s: float = locks.HEARTBEAT_S):
+        """One launch per experiment (locks.held: the heartbeat the folder lock has too)."""
+        return locks.held(ObjectLock(self, f"{self.path}/{LOCK}"), heartbeat_s)
 
 
 def _s3_client(remote: Remote):
@@ -265,7 +224,7 @@ class ObjectLock:
     def __init__(self, remote: Remote, path: str):
         self.remote, self.client = remote, _s3_client(remote)
         self.bucket, _, self.key = path.partition("/")
-        self.me, self.etag, self.beats = lock_owner(), None, 0
+        self.me, self.etag, self.beats = locks.lock_owner(), None, 0
 
     def _put(self, **cond) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -306,7 +265,7 @@ class ObjectLock:
         date = r["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
         now = parsedate_to_datetime(date).timestamp() if date else time.time()
         age = now - r["LastModified"].timestamp()
-        alive = info and not dead_here(info) and age < STALE_S
+        alive = info and not locks.dead_here(info) and age < locks.STALE_S
         return (info if alive else None), r["ETag"]
 
     def acquire(self) -> None:
@@ -315,7 +274,7 @@ class ObjectLock:
                 return
             holder, etag = self._holder()
             if holder:
-                raise GridrunError(holder_line(self.remote.uri, holder))
+                raise GridrunError(locks.holder_line(self.remote.uri, holder))
             if etag and self._put(IfMatch=etag):  # exactly one taker of this stale version wins
                 return
         raise GridrunError(f"cannot take the lock s3://{self.bucket}/{self.key}: other launches keep taking it")
@@ -329,7 +288,7 @@ class ObjectLock:
             return
         if not kept:
             print(f"gridrun: warning: the lock s3://{self.bucket}/{self.key} was taken over by another launch "
-                  f"(this one looked dead for {STALE_S:.0f}s)", flush=True)
+                  f"(this one looked dead for {locks.STALE_S:.0f}s)", flush=True)
             self.etag = None
 
     def release(self) -> None:
@@ -340,33 +299,3 @@ class ObjectLock:
                 self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
             except (ClientError, BotoCoreError):
                 pass  # no longer ours (leave it to its holder), or the store is gone: it goes stale
-
-
-def lock_holder(remote: Remote) -> dict | None:
-    """The live launch holding a remote experiment's lock, or None."""
-    return ObjectLock(remote, f"{remote.path}/{LOCK}")._holder()[0]
-
-
-def cache_root() -> Path:
-    return cache_dir("storage")
-
-
-def local_view(storage: str, targets: list[str] | None = None) -> str:
-    """A folder that holds the experiments of `storage` for the readers (status, report): the
-    storage itself when it is a folder, else a mirror in the cache of the named (or all) ones."""
-    where = local_path(storage)
-    if where is not None:
-        return where
-    root = Remote(storage, "x")
-    mirror = cache_root() / _split(storage)[0].replace("://", "/")
-    names = list(targets or [])
-    if not names:
-        import pyarrow.fs as pafs
-
-        sel = pafs.FileSelector(root.root, allow_not_found=True)
-        names = [os.path.basename(i.path) for i in root.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
-    for n in names:
-        rem = Remote(storage, n)
-        if rem.exists():
-            rem.pull(mirror / n)
-    return str(mirror)
