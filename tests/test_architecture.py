@@ -154,3 +154,14 @@ def test_only_the_safe_io_module_opens_files():
     stale = sorted(m for m in OPEN_ELSEWHERE if not opens.get(m))
     assert not stale, f"{stale} open no file: take them out of OPEN_ELSEWHERE"
     assert opens["storage.safeio"], "storage.safeio opens no file: the rule above sees nothing"
+
+
+def test_the_driver_never_asks_where_the_experiment_lives():
+    """launch.py and experiment.py call the storage object (storage/backends.py: LocalStorage or
+    S3Storage) and never branch on its kind: no `.local` or `.remote`, no local_path or Remote."""
+    asks = [f"{mod}:{n.lineno}" for mod in ("launch.py", "experiment.py")
+            for n in ast.walk(ast.parse((PKG / mod).read_text()))
+            if (isinstance(n, ast.Attribute) and n.attr in ("local", "remote"))
+            or (isinstance(n, (ast.Name, ast.alias)) and getattr(n, "id", getattr(n, "name", None))
+                in ("local_path", "Remote", "LocalStorage", "S3Storage"))]
+    assert not asks, f"branches on the kind of storage: {asks} (give backends' storage objects a method instead)"

@@ -143,6 +143,19 @@ def test_a_stale_s3_lock_is_taken_over_by_exactly_one_process(s3):
         assert ExperimentDir(mirror / "lockrace0").lock_holder()["pid"] == os.getpid()
 
 
+def test_the_s3_lock_beats_with_the_folder_locks_heartbeat(s3):
+    """The object lock is held by the same heartbeat as the folder lock (locks.held): each beat
+    rewrites the object (conditional on its ETag), counting up."""
+    from gridrun.storage.s3 import Remote
+
+    remote = Remote(s3["uri"], "beats")
+    with remote.lock(heartbeat_s=0.2):
+        time.sleep(1.5)
+        body = s3["client"].get_object(Bucket="gridrun-test", Key="runs/beats/gridrun.lock")["Body"].read()
+        assert json.loads(body)["beat"] >= 2 and json.loads(body)["pid"] == os.getpid()
+    assert "runs/beats/gridrun.lock" not in keys(s3, "runs/beats/")
+
+
 @pytest.mark.slow
 def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypatch):
     """The probe's item 1 on a real S3 server: a relaunch of a finished experiment runs nothing,

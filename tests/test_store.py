@@ -175,6 +175,18 @@ def test_the_folder_lock_names_its_holder_and_a_dead_holder_holds_nothing(tmp_pa
     assert exp.lock_holder() is None
 
 
+def test_the_folder_lock_beats_while_held_and_stops_when_released(tmp_path):
+    """locks.held's one heartbeat thread touches the lock file (another host reads its age)."""
+    import time
+
+    exp = ExperimentDir(tmp_path / "exp")
+    with exp.lock(heartbeat_s=0.05):
+        os.utime(exp.path / layout.LOCK, (1, 1))  # as old as can be: only a heartbeat makes it fresh
+        time.sleep(0.5)
+        assert (exp.path / layout.LOCK).stat().st_mtime > 1e9
+    assert not (exp.path / layout.LOCK).exists()
+
+
 def test_one_provenance_for_trials_and_launches():
     v = provenance.versions()
     assert list(v)[:3] == ["gridrun", "torch", "python"] and "ray" not in v
