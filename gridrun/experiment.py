@@ -35,7 +35,7 @@ def reference_file(spec, spec_path: str) -> Path | None:
     return ref
 
 
-def folder(name: str, storage: str | None) -> Storage:
+def open_experiment(name: str, storage: str | None) -> Storage:
     """The experiment `name` in `storage` (a folder, file:///folder or s3://bucket/prefix)."""
     check_name(name)
     return open_storage(name, storage)

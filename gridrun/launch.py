@@ -18,7 +18,7 @@ from ray.tune.progress_reporter import TrialProgressCallback
 
 from . import diskio, hooks, study
 from .errors import GridrunError
-from .experiment import Terminated, folder as open_folder, record_launch, record_plan, reference_file
+from .experiment import Terminated, open_experiment, record_launch, record_plan, reference_file
 from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining, user_modules
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
 from .spec import asha
@@ -35,7 +35,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     Ctrl-C: trials stopped, summary printed, launch recorded). Storage is a folder, file:///folder
     or s3://bucket/prefix."""
     spec, grid = load(spec_path, [*(overrides or []), *([f"fuse={fuse}"] if fuse is not None else [])])
-    folder = open_folder(name or spec.name, storage)
+    folder = open_experiment(name or spec.name, storage)
     reference = reference_file(spec, spec_path)
     check_data(grid, dry_run, out)  # before any folder is touched or Ray started
     if dry_run:

@@ -256,7 +256,7 @@ def test_a_corrupt_checkpoint_restarts_the_trial_with_a_notice(ray_local, synth_
 
 
 def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
-    from gridrun.experiment import Folder
+    from gridrun.experiment import open_experiment
     from gridrun.launch import _context
     from gridrun.plan import load, plan_units
 
@@ -270,7 +270,7 @@ def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
     spec, trials = load(str(write_spec(tmp_path / "nogpu.yaml", synth_dir)), [])
     units = plan_units(spec, trials)
     lines = []
-    context, resources = _context(NoGPU(), spec, units, Folder("nogpu", str(tmp_path / "runs")), [], lines.append)
+    context, resources = _context(NoGPU(), spec, units, open_experiment("nogpu", str(tmp_path / "runs")), [], lines.append)
     assert lines[0].startswith("notice: the spec asks 0.5 GPU per trial but this Ray has none")
     assert resources == {"cpu": 1, "gpu": 0} and context.cpu_only
     assert all(m.train["gpu_memory_fraction"] == 0.5 for u in units for m in u.members)  # the plan is not changed
