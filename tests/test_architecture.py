@@ -22,7 +22,7 @@ LAYERS = [
     "storage.backends", "store",
     "engine.files", "engine.optim", "engine.strategies", "engine.step", "engine.group",
     "engine.run", "engine", "train", "fused",
-    "spec", "results", "analysis", "hparams", "export",
+    "spec.schema", "spec.sampling", "spec.preflight", "spec.expansion", "spec", "results", "analysis", "hparams", "export",
     "plan", "study", "experiment", "worker", "progress",
     "status", "studyview", "reportplots", "report", "best", "launch", "api", "cli", "__main__", "",
 ]

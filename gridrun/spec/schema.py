@@ -1,48 +1,19 @@
-"""YAML grid spec -> validated trial configs. The only module that knows the YAML shape.
-
-    name: smoke                       # experiment name: runs/<name>/, reports/<name>.md
-    data: {dataset: mnist, val_size: 5000, subset: null, split_seed: 0, data_dir: null}
-    modules: [mynets]                 # optional: your modules; their @register_model nets become names
-    base: {epochs: 20, batch_size: 64}   # TrainConfig fields every trial shares
-    grid:                             # axes; trials are their cross product
-      model: [vanilla, dropout]       #   an axis named after a TrainConfig field takes values
-      scheduler: [none, step]
-      variant:                        #   any other name: each value is a dict of fields
-        - {model: resnet20, batch_size: 128}
-      lr: {loguniform: [0.001, 1]}    #   a distribution: `samples` configs are drawn from it
-    samples: 20                       # configs drawn per list-axis combination (sample_seed: 0)
-    seeds: 3                          # n -> seeds 0..n-1, or a list
-    resources: {cpu: 1, gpu: 0.125}   # per trial; gpu a fraction in (0, 1] or a whole number
-    retries: 2                        # a trial that raises is retried from its checkpoint
-    early_stop: {grace_period: 5, reduction_factor: 3}   # optional ASHA on val_acc (in fused groups: rungs)
-    prune: {rungs: [3, 6], keep: 0.5}  # optional successive halving at these epochs (instead of early_stop)
-    fuse: 8                           # optional: train up to 8 same-architecture trials as one
-    constraints: {max_params: 20000, max_epochs: 20, target_test_acc: 0.994}
-    report: {top_k: 5, reference: tiny_nets_study.csv}
-    max_trials: 5000                  # a larger grid is refused unless this says so
-    search: {sampler: tpe, trials: 48, seed: 0, confirm: {top: 3, seeds: 5}}
-                                      # optional: a study (study.py) instead of the grid's cross product
-
-Validation happens here, before anything is written or started: the spec's shape (pydantic,
-unknown keys name the nearest valid one), every expanded trial's TrainConfig, duplicate
-configs, the size of the grid and the parameter budget.
-"""
+"""The spec's YAML shape: pydantic models of every section, one-line errors, the checks of the
+grid's axes and distributions, overrides, and reading a spec file safely. The only place that
+knows the YAML shape (the package docstring shows it)."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import random
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .errors import GridrunError, did_you_mean
-from .identity import trial_id
-from .config import DEFAULTS, FIELD_TYPES, WANTS, ConfigError, TrainConfig, field_names  # WANTS: pydantic's errors in words
-from .yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml  # noqa: F401  (SpecError: spec's callers)
+from ..errors import did_you_mean
+from ..config import FIELD_TYPES, WANTS, field_names  # WANTS: pydantic's errors in words
+from ..yamlsafe import MAX_SPEC_BYTES, SpecError, safe_yaml
 
 CONFIG_KEYS = field_names()
 SPEC_KEYS_NOT_IN_BASE = ("out_dir", "seed")    # set by gridrun, never by a spec
@@ -345,14 +316,8 @@ def _check_linked_axis(axis: str, values: list, src: str) -> None:
                 raise SpecError(f"{src}: unknown key 'grid.{axis}[].{key}'{did_you_mean(key, CONFIG_KEYS, 0.5)}")
 
 
-# ---------------------------------------------------------------- search beyond the grid
-# An axis may be a distribution instead of a list. `samples: N` configs are drawn from the
-# distribution axes once, when the spec is expanded, from `sample_seed`: the trials are known
-# before launch, fuse into groups, and grow and resume like grid trials. Draw i of an axis
-# depends only on (sample_seed, i, axis), so N + M samples start with the same N.
-
+# The distributions an axis may be instead of a list (sampling.py draws them).
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
-SAMPLE_DIGITS = 4   # significant digits a drawn real keeps: names and tables read well
 
 
 def _check_distribution(axis: str, d: dict, src: str) -> None:
@@ -389,68 +354,6 @@ def _check_distribution(axis: str, d: dict, src: str) -> None:
         raise SpecError(f"{where}: {kind} needs low < high in [low, high]; got [{lo}, {hi}]")
     if kind == "loguniform" and lo <= 0:
         raise SpecError(f"{where}: loguniform needs 0 < low (it draws the logarithm uniformly); got [{lo}, {hi}]")
-
-
-def _draw(kind: str, args: list, u: float):
-    """The value of a distribution at u in [0, 1): uniform and loguniform on [low, high), randint
-    on [low, high] (both included), choice one of the values."""
-    if kind == "choice":
-        return args[min(int(u * len(args)), len(args) - 1)]
-    lo, hi = args
-    if kind == "randint":
-        return int(lo) + min(int(u * (int(hi) - int(lo) + 1)), int(hi) - int(lo))
-    x = lo + u * (hi - lo) if kind == "uniform" else math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-    r = float(f"{x:.{SAMPLE_DIGITS}g}")
-    return r if lo <= r < hi else x  # rounding must not step outside the bounds (dropout < 1)
-
-
-def _space(dists: dict[str, tuple]) -> float:
-    """How many distinct draws the distributions hold (infinite when one is real-valued)."""
-    n = 1.0
-    for kind, args in dists.values():
-        if kind == "choice":
-            n *= len({json.dumps(a, sort_keys=True) for a in args})
-        elif kind == "randint":
-            n *= int(args[1]) - int(args[0]) + 1
-        else:
-            return math.inf
-    return n
-
-
-def sample_configs(dists: dict[str, tuple], n: int, seed: int) -> list[dict]:
-    """The first n distinct draws of the distribution axes ({axis: (kind, args)}): draw i of an
-    axis comes from (seed, i, axis) alone, and a repeat is skipped, so more samples only add."""
-    if _space(dists) < n:
-        raise SpecError(f"samples: {n} but the distributions of {', '.join(dists)} hold only "
-                        f"{_space(dists):.0f} distinct configs: lower samples, or widen the ranges")
-    out, seen, i = [], set(), 0
-    while len(out) < n:
-        # random.Random(str) seeds from the text's SHA-512: the same draws on every machine and Python.
-        point = {a: _draw(k, args, random.Random(f"{seed}:{i}:{a}").random()) for a, (k, args) in dists.items()}
-        key = json.dumps(point, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(point)
-        i += 1
-        if i > 100 * n + 1000:
-            raise SpecError(f"samples: {i} draws gave only {len(out)} distinct configs of the {n} samples asked: "
-                            f"lower samples, or widen the ranges of {', '.join(dists)}")
-    return out
-
-
-def points(spec: Spec) -> list[dict]:
-    """Every point of the grid as {axis: value}, in spec order: list axes crossed, and for each
-    combination the `samples` draws of the distribution axes."""
-    out = []
-    for sub in subgrids(spec):
-        lists = {a: v for a, v in sub.items() if isinstance(v, list)}
-        dists = {a: next(iter(v.items())) for a, v in sub.items() if isinstance(v, dict)}
-        draws = sample_configs(dists, spec.samples, spec.sample_seed) if dists else [{}]
-        for combo in itertools.product(*lists.values()):
-            for draw in draws:
-                point = {**dict(zip(lists, combo)), **draw}
-                out.append({a: point[a] for a in sub})
-    return out
 
 
 def read_raw(path: str | Path) -> dict:
@@ -528,198 +431,3 @@ def _check_shadowed(spec: Spec, overrides: list[str]) -> None:
                 if any(isinstance(v, dict) and field in v for v in options):
                     raise SpecError(f"override base.{field}={text} is shadowed by the grid axis grid.{axis}, whose "
                                     f"values set {field}: change {field} in grid.{axis} in the spec instead")
-
-
-def name_part(v) -> str:
-    """An axis value as a part of a trial's folder name."""
-    if isinstance(v, dict):
-        return "-".join(name_part(x) for x in v.values())
-    return re.sub(r"[^A-Za-z0-9._-]", "", str(v).replace("+", "-"))[:24] or "x"
-
-
-def _point(axes: dict) -> str:
-    """A grid point in words for a message: 'model=vgg, lr=0.1', or 'base'."""
-    return ", ".join(f"{k}={name_part(v)}" for k, v in axes.items()) or "base"
-
-
-def expand(spec: Spec) -> list[dict]:
-    """Every trial: {"name", "id", "axes", "train": TrainConfig dict}, validated, in a fixed order.
-    Names are readable (axis values and seed) and do not depend on a trial's position, so a
-    grown grid keeps every existing trial's name."""
-    trials = []
-    users = user_models(spec)
-    for label in points(spec):
-        for seed in spec.seed_list:
-            cfg = {**spec.data.model_dump(), **spec.base}
-            for axis, value in label.items():
-                if axis in CONFIG_KEYS:
-                    cfg[axis] = value
-                else:
-                    cfg.update(value)
-            if cfg.get("model") in users:
-                cfg["model"] = users[cfg["model"]]
-            cfg.update(rung_fields(spec, cfg.get("epochs", DEFAULTS["epochs"])))
-            cfg["seed"] = seed
-            cfg.setdefault("threads", max(1, int(spec.resources.cpu)))
-            if 0 < spec.resources.gpu < 1:
-                cfg.setdefault("gpu_memory_fraction", spec.resources.gpu)
-            try:
-                tc = TrainConfig.from_dict(cfg)
-            except ConfigError as e:
-                raise SpecError(f"trial {len(trials)} ({_point(label)}, seed {seed}): {e}") from None
-            # a dataset named by its path reads as its file or folder name
-            parts = [p for p in (name_part(Path(v).name if a == "dataset" and isinstance(v, str) else v)
-                                 for a, v in label.items()) if p]
-            if "model" not in label and not any(isinstance(v, dict) and "model" in v for v in label.values()):
-                parts.insert(0, name_part(tc.model))
-            train = tc.to_dict()
-            trials.append({"name": "_".join(parts + [f"s{seed}"]), "id": trial_id(train), "axes": dict(label),
-                           "train": train})
-    _check_trials(spec, trials)
-    _check_unfused_rungs(spec, trials)
-    check_models(trials)
-    return trials
-
-
-def user_models(spec: Spec) -> dict[str, str]:
-    """The nets the spec's modules register, name -> import path (module:name): a config names
-    its module, so a worker, `gridrun train --config` and a restore know what to import."""
-    from .models._registry import module_models
-
-    try:
-        return {n: f"{mod}:{n}" for mod in spec.modules for n in module_models(mod)}
-    except GridrunError as e:
-        raise SpecError(str(e)) from None
-
-
-def _check_unfused_rungs(spec: Spec, trials: list[dict]) -> None:
-    """Unfused trials are pruned by Ray's ASHA (each is its own Tune trial, with no group to cut):
-    `prune`'s rungs must then be ASHA's milestones, or the fused and unfused rules would differ."""
-    if not spec.prune or (spec.fuse or 1) > 1 or not trials:
-        return
-    grace, rf = asha(spec)
-    want = asha_milestones(grace, rf, max(t["train"]["epochs"] for t in trials))
-    if list(spec.prune.rungs) != want:
-        raise SpecError(f"prune.rungs {list(spec.prune.rungs)}: unfused trials are pruned by Ray's ASHA, which cuts at "
-                        f"{want} (the first rung times (1/keep)^k): use rungs {want}, or fuse: K to cut inside groups "
-                        f"at any epochs")
-
-
-# A trial whose estimated peak memory is over this is refused at spec time: every registered model
-# at its defaults needs at most ~3 GiB (inception_v4_light at batch 128), and the probe's
-# `arch: "C10:100 O G"` (a 226x226 map at eval batch 4096) grew to 24 GB until the kernel killed it.
-MAX_TRIAL_GIB = 16
-
-
-def data_shape(c: dict) -> tuple:
-    """(channels, height, width, classes) of a trial's dataset (headers and labels read, cached)."""
-    from .datasets import describe
-
-    try:
-        return tuple(describe(c["dataset"], c["data_dir"]))
-    except GridrunError as e:
-        raise SpecError(str(e)) from None
-
-
-def check_models(trials: list[dict]) -> None:
-    """Each distinct model and its arguments built once on the `meta` device and run on a 28x28
-    batch (no memory used): bad arguments, shapes that do not fit MNIST and activations that would
-    not fit in MAX_TRIAL_GIB at the trial's batch sizes are one line naming the trial."""
-    from .models import profile, resolve_model_args
-
-    seen: dict[str, dict | GridrunError] = {}
-    for t in trials:
-        c = t["train"]
-        try:
-            kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
-            data = data_shape(c)
-            key = json.dumps([c["model"], kw, data], sort_keys=True, default=repr)
-            if key not in seen:
-                try:
-                    seen[key] = profile(c["model"], data, **kw)
-                except GridrunError as e:
-                    seen[key] = e
-            if isinstance(seen[key], GridrunError):
-                raise seen[key]
-        except GridrunError as e:
-            raise SpecError(f"trial {t['name']}: {e}") from None
-        _check_memory(t, seen[key])
-
-
-def _check_memory(t: dict, prof: dict) -> None:
-    """Training keeps every layer's output and its gradient for the batch; inference holds up to
-    three layers' outputs (input, conv, BatchNorm) of the eval batch at once. float32 throughout."""
-    c = t["train"]
-    train = c["batch_size"] * prof["act_per_sample"] * 4 * 2
-    infer = c["eval_batch_size"] * prof["max_act_per_sample"] * 4 * 3
-    need = max(train, infer)
-    if need > MAX_TRIAL_GIB * 2**30:
-        what = (f"batch_size={c['batch_size']} x {prof['act_per_sample'] * 4 / 2**20:.1f} MiB of activations per "
-                f"image" if train >= infer else f"eval_batch_size={c['eval_batch_size']} x "
-                f"{prof['max_act_per_sample'] * 4 / 2**20:.1f} MiB for its largest layer per image")
-        args = f" with model_args {json.dumps(c['model_args'], sort_keys=True)}" if c["model_args"] else ""
-        raise SpecError(f"trial {t['name']}: model {c['model']}{args} would need about {need / 2**30:.0f} GiB "
-                        f"({what}), over the {MAX_TRIAL_GIB} GiB a trial may use: shrink its feature maps or "
-                        f"channels, or lower {'batch_size' if train >= infer else 'eval_batch_size'}")
-
-
-def _check_trials(spec: Spec, trials: list[dict]) -> None:
-    """No config twice (copies would be reported as independent seeds); unique, safe names.
-    Datasets may differ (each trial is scored against its own dataset's test set), but MNIST is
-    one dataset wherever it lies: its trials name one data folder (data_dir is plumbing)."""
-    dirs = {t["train"]["data_dir"] for t in trials if t["train"]["dataset"] == "mnist"}
-    if len(dirs) > 1:
-        raise SpecError(f"trials name different data_dir values ({', '.join(sorted(map(str, dirs)))}): "
-                        f"set it once under data: (MNIST's test set is one; another image set is a dataset: PATH)")
-    seen: dict[str, dict] = {}
-    for t in trials:
-        if t["id"] in seen:
-            first = seen[t["id"]]
-            raise SpecError(f"the grid holds one config twice ({_point(first['axes'])} and {_point(t['axes'])}, seed "
-                            f"{t['train']['seed']}): copies would be reported as independent runs; remove the repeat")
-        seen[t["id"]] = t
-    by_name: dict[str, list] = {}
-    for t in trials:
-        by_name.setdefault(t["name"], []).append(t)
-    for name, same in by_name.items():
-        if len(same) > 1:  # different configs whose labels read alike: add the config's hash
-            for t in same:
-                t["name"] = f"{name}_{t['id'][:6]}"
-    for t in trials:  # names are built from [A-Za-z0-9._-] only; keep them short and not hidden
-        if len(t["name"]) > 120:
-            t["name"] = f"{t['name'][:100]}_{t['id'][:6]}"
-        if not t["name"][0].isalnum():
-            t["name"] = "t" + t["name"]
-
-
-def check_budget(spec: Spec, trials: list[dict]) -> dict[str, int]:
-    """Parameters of each distinct model config (meta device); over max_params is an error."""
-    from .models import count_params, resolve_model_args
-
-    counts = {}
-    for t in trials:
-        c = t["train"]
-        kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
-        data = data_shape(c)
-        key = json.dumps([c["model"], kw, data], sort_keys=True)
-        if key not in counts:
-            counts[key] = count_params(c["model"], data, **kw)
-        t["params"] = counts[key]
-        cap = spec.constraints.max_params
-        if cap and t["params"] > cap:
-            raise SpecError(f"trial {t['name']}: model {c['model']} has {t['params']:,} parameters, over "
-                            f"constraints.max_params={cap:,}: pick a smaller model or raise the limit")
-        cap_e = spec.constraints.max_epochs
-        if cap_e and c["epochs"] > cap_e:
-            raise SpecError(f"trial {t['name']}: epochs={c['epochs']} is over constraints.max_epochs={cap_e}")
-    return counts
-
-
-def load_trials(path: str | Path, overrides: list[str] | None = None) -> tuple[Spec, list[dict]]:
-    """Load, validate, expand and budget-check a spec file (with command-line overrides)."""
-    spec = load(path, overrides)
-    if spec.search is not None:  # a study's trials are asked, not expanded (study.py)
-        return spec, []
-    trials = expand(spec)
-    check_budget(spec, trials)
-    return spec, trials
