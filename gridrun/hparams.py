@@ -32,11 +32,11 @@ METRICS = ("val/acc", "val/loss")
 SUFFIX = ".hparams"  # the file name ending of the HParams summaries gridrun writes
 
 
-def hparam_fields(trials: list[dict]) -> list[str]:
-    """The config fields the grid varies: axes named after a field, and fields of linked axes."""
+def hparam_fields(points: list[dict]) -> list[str]:
+    """The config fields a grid varies, from its trials' axes: axes named after a field, fields of linked axes."""
     out: list[str] = []
-    for t in trials:
-        for axis, value in t["axes"].items():
+    for axes in points:
+        for axis, value in axes.items():
             for f in (value.keys() if isinstance(value, dict) else [axis]):
                 if f not in out:
                     out.append(f)
@@ -129,7 +129,7 @@ def experiment_summary(manifests: list[list[dict]], experiments: list[str] | Non
 
     trials = [t for m in manifests for t in m if isinstance(t.get("axes"), dict) and isinstance(t.get("train"), dict)]
     hps = [summary_v2.HParam(EXPERIMENT, summary_v2.Discrete(sorted(set(experiments))))] if experiments else []
-    for name in hparam_fields(trials):
+    for name in hparam_fields([t["axes"] for t in trials]):
         values = {_value(_resolved(t["train"]).get(name)) for t in trials}
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         bools = all(isinstance(v, bool) for v in values)
@@ -204,11 +204,11 @@ def sync_view(root: Path, experiments: list[Path], view: Path) -> int:
     from .storage.layout import ExperimentDir
 
     manifests = {e: ExperimentDir(e).read_manifest() for e in experiments}
-    names = hparam_fields([t for m in manifests.values() for t in m if isinstance(t.get("axes"), dict)])
+    names = hparam_fields([t["axes"] for m in manifests.values() for t in m if isinstance(t.get("axes"), dict)])
     n = 0
     for exp, manifest in manifests.items():
         trains = {t.get("name"): t["train"] for t in manifest if isinstance(t.get("train"), dict)}
-        own = hparam_fields([t for t in manifest if isinstance(t.get("axes"), dict)])
+        own = hparam_fields([t["axes"] for t in manifest if isinstance(t.get("axes"), dict)])
         for name, (d, _) in ExperimentDir(exp).trial_dirs().items():
             run = view / _name(root, exp) / d.relative_to(exp)
             n += 1

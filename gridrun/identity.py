@@ -150,44 +150,68 @@ def canonical(train: dict) -> dict:
 OFF = {"rungs": lambda c: not c.get("rungs"), "rung_keep": lambda c: not c.get("rungs")}
 
 
-def _identity(train: dict, left_out: frozenset) -> dict:
-    c = canonical(train)
+def _identity(c: dict, left_out: frozenset) -> dict:
+    """A canonical config less the fields `left_out` and those that are off (OFF)."""
     if not isinstance(c, dict):
         return c
     return {k: v for k, v in c.items() if k not in left_out and not (k in OFF and OFF[k](c))}
 
 
+# The keys of a config already in canonical form (record.Trial keeps it, so each is resolved once).
+def id_of(c: dict) -> str:
+    """The trial id of a canonical config."""
+    return _hash(_text(_identity(c, PLUMBING)))
+
+
+def key_of(c: dict) -> str:
+    """The config key of a canonical config."""
+    return _text(_identity(c, NOT_CONFIG))
+
+
+def config_id_of(key: str) -> str:
+    """The config id of a config key."""
+    return _hash(key)
+
+
+def fuse_key_of(c: dict) -> str:
+    """The fuse key of a canonical config."""
+    from .augment import Augment
+
+    return _text({**{k: c.get(k) for k in FUSE_SHARED if k in c or k not in SINCE},
+                  "align": Augment(c.get("augment", "none"), c.get("aug") or {}).align})
+
+
 def trial_id(train: dict) -> str:
     """A trial's identity: a hash of the resolved value of every field that changes what it computes."""
-    return _hash(_text(_identity(train, PLUMBING)))
+    return id_of(canonical(train))
 
 
 def config_key(train: dict) -> str:
     """The config without seed and plumbing, as text: trials with the same key are seeds of one config."""
-    return _text(_identity(train, NOT_CONFIG))
+    return key_of(canonical(train))
 
 
 def config_id(train: dict) -> str:
     """A short stable id of the config (shared by its seeds)."""
-    return _hash(config_key(train))
+    return config_id_of(config_key(train))
 
 
 def fuse_key(train: dict) -> str:
     """Trials with the same key can train as one fused group: they share FUSE_SHARED and
     whether their policy deskews (the engine's check_group refuses a group that mixes them:
     deskewing changes the images the members share)."""
-    from .augment import Augment
-
-    c = canonical(train)
-    return _text({**{k: c.get(k) for k in FUSE_SHARED if k in c or k not in SINCE},
-                  "align": Augment(c.get("augment", "none"), c.get("aug") or {}).align})
+    return fuse_key_of(canonical(train))
 
 
 def varying_fields(configs: list[dict]) -> list[str]:
     """The config fields (not seed, not plumbing) whose values differ across `configs`, sorted."""
-    configs = [canonical(c) for c in configs]
-    keys = {k for c in configs for k in c if k not in NOT_CONFIG}
-    return sorted(k for k in keys if len({_text({"v": c.get(k)}) for c in configs}) > 1)
+    return varying([canonical(c) for c in configs])
+
+
+def varying(resolved: list[dict]) -> list[str]:
+    """varying_fields of configs already in canonical form."""
+    keys = {k for c in resolved for k in c if k not in NOT_CONFIG}
+    return sorted(k for k in keys if len({_text({"v": c.get(k)}) for c in resolved}) > 1)
 
 
 def value_text(v) -> str:

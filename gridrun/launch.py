@@ -104,7 +104,7 @@ def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_c
     t0 = time.time()
     from .hparams import hparam_fields
 
-    context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.to_dict() for t in grid]), out)
+    context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.axes for t in grid]), out)
     progress = _Progress(list(plan.units), out, folder.shown, live=live_stream(out), early_stop=bool(asha(spec)))
     with quiet_tune():
         tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)

@@ -1,6 +1,6 @@
 """The plan: which trials a launch runs, as which Tune trials. Typed, frozen trials and units.
 
-A `Trial` is one config of the grid (spec.expand's dict, converted once by `trials`); a `Unit`
+A `Trial` is one config of the grid (record.Trial, as spec.expand made it); a `Unit`
 is one Tune trial: a single trial, or a fused group trained as one. Units cross into Ray as a
 plain dict (`Unit.to_tune`) and come back with `Unit.from_tune`: that is the one conversion at
 the Tune boundary. `remaining` is what a launch (and its --dry-run) runs: the grid matched to
@@ -12,34 +12,14 @@ import hashlib
 import os
 import shlex
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import results
 from .store import SPEC_COPY, ExperimentDir
-from .identity import fuse_key, trial_id
+from .record import Trial, read_manifest
 from .errors import GridrunError
 from .spec import Spec, SpecError, name_part
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One config of the grid: its folder name, identity, axis values, TrainConfig dict, parameters."""
-    name: str
-    id: str
-    axes: dict
-    train: dict
-    params: int | None = None
-    stage: str | None = None    # a study's: "search" or "confirm" (study.py); None in a grid
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "id": self.id, "axes": self.axes, "params": self.params, "train": self.train,
-                **({"stage": self.stage} if self.stage else {})}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Trial":
-        stage = d.get("stage") if isinstance(d.get("stage"), str) else None
-        return cls(d["name"], d["id"], dict(d.get("axes") or {}), dict(d["train"]), d.get("params"), stage)
 
 
 @dataclass(frozen=True)
@@ -71,17 +51,11 @@ class Unit:
         return cls(d["name"], bool(d["fused"]), tuple(Trial.from_dict(m) for m in d["members"]))
 
 
-def trials(dicts: list[dict]) -> list[Trial]:
-    """spec.expand's trial dicts as Trials."""
-    return [Trial.from_dict(t) for t in dicts]
-
-
 def load(spec_path: str, overrides: list[str]) -> tuple[Spec, list[Trial]]:
     """The spec and its validated, budget-checked trials."""
     from .spec import load_trials
 
-    spec, expanded = load_trials(spec_path, overrides)
-    return spec, trials(expanded)
+    return load_trials(spec_path, overrides)
 
 
 # ---------------------------------------------------------------- units
@@ -102,12 +76,12 @@ def plan_units(spec, todo: list[Trial], keep: dict[str, str] | None = None, slot
             kept.setdefault(keep[t.name], []).append(t)
     # one member left is still its group (the others pruned or diverged): it resumes in the group's folder
     units = [Unit(g, True, tuple(ms)) for g, ms in kept.items()
-             if len(ms) <= k and len({fuse_key(m.train) for m in ms}) == 1]
+             if len(ms) <= k and len({m.fuse_key for m in ms}) == 1]
     taken = {m.name for u in units for m in u.members}
     by_key: dict[str, list[Trial]] = {}
     for t in todo:
         if t.name not in taken:
-            by_key.setdefault(fuse_key(t.train), []).append(t)
+            by_key.setdefault(t.fuse_key, []).append(t)
     groups = list(by_key.values())
     plain = [-(-len(g) // k) for g in groups]
     # a group that prunes at rungs (a fuse-shared field) is never split: its members compete
@@ -173,11 +147,11 @@ def _by_gpu(need: float, gpus: float) -> int:
     return int(gpus * int(1 // need)) if need <= 1 else int(gpus // need)
 
 
-def regroup(spec, todo: list[Trial], old: list[dict], exp: Path | None, out, slots: int = 1) -> list[Unit]:
+def regroup(spec, todo: list[Trial], old: list[Trial], exp: Path | None, out, slots: int = 1) -> list[Unit]:
     """The units to run: a fused group interrupted by an earlier launch keeps its members
     together under its name, so they resume from its checkpoint, even when the grid has grown
     (regrouping would restart them from epoch 1); says when one cannot."""
-    prior = {e["name"]: e["group"] for e in old if e.get("group")}
+    prior = {e.name: e.group for e in old if e.group}
     has_state = {g for g in set(prior.values()) if exp is not None and any((exp / g).glob("checkpoint_*"))}
     units = plan_units(spec, todo, keep={n: g for n, g in prior.items() if g in has_state}, slots=slots)
     kept, names = {u.name for u in units}, {t.name for t in todo}
@@ -196,7 +170,7 @@ class Remaining:
     """The grid against an experiment: every trial (under the experiment's names), the manifest
     it held, the trials it has settled (finished or diverged), and the units still to run."""
     trials: tuple[Trial, ...]
-    held: tuple[dict, ...]
+    held: tuple[Trial, ...]
     done: frozenset
     units: tuple[Unit, ...]
 
@@ -211,14 +185,16 @@ class Remaining:
     def manifest(self) -> list[dict]:
         """The manifest to record: what it held, and every trial of this grid with the fused group
         it runs in (a settled trial keeps the group it ran in)."""
-        merged = {e["name"]: e for e in self.held}
+        merged = {e.name: e.entry(e.group, e.labels) for e in self.held}
+        old = {e.name: e for e in self.held}
         group_of = {m.name: u.name for u in self.units if u.fused for m in u.members}
         for t in self.trials:
-            old = merged.get(t.name) or {}
-            group = group_of.get(t.name) if t.name not in self.done else old.get("group")
+            e = old.get(t.name)
+            settled = t.name in self.done and e is not None
+            group = e.group if settled else group_of.get(t.name)
             # a settled trial keeps the checksums of the labels it ran with; the others get this data's
-            labels = old.get("labels") if t.name in self.done and old.get("labels") else label_digests(t.train)
-            merged[t.name] = {**t.to_dict(), "group": group, "labels": labels}
+            labels = e.labels if settled and e.labels else label_digests(t.train)
+            merged[t.name] = t.entry(group, labels)
         return list(merged.values())
 
 
@@ -244,7 +220,7 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
     `nodes` (called only when something is left to run) gives each node's (CPUs, GPUs): a plan
     no node fits is refused, and fused groups are split over the slots (`slots`)."""
     shown = shown or str(exp)
-    held = ExperimentDir(exp).read_manifest() if exp is not None else []
+    held = read_manifest(ExperimentDir(exp).read_manifest()) if exp is not None else []
     grid = adopt_names(held, grid, out, shown)
     if held:
         check_growth(shown, held, grid)
@@ -267,21 +243,21 @@ def _settled(exp: Path, names: set[str], out, shown: str) -> frozenset:
     return frozenset(t.name for t in trials if t.status in results.SETTLED)
 
 
-def adopt_names(held: list[dict], grid: list[Trial], out, shown: str) -> list[Trial]:
+def adopt_names(held: list[Trial], grid: list[Trial], out, shown: str) -> list[Trial]:
     """A planned trial that the experiment already holds under another name (the same values
     written another way: an axis instead of base, a default written out, 5e-4 for 0.0005)
     takes that name, so it is found finished, or resumed from its own folder, never run twice."""
     ids: dict[str, str] = {}
     for e in held:
-        if isinstance(e.get("train"), dict):
-            ids.setdefault(trial_id(e["train"]), e["name"])
+        if e.train:
+            ids.setdefault(e.id, e.name)
     if not ids:
         return grid
     matched = [(t.name, ids[t.id]) for t in grid if ids.get(t.id, t.name) != t.name]
-    grid = [replace(t, name=ids.get(t.id, t.name)) for t in grid]
+    grid = [t.relabel(name=ids.get(t.id, t.name)) for t in grid]
     count = Counter(t.name for t in grid)
     # a new trial whose label reads like an adopted one: its hash tells them apart
-    grid = [replace(t, name=f"{t.name}_{t.id[:6]}") if count[t.name] > 1 and ids.get(t.id) != t.name else t
+    grid = [t.relabel(name=f"{t.name}_{t.id[:6]}") if count[t.name] > 1 and ids.get(t.id) != t.name else t
             for t in grid]
     if matched:
         pairs = ", ".join(f"{new} = {old}" for new, old in matched[:5]) + (", ..." if len(matched) > 5 else "")
@@ -290,22 +266,20 @@ def adopt_names(held: list[dict], grid: list[Trial], out, shown: str) -> list[Tr
     return grid
 
 
-def check_growth(shown: str, held: list[dict], grid: list[Trial]) -> None:
+def check_growth(shown: str, held: list[Trial], grid: list[Trial]) -> None:
     """A relaunch may add trials (more seeds, more axis values) but not change or drop one that
     the folder already holds: that would mix results of two different grids."""
-    from .config import with_defaults
-
     new_ids, by_name = {t.id for t in grid}, {t.name: t for t in grid}
     for e in held:
-        # Its identity from its config as this version fills it (a field added since it ran at
-        # the default that reproduces it), not the id an older version hashed.
-        if (trial_id(with_defaults(e["train"])) if e.get("train") else e.get("id")) in new_ids:
+        # Its identity from its config as this version fills it (record.Trial.read: a field added
+        # since it ran at the default that reproduces it), not the id an older version hashed.
+        if e.id in new_ids:
             continue
-        mate = by_name.get(e["name"])  # only a trial of the same name is this one changed
-        diff = _changed(e.get("train") or {}, mate.train) if mate is not None else ""
-        more = [x["name"] for x in held if x is not e and x["name"] not in by_name]
+        mate = by_name.get(e.name)  # only a trial of the same name is this one changed
+        diff = _changed(dict(e.train), mate.train) if mate is not None else ""
+        more = [x.name for x in held if x is not e and x.name not in by_name]
         lacks = f" and {len(more)} more ({', '.join(more[:3])}{', ...' if len(more) > 3 else ''})" if more else ""
-        what = f"trial {e['name']} of a different grid{diff or f': this spec lacks it{lacks}'}"
+        what = f"trial {e.name} of a different grid{diff or f': this spec lacks it{lacks}'}"
         raise SpecError(f"{shown} holds {what}: a relaunch may only add trials; to go on with the experiment as it "
                         f"was launched, {_relaunch(shown)} (overrides added to it grow it), or launch with --name NEW, "
                         f"or --fresh to start over")

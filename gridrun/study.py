@@ -297,10 +297,8 @@ def trials(spec, runs: list[tuple[str, dict, int]]) -> list[Trial]:
         if stage == CONFIRM and "prune" in type(spec).model_fields:
             update["prune"] = None
         staged = spec.model_copy(update=update)
-        expanded = expand(staged)
-        check_budget(staged, expanded)
-        for i, t in zip(idx, expanded):
-            out[i] = Trial(t["name"], t["id"], t["axes"], t["train"], t.get("params"), stage)
+        for i, t in zip(idx, check_budget(staged, expand(staged))):
+            out[i] = t.relabel(stage=stage)
     return out
 
 

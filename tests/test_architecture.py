@@ -17,7 +17,7 @@ LAYERS = [
     "models._layers", "models._registry", "models.tiny", "models.vgg", "models.resnet",
     "models.preact_resnet", "models.wide_resnet", "models.inception",
     "models", "models.golden",
-    "augment", "data", "datasets", "config", "identity",
+    "augment", "data", "datasets", "config", "identity", "record",
     "storage.locks", "storage.layout", "storage.provenance", "storage.events", "storage.sweep", "storage.s3",
     "storage.backends", "store",
     "engine.files", "engine.optim", "engine.strategies", "engine.step", "engine.group",

@@ -229,8 +229,8 @@ def test_two_datasets_in_one_grid_are_two_configs(sets, tmp_path):
     idx, npz = sets
     spec = _spec(tmp_path, "mnist", grid={"dataset": [str(idx), str(npz)]})
     _, trials = load_trials(spec)
-    assert [t["train"]["dataset"] for t in trials] == [str(idx), str(npz)]
-    assert len({t["id"] for t in trials}) == 2
+    assert [t.train["dataset"] for t in trials] == [str(idx), str(npz)]
+    assert len({t.id for t in trials}) == 2
 
 
 @pytest.mark.parametrize("dataset, says", [("mnist", "set GRIDRUN_DATA to those"),

@@ -145,7 +145,7 @@ def test_activations_over_the_memory_cap_are_refused_and_a_smaller_batch_passes(
         _expand("tinynet", wide)
     with pytest.raises(SpecError, match=r"batch_size=4096 x .* lower batch_size"):
         _expand("tinynet", wide, batch_size=4096, eval_batch_size=64)
-    assert _expand("tinynet", wide, batch_size=16, eval_batch_size=64)[0]["train"]["model"] == "tinynet"
+    assert _expand("tinynet", wide, batch_size=16, eval_batch_size=64)[0].train["model"] == "tinynet"
 
 
 @pytest.mark.parametrize("model, args, says", [

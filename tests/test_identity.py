@@ -9,7 +9,8 @@ import yaml
 
 from gridrun.config import PLUMBING, TrainConfig
 from gridrun.identity import OFF, SINCE, canonical, config_key, fuse_key, trial_id, varying_fields
-from gridrun.plan import plan_units, regroup, trials as typed
+from gridrun.plan import plan_units, regroup
+from gridrun.record import read_manifest
 from gridrun.spec import SpecError, load_trials, parse
 from conftest import write_spec
 
@@ -129,13 +130,11 @@ def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_
     spec_path = write_spec(tmp_path / "fz.yaml", synth_dir, grid={"lr": [0.01, 0.03]}, seeds=2, fuse=4,
                            base={"model": "tinynet_7k"})
     spec, trials = load_trials(spec_path)
-    trials = typed(trials)
     (group,) = plan_units(spec, trials)
     exp = tmp_path / "runs" / "fz"
     (exp / group.name / "checkpoint_000001").mkdir(parents=True)
-    old = [{"name": t.name, "train": t.train, "group": group.name} for t in trials]
+    old = read_manifest([{"name": t.name, "train": t.train, "group": group.name} for t in trials])
     grown_spec, grown = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}"])
-    grown = typed(grown)
     assert all(u.name != group.name for u in plan_units(grown_spec, grown))  # regrouped without keep
     lines = []
     units = regroup(grown_spec, grown, old, exp, lines.append)
@@ -144,7 +143,7 @@ def test_an_interrupted_fused_group_keeps_its_members_when_the_grid_grows(synth_
     assert sorted(m.name for u in units for m in u.members) == sorted(t.name for t in grown)
     assert not lines
     fewer_spec, fewer = load_trials(spec_path, ["grid={lr: [0.01, 0.02, 0.03]}", "fuse=2"])
-    regroup(fewer_spec, typed(fewer), old, exp, lines.append)  # a group that cannot be kept is said
+    regroup(fewer_spec, fewer, old, exp, lines.append)  # a group that cannot be kept is said
     assert "start again from epoch 1" in lines[0]
 
 
@@ -218,10 +217,10 @@ def test_an_experiment_launched_under_the_other_name_keeps_its_trials(synth_dir,
 
     spec, grid = load_trials(write_spec(tmp_path / "a.yaml", synth_dir, grid={"lr": [0.01, 0.02]},
                                         base={"model": "tinynet_7k"}))
-    held = [{"name": f"old_{i}", "id": "0123456789ab", "train": {**t["train"], "model": "tinynet"}}
-            for i, t in enumerate(grid)]
+    held = read_manifest([{"name": f"old_{i}", "id": "0123456789ab", "train": {**t.train, "model": "tinynet"}}
+                          for i, t in enumerate(grid)])
     lines = []
-    adopted = adopt_names(held, typed(grid), lines.append, "exp")
+    adopted = adopt_names(held, grid, lines.append, "exp")
     assert [t.name for t in adopted] == [f"old_{i}" for i in range(len(grid))] and "matched by value" in lines[0]
     check_growth("exp", held, adopted)  # no "different grid" refusal
 

@@ -347,7 +347,7 @@ def test_a_fused_launch_writes_ordinary_trial_folders_that_match_the_unfused_lau
 
     fused = load_experiment(storage / "fused")
     for t in lt(spec)[1]:  # each config as an unfused launch's trial runs it (run_trial -> train)
-        train(dict(t["train"], out_dir=str(storage / "alone" / t["name"])))
+        train(dict(t.train, out_dir=str(storage / "alone" / t.name)))
     alone = load_experiment(storage / "alone")
     # 2 CPUs and 4 trials: two groups of two, so neither CPU idles (issue 38 item 7)
     groups = {d.name for d in (storage / "fused").iterdir() if d.name.startswith("fused_")}

@@ -151,7 +151,7 @@ def test_the_readme_spec_block_runs_as_written(tmp_path, monkeypatch, capsys):
     spec_path.write_text(_readme_spec(), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     _, trials = load_trials(spec_path)
-    assert all(list(t["train"]["rungs"]) == [3, 9] and t["train"]["rung_keep"] == pytest.approx(1 / 3) for t in trials)
+    assert all(list(t.train["rungs"]) == [3, 9] and t.train["rung_keep"] == pytest.approx(1 / 3) for t in trials)
     rc = main(["launch", str(spec_path), "--dry-run", "--storage", str(tmp_path / "runs")])
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -196,10 +196,10 @@ def test_early_stop_with_fuse_becomes_rungs_and_without_fuse_stays_ray_s_asha():
     from gridrun.spec import asha, expand
 
     fused = expand(_spec(fuse=4, early_stop={"grace_period": 2, "reduction_factor": 2}))
-    assert {(tuple(t["train"]["rungs"]), t["train"]["rung_keep"]) for t in fused} == {((2, 4, 8), 0.5)}
+    assert {(tuple(t.train["rungs"]), t.train["rung_keep"]) for t in fused} == {((2, 4, 8), 0.5)}
     plain = _spec(early_stop={"grace_period": 2, "reduction_factor": 2})
-    assert all(t["train"]["rungs"] == () for t in expand(plain)) and asha(plain) == (2, 2)
-    assert [t["id"] for t in expand(plain)] == [t["id"] for t in expand(_spec())]  # ids as before
+    assert all(t.train["rungs"] == () for t in expand(plain)) and asha(plain) == (2, 2)
+    assert [t.id for t in expand(plain)] == [t.id for t in expand(_spec())]  # ids as before
 
 
 @pytest.mark.parametrize("over,why", [
@@ -220,25 +220,25 @@ def test_prune_sets_the_rungs_fused_or_not_and_the_unfused_asha_cuts_at_the_same
     from gridrun.spec import asha, asha_milestones, expand
 
     for spec in (_spec(prune={"rungs": [3, 6]}), _spec(prune={"rungs": [3, 6]}, fuse=4)):
-        assert {tuple(t["train"]["rungs"]) for t in expand(spec)} == {(3, 6)}
+        assert {tuple(t.train["rungs"]) for t in expand(spec)} == {(3, 6)}
         assert asha(spec) == (3, 2.0) and asha_milestones(3, 2.0, 10) == [3, 6]
-    assert expand(_spec(prune={"rungs": [2, 7], "keep": 0.25}, fuse=4))[0]["train"]["rungs"] == (2, 7)  # any epochs
+    assert expand(_spec(prune={"rungs": [2, 7], "keep": 0.25}, fuse=4))[0].train["rungs"] == (2, 7)  # any epochs
 
 
 def test_the_lone_survivor_of_an_interrupted_group_resumes_in_its_group(synth_dir, tmp_path):
     """After rungs left one member of four, a relaunch (the pruned ones settled) keeps it in its
     group, so it resumes from the group's checkpoint in the group's folder, not from epoch 1 alone."""
-    from gridrun.plan import plan_units, regroup, trials as typed
+    from gridrun.plan import plan_units, regroup
+    from gridrun.record import read_manifest
     from gridrun.spec import load_trials
     from conftest import write_spec
 
     spec, trials = load_trials(write_spec(tmp_path / "lone.yaml", synth_dir, grid={"lr": [0.01, 0.03]}, seeds=2,
                                           fuse=4, base={"model": "tinynet_7k"}))
-    trials = typed(trials)
     (group,) = plan_units(spec, trials)
     exp = tmp_path / "runs" / "lone"
     (exp / group.name / "checkpoint_000001").mkdir(parents=True)
-    old = [{"name": t.name, "train": t.train, "group": group.name} for t in trials]
+    old = read_manifest([{"name": t.name, "train": dict(t.train), "group": group.name} for t in trials])
     lines = []
     (unit,) = regroup(spec, trials[2:3], old, exp, lines.append)
     assert unit.name == group.name and unit.fused and [m.name for m in unit.members] == [trials[2].name]

@@ -564,8 +564,8 @@ def test_best_is_the_reports_validation_choice_as_text_yaml_and_command(tmp_path
     chosen = json.loads((exp / "v_s0" / "config.json").read_text())
     chosen.pop("_meta")
     from gridrun.config import with_defaults
-    assert {config_id(t["train"]) for t in trials} == {config_id(with_defaults(chosen))}
-    assert sorted(t["train"]["seed"] for t in trials) == [0, 1]
+    assert {config_id(t.train) for t in trials} == {config_id(with_defaults(chosen))}
+    assert sorted(t.train["seed"] for t in trials) == [0, 1]
 
 
 def test_best_refuses_when_nothing_can_be_chosen(tmp_path, capsys):

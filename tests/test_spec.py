@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridrun.cli import main
-from gridrun.plan import plan_units, trials as typed
+from gridrun.plan import plan_units
+from gridrun.record import read_manifest
 from gridrun.spec import SpecError, apply_overrides, check_budget, expand, load_trials, parse
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
@@ -19,17 +20,17 @@ GOOD = {"name": "t", "base": {"epochs": 2}, "grid": {"model": ["vanilla", "tinyn
 def test_expansion_is_the_cross_product_times_seeds():
     trials = expand(parse(GOOD))
     assert len(trials) == 2 * 2 * 3
-    assert len({t["name"] for t in trials}) == 12 and len({t["id"] for t in trials}) == 12
-    combos = {(t["train"]["model"], t["train"]["batch_size"], t["train"]["seed"]) for t in trials}
-    assert len(combos) == 12 and all(t["train"]["epochs"] == 2 for t in trials)
-    assert all(t["train"]["gpu_memory_fraction"] == 0.25 for t in trials)  # soft GPU-memory cap
-    assert trials[0]["name"] == "vanilla_32_s0"
+    assert len({t.name for t in trials}) == 12 and len({t.id for t in trials}) == 12
+    combos = {(t.train["model"], t.train["batch_size"], t.train["seed"]) for t in trials}
+    assert len(combos) == 12 and all(t.train["epochs"] == 2 for t in trials)
+    assert all(t.train["gpu_memory_fraction"] == 0.25 for t in trials)  # soft GPU-memory cap
+    assert trials[0].name == "vanilla_32_s0"
 
 
 def test_names_do_not_depend_on_position():
     """A grown grid keeps every existing trial's name (and identity)."""
-    small = {t["name"]: t["id"] for t in expand(parse({**GOOD, "seeds": 1}))}
-    big = {t["name"]: t["id"] for t in expand(parse({**GOOD, "seeds": 3, "grid": {**GOOD["grid"],
+    small = {t.name: t.id for t in expand(parse({**GOOD, "seeds": 1}))}
+    big = {t.name: t.id for t in expand(parse({**GOOD, "seeds": 3, "grid": {**GOOD["grid"],
                                                                                  "batch_size": [16, 32, 64]}}))}
     assert small.items() <= big.items()
 
@@ -37,7 +38,7 @@ def test_names_do_not_depend_on_position():
 def test_dict_axis_sets_fields_jointly():
     spec = parse({"name": "z", "grid": {"run": [{"model": "vanilla", "batch_size": 64},
                                                {"model": "tinynet_7k", "batch_size": 128}]}})
-    assert [(t["train"]["model"], t["train"]["batch_size"]) for t in expand(spec)] == \
+    assert [(t.train["model"], t.train["batch_size"]) for t in expand(spec)] == \
         [("vanilla", 64), ("tinynet_7k", 128)]
 
 
@@ -94,8 +95,8 @@ def test_data_dirs_must_agree_before_anything_runs(tmp_path):
 def test_overrides_are_validated_like_the_file():
     raw = apply_overrides(GOOD, ["seeds=5", "base.epochs=7", "grid.batch_size=[16]", "resources.gpu=0.5"])
     trials = expand(parse(raw))
-    assert len(trials) == 2 * 1 * 5 and {t["train"]["epochs"] for t in trials} == {7}
-    assert {t["train"]["gpu_memory_fraction"] for t in trials} == {0.5}
+    assert len(trials) == 2 * 1 * 5 and {t.train["epochs"] for t in trials} == {7}
+    assert {t.train["gpu_memory_fraction"] for t in trials} == {0.5}
     for bad, needle in [("base.learning_rat=1", "'base.learning_rat'"), ("seeds=-1", "seeds:"),
                         ("resources.gpu=2.5", "resources.gpu:")]:
         with pytest.raises(SpecError, match=needle):
@@ -118,7 +119,7 @@ def test_yaml_aliases_and_huge_grids_are_refused_quickly(tmp_path):
 def test_fused_groups_share_what_a_batched_model_needs():
     spec = parse({"name": "f", "fuse": 3, "grid": {"model": ["vanilla", "tinynet_7k"], "lr": [0.1, 0.01]},
                   "seeds": 2, "base": {"epochs": 1}})
-    units = plan_units(spec, typed(expand(spec)))
+    units = plan_units(spec, expand(spec))
     fused = [u for u in units if u.fused]
     assert sum(len(u.members) for u in units) == 8
     assert all(len(u.members) <= 3 for u in units)
@@ -188,9 +189,8 @@ def test_early_stop_and_dry_run_plan_for_gpus(tmp_path):
     assert spec.early_stop.grace_period == 2 and spec.early_stop.reduction_factor == 3
     from gridrun.plan import plan_table
 
-    lines, trials = [], expand(spec)
-    check_budget(spec, trials)
-    plan_table(spec, typed(trials), plan_units(spec, typed(trials)), cpus=16, gpus=2, out=lines.append)
+    lines, trials = [], check_budget(spec, expand(spec))
+    plan_table(spec, trials, plan_units(spec, trials), cpus=16, gpus=2, out=lines.append)
     assert lines[-1].endswith("4 trial(s) per GPU; 2 GPU(s), 16 CPU(s) -> 8 trial(s) at once")
 
 
@@ -203,13 +203,14 @@ def test_an_experiment_from_before_a_field_existed_stays_the_same_grid():
     trials = expand(parse(GOOD))
     old = []
     for t in trials:
-        train = {k: v for k, v in t["train"].items() if k not in ("precise_bn", "clean_epochs")}
-        old.append({"name": t["name"], "id": "hashed-by-an-older-version", "train": train})
-        assert trial_id(train) == t["id"]  # identity is by value: a missing field reads as its default
-    check_growth("runs/t", old, typed(trials))  # no error
+        train = {k: v for k, v in t.train.items() if k not in ("precise_bn", "clean_epochs")}
+        old.append({"name": t.name, "id": "hashed-by-an-older-version", "train": train})
+        assert trial_id(train) == t.id  # identity is by value: a missing field reads as its default
+    old = read_manifest(old)  # as a relaunch reads the folder's manifest
+    check_growth("runs/t", old, trials)  # no error
     changed = expand(parse({**GOOD, "base": {"epochs": 2, "precise_bn": True}}))
     with pytest.raises(SpecError, match="precise_bn was False, now True"):
-        check_growth("runs/t", old, typed(changed))
+        check_growth("runs/t", old, changed)
 
 
 def test_dry_run_refuses_a_changed_grid_as_the_launch_would(tmp_path, capsys, synth_dir, monkeypatch):
@@ -220,7 +221,7 @@ def test_dry_run_refuses_a_changed_grid_as_the_launch_would(tmp_path, capsys, sy
     spec.write_text(yaml.safe_dump({**GOOD, "base": {"epochs": 2, "subset": 200, "val_size": 100}}))
     trials = load_trials(str(spec))[1]
     (tmp_path / "runs" / "t").mkdir(parents=True)
-    (tmp_path / "runs" / "t" / "gridrun_trials.json").write_text(json.dumps(trials))
+    (tmp_path / "runs" / "t" / "gridrun_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
     argv = ["launch", str(spec), "--storage", str(tmp_path / "runs"), "--dry-run"]
     assert main(argv) == 0
     capsys.readouterr()
@@ -237,8 +238,8 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
     (tmp_path / "g.yaml").write_text("name: g\nbase: {epochs: 1, weight_decay: 5e-4}\ngrid: {lr: [1e-3, 3E-4, 2.5e+1]}\n")
     spec, trials = load_trials(tmp_path / "g.yaml", ["base.momentum=9e-1"])
     assert spec.grid["lr"] == [0.001, 0.0003, 25.0]
-    assert {t["train"]["weight_decay"] for t in trials} == {0.0005}
-    assert {t["train"]["momentum"] for t in trials} == {0.9}
+    assert {t.train["weight_decay"] for t in trials} == {0.0005}
+    assert {t.train["momentum"] for t in trials} == {0.9}
     from gridrun.spec import safe_yaml
 
     assert safe_yaml("[1_000, 10, 1.5, e3, 1e, 0x1f]", "x") == [1000, 10, 1.5, "e3", "1e", 31]
@@ -292,7 +293,7 @@ def test_the_different_grid_refusal_names_the_missing_trials_and_the_relaunch():
     grown = expand(parse(apply_overrides(GOOD, ["grid.lr=[0.1, 0.05]", "seeds=1"])))
     original = expand(parse(apply_overrides(GOOD, ["grid.lr=[0.05]", "seeds=1"])))
     with pytest.raises(SpecError) as e:
-        check_growth("runs/t", grown, typed(original))
+        check_growth("runs/t", grown, original)
     msg = str(e.value)
     assert ("holds trial vanilla_32_0.1_s0 of a different grid: this spec lacks it and 3 more (vanilla_64_0.1_s0, "
             "tinynet_7k_32_0.1_s0, tinynet_7k_64_0.1_s0)") in msg
@@ -308,25 +309,25 @@ RANDOM = {"name": "r", "base": {"epochs": 1, "model": "tinynet_7k"}, "seeds": 2,
 
 def test_distributions_draw_samples_for_each_list_combination_with_all_seeds():
     trials = expand(parse(RANDOM))
-    assert len(trials) == 2 * 5 * 2 and len({t["id"] for t in trials}) == 20
+    assert len(trials) == 2 * 5 * 2 and len({t.id for t in trials}) == 20
     configs = {}
     for t in trials:
-        c = t["train"]
+        c = t.train
         assert 1e-3 <= c["lr"] < 1 and 0 <= c["label_smoothing"] < 0.2 and c["step_size"] in (2, 3, 4)
         assert c["augment"] in ("none", "rotate") and float(f"{c['lr']:.4g}") == c["lr"]  # 4 significant digits
         configs.setdefault(json.dumps({k: v for k, v in c.items() if k != "seed"}, sort_keys=True), []).append(c["seed"])
     assert len(configs) == 10 and all(sorted(s) == [0, 1] for s in configs.values())
-    draws = {bs: [t["axes"]["lr"] for t in trials if t["train"]["batch_size"] == bs and t["train"]["seed"] == 0]
+    draws = {bs: [t.axes["lr"] for t in trials if t.train["batch_size"] == bs and t.train["seed"] == 0]
              for bs in (32, 64)}
     assert draws[32] == draws[64] and len(set(draws[32])) == 5  # the same draws for each combination
-    assert trials[0]["name"] == f"tinynet_7k_32_{trials[0]['axes']['lr']}_" \
-                                f"{trials[0]['axes']['label_smoothing']}_{trials[0]['axes']['step_size']}_" \
-                                f"{trials[0]['axes']['augment']}_s0"
+    assert trials[0].name == f"tinynet_7k_32_{trials[0].axes['lr']}_" \
+                                f"{trials[0].axes['label_smoothing']}_{trials[0].axes['step_size']}_" \
+                                f"{trials[0].axes['augment']}_s0"
 
 
 def test_sampled_trials_fuse_into_groups():
     spec = parse({**RANDOM, "fuse": 4})
-    units = plan_units(spec, typed(expand(spec)))
+    units = plan_units(spec, expand(spec))
     assert sum(len(u.members) for u in units) == 20
     assert [len(u.members) for u in units] == [4, 4, 2, 4, 4, 2]  # one batch size per group
     assert all(len({m.train["batch_size"] for m in u.members}) == 1 for u in units)
@@ -336,16 +337,16 @@ def test_more_samples_grow_the_experiment_and_another_seed_is_a_different_grid()
     from gridrun.plan import check_growth
 
     five, eight = expand(parse(RANDOM)), expand(parse({**RANDOM, "samples": 8}))
-    assert {t["id"] for t in five} < {t["id"] for t in eight}
-    assert {t["name"] for t in five} < {t["name"] for t in eight}
-    check_growth("runs/r", five, typed(eight))  # growing: no error
+    assert {t.id for t in five} < {t.id for t in eight}
+    assert {t.name for t in five} < {t.name for t in eight}
+    check_growth("runs/r", five, eight)  # growing: no error
     with pytest.raises(SpecError, match="this spec lacks"):
-        check_growth("runs/r", five, typed(expand(parse({**RANDOM, "sample_seed": 1}))))
+        check_growth("runs/r", five, expand(parse({**RANDOM, "sample_seed": 1})))
 
 
 def test_a_discrete_space_gives_distinct_draws_or_a_clear_refusal():
     spec = {"name": "d", "base": {"epochs": 1}, "grid": {"step_size": {"randint": [1, 3]}}, "samples": 3}
-    assert sorted(t["train"]["step_size"] for t in expand(parse(spec))) == [1, 2, 3]  # both ends included
+    assert sorted(t.train["step_size"] for t in expand(parse(spec))) == [1, 2, 3]  # both ends included
     with pytest.raises(SpecError, match="hold only 3 distinct configs"):
         expand(parse({**spec, "samples": 4}))
 
@@ -358,7 +359,7 @@ def test_dry_run_shows_the_drawn_values(tmp_path, capsys, monkeypatch):
     trials = load_trials(tmp_path / "r.yaml", ["samples=2", "seeds=1"])[1]
     assert "plan: 4 trials" in out
     for t in trials:
-        assert t["name"] in out and str(t["axes"]["lr"]) in out
+        assert t.name in out and str(t.axes["lr"]) in out
 
 
 @pytest.mark.parametrize("grid,extra,needle", [
@@ -454,7 +455,7 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
     after = sums()
     assert "2 of 3 trials already finished" in "\n".join(lines) and len(after) == 3
     assert {n: after[n] for n in before} == before
-    assert {n for n in after} == {t["name"] for t in load_trials(spec, ["samples=3"])[1]}
+    assert {n for n in after} == {t.name for t in load_trials(spec, ["samples=3"])[1]}
     with pytest.raises(SpecError, match=r"this spec lacks it.*gridrun launch .*rs/spec.yaml --name rs --storage"):
         launch(str(spec), storage=str(storage), out=lambda _: None)  # the file without the override
     lines = []  # the command the refusal gives goes on with the experiment as it was launched

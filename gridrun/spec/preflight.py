@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 
 from ..errors import GridrunError
+from ..record import Trial
 from .schema import Spec, SpecError, asha, asha_milestones
 
 
-def _check_unfused_rungs(spec: Spec, trials: list[dict]) -> None:
+def _check_unfused_rungs(spec: Spec, trials: list[Trial]) -> None:
     """Unfused trials are pruned by Ray's ASHA (each is its own Tune trial, with no group to cut):
     `prune`'s rungs must then be ASHA's milestones, or the fused and unfused rules would differ."""
     if not spec.prune or (spec.fuse or 1) > 1 or not trials:
         return
     grace, rf = asha(spec)
-    want = asha_milestones(grace, rf, max(t["train"]["epochs"] for t in trials))
+    want = asha_milestones(grace, rf, max(t.train["epochs"] for t in trials))
     if list(spec.prune.rungs) != want:
         raise SpecError(f"prune.rungs {list(spec.prune.rungs)}: unfused trials are pruned by Ray's ASHA, which cuts at "
                         f"{want} (the first rung times (1/keep)^k): use rungs {want}, or fuse: K to cut inside groups "
@@ -37,7 +38,7 @@ def data_shape(c: dict) -> tuple:
         raise SpecError(str(e)) from None
 
 
-def check_models(trials: list[dict]) -> None:
+def check_models(trials: list[Trial]) -> None:
     """Each distinct model and its arguments built once on the `meta` device and run on a 28x28
     batch (no memory used): bad arguments, shapes that do not fit MNIST and activations that would
     not fit in MAX_TRIAL_GIB at the trial's batch sizes are one line naming the trial."""
@@ -45,7 +46,7 @@ def check_models(trials: list[dict]) -> None:
 
     seen: dict[str, dict | GridrunError] = {}
     for t in trials:
-        c = t["train"]
+        c = t.train
         try:
             kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
             data = data_shape(c)
@@ -58,14 +59,14 @@ def check_models(trials: list[dict]) -> None:
             if isinstance(seen[key], GridrunError):
                 raise seen[key]
         except GridrunError as e:
-            raise SpecError(f"trial {t['name']}: {e}") from None
+            raise SpecError(f"trial {t.name}: {e}") from None
         _check_memory(t, seen[key])
 
 
-def _check_memory(t: dict, prof: dict) -> None:
+def _check_memory(t: Trial, prof: dict) -> None:
     """Training keeps every layer's output and its gradient for the batch; inference holds up to
     three layers' outputs (input, conv, BatchNorm) of the eval batch at once. float32 throughout."""
-    c = t["train"]
+    c = t.train
     train = c["batch_size"] * prof["act_per_sample"] * 4 * 2
     infer = c["eval_batch_size"] * prof["max_act_per_sample"] * 4 * 3
     need = max(train, infer)
@@ -74,30 +75,30 @@ def _check_memory(t: dict, prof: dict) -> None:
                 f"image" if train >= infer else f"eval_batch_size={c['eval_batch_size']} x "
                 f"{prof['max_act_per_sample'] * 4 / 2**20:.1f} MiB for its largest layer per image")
         args = f" with model_args {json.dumps(c['model_args'], sort_keys=True)}" if c["model_args"] else ""
-        raise SpecError(f"trial {t['name']}: model {c['model']}{args} would need about {need / 2**30:.0f} GiB "
+        raise SpecError(f"trial {t.name}: model {c['model']}{args} would need about {need / 2**30:.0f} GiB "
                         f"({what}), over the {MAX_TRIAL_GIB} GiB a trial may use: shrink its feature maps or "
                         f"channels, or lower {'batch_size' if train >= infer else 'eval_batch_size'}")
 
 
-def check_budget(spec: Spec, trials: list[dict]) -> dict[str, int]:
-    """Parameters of each distinct model config (meta device); over max_params is an error."""
+def check_budget(spec: Spec, trials: list[Trial]) -> list[Trial]:
+    """The trials with their parameter counts (each distinct model config counted once, on the
+    `meta` device); over max_params or max_epochs is an error."""
     from ..models import count_params, resolve_model_args
 
-    counts = {}
+    counts, out = {}, []
     for t in trials:
-        c = t["train"]
+        c = t.train
         kw = resolve_model_args(c["model"], c["dropout"], c["model_args"])
         data = data_shape(c)
         key = json.dumps([c["model"], kw, data], sort_keys=True)
         if key not in counts:
             counts[key] = count_params(c["model"], data, **kw)
-        t["params"] = counts[key]
+        out.append(t.relabel(params=counts[key]))
         cap = spec.constraints.max_params
-        if cap and t["params"] > cap:
-            raise SpecError(f"trial {t['name']}: model {c['model']} has {t['params']:,} parameters, over "
+        if cap and counts[key] > cap:
+            raise SpecError(f"trial {t.name}: model {c['model']} has {counts[key]:,} parameters, over "
                             f"constraints.max_params={cap:,}: pick a smaller model or raise the limit")
         cap_e = spec.constraints.max_epochs
         if cap_e and c["epochs"] > cap_e:
-            raise SpecError(f"trial {t['name']}: epochs={c['epochs']} is over constraints.max_epochs={cap_e}")
-    return counts
-
+            raise SpecError(f"trial {t.name}: epochs={c['epochs']} is over constraints.max_epochs={cap_e}")
+    return out
