@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .identity import config_id, config_key, config_label, varying_fields
+from .identity import config_label, varying_of
 from .storage.layout import finite_number
 from .results import Experiment, TrialRecord
 
@@ -61,7 +61,7 @@ class ConfigSummary:
 
     @cached_property
     def id(self) -> str:
-        return config_id(self.config)
+        return self.members[0].trial.config_id
 
     @cached_property
     def label(self) -> str:
@@ -127,8 +127,8 @@ def config_summaries(trials: list[TrialRecord], cons: dict | None = None,
     groups: dict[str, list[TrialRecord]] = {}
     for t in trials:
         if t.status == "finished":
-            groups.setdefault(config_key(t.config), []).append(t)
-    varying = varying if varying is not None else varying_fields([g[0].config for g in groups.values()])
+            groups.setdefault(t.trial.config_key, []).append(t)
+    varying = varying if varying is not None else varying_of([g[0].trial.canonical for g in groups.values()])
     return [ConfigSummary(g, varying, cons or {}) for g in groups.values()]
 
 

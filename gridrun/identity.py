@@ -205,10 +205,10 @@ def fuse_key(train: dict) -> str:
 
 def varying_fields(configs: list[dict]) -> list[str]:
     """The config fields (not seed, not plumbing) whose values differ across `configs`, sorted."""
-    return varying([canonical(c) for c in configs])
+    return varying_of([canonical(c) for c in configs])
 
 
-def varying(resolved: list[dict]) -> list[str]:
+def varying_of(resolved: list[dict]) -> list[str]:
     """varying_fields of configs already in canonical form."""
     keys = {k for c in resolved for k in c if k not in NOT_CONFIG}
     return sorted(k for k in keys if len({_text({"v": c.get(k)}) for c in resolved}) > 1)

@@ -27,7 +27,6 @@ from .store import REFERENCE, ExperimentDir
 
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
                  ("batch_size", "Batch"), ("epochs", "Epochs")]
-Trial = TrialRecord  # the name the report's helpers have always used
 
 
 # ---------------------------------------------------------------- tables
@@ -256,7 +255,7 @@ TIE_RULES = {"softmax": "a tie goes to the class with the larger summed softmax"
                        "kept predicted labels only, as a slim export does, so there is no softmax to sum)"}
 
 
-def _ensemble_section(ens: analysis.Ensemble | None, done: list[Trial]) -> list[str]:
+def _ensemble_section(ens: analysis.Ensemble | None, done: list[TrialRecord]) -> list[str]:
     import pandas as pd
 
     if ens is None:
@@ -274,7 +273,7 @@ def _ensemble_section(ens: analysis.Ensemble | None, done: list[Trial]) -> list[
             "", f"Each test image gets the class most members predict; {TIE_RULES[ens.rule]}.", ""]
 
 
-def _runs_section(done: list[Trial]) -> list[str]:
+def _runs_section(done: list[TrialRecord]) -> list[str]:
     import pandas as pd
 
     if not done or len(done) > 60:
@@ -297,7 +296,7 @@ def _others_section(exp: Experiment) -> list[str]:
                           for t in other]).to_markdown(index=False), ""]
 
 
-def _checks_section(exp: Experiment, done: list[Trial], out_md: Path) -> list[str]:
+def _checks_section(exp: Experiment, done: list[TrialRecord], out_md: Path) -> list[str]:
     unread = ["Files of the experiment that could not be read (the rest is reported without them): "
               + "; ".join(exp.problems) + ".", ""] if exp.problems else []
     if not done:

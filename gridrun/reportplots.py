@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis
-from .identity import value_text, varying_fields
+from .identity import value_text, varying_of
 
 
 def plots(a: analysis.Analysis, out_md: Path) -> list[str]:
@@ -50,7 +50,7 @@ def _hparams_plot(plt, a: analysis.Analysis, path: Path) -> bool:
     the grid varies: a subplot per field, categories for text and choices, log axes for lr and
     weight decay."""
     scored = [s for s in a.summaries if s.val_mean is not None]
-    fields = varying_fields([s.config for s in scored])[:12]  # among the configs drawn
+    fields = varying_of([s.members[0].trial.canonical for s in scored])[:12]  # among the configs drawn
     if not fields:
         return False
     cols = min(3, len(fields))

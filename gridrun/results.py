@@ -33,13 +33,15 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from .errors import GridrunError
 from .config import FIELD_TYPES, NOT_CONFIG, PLUMBING, with_defaults
-from .identity import OFF, canonical, config_id, config_label, varying_fields
+from .identity import OFF, config_label, varying_of
+from .record import Trial, read_manifest
 from .storage.layout import CONFIG, METRICS, SPLITS, SUMMARY, ExperimentDir, TrialDir, finite_number, labels_file
 from .storage.safeio import Unreadable
 
@@ -90,6 +92,12 @@ class TrialRecord:
         """A check failed: the trial is broken, and says why."""
         self.status, self.reason = "broken", reason[:300]
 
+    @cached_property
+    def trial(self) -> Trial:
+        """Its config as it ran (config.json's, else the manifest's) as a record, so its canonical
+        form, config key and id are resolved once; read after its files are (never before)."""
+        return Trial.make(self.name, {}, self.config, self.params)
+
     def updated_at(self) -> float:
         """When its folder last changed (newest file), for `status`."""
         try:
@@ -104,7 +112,7 @@ class Experiment:
     dir: Path
     spec: dict
     trials: list[TrialRecord]
-    manifest: list[dict] = field(default_factory=list)
+    manifest: list[Trial] = field(default_factory=list)  # the trials the launches planned (record.Trial.read)
     launches: list[dict] = field(default_factory=list)
     label_source: str = ""
     test_labels: np.ndarray | None = None  # what every finished trial was scored against (one dataset)
@@ -232,13 +240,13 @@ def load_experiment(path: Path) -> Experiment:
     path = Path(path)
     problems: list[str] = []
     folder = ExperimentDir(path)
-    manifest = folder.read_manifest(problems)
+    manifest = read_manifest(folder.read_manifest(problems))
     dirs = folder.trial_dirs()
     trials = []
     for e in manifest:
-        d, group = dirs.pop(e["name"], (None, e.get("group")))
-        trials.append(read_trial(d, e["name"], e.get("train")))
-        trials[-1].params = trials[-1].params if trials[-1].params is not None else e.get("params")
+        d, group = dirs.pop(e.name, (None, e.group))
+        trials.append(read_trial(d, e.name, dict(e.train) or None))
+        trials[-1].params = trials[-1].params if trials[-1].params is not None else e.params
         trials[-1].group = group
     for n, (d, group) in sorted(dirs.items()):
         trials.append(read_trial(d, n, None))
@@ -264,9 +272,9 @@ def check_finished(exp: Experiment) -> None:
     """The checks a finished trial must pass to stay finished, in turn: its config is the one the
     manifest planned, its saved labels are the data's, and its test and validation accuracies are
     what its predictions score; a trial that fails one is broken, with why."""
-    planned = {e["name"]: e for e in exp.manifest}
+    planned = {e.name: e for e in exp.manifest}
     for t in _finished(exp):
-        if why := _config_differs(t, (planned.get(t.name) or {}).get("train")):
+        if why := _config_differs(t, planned.get(t.name)):
             t.spoil(why)
     for dataset in exp.datasets():  # each trial against its own dataset's labels, never another's
         exp.by_dataset[dataset] = true_test_labels(exp, planned, dataset)
@@ -276,21 +284,21 @@ def check_finished(exp: Experiment) -> None:
         exp.test_labels, exp.label_source = next(iter(exp.by_dataset.values()))
 
 
-def _config_differs(t: TrialRecord, planned) -> str:
+def _config_differs(t: TrialRecord, planned: Trial | None) -> str:
     """'' when the trial's config.json holds the values the manifest planned for it (every field
     the entry sets, by value as identity.canonical resolves them, plumbing aside: a launch's entry
     sets them all), else why not."""
-    if not t.config or not isinstance(planned, dict) or not planned:
+    if not t.config or planned is None or not planned.train:
         return ""
-    a, b = canonical(t.config), canonical(planned)
-    k = next((k for k in sorted(planned) if k not in PLUMBING and a.get(k) != b.get(k)), None)
+    a, b = t.trial.canonical, planned.canonical
+    k = next((k for k in sorted(planned.train) if k not in PLUMBING and a.get(k) != b.get(k)), None)
     if k is None:
         return ""
     return (f"its {CONFIG} says {k}={a.get(k)!r} but the manifest planned {k}={b.get(k)!r}: not the trial the "
             f"grid planned")
 
 
-def true_test_labels(exp: Experiment, planned: dict[str, dict], dataset: str = "mnist") -> tuple:
+def true_test_labels(exp: Experiment, planned: dict[str, Trial], dataset: str = "mnist") -> tuple:
     """(labels, where they come from) of one dataset's finished trials: each trial's saved
     validation and test labels must be the data's (the data files of its dataset when found here,
     else the checksums the launch recorded), and an older folder with neither goes by the labels
@@ -300,7 +308,7 @@ def true_test_labels(exp: Experiment, planned: dict[str, dict], dataset: str = "
     legacy = []
     for t in _finished(exp, dataset):
         expected = _data_labels(t, cache)
-        recorded = (planned.get(t.name) or {}).get("labels") or {}
+        recorded = getattr(planned.get(t.name), "labels", None) or {}
         if expected is None and not recorded:
             legacy.append(t)
         elif why := _labels_differ(t, expected, recorded):
@@ -445,10 +453,9 @@ def _config_columns(config: dict) -> dict:
 def _identity_columns(exp: Experiment) -> dict[str, dict]:
     """Per trial: `config`, a readable label of its config among the experiment's (model, then
     the fields the configs vary), and `config_id`, stable and shared by its seeds."""
-    configs = [t.config for t in exp.trials if t.config]
-    varying = varying_fields(configs)
-    return {t.name: {"config": config_label(t.config, varying) if t.config else None,
-                     "config_id": config_id(t.config) if t.config else None} for t in exp.trials}
+    fields = varying_of([t.trial.canonical for t in exp.trials if t.config])
+    return {t.name: {"config": config_label(t.config, fields) if t.config else None,
+                     "config_id": t.trial.config_id if t.config else None} for t in exp.trials}
 
 
 def _metric_name(name: str) -> str:

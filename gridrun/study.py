@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import results
-from .identity import FUSE_SHARED, fuse_key, varying_fields
+from .identity import FUSE_SHARED, fuse_key, varying_of
 from .plan import Trial
 from .spec import SAMPLE_DIGITS, SpecError, check_budget, expand
 
@@ -102,23 +102,23 @@ class Told:
     steps: dict = field(default_factory=dict)  # epoch -> validation accuracy
 
 
-def told(entries: list[dict], records: dict[str, results.TrialRecord]) -> list[Told]:
+def told(entries: list[Trial], records: dict[str, results.TrialRecord]) -> list[Told]:
     """The search trials of a manifest (in the order asked) as the sampler is told them."""
     out = []
     for e in entries:
-        if e.get("stage") != SEARCH:
+        if e.stage != SEARCH:
             continue
-        t = records.get(e["name"])
+        t = records.get(e.name)
         steps = {int(h["epoch"]): float(h["val_acc"]) for h in (t.history if t else [])
                  if _finite(h.get("val_acc")) and _finite(h.get("epoch"))}
         if t is not None and t.status == "finished" and _finite(t.final.get("val_acc")):
-            out.append(Told(e["axes"], "complete", float(t.final["val_acc"]), steps))
+            out.append(Told(e.axes, "complete", float(t.final["val_acc"]), steps))
         elif t is not None and t.status in ("pruned", "stopped"):  # stopped: ASHA's cut of an unfused trial
-            out.append(Told(e["axes"], "pruned", None, steps))
+            out.append(Told(e.axes, "pruned", None, steps))
         elif t is not None and t.status == "diverged":  # a config that cannot train: the worst, not unknown
-            out.append(Told(e["axes"], "complete", 0.0, steps))
+            out.append(Told(e.axes, "complete", 0.0, steps))
         else:
-            out.append(Told(e["axes"], "running"))
+            out.append(Told(e.axes, "running"))
     return out
 
 
@@ -126,7 +126,7 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read(exp: Path | None) -> tuple[list[dict], dict[str, results.TrialRecord]]:
+def read(exp: Path | None) -> tuple[list[Trial], dict[str, results.TrialRecord]]:
     """The manifest and every trial's record (status and metrics, no logits) of a folder."""
     if exp is None or not Path(exp).is_dir():
         return [], {}
@@ -210,25 +210,25 @@ def key(axes: dict) -> str:
     return json.dumps(axes, sort_keys=True, default=str)
 
 
-def to_confirm(entries: list[dict], records: dict[str, results.TrialRecord], top: int) -> list[dict]:
+def to_confirm(entries: list[Trial], records: dict[str, results.TrialRecord], top: int) -> list[dict]:
     """The points the confirmation reruns: the `top` best by mean final validation accuracy of
     their finished search trials (pruned ones never count), first asked first among ties."""
     scores: dict[str, list[float]] = {}
     points: dict[str, dict] = {}
     for e in entries:
-        t = records.get(e["name"])
-        if e.get("stage") == SEARCH and t is not None and t.status == "finished" and _finite(t.final.get("val_acc")):
-            scores.setdefault(key(e["axes"]), []).append(float(t.final["val_acc"]))
-            points.setdefault(key(e["axes"]), e["axes"])
+        t = records.get(e.name)
+        if e.stage == SEARCH and t is not None and t.status == "finished" and _finite(t.final.get("val_acc")):
+            scores.setdefault(key(e.axes), []).append(float(t.final["val_acc"]))
+            points.setdefault(key(e.axes), e.axes)
     ranked = sorted(scores, key=lambda k: -sum(scores[k]) / len(scores[k]))  # sorted is stable: ties keep order
     return [points[k] for k in ranked[:top]]
 
 
-def search_settled(entries: list[dict], records: dict[str, results.TrialRecord], budget: int) -> bool:
+def search_settled(entries: list[Trial], records: dict[str, results.TrialRecord], budget: int) -> bool:
     """Every trial of the budget asked and ended (finished, pruned or diverged)."""
-    search = [e for e in entries if e.get("stage") == SEARCH]
+    search = [e for e in entries if e.stage == SEARCH]
     return len(search) >= budget and all(
-        (records.get(e["name"]) is not None and records[e["name"]].status in ENDED)
+        (records.get(e.name) is not None and records[e.name].status in ENDED)
         for e in search)
 
 
@@ -254,8 +254,8 @@ def next_grid(spec, exp: Path | None, n_slots: int, out=print) -> tuple[list[Tri
     of its best configs. Returns (the grid, how many trials are new)."""
     s = spec.search
     entries, records = read(exp)
-    entries = [e for e in entries if e.get("stage") in (SEARCH, CONFIRM) and isinstance(e.get("axes"), dict)]
-    runs = [(e["stage"], e["axes"], e["train"].get("seed", 0)) for e in entries]
+    entries = [e for e in entries if e.stage in (SEARCH, CONFIRM) and e.axes is not None]
+    runs = [(e.stage, dict(e.axes), e.train.get("seed", 0)) for e in entries]
     asked = sum(stage == SEARCH for stage, _, _ in runs)
     if asked < s.trials:
         dists = space(spec)
@@ -326,7 +326,7 @@ def is_study(exp) -> bool:
 
 def stages(exp) -> dict[str, str]:
     """Trial name -> its stage, from the manifest (grid trials have none)."""
-    return {e["name"]: e["stage"] for e in exp.manifest if isinstance(e.get("stage"), str)}
+    return {e.name: e.stage for e in exp.manifest if e.stage}
 
 
 
@@ -344,15 +344,15 @@ def shown(exp) -> tuple:
     which = CONFIRM if any(t.status == "finished" for t in confirm) else SEARCH
     trials = confirm if which == CONFIRM else [t for t in exp.trials if stage.get(t.name) != CONFIRM]
     # labelled by what the search varied: one confirmed config alone would be labelled by its model only
-    searched = varying_fields([t.config for t in exp.trials if t.status in ("finished", "pruned")])
+    searched = varying_of([t.trial.canonical for t in exp.trials if t.status in ("finished", "pruned")])
     return replace(exp, trials=trials, label_fields=searched), which
 
 
 def search_trials(exp) -> list[tuple]:
     """The search's (trial record, its point) in the order asked (the manifest's)."""
     by_name = {t.name: t for t in exp.trials}
-    return [(by_name[e["name"]], e["axes"]) for e in exp.manifest
-            if e.get("stage") == SEARCH and e["name"] in by_name and isinstance(e.get("axes"), dict)]
+    return [(by_name[e.name], e.axes) for e in exp.manifest
+            if e.stage == SEARCH and e.name in by_name and e.axes is not None]
 
 
 def ended_at(t) -> float | None:

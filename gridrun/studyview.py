@@ -50,7 +50,7 @@ def _pm(stats) -> str:
 
 def point(exp, trial: str) -> str:
     """A trial's point in the search space in words: 'lr=0.01, model=tinynet_7k'."""
-    axes = next((e.get("axes") for e in exp.manifest if e["name"] == trial), None) or {}
+    axes = next((e.axes for e in exp.manifest if e.name == trial), None) or {}
     return ", ".join(f"{k}={v}" for k, v in axes.items()) or trial
 
 
@@ -84,7 +84,7 @@ def _confirmed(exp, a: Analysis, searched: list) -> list[str]:
     """Each confirmed config: its search runs' validation beside its confirmation runs' numbers."""
     import pandas as pd
 
-    axes_of = {e["name"]: e.get("axes") for e in exp.manifest}  # its confirmation's point is the search's
+    axes_of = {e.name: e.axes for e in exp.manifest}  # its confirmation's point is the search's
     search_val: dict[str, list] = {}
     for t, axes in searched:
         if t.status == "finished":

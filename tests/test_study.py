@@ -14,6 +14,7 @@ import pytest
 from gridrun import spec as S
 from gridrun import study
 from gridrun.plan import remaining
+from gridrun.record import read_manifest
 from gridrun.results import TrialRecord
 from gridrun.store import ExperimentDir
 
@@ -204,7 +205,8 @@ def rec(name: str, status: str, val: float | None, epochs: int = 4) -> TrialReco
 
 
 def test_pruned_trials_are_told_as_pruned_and_never_counted_as_runs():
-    entries = [{"name": n, "stage": "search", "axes": {"lr": lr}} for n, lr in (("a", 0.1), ("b", 0.2), ("c", 0.3))]
+    entries = read_manifest([{"name": n, "stage": "search", "axes": {"lr": lr}}
+                             for n, lr in (("a", 0.1), ("b", 0.2), ("c", 0.3))])
     records = {"a": rec("a", "finished", 0.90), "b": rec("b", "pruned", 0.95, epochs=2), "c": rec("c", "finished", 0.80)}
     told = study.told(entries, records)
     assert [t.state for t in told] == ["complete", "pruned", "complete"]
