@@ -232,3 +232,82 @@ def test_a_fused_group_may_hold_one_net_under_both_names():
     a, b = TrainConfig.from_dict({"model": "tinynet", "lr": 0.1}), TrainConfig.from_dict({"lr": 0.2})
     assert fuse_key(a.to_dict()) == fuse_key(b.to_dict())
     check_group([a, b])
+
+
+# ---------------------------------------------------------------- issue 37 item 3: one typed record
+
+def _count_canonical(monkeypatch) -> list:
+    """Each call of identity.canonical (every resolution of a config) appends to the list returned."""
+    import gridrun.identity as identity
+
+    calls, real = [], identity.canonical
+    monkeypatch.setattr(identity, "canonical", lambda train: calls.append(1) or real(train))
+    return calls
+
+
+def test_a_trial_is_resolved_once_from_expansion_through_the_manifest_and_tune(synth_dir, tmp_path, monkeypatch):
+    """Expansion resolves each config once; grouping (fuse keys), the manifest and the Tune round
+    trip reuse it (they re-resolved every config before the typed record)."""
+    import pickle
+
+    from gridrun.plan import Unit, remaining
+
+    spec, grid = load_trials(write_spec(tmp_path / "once.yaml", synth_dir, grid={"lr": [0.01, 0.02, 0.03]},
+                                        seeds=2, fuse=3, base={"model": "tinynet_7k"}))
+    calls = _count_canonical(monkeypatch)
+    plan = remaining(spec, grid, None, lambda _: None)
+    manifest = plan.manifest()
+    back = [Unit.from_tune(pickle.loads(pickle.dumps(u.to_tune()))) for u in plan.units]  # as Ray carries it
+    assert [len(u.members) for u in plan.units] == [3, 3] and len(manifest) == 6
+    assert back == list(plan.units)
+    assert len(calls) == 0  # 2 fused groups of 3 planned, recorded, carried: none resolved again
+
+
+def test_a_trial_record_is_frozen_and_crosses_its_boundaries_as_plain_values(synth_dir, tmp_path):
+    import copy
+    import pickle
+
+    from gridrun.record import Frozen
+
+    _, (t, *_) = load_trials(write_spec(tmp_path / "frozen.yaml", synth_dir))
+    with pytest.raises(TypeError, match="frozen"):
+        t.train["lr"] = 1.0
+    with pytest.raises(ValueError, match="not \\['train'\\]"):
+        t.relabel(train={})
+    renamed = t.relabel(name="other", stage="search")
+    assert (renamed.name, renamed.stage, renamed.id, renamed.train) == ("other", "search", t.id, t.train)
+    for again in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):
+        assert again == t and isinstance(again.train, Frozen)
+    d = t.to_dict()
+    assert type(d["train"]) is dict and type(d["axes"]) is dict and json.loads(json.dumps(d)) == json.loads(
+        json.dumps({**d, "train": dict(t.train)}))
+
+
+def test_an_older_manifest_reads_back_as_records_with_this_versions_ids(synth_dir, tmp_path):
+    """A manifest entry an older gridrun wrote (its own id, a field it did not have, no labels, no
+    axes) is the same record type the expansion makes, with the id this version gives its config."""
+    from gridrun.record import Trial
+
+    _, grid = load_trials(write_spec(tmp_path / "old.yaml", synth_dir))
+    entries = [{"name": t.name, "id": "hashed-long-ago", "params": t.params, "group": None,
+                "train": {k: v for k, v in t.train.items() if k not in ("precise_bn", "clean_epochs")}} for t in grid]
+    entries.append({"name": "no_config", "id": "kept-as-is"})
+    held = read_manifest(entries)
+    assert all(isinstance(e, Trial) for e in held)
+    assert [e.id for e in held] == [t.id for t in grid] + ["kept-as-is"]
+    assert [e.config_id for e in held[:-1]] == [t.config_id for t in grid] and held[-1].axes is None
+
+
+def test_reading_an_experiment_resolves_each_config_at_most_twice(monkeypatch, tmp_path):
+    """Loading the golden export and computing its report resolves the manifest's configs and the
+    finished trials' config.json once each (analysis, identity columns and the report reuse them)."""
+    from gridrun import analysis, results
+    from gridrun.report import render
+
+    calls = _count_canonical(monkeypatch)
+    exp = results.load_experiment(Path(__file__).resolve().parent.parent / "reports" / "runs" / "smoke")
+    analysis.analyse(exp)
+    frame = results._identity_columns(exp)
+    render(exp, tmp_path / "smoke.md")
+    assert len(exp.trials) == 4 and len(frame) == 4
+    assert len(calls) == 8  # 4 planned + 4 finished configs (22 before the typed record)
