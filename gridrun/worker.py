@@ -17,7 +17,8 @@ from pathlib import Path
 from ray import tune
 
 from . import store
-from .plan import Trial, Unit
+from .plan import Unit
+from .record import Trial
 from .store import TrialDir
 
 
@@ -36,7 +37,8 @@ class LaunchContext:
         return f"{self.storage}/{unit}" + (f"?{self.query}" if self.query else "")
 
     def train_config(self, trial: Trial, out_dir: str) -> dict:
-        """The trial's TrainConfig dict as it runs here: its folder, and no GPU memory cap on CPUs."""
+        """The trial's TrainConfig dict as it runs here (the engine's input: the record's config with
+        its folder, and no GPU memory cap on CPUs)."""
         return {**trial.train, "out_dir": out_dir, **({"gpu_memory_fraction": None} if self.cpu_only else {})}
 
 
