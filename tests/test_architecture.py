@@ -119,7 +119,7 @@ ARRAY_IO = {"load", "save", "savez", "savez_compressed", "fromfile", "tofile", "
 OPEN_ELSEWHERE = {
     "data": "the dataset's IDX files (the MNIST cache, a user's data folder): streamed header first, gzip or not",
     "datasets": "a dataset's own files (.npz, torchvision's archives), checked as they are read",
-    "spec": "the user's spec YAML, its size checked first (yamlsafe.MAX_SPEC_BYTES)",
+    "spec.schema": "the user's spec YAML, its size checked first (yamlsafe.MAX_SPEC_BYTES)",
     "api": "the spec file a gridrun.launch() call writes from the dict it was given",
     "report": "the report's own markdown and CSV where --out points, and the head of a file it would replace",
     "reportplots": "the report's figures beside it",
