@@ -195,9 +195,19 @@ def _check_sizes(n: dict[str, int]) -> None:
                         f"files look swapped; give each file its own name")
 
 
+def stamp(path) -> tuple:
+    """A file as a cache sees it: a file replaced at the same path (a notebook's long process) is
+    another key, so it is read again rather than served from memory."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 @lru_cache(maxsize=4)
-def _load_arrays(paths: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
-    arrays = {key: read_idx(p, key) for key, p in paths}
+def _load_arrays(paths: tuple[tuple, ...]) -> dict[str, np.ndarray]:
+    arrays = {key: read_idx(p, key) for key, p, _ in paths}
     _check_sizes({k: len(a) for k, a in arrays.items()})
     for split in ("train", "test"):
         if arrays[f"{split}_labels"].size and arrays[f"{split}_labels"].max() > 9:
@@ -208,7 +218,7 @@ def _load_arrays(paths: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
 def load_arrays(data_dir=None) -> dict[str, np.ndarray]:
     """The four arrays as uint8 numpy, read once per process per folder."""
     files = find_files(data_dir)
-    return _load_arrays(tuple(sorted((k, str(p)) for k, p in files.items())))
+    return _load_arrays(tuple(sorted((k, str(p), stamp(p)) for k, p in files.items())))
 
 
 def stratified_split(labels: np.ndarray, n_take: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +248,7 @@ def label_digest(labels) -> str:
 
 
 @lru_cache(maxsize=16)
-def _split_labels(train_path: str, test_path: str, val_size: int, split_seed: int) -> dict[str, np.ndarray]:
+def _split_labels(train_path: str, test_path: str, val_size: int, split_seed: int, *stamps) -> dict[str, np.ndarray]:
     train, test = read_idx(train_path, "train_labels"), read_idx(test_path, "test_labels")
     if max(train.max(initial=0), test.max(initial=0)) > 9:
         raise DataError(f"MNIST labels in {Path(train_path).parent} hold values above 9: not MNIST labels; {FIX}")
@@ -254,7 +264,8 @@ def split_labels(data_dir=None, val_size: int = 5000, split_seed: int = 0) -> di
     files alone (checked as load_arrays checks them; never downloading): what the saved labels
     of a trial are checked against, and what a launch records the checksums of."""
     files = find_files(data_dir, download=False)
-    return _split_labels(str(files["train_labels"]), str(files["test_labels"]), val_size, split_seed)
+    train, test = str(files["train_labels"]), str(files["test_labels"])
+    return _split_labels(train, test, val_size, split_seed, stamp(train), stamp(test))
 
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision's Normalize((0.1307,), (0.3081,))

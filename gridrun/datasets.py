@@ -219,14 +219,26 @@ def load_dataset(dataset: str = MNIST, data_dir: str | None = None) -> dict[str,
     return load_arrays(data_dir) if kind(dataset) == "mnist" else read_dataset(dataset)
 
 
-@lru_cache(maxsize=8)
 def read_dataset(dataset: str) -> dict[str, np.ndarray]:
-    """A dataset other than MNIST, read and checked (cached: `read_dataset.cache_clear()` rereads)."""
+    """A dataset other than MNIST, read and checked (cached per file version: a file replaced at its
+    path is read again; `read_dataset.cache_clear()` rereads all)."""
+    from .data import stamp
+
+    path = Path(dataset).expanduser()
+    files = sorted(path.iterdir()) if kind(dataset) == "idx" and path.is_dir() else [path]
+    return _read_dataset(dataset, tuple(stamp(f) for f in files))
+
+
+@lru_cache(maxsize=8)
+def _read_dataset(dataset: str, _stamps: tuple) -> dict[str, np.ndarray]:
     k = kind(dataset)
     if k == "npz":
         return _checked(read_npz(Path(dataset).expanduser()), dataset)
     files = torchvision_files(dataset) if k == "torchvision" else idx_files(Path(dataset).expanduser())
     return _checked({key: read_any_idx(p) for key, p in files.items()}, dataset)
+
+
+read_dataset.cache_clear = _read_dataset.cache_clear
 
 
 def shape_of(arrays: dict[str, np.ndarray]) -> DataShape:

@@ -68,8 +68,7 @@ def _dry_run(spec, grid, view, folder: Storage, address, out) -> int:
         out(plan.nothing_left(folder.shown))
         return 0
     if plan.done:
-        out(f"{folder.shown}: {len(plan.trials) - len(plan.todo)} of {len(plan.trials)} trials already finished; "
-            f"the launch would run the other {len(plan.todo)}:")
+        out(f"{folder.shown}: {plan.settled()}; the launch would run the other {len(plan.todo)}:")
     plan_table(spec, list(plan.todo), list(plan.units), sum(c for c, _ in nodes), sum(g for _, g in nodes), out)
     return 0
 
@@ -92,8 +91,7 @@ def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_c
     modules = user_modules(grid)  # whichever call starts Ray ships them
     plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address, modules)))
     if plan.done:
-        out(f"{folder.shown}: {len(plan.trials) - len(plan.todo)} of {len(plan.trials)} trials already finished "
-            f"(kept untouched); {len(plan.todo)} to run")
+        out(f"{folder.shown}: {plan.settled()} (kept untouched); {len(plan.todo)} to run")
     record_plan(view, spec, plan, reference)
     folder.push(view)
     if not plan.units:

@@ -173,14 +173,23 @@ class Remaining:
     held: tuple[Trial, ...]
     done: frozenset
     units: tuple[Unit, ...]
+    ended: tuple = ()  # (status, count) of the settled trials: finished, diverged, pruned
 
     @property
     def todo(self) -> tuple[Trial, ...]:
         """The trials still to run, in grid order."""
         return tuple(t for t in self.trials if t.name not in self.done)
 
+    def settled(self) -> str:
+        """'N of M trials already finished', or, when some ended otherwise, 'already ended (2 finished, 6 pruned)'."""
+        head = f"{len(self.done)} of {len(self.trials)} trials already"
+        if {s for s, _ in self.ended} <= {"finished"}:
+            return f"{head} finished"
+        return f"{head} ended ({', '.join(f'{n} {s}' for s, n in self.ended)})"
+
     def nothing_left(self, shown: str) -> str:
-        return f"{shown}: all {len(self.trials)} trials have finished: nothing to run (--fresh starts over)"
+        verb = "finished" if {s for s, _ in self.ended} <= {"finished"} else "ended"
+        return f"{shown}: all {len(self.trials)} trials have {verb}: nothing to run (--fresh starts over)"
 
     def manifest(self) -> list[dict]:
         """The manifest to record: what it held, and every trial of this grid with the fused group
@@ -224,23 +233,36 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
     grid = adopt_names(held, grid, out, shown)
     if held:
         check_growth(shown, held, grid)
-    done = _settled(exp, {t.name for t in grid}, out, shown) if exp is not None and exp.is_dir() else frozenset()
+    done, ended = _settled(exp, {t.name for t in grid}, out, shown) if exp is not None and exp.is_dir() \
+        else (frozenset(), ())
     todo = [t for t in grid if t.name not in done]
     check_sizes(todo)
     n_slots = slots(spec, nodes()) if todo and nodes is not None else 1
     units = regroup(spec, todo, held, exp, out, n_slots)
-    return Remaining(tuple(grid), tuple(held), done, tuple(units))
+    return Remaining(tuple(grid), tuple(held), done, tuple(units), ended)
 
 
-def _settled(exp: Path, names: set[str], out, shown: str) -> frozenset:
-    """The trials of the grid the folder has settled (finished or diverged, as the one reader,
-    results.load_experiment, decides for every command); says which broken ones are rerun."""
+def _settled(exp: Path, names: set[str], out, shown: str) -> tuple[frozenset, tuple]:
+    """The trials of the grid the folder has settled (finished, diverged or pruned, as the one
+    reader, results.load_experiment, decides for every command) and how many ended each way; says
+    which broken ones are rerun. Refused: trials broken only because the data here is other data."""
     trials = [t for t in results.load_experiment(exp).trials if t.name in names]
     broken = [t for t in trials if t.status == "broken"]
+    moved = [t for t in broken if results.NOT_THE_DATA in t.reason]
+    if moved:
+        raise GridrunError(f"{shown}: {len(moved)} finished trial(s) saved the labels recorded at launch, but "
+                           f"{results.NOT_THE_DATA}: rerunning them would train on other data; "
+                           f"{results.put_back(moved[0].config)}, or launch into a new experiment (--name NEW)")
     if broken:
-        said = "; ".join(f"{t.name} ({t.reason[:100]})" for t in broken[:5]) + ("; ..." if len(broken) > 5 else "")
+        said = "; ".join(f"{t.name} ({_cut(t.reason, 100)})" for t in broken[:5]) + ("; ..." if len(broken) > 5 else "")
         out(f"{shown}: {len(broken)} broken trial(s) of this grid are rerun: {said}")
-    return frozenset(t.name for t in trials if t.status in results.SETTLED)
+    ended = [t for t in trials if t.status in results.SETTLED]
+    return frozenset(t.name for t in ended), tuple(sorted(Counter(t.status for t in ended).items()))
+
+
+def _cut(text: str, n: int) -> str:
+    """`text` cut to about n characters at a word's end."""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
 
 
 def adopt_names(held: list[Trial], grid: list[Trial], out, shown: str) -> list[Trial]:

@@ -352,8 +352,8 @@ def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> str
         saved = t.val_labels if split == "val" else t.test_labels
         digest = label_digest(saved)
         if expected is not None and not np.array_equal(saved, expected[split]):
-            hint = ("; it matches the checksum recorded at launch: the data files found here are not the ones the "
-                    f"experiment ran on ({_put_back(dataset_of(t))})") if recorded.get(split) == digest else ""
+            hint = (f"; it matches the checksum recorded at launch: {NOT_THE_DATA} ({put_back(t.config)})"
+                    if recorded.get(split) == digest else "")
             return (f"its {labels_file(split)} ({len(saved):,} labels) differs from the {split} labels of the data "
                     f"files found here{hint}")
         if expected is None and recorded.get(split) not in (None, digest):
@@ -361,12 +361,18 @@ def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> str
     return ""
 
 
-def _put_back(dataset: str) -> str:
-    """How to give the checks the data an experiment ran on, for its kind of dataset."""
+NOT_THE_DATA = "the data files found here are not the ones the experiment ran on"  # plan refuses to rerun on them
+
+
+def put_back(config: dict) -> str:
+    """How to give the checks the data a trial ran on, for its kind of dataset."""
     from .datasets import kind
 
-    return {"mnist": "set GRIDRUN_DATA to those", "torchvision": f"put {dataset}'s files back in torchvision's cache"
-            }.get(kind(dataset), f"put the data the experiment ran on back at {dataset}")
+    dataset, folder = config.get("dataset") or "mnist", config.get("data_dir")
+    if kind(dataset) == "mnist":
+        return f"put the MNIST files it ran on back in {folder}" if folder else "set GRIDRUN_DATA to those"
+    return (f"put {dataset}'s files back in torchvision's cache" if kind(dataset) == "torchvision"
+            else f"put the data the experiment ran on back at {dataset}")
 
 
 def _majority(exp: Experiment, legacy: list[TrialRecord]) -> list[TrialRecord]:

@@ -17,7 +17,7 @@ import pytest
 import gridrun
 from conftest import make_data_dir, write_spec
 from gridrun.cli import main
-from gridrun.data import load_arrays, stratified_split
+from gridrun.data import load_arrays, stratified_split, write_idx
 from gridrun.export import export, restore
 from gridrun.results import load_experiment
 from gridrun.store import EPOCH_FIELDS
@@ -216,6 +216,41 @@ def test_a_broken_finished_trial_is_broken_everywhere_and_rerun(tmp_path):
     assert launch(str(path), dry_run=True, storage=str(tmp_path / "runs"), out=lines.append) == 0
     text = "\n".join(lines)
     assert "1 of 2 trials already finished" in text and f"{grid[1].name}" in text and "rerun" in text, text
+
+
+def test_data_replaced_under_a_finished_experiment_is_refused_not_rerun(tmp_path):
+    """Before: the data files replaced at the same path (the same count of labels, other labels) made
+    every finished trial broken, and the launch planned to rerun them all on the new data. After: the
+    saved labels still match the checksums recorded at launch, so the data moved, not the trials:
+    the plan is refused in one line naming how to put the data back."""
+    from gridrun.errors import GridrunError
+    from gridrun.plan import load, remaining
+
+    data = make_data_dir(tmp_path / "data")
+    path, exp, grid = planned_experiment(tmp_path, data)
+    labels = np.load(exp / grid[0].name / "labels_test.npy")
+    f = data / "t10k-labels-idx1-ubyte.gz"
+    write_idx(f, np.roll(labels, 1).astype(np.uint8))  # other data, same count, written later:
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # this process reads it again
+    spec, planned = load(str(path), [])
+    with pytest.raises(GridrunError) as e:
+        remaining(spec, planned, exp, lambda _: None)
+    said = str(e.value)
+    assert "2 finished trial(s)" in said and "not the ones the experiment ran on" in said and "\n" not in said
+    assert f"put the MNIST files it ran on back in {data}" in said and "--name NEW" in said
+
+
+def test_a_plan_says_how_its_settled_trials_ended():
+    """A study's relaunch said "8 of 24 trials already finished" of 2 finished and 6 pruned."""
+    from types import SimpleNamespace
+
+    from gridrun.plan import Remaining
+
+    trials = tuple(SimpleNamespace(name=n) for n in "abcd")
+    plan = Remaining(trials, (), frozenset("abc"), (), (("finished", 1), ("pruned", 2)))
+    assert plan.settled() == "3 of 4 trials already ended (1 finished, 2 pruned)"
+    assert Remaining(trials, (), frozenset("a"), (), (("finished", 1),)).settled() == "1 of 4 trials already finished"
+    assert "all 4 trials have ended" in Remaining(trials, (), frozenset("abcd"), (), (("pruned", 4),)).nothing_left("e")
 
 
 # ---------------------------------------------------------------- item 4: commands quoted for a shell
