@@ -149,9 +149,9 @@ def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_
 
 def test_a_diverging_member_does_not_shrink_the_others_clipped_gradients(synth_dir, tmp_path):
     """grad_clip clips each member by its own gradient norm: beside a member whose lr (1e4) blows
-    its gradients up until its loss diverges, a member trains bit for bit as it does alone with the
-    same clip (one norm over the group, clip_grad_norm_ over the stacked tensors, would have
-    scaled its gradients down by the other's norm)."""
+    its weights and gradients up, a member trains bit for bit as it does alone with the same clip
+    (one norm over the group, clip_grad_norm_ over the stacked tensors, would have scaled its
+    gradients down by the other's norm)."""
     base = dict(model="tinynet_7k", epochs=1, batch_size=40, val_size=200, subset=330, data_dir=str(synth_dir),
                 threads=2, optimizer="sgd", scheduler="none", augment="none", grad_clip=0.05)
     pair = train([dict(base, seed=3, lr=0.05, fuse_strategy="loop", out_dir=str(tmp_path / "p" / "ok")),

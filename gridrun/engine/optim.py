@@ -103,4 +103,6 @@ class Optimizer:
         self.t = int(sd["t"])
         for mine, saved in zip(self.state, sd["state"], strict=True):
             for n, t in zip(names, mine):
+                if saved[n].shape != t.shape:  # copy_ would broadcast a tensor that lacks the member dimension
+                    raise ValueError(f"optimizer state {n} is {tuple(saved[n].shape)}, not {tuple(t.shape)}")
                 t.copy_(saved[n])
