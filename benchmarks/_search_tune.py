@@ -28,12 +28,12 @@ def train_fn(config: dict, base: dict, arrays: dict) -> None:
     """One Tune trial: train one config, reporting every epoch to Tune (ASHA may stop it there)."""
     from ray import tune
 
-    from gridrun.train import train
+    from gridrun.train import Folders, train
 
     def on_epoch(m: dict, _state) -> None:
         tune.report({"val_acc": m["val_acc"], "epoch": m["epoch"], "wall": time.time()})
 
-    train({**base, **config}, on_epoch=on_epoch, arrays=arrays)
+    train({**base, **config}, Folders(on_epoch=on_epoch), arrays=arrays)
 
 
 def main(path: str) -> None:

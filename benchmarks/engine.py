@@ -42,7 +42,7 @@ def group(model: str, k: int, strategy: str, device: str, batch: int, graph: boo
                         augment="none", epochs=1, device=device, fuse_strategy=strategy, cuda_graph=graph,
                         scheduler="none", ema=0.0, threads=threads) for s in range(k)]
     g = setup(cfgs, arrays)
-    g.opt.refresh([m.shadow.param_groups[0] for m in g.members], [True] * k)
+    g.opt.refresh(g.hyperparameters(0), [True] * k)
     idx = torch.arange(k * batch, device=g.device).remainder(len(g.splits.train_y)).view(k, batch)
     g.trainer.idx.copy_(idx)
     tr, clean = g.trainer, (False,) * k

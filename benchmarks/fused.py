@@ -23,7 +23,6 @@ import warnings
 
 import torch
 
-from gridrun.fused import train_fused
 from gridrun.train import train
 
 from . import child_env
@@ -49,7 +48,7 @@ def configs(k: int, a) -> list[dict]:
 
 
 def rate_fused(k: int, a, strategy: str) -> float:
-    res = train_fused([dict(c, fuse_strategy=strategy) for c in configs(k, a)])
+    res = train([dict(c, fuse_strategy=strategy) for c in configs(k, a)])
     return k * res[0]["n_train"] / res[0]["history"][1]["seconds"]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 import warnings
 
-from gridrun.fused import train_fused
 from gridrun.train import train
 
 warnings.filterwarnings("ignore")
@@ -59,4 +58,4 @@ def run(a, bench) -> None:
     common = dict(epochs=a.epochs, device=a.device, subset=a.subset)
     case("tinynet_7k, one trial, b128", lambda g: [train(dict(SINGLE, **common, cuda_graph=g))], bench)
     case(f"gap_transition, fused group of {a.k}, b128",
-         lambda g: train_fused([dict(STUDY, **common, seed=s, cuda_graph=g) for s in range(a.k)]), bench)
+         lambda g: train([dict(STUDY, **common, seed=s, cuda_graph=g) for s in range(a.k)]), bench)

@@ -119,7 +119,7 @@ def _trial_config(path: str) -> dict:
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
-    from .train import train
+    from .train import Folders, train
 
     opts = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "out", "config")}
     if args.out is not None:
@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
               f"lr {m['lr']:.2e}  {m['seconds']:.1f}s  {m['images_per_s']:.0f} img/s", flush=True)
 
     try:
-        result = train(cfg, on_epoch=line)
+        result = train(cfg, Folders(on_epoch=line))
     except OSError as e:  # a full disk under --out: name the folder, not a temp file or nothing
         from .diskio import disk_error, disk_line
 

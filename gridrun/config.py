@@ -89,6 +89,8 @@ class TrainConfig(BaseModel):
     plateau_metric: Literal["val_loss", "val_acc"] = _optim("val_loss", "plateau: val_loss (min) | val_acc (max)")
     pct_start: float = _optim(0.25, "onecycle: fraction of steps spent warming up", gt=0, lt=1)
     label_smoothing: float = _optim(0.0, ge=0, lt=1)
+    grad_clip: float | None = _optim(None, "clip each member's gradient norm to this (its own norm, as "
+                                           "clip_grad_norm_ alone); None: off", gt=0)
     ema: float = _optim(0.0, "decay of an exponential moving average of the weights per step (e.g. 0.999); 0 = "
                              "off. Scores use the average.", fuse_shared=True,
                         why="a decay per step such as 0.999, or 0 for off", ge=0, lt=1)

@@ -1,7 +1,7 @@
 """What a caller may hook into a run, and the one way a test hooks a process it does not call.
 
 Tests need what users never do: nets that crash on cue, trials held after an epoch, a step
-recorded off CUDA. None of it ships: a caller passes `Hooks` to engine.run, and a process that
+recorded off CUDA. None of it ships: a caller passes `Hooks` to train, and a process that
 only runs gridrun (a CLI subprocess, a Ray trial) imports the Python file named by
 $GRIDRUN_HOOKS, when set, as the zoo is loaded. A launch hands $GRIDRUN_HOOKS and its
 $GRIDRUN_HOOKS_* settings to its trials in Ray's runtime_env, so they reach the trials of a Ray

@@ -24,7 +24,7 @@ from .config import DEFAULTS, FIELD_TYPES, NOT_CONFIG, PLUMBING, field_extra, fi
 FUSE_SHARED = tuple(n for n in field_names() if field_extra(n)["fuse_shared"])
 # Fields added after experiments were run: at their default they are left out of a config's
 # resolved values, so every trial that ran before them keeps its id.
-SINCE = ("dataset",)
+SINCE = ("dataset", "grad_clip")
 
 
 def _text(d: dict) -> str:

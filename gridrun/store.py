@@ -4,7 +4,7 @@ from .storage.events import write_event_file  # noqa: F401
 from .storage.layout import (CONFIG, DIFFS, EPOCH_FIELDS, ERROR, EVENTS, EXPORT_MARK, GROUP_FILE,  # noqa: F401
                              LAUNCHES, LOCK, MANIFEST, METRICS, MODEL, N_CLASSES, NODE, PARAMS, RAY_LOG,
                              REFERENCE, RESULT, RESULT_FILES, RESUME, SPEC_COPY, SPLITS, STATE, STATE_INFO,
-                             STATE_VERSION, STOPPED, SUMMARY, TRIAL_MARKS, WHOLE_JSON, ExperimentDir, StateError,
+                             STOPPED, SUMMARY, TRIAL_MARKS, WHOLE_JSON, ExperimentDir, StateError,
                              TrialDir, diff_file, error_line, event_files, experiment_above, finite_number,
                              labels_file, logits_file, parse_state_info, preds_file, read_history, read_state)
 from .storage.locks import STALE_S, dead_here, holder_line, lock_owner  # noqa: F401

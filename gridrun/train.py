@@ -1,20 +1,22 @@
-"""train(config, on_epoch=None) -> result: one trial, start to finish: a group of one in the
-engine (gridrun/engine/), which says what files it writes. Knows nothing of Ray."""
+"""train(configs, sink) -> results: K >= 1 trials of one architecture trained as one group in the
+engine (gridrun/engine/), which says what files it writes; one config is a group of one. Knows
+nothing of Ray."""
 from __future__ import annotations
 
 from .config import TrainConfig
-from .engine import run
+from .engine import Folders, train as train_group
 from .store import StateError  # what a resume refused raises: public with train
 from .engine.group import fast_formats, prepare_splits  # noqa: F401  (public helpers)
 
-__all__ = ["StateError", "train", "fast_formats", "prepare_splits"]
+__all__ = ["Folders", "StateError", "train", "fast_formats", "prepare_splits"]
 
 
-def train(config: TrainConfig | dict, on_epoch=None, resume_from: str | None = None,
-          state_dir: str | None = None, arrays: dict | None = None) -> dict:
-    """Train one config. `on_epoch(metrics, state_path)` is called after every epoch; state_path
-    is the resumable state file in `state_dir` (default out_dir; None when neither is set).
-    `resume_from` names a state.pt to continue from; `arrays` are MNIST arrays already in memory
-    (load_arrays), used instead of reading files. Returns {"status", "epochs", "final", ...}."""
-    cfg = TrainConfig.from_dict(config)
-    return run([cfg], on_epoch, resume_from, state_dir, arrays, single=True)[0]
+def train(configs: list | TrainConfig | dict, sink: Folders | None = None, resume_from: str | None = None,
+          arrays: dict | None = None, hooks=None) -> list[dict] | dict:
+    """Train a group of configs (a list: their results, in order) or one config (its result).
+    `sink`: where records and arrays go (engine.Folders: state folder, on_epoch(row, state_path),
+    group folder); `resume_from` names a state.pt to continue from; `arrays` are the dataset's
+    arrays already in memory (load_arrays), used instead of reading files."""
+    if isinstance(configs, list):
+        return train_group(configs, sink, resume_from, arrays, hooks)
+    return train_group([configs], sink, resume_from, arrays, hooks)[0]

@@ -122,16 +122,11 @@ def _train(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter
 
 def _go(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter, resume_from: str | None) -> list:
     arrays = context.arrays.get(unit.data)  # this unit's dataset (shipped per dataset): never another's
-    if unit.fused:
-        from .fused import train_fused
+    from .train import Folders, train
 
-        return train_fused([context.train_config(m, os.path.join(trial_dir, m.name)) for m in unit.members],
-                           on_epoch=report, resume_from=resume_from, state_dir=report.state_dir, arrays=arrays,
-                           group_dir=trial_dir)
-    from .train import train
-
-    return [train(context.train_config(unit.members[0], trial_dir), on_epoch=report, resume_from=resume_from,
-                  state_dir=report.state_dir, arrays=arrays)]
+    configs = [context.train_config(m, os.path.join(trial_dir, m.name) if unit.fused else trial_dir)
+               for m in unit.members]
+    return train(configs, Folders(report.state_dir, report, trial_dir if unit.fused else None), resume_from, arrays)
 
 
 def end_sessions(dirs: list, ended: set, status: str | None = None) -> None:

@@ -355,7 +355,6 @@ def mixer(in_channels=1, num_classes=10):
 @pytest.mark.parametrize("strategy", ["vmap", "blockdiag"])
 def test_user_net_fuses_like_a_zoo_net_on_colour_data(sets, tmp_path, monkeypatch, strategy):
     """A user's net by import path, fused two members: each trains as it would alone."""
-    from gridrun.fused import train_fused
     from gridrun.train import train
 
     (tmp_path / "mynets.py").write_text(NET)
@@ -364,7 +363,7 @@ def test_user_net_fuses_like_a_zoo_net_on_colour_data(sets, tmp_path, monkeypatc
     base = {"dataset": str(npz), "model": "mynets:small_cnn", "epochs": 1, "val_size": 70, "batch_size": 35,
             "device": "cpu", "optimizer": "adam", "augment": "none", "scheduler": "none", "lr": 0.01}
     cfgs = [dict(base, seed=0), dict(base, seed=1, lr=0.003)]
-    fused = train_fused([dict(c, fuse_strategy=strategy) for c in cfgs])
+    fused = train([dict(c, fuse_strategy=strategy) for c in cfgs])
     for f, c in zip(fused, cfgs):
         a = train(c)
         assert f["status"] == a["status"] == "ok"
@@ -373,7 +372,7 @@ def test_user_net_fuses_like_a_zoo_net_on_colour_data(sets, tmp_path, monkeypatc
 
 def test_blockdiag_refuses_a_user_net_that_mixes_channels_across_members(sets, tmp_path, monkeypatch):
     from gridrun.config import ConfigError
-    from gridrun.fused import train_fused
+    from gridrun.train import train
 
     (tmp_path / "mixnets.py").write_text(MIXER)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -381,7 +380,7 @@ def test_blockdiag_refuses_a_user_net_that_mixes_channels_across_members(sets, t
     base = {"dataset": str(npz), "model": "mixnets:mixer", "epochs": 1, "val_size": 70, "device": "cpu",
             "augment": "none", "fuse_strategy": "blockdiag"}
     with pytest.raises(ConfigError, match="fuse_strategy blockdiag does not compute this model's members apart"):
-        train_fused([dict(base, seed=0), dict(base, seed=1)])
+        train([dict(base, seed=0), dict(base, seed=1)])
 
 
 def test_a_user_net_is_budgeted_at_spec_time_and_trains_from_the_command_line(sets, tmp_path, monkeypatch, capsys):

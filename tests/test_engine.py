@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gridrun.config import ConfigError, TrainConfig
-from gridrun.engine import run, strategies
+from gridrun.engine import strategies
+from gridrun.train import train
 from gridrun.engine.optim import Optimizer, host_values
 from gridrun.hooks import Hooks
 from gridrun.identity import fuse_key, trial_id
@@ -127,11 +128,11 @@ def _tiny(synth_dir, **kw):
 
 @pytest.mark.slow  # three short trainings: 20-160 s on the busy 2-core CPU
 def test_auto_takes_plain_for_one_loop_on_a_cpu_and_the_fastest_when_timed(synth_dir, tmp_path):
-    one = run([_tiny(synth_dir)], single=True)[0]
-    two = run([_tiny(synth_dir, seed=s) for s in (0, 1)])
+    one = train(_tiny(synth_dir))
+    two = train([_tiny(synth_dir, seed=s) for s in (0, 1)])
     assert one["fuse_strategy"] == "plain" and "fused" not in one
     assert {r["fuse_strategy"] for r in two} == {"loop"} and "fuse_timings_s" not in two[0]
-    timed = run([_tiny(synth_dir, seed=s, out_dir=str(tmp_path / str(s))) for s in (0, 1)], hooks=Hooks(timed=True))
+    timed = train([_tiny(synth_dir, seed=s, out_dir=str(tmp_path / str(s))) for s in (0, 1)], hooks=Hooks(timed=True))
     meta = json.loads((tmp_path / "0" / "config.json").read_text())["_meta"]
     times = meta["fuse_timings_s"]
     assert set(times) == {"loop", "vmap", "blockdiag"} and all(t > 0 for t in times.values())
@@ -143,3 +144,77 @@ def test_fuse_strategy_is_plumbing_shared_by_a_group():
     assert trial_id(a) == trial_id(b) and fuse_key(a) != fuse_key(b)
     with pytest.raises(ConfigError, match="fuse_strategy='grouped'.*auto, vmap, loop, blockdiag"):
         TrainConfig(fuse_strategy="grouped")
+
+
+def _torch_schedule(cfg: TrainConfig, per_epoch: int):
+    """torch's optimizer + scheduler for cfg, as the engine ran them before schedule.py (the reference)."""
+    lrs, dummy = torch.optim.lr_scheduler, [torch.zeros(1, requires_grad=True)]
+    opt = (torch.optim.SGD(dummy, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+           if cfg.optimizer == "sgd" else torch.optim.Adam(dummy, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    sched = {"step": lambda: lrs.StepLR(opt, cfg.step_size, cfg.gamma),
+             "plateau": lambda: lrs.ReduceLROnPlateau(opt, mode="max" if cfg.plateau_metric == "val_acc" else "min",
+                                                      factor=cfg.gamma, patience=cfg.patience),
+             "onecycle": lambda: lrs.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=per_epoch,
+                                                pct_start=cfg.pct_start),
+             "cosine": lambda: lrs.CosineAnnealingLR(opt, T_max=cfg.epochs * per_epoch),
+             "none": lambda: None}[cfg.scheduler]()
+    opt.step()
+    return opt, sched
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("scheduler,metric", [("none", "val_loss"), ("step", "val_loss"), ("plateau", "val_loss"),
+                                              ("plateau", "val_acc"), ("onecycle", "val_loss"), ("cosine", "val_loss")])
+def test_each_schedule_fills_the_rows_torch_s_scheduler_would_to_the_last_bit(optimizer, scheduler, metric):
+    """Every step's lr, momentum and betas of 9 epochs of 7 steps against torch's scheduler
+    stepped as the engine steps it (per batch, or per epoch with the validation numbers)."""
+    from gridrun.engine.schedule import Plateau, hyperparameters
+
+    cfg = TrainConfig(optimizer=optimizer, scheduler=scheduler, plateau_metric=metric, epochs=9, step_size=2,
+                      gamma=0.5, patience=1, lr=0.3)
+    per_epoch, t = 7, 0
+    opt, sched = _torch_schedule(cfg, per_epoch)
+    plateau = Plateau.of(cfg) if scheduler == "plateau" else None
+    val = [(2.0, 0.1), (1.5, 0.2), (1.6, 0.2), (1.7, 0.19), (1.1, 0.5), (1.1, 0.5), (1.2, 0.4), (0.9, 0.6), (1, .6)]
+    for epoch in range(cfg.epochs):
+        for _ in range(per_epoch):
+            ours, theirs = hyperparameters(cfg, t, epoch, per_epoch, plateau), opt.param_groups[0]
+            assert ours["lr"] == theirs["lr"], (epoch, t)
+            assert (ours["momentum"] if optimizer == "sgd" else ours["betas"]) == theirs.get(
+                "momentum" if optimizer == "sgd" else "betas"), (epoch, t)
+            t += 1
+            if scheduler in ("onecycle", "cosine"):
+                sched.step()
+        if scheduler == "plateau":
+            sched.step(val[epoch][1] if metric == "val_acc" else val[epoch][0])
+            plateau.step(cfg, *val[epoch])
+        elif scheduler == "step":
+            sched.step()
+    assert hyperparameters(cfg, t, cfg.epochs, per_epoch, plateau)["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_each_member_is_clipped_by_its_own_norm_as_clip_grad_norm_clips_it_alone():
+    """Three members' gradients (one of them 1e6 times larger): each member's clipped gradient
+    is what torch.nn.utils.clip_grad_norm_ makes of that member's gradient alone."""
+    from gridrun.engine.step import clip_per_member
+
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4, 5), torch.randn(3, 7)]
+    grads = [g * torch.tensor([1.0, 1e6, 0.01]).view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    max_norm = torch.tensor([0.5, 0.5, float("inf")])
+    ours = clip_per_member(grads, max_norm)
+    for k in range(3):
+        alone = [torch.zeros_like(g[k], requires_grad=True) for g in grads]
+        for p, g in zip(alone, grads):
+            p.grad = g[k].clone()
+        torch.nn.utils.clip_grad_norm_(alone, float(max_norm[k]))
+        for a, p in zip(ours, alone):
+            torch.testing.assert_close(a[k], p.grad, rtol=1e-6, atol=0)
+
+
+def test_grad_clip_is_left_out_of_trial_ids_while_off():
+    from gridrun.identity import canonical
+
+    base = TrainConfig().to_dict()
+    assert "grad_clip" not in canonical(base) and trial_id(base) == trial_id(dict(base, grad_clip=None))
+    assert trial_id(dict(base, grad_clip=1.0)) != trial_id(base)

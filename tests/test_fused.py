@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from gridrun.fused import train_fused
 from gridrun.models import create_model
-from gridrun.train import train
+from gridrun.train import Folders, train
 from conftest import Stop, stop_after
 
 
@@ -37,12 +36,11 @@ def _rel_l2(a: dict, b: dict) -> float:
     return num / sum(float((b[k] ** 2).sum()) for k in keys) ** 0.5
 
 
-@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)` before")  # members' schedules
 @pytest.mark.parametrize("opt,strategy", [("sgd", "vmap"), ("adam", "vmap"), ("sgd", "loop"), ("sgd", "blockdiag"),
                                           ("adamw", "blockdiag")])
 def test_three_fused_members_train_like_three_separate_trials(synth_dir, tmp_path, opt, strategy):
     cfgs = _configs(synth_dir, opt)
-    fused = train_fused([dict(c, fuse_strategy=strategy, out_dir=str(tmp_path / "f" / str(i)))
+    fused = train([dict(c, fuse_strategy=strategy, out_dir=str(tmp_path / "f" / str(i)))
                          for i, c in enumerate(cfgs)])
     assert all(f["fuse_strategy"] == strategy for f in fused)
     alone = [train(dict(c, out_dir=str(tmp_path / "a" / str(i)))) for i, c in enumerate(cfgs)]
@@ -66,8 +64,8 @@ def test_members_are_independent_and_a_diverging_member_does_not_touch_the_other
     base = dict(model="tinynet_7k", epochs=2, batch_size=40, val_size=200, subset=400, data_dir=str(synth_dir),
                 threads=2, optimizer="sgd", scheduler="none", fuse_strategy=strategy)
     ok = dict(base, seed=3, lr=0.01)
-    pair = train_fused([dict(ok, out_dir=str(tmp_path / "ok")), dict(base, seed=4, lr=1e12, out_dir=str(tmp_path / "nan"))])
-    solo = train_fused([dict(ok, fuse_strategy="auto", out_dir=str(tmp_path / "solo"))])  # a group of one: plain
+    pair = train([dict(ok, out_dir=str(tmp_path / "ok")), dict(base, seed=4, lr=1e12, out_dir=str(tmp_path / "nan"))])
+    solo = train([dict(ok, fuse_strategy="auto", out_dir=str(tmp_path / "solo"))])  # a group of one: plain
     assert pair[1]["status"].startswith("diverged at epoch") and pair[0]["status"] == "ok"
     assert json.loads((tmp_path / "nan" / "summary.json").read_text())["status"] == pair[1]["status"]
     assert [h["train_loss"] for h in pair[0]["history"]] == pytest.approx([h["train_loss"] for h in solo[0]["history"]],
@@ -77,12 +75,12 @@ def test_members_are_independent_and_a_diverging_member_does_not_touch_the_other
 
 def test_an_interrupted_group_resumes_like_an_uninterrupted_one(synth_dir, tmp_path):
     cfgs = [dict(c, epochs=3, fuse_strategy="vmap") for c in _configs(synth_dir, "adam")]
-    straight = train_fused([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)])
+    straight = train([dict(c, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)])
 
     out = [dict(c, out_dir=str(tmp_path / "r" / str(i))) for i, c in enumerate(cfgs)]
     with pytest.raises(Stop):
-        train_fused(out, on_epoch=stop_after(2), state_dir=str(tmp_path / "state"))
-    resumed = train_fused(out, resume_from=str(tmp_path / "state" / "state.pt"), state_dir=str(tmp_path / "state"))
+        train(out, Folders(str(tmp_path / "state"), stop_after(2)))
+    resumed = train(out, Folders(str(tmp_path / "state")), resume_from=str(tmp_path / "state" / "state.pt"))
     for s, r in zip(straight, resumed):
         assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
         for k in ("train_loss", "val_acc", "test_acc", "lr"):
@@ -98,9 +96,9 @@ def test_members_that_cannot_share_a_batched_model_are_refused(synth_dir):
 
     base = dict(model="tinynet_7k", epochs=1, data_dir=str(synth_dir))
     with pytest.raises(ConfigError, match="must share batch_size"):
-        train_fused([dict(base, batch_size=32), dict(base, batch_size=64)])
+        train([dict(base, batch_size=32), dict(base, batch_size=64)])
     with pytest.raises(ConfigError, match="must share model"):
-        train_fused([dict(base), dict(base, model="vanilla")])
+        train([dict(base), dict(base, model="vanilla")])
 
 
 def _reference_precise_bn(model, splits):
@@ -128,8 +126,8 @@ def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_
                 threads=2, augment="rotate+affine", ema=0.9, lr=0.05)
     cfgs = [dict(base, seed=s, precise_bn=p, out_dir=str(tmp_path / f"{p}{s}")) for p in (True, False) for s in (0, 1)]
     if fused:
-        train_fused([dict(c, fuse_strategy="vmap") for c in cfgs[:2]])
-        train_fused([dict(c, fuse_strategy="blockdiag") for c in cfgs[2:]])
+        train([dict(c, fuse_strategy="vmap") for c in cfgs[:2]])
+        train([dict(c, fuse_strategy="blockdiag") for c in cfgs[2:]])
     else:
         for c in cfgs:
             train(c)
@@ -147,3 +145,21 @@ def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_
                 logits = model.eval()(splits.normalize(splits.val_x))
             np.testing.assert_allclose(np.load(f"{c['out_dir']}/logits_val.npy").astype(np.float32),
                                        logits.numpy(), rtol=2e-2, atol=2e-2)
+
+
+def test_a_diverging_member_does_not_shrink_the_others_clipped_gradients(synth_dir, tmp_path):
+    """grad_clip clips each member by its own gradient norm: beside a member whose lr (1e4) blows
+    its weights and gradients up, a member trains bit for bit as it does alone with the same clip
+    (one norm over the group, clip_grad_norm_ over the stacked tensors, would have scaled its
+    gradients down by the other's norm)."""
+    base = dict(model="tinynet_7k", epochs=1, batch_size=40, val_size=200, subset=330, data_dir=str(synth_dir),
+                threads=2, optimizer="sgd", scheduler="none", augment="none", grad_clip=0.05)
+    pair = train([dict(base, seed=3, lr=0.05, fuse_strategy="loop", out_dir=str(tmp_path / "p" / "ok")),
+                  dict(base, seed=4, lr=1e4, fuse_strategy="loop", out_dir=str(tmp_path / "p" / "wild"))])
+    alone = train(dict(base, seed=3, lr=0.05, out_dir=str(tmp_path / "alone")))
+    unclipped = train(dict(base, seed=3, lr=0.05, grad_clip=None))
+    assert pair[0]["history"][0]["train_loss"] != unclipped["history"][0]["train_loss"]  # the clip clips
+    numbers = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
+    assert [pair[0]["history"][0][k] for k in numbers] == [alone["history"][0][k] for k in numbers]
+    wp, wa = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "p" / "ok", tmp_path / "alone"))
+    assert all(torch.equal(wp[n], wa[n]) for n in wa)

@@ -15,11 +15,9 @@ import pytest
 import torch
 
 from gridrun.config import ConfigError, TrainConfig
-from gridrun.engine import run
 from gridrun.engine.optim import Optimizer
-from gridrun.fused import train_fused
 from gridrun.hooks import Hooks
-from gridrun.train import train
+from gridrun.train import Folders, train
 from conftest import Stop, stop_after
 from standin import keep_closure, trace
 
@@ -52,27 +50,25 @@ def _same_runs(a: list, b: list, dirs_a: list, dirs_b: list) -> None:
         assert all(torch.equal(wa[k], wb[k]) for k in wa), i
 
 
-@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)` before")
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_a_replayed_single_trial_trains_like_the_eager_one(synth_dir, tmp_path, opt):
     """A single trial records its whole step whatever its optimizer (Adam too, issue 29)."""
     cfg = _trial(synth_dir, optimizer=opt, lr=0.05 if opt == "sgd" else 0.003)
-    plain = run([dict(cfg, out_dir=str(tmp_path / "plain"))], single=True)
-    static = run([dict(cfg, cuda_graph=True, out_dir=str(tmp_path / "static"))], single=True, hooks=RECORDED)
+    plain = train([dict(cfg, out_dir=str(tmp_path / "plain"))])
+    static = train([dict(cfg, cuda_graph=True, out_dir=str(tmp_path / "static"))], hooks=RECORDED)
     assert static[0]["cuda_graph"] is True and plain[0]["cuda_graph"] is False
     assert static[0]["status"] == plain[0]["status"] == "ok" and static[0]["fuse_strategy"] == "plain"
     _same_runs(static, plain, [tmp_path / "static"], [tmp_path / "plain"])
 
 
-@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)` before")
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_the_static_fused_step_is_the_fused_step(synth_dir, tmp_path, opt):
     lr = 0.05 if opt == "sgd" else 0.003
     cfgs = [_trial(synth_dir, optimizer=opt, seed=0, lr=lr),
             _trial(synth_dir, optimizer=opt, seed=1, lr=lr / 2, scheduler="step", step_size=1, dropout=0.0,
                    augment="none", clean_epochs=0, label_smoothing=0.0)]
-    plain = train_fused([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(cfgs)])
-    static = run([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)],
+    plain = train([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(cfgs)])
+    static = train([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(cfgs)],
                  hooks=RECORDED)
     assert all(s["cuda_graph"] is True and s["status"] == p["status"] == "ok" for s, p in zip(static, plain))
     _same_runs(static, plain, [tmp_path / "s" / str(i) for i in range(2)], [tmp_path / "p" / str(i) for i in range(2)])
@@ -89,11 +85,12 @@ def test_an_interrupted_static_run_resumes_like_an_uninterrupted_one(synth_dir, 
     momentum buffers a resume loads replace the ones a recording would have read): one epoch,
     stop, resume, one epoch equals two straight, bit for bit."""
     cfg = _trial(synth_dir, cuda_graph=True, threads=1)
-    go = (lambda out, **kw: run([dict(cfg, out_dir=str(out))], hooks=RECORDED, single=not fused, **kw)[0])
-    straight = go(tmp_path / "straight", state_dir=str(tmp_path / "s1"))
+    go = (lambda out, state, on_epoch=None, **kw: train([dict(cfg, out_dir=str(out))], Folders(
+        str(state), on_epoch, str(tmp_path / "group") if fused else None), hooks=RECORDED, **kw)[0])
+    straight = go(tmp_path / "straight", tmp_path / "s1")
     with pytest.raises(Stop):
-        go(tmp_path / "part", on_epoch=stop_after(1), state_dir=str(tmp_path / "s2"))
-    resumed = go(tmp_path / "part", resume_from=str(tmp_path / "s2" / "state.pt"), state_dir=str(tmp_path / "s2"))
+        go(tmp_path / "part", tmp_path / "s2", stop_after(1))
+    resumed = go(tmp_path / "part", tmp_path / "s2", resume_from=str(tmp_path / "s2" / "state.pt"))
     assert resumed["cuda_graph"] is True and [h["epoch"] for h in resumed["history"]] == [1, 2]
     for k in ("train_loss", "train_acc", "val_acc", "test_acc", "lr"):
         assert [h[k] for h in resumed["history"]] == [h[k] for h in straight["history"]], k
@@ -106,8 +103,8 @@ def test_a_diverging_member_of_a_static_fused_group_is_retired_as_in_the_fused_t
     base = dict(model="tinynet_7k", epochs=2, batch_size=40, val_size=200, subset=330, data_dir=str(synth_dir),
                 threads=2, optimizer="sgd", scheduler="none")
     pair = [dict(base, seed=3, lr=0.01), dict(base, seed=4, lr=1e12)]
-    plain = train_fused([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(pair)])
-    static = run([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(pair)],
+    plain = train([dict(c, out_dir=str(tmp_path / "p" / str(i))) for i, c in enumerate(pair)])
+    static = train([dict(c, cuda_graph=True, out_dir=str(tmp_path / "s" / str(i))) for i, c in enumerate(pair)],
                  hooks=RECORDED)
     assert static[1]["status"] == plain[1]["status"] and static[1]["status"].startswith("diverged at epoch")
     assert static[0]["status"] == "ok"
@@ -131,7 +128,7 @@ def test_the_stand_in_bakes_a_python_learning_rate_as_a_cuda_graph_would(synth_d
                augment="none")
     def first_epoch(name, recorder=None):
         hooks = Hooks(recorder=recorder)
-        out = run([dict(cfg, cuda_graph=recorder is not None, out_dir=str(tmp_path / name))], single=True, hooks=hooks)
+        out = train([dict(cfg, cuda_graph=recorder is not None, out_dir=str(tmp_path / name))], hooks=hooks)
         return out[0]["history"][0]["train_loss"]
 
     eager = first_epoch("eager")

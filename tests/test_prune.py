@@ -11,7 +11,7 @@ import torch
 from gridrun.config import ConfigError, TrainConfig
 from gridrun.engine import step as engine_step
 from gridrun.engine.run import rung_survivors
-from gridrun.fused import train_fused
+from gridrun.train import Folders, train
 from gridrun.models import create_model
 from conftest import Stop, stop_after
 
@@ -80,7 +80,8 @@ def test_a_pruned_member_costs_nothing_after_its_rung_and_keeps_readable_files(s
     may round differently (test_fused states the tolerance for that): what holds is printed."""
     steps, widths = _counted(monkeypatch)
     epoch_at = []
-    res = train_fused(_group(synth_dir, tmp_path, strategy, tag="p"), on_epoch=lambda m, s: epoch_at.append(len(steps)))
+    res = train(_group(synth_dir, tmp_path, strategy, tag="p"),
+                Folders(on_epoch=lambda m, s: epoch_at.append(len(steps))))
     pruned = [i for i, r in enumerate(res) if r["status"] == "pruned at epoch 1"]
     kept = [i for i, r in enumerate(res) if r["status"] == "ok"]
     assert len(pruned) == len(kept) == 2 and kept == [i for i in range(4) if i not in pruned]
@@ -101,7 +102,7 @@ def test_a_pruned_member_costs_nothing_after_its_rung_and_keeps_readable_files(s
         t = read_trial(d, f"m{i}")
         assert t.status == "pruned" and t.reason == "pruned at epoch 1" and len(t.history) == 1
 
-    full = train_fused(_group(synth_dir, tmp_path, strategy, rungs=(), tag="f"))
+    full = train(_group(synth_dir, tmp_path, strategy, rungs=(), tag="f"))
     same = [_same_run(res[i], full[i], tmp_path / "p" / f"m{i}", tmp_path / "f" / f"m{i}") for i in kept]
     print(f"{strategy}: survivors bit-identical to the unpruned group: {same}")
     if strategy == "loop":
@@ -116,14 +117,14 @@ def test_a_pruned_member_costs_nothing_after_its_rung_and_keeps_readable_files(s
 def test_a_group_resumed_after_a_rung_is_bit_identical_to_one_that_ran_through(synth_dir, tmp_path, strategy):
     """Resumed with every member (a retry), or with the survivors only (a relaunch, which leaves
     pruned trials alone), from the state saved right after the rung compacted the group."""
-    straight = train_fused(_group(synth_dir, tmp_path, strategy, tag="s"))
+    straight = train(_group(synth_dir, tmp_path, strategy, tag="s"))
     kept = [i for i, r in enumerate(straight) if r["status"] == "ok"]
     cfgs = _group(synth_dir, tmp_path, strategy, tag="r")
     with pytest.raises(Stop):
-        train_fused(cfgs, on_epoch=stop_after(1), state_dir=str(tmp_path / "state"))
+        train(cfgs, Folders(str(tmp_path / "state"), stop_after(1)))
     state = str(tmp_path / "state" / "state.pt")
     for relaunch in (False, True):
-        again = train_fused([cfgs[i] for i in kept] if relaunch else cfgs, resume_from=state)
+        again = train([cfgs[i] for i in kept] if relaunch else cfgs, resume_from=state)
         for i, r in zip(kept if relaunch else range(4), again):
             assert r["status"] == straight[i]["status"], (relaunch, i)
             if r["status"] == "ok":
@@ -243,3 +244,20 @@ def test_the_lone_survivor_of_an_interrupted_group_resumes_in_its_group(synth_di
     (unit,) = regroup(spec, trials[2:3], old, exp, lines.append)
     assert unit.name == group.name and unit.fused and [m.name for m in unit.members] == [trials[2].name]
     assert not lines
+
+
+def test_a_lone_survivor_resumed_alone_is_bit_identical_to_one_that_ran_through(synth_dir, tmp_path):
+    """Interrupted after a rung cut a group of two (auto: loop on a CPU) to one, the survivor
+    relaunched as a group of one (auto at K = 1) resumes from the group's stacked state, and ends
+    bit for bit as in the group that ran through (it used to restart: the state did not fit)."""
+    def pair(tag):
+        return [dict(c, fuse_strategy="auto") for c in _group(synth_dir, tmp_path, "loop", k=2, tag=tag)]
+
+    straight = train(pair("s"))
+    (kept,) = [i for i, r in enumerate(straight) if r["status"] == "ok"]
+    cfgs = pair("r")
+    with pytest.raises(Stop):
+        train(cfgs, Folders(str(tmp_path / "state"), stop_after(1)))
+    (again,) = train([cfgs[kept]], resume_from=str(tmp_path / "state" / "state.pt"))
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
+    assert _same_run(again, straight[kept], tmp_path / "r" / f"m{kept}", tmp_path / "s" / f"m{kept}")

@@ -8,7 +8,7 @@ import torch
 
 from gridrun.cli import main
 from gridrun.config import ConfigError, TrainConfig
-from gridrun.train import train
+from gridrun.train import Folders, train
 from conftest import Stop, stop_after
 
 FAST = dict(model="tinynet_7k", epochs=2, batch_size=32, lr=0.01, scheduler="onecycle", val_size=200,
@@ -19,7 +19,7 @@ def test_learns_and_writes_every_file(synth_dir, tmp_path):
     seen = []
     out = tmp_path / "trial"
     res = train({**FAST, "data_dir": str(synth_dir), "out_dir": str(out)},
-                on_epoch=lambda m, s: seen.append((m, s)))
+                Folders(on_epoch=lambda m, s: seen.append((m, s))))
     assert res["status"] == "ok" and [m["epoch"] for m, _ in seen] == [1, 2]
     assert res["final"]["test_acc"] > 0.6 and res["final"]["val_acc"] > 0.6  # chance is 0.1
     for name in ("config.json", "metrics.csv", "state.pt", "model.pt", "logits_val.npy", "logits_test.npy",
@@ -66,7 +66,7 @@ def test_resumed_run_equals_a_straight_one(synth_dir, tmp_path, sched):
     part = tmp_path / "part"
     # Run the first epoch of the same 2-epoch config, keep its state, then resume it.
     with pytest.raises(Stop):
-        train({**cfg, "out_dir": str(part)}, on_epoch=stop_after(1))
+        train({**cfg, "out_dir": str(part)}, Folders(on_epoch=stop_after(1)))
     resumed = train({**cfg, "out_dir": str(part)}, resume_from=str(part / "state.pt"))
     assert [m["epoch"] for m in resumed["history"]] == [1, 2]
     for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):
@@ -346,3 +346,45 @@ def test_onecycle_with_one_warm_up_step_is_one_line(synth_dir, tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "scheduler onecycle" in err and "one warm-up step" in err and "\n" not in err, err
+
+
+def _as_version_3(state: dict) -> dict:
+    """A version-4 state of one trial as the engine wrote it before every member dimension was
+    stacked: the optimizer state in the model's own shapes, a torch optimizer's and scheduler's
+    state dicts per member (what engine/state.py converts)."""
+    for saved in state["opt"]["state"]:
+        saved.update({n: t.squeeze(0) for n, t in saved.items()})
+    for m in state["members"]:
+        m.pop("plateau")
+        m["shadow"], m["scheduler"] = {"state": {}, "param_groups": [{"lr": 0.123}]}, {"last_epoch": 9}
+    return {**state, "version": 3}
+
+
+def test_a_version_3_state_of_a_single_trial_is_converted_and_resumes_bit_for_bit(synth_dir, tmp_path):
+    cfg = {**FAST, "epochs": 2, "data_dir": str(synth_dir), "subset": 400, "threads": 1}
+    straight = train({**cfg, "out_dir": str(tmp_path / "straight")})
+    part = tmp_path / "part"
+    with pytest.raises(Stop):
+        train({**cfg, "out_dir": str(part)}, Folders(on_epoch=stop_after(1)))
+    torch.save(_as_version_3(torch.load(part / "state.pt", weights_only=True)), part / "state.pt")
+    resumed = train({**cfg, "out_dir": str(part)}, resume_from=str(part / "state.pt"))
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2]
+    for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):
+        assert [m[k] for m in resumed["history"]] == [m[k] for m in straight["history"]], k
+    assert all(torch.equal(a, b) for a, b in zip(*(_weights_and_opt(d)[0].values() for d in (tmp_path / "straight",
+                                                                                              part))))
+
+
+def test_a_version_3_plateau_keeps_its_lr_best_and_bad_epochs_and_another_version_is_one_line():
+    from gridrun.engine.state import upgrade
+    from gridrun.train import StateError
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    for loss in (1.0, 1.2, 1.3, 1.4):  # two decays' worth of bad epochs: lr 0.1, then one bad epoch
+        sched.step(loss)
+    member = {"shadow": opt.state_dict(), "scheduler": sched.state_dict()}
+    state = upgrade({"version": 3, "params": {}, "opt": {"state": []}, "members": [member]}, "s.pt")
+    assert state["version"] == 4 and state["members"][0]["plateau"] == {"lr": 0.1, "best": 1.0, "bad": 1}
+    with pytest.raises(StateError, match=r"^resume state s.pt is of version 2; this gridrun reads versions 3, 4$"):
+        upgrade({"version": 2}, "s.pt")

@@ -286,13 +286,13 @@ def test_every_printed_command_is_quoted_for_a_shell(tmp_path, capsys, monkeypat
 def test_fused_members_seconds_are_their_share_of_the_groups(synth_dir, tmp_path):
     """Before: each of K members recorded the group's whole epoch time, so a sum over members (the
     train_seconds of load) counted it K times. After: each records its share, summing to the group's."""
-    from gridrun.fused import train_fused
+    from gridrun.train import Folders, train
 
     base = dict(model="tinynet_7k", epochs=1, batch_size=20, val_size=100, subset=200, data_dir=str(synth_dir),
                 threads=1, fuse_strategy="loop")
     group = []
-    res = train_fused([dict(base, seed=s, out_dir=str(tmp_path / "g" / f"m{s}")) for s in (0, 1)],
-                      on_epoch=lambda m, _: group.append(m["seconds"]))
+    res = train([dict(base, seed=s, out_dir=str(tmp_path / "g" / f"m{s}")) for s in (0, 1)],
+                Folders(on_epoch=lambda m, _: group.append(m["seconds"])))
     member = [r["history"][0]["seconds"] for r in res]
     assert member[0] == member[1] and sum(member) == pytest.approx(group[0], abs=2e-3), (member, group)
     df = gridrun.load(tmp_path / "g")

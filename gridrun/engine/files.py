@@ -1,13 +1,16 @@
 """What a trial's training writes, through store.TrialDir (which names every file and says what
 each holds): its config, one metrics row and TensorBoard's scalars per epoch, then its final
-logits, labels, model and summary, and the group's resumable state after every epoch.
+logits, labels, model and summary, and the group's resumable state after every epoch; `Folders`
+is the sink a caller of train passes to say where they go.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -81,3 +84,27 @@ def save_state(state_dir: Path | None, state: dict) -> str | None:
     if state_dir is None:
         return None
     return str(TrialDir(state_dir).write_state(state))
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where a run's records and arrays go: each member's files in its config's out_dir (Writer),
+    the group's state in `state_dir`, each epoch's row to `on_epoch(row, state_path)`. `group_dir`:
+    the fused group's folder, named in its members' config.json, and on_epoch gets the group's row;
+    None with one member: a lone trial, whose own row on_epoch gets and whose state goes to its
+    out_dir unless state_dir says otherwise."""
+
+    state_dir: str | None = None
+    on_epoch: Callable | None = None
+    group_dir: str | None = None
+
+    def lone(self, k: int) -> bool:
+        return self.group_dir is None and k == 1
+
+    def group_meta(self, k: int) -> dict:
+        """What a member's config.json says of its group (nothing for a lone trial)."""
+        return {} if self.lone(k) else {"fused": k, "fused_group": self.group_dir and Path(self.group_dir).name}
+
+    def state_folder(self, k: int, out_dir: str | None) -> Path | None:
+        folder = self.state_dir or (out_dir if self.lone(k) else None)
+        return Path(folder) if folder else None

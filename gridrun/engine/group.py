@@ -2,15 +2,14 @@
 
 Each member keeps what makes it its own trial: its batch order and augmentation draws (its own
 generator), its initial weights (its seed), its BatchNorm statistics and dropout masks (its
-slice of the stacked buffers), its learning-rate schedule (a shadow torch scheduler) and its
-optimizer state and hyperparameters (its column of the optimizer's rows). Setup builds each
-member's model exactly as it would be built alone, stacks their weights and picks the strategy
-that computes them (strategies.py).
+slice of the stacked buffers), its schedule (schedule.py: a function of the step, plateau's
+state) and its optimizer state and hyperparameters (its column of the optimizer's rows). Every
+member dimension is stacked, K = 1 included: (K, ...) weights, buffers, optimizer state and
+weight average. Setup builds each member's model exactly as it would be built alone, stacks
+their weights and picks the strategy that computes them (strategies.py).
 """
 from __future__ import annotations
 
-import json
-import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,15 +18,16 @@ import numpy as np
 import torch
 
 from ..augment import Augment, deskew
-from ..config import PLUMBING, ConfigError, TrainConfig, with_defaults
+from ..config import ConfigError, TrainConfig
 from ..data import Splits, load_splits
 from ..hooks import Hooks
 from ..models import create_model, model_defaults, model_kwargs, resolve_model_args
 from ..models._layers import seed_dropout, set_dropout_rate
 from . import strategies
-from ..store import StateError, read_state, versions
+from ..store import versions
 from .files import Writer
-from .optim import Optimizer, make_shadow
+from .optim import Optimizer
+from .schedule import Plateau, check, hyperparameters, steps_per_epoch
 from .step import CudaGraphs, Trainer
 
 
@@ -38,9 +38,7 @@ class Member:
     cfg: TrainConfig
     aug: Augment
     dgen: torch.Generator              # batch order and augmentation
-    shadow: torch.optim.Optimizer      # holds this member's lr/momentum/betas as its scheduler sets them
-    sched: object
-    per_batch: bool                    # the scheduler steps per batch (onecycle, cosine)
+    plateau: Plateau | None            # the one schedule with a state (scheduler plateau)
     keys: list[str]                    # its state_dict's keys (what model.pt must hold)
     history: list = field(default_factory=list)
     status: str = "ok"
@@ -59,6 +57,8 @@ class Group:
     opt: Optimizer
     ema: dict | None                   # stacked weight average (params and buffers)
     meta: dict
+    per_epoch: int = 1                 # steps an epoch counts for the schedules
+    autocast: object = nullcontext     # the forward's context: bf16 autocast where fast_formats says
     trainer: Trainer | None = None
     start_epoch: int = 1
     roster: list = field(default_factory=list)  # every member it started with, in order; `members`: those training
@@ -74,6 +74,10 @@ class Group:
     @property
     def buffers(self) -> dict:
         return self.strategy.buffers
+
+    def hyperparameters(self, epochs_done: int) -> list[dict]:
+        """Every member's hyperparameters for the next step (the optimizer's step count so far)."""
+        return [hyperparameters(m.cfg, self.opt.t, epochs_done, self.per_epoch, m.plateau) for m in self.members]
 
     def scored(self) -> tuple[dict, dict]:
         """The weights that are evaluated and saved: the weight average when there is one."""
@@ -177,12 +181,12 @@ def build_members(cfgs: list[TrainConfig], device: torch.device, n_train: int,
         torch.manual_seed(cfg.seed)  # again: the initial weights must not depend on data-loading work
         model = create_model(cfg.model, data, **resolve_model_args(cfg.model, cfg.dropout, cfg.model_args)).to(device)
         seed_dropout(model, cfg.seed)  # dropout masks: a hash of (seed, step, element), not the global RNG
-        shadow, sched, per_batch = make_shadow(cfg, math.ceil(n_train / cfg.batch_size))
-        members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen, shadow, sched, per_batch,
-                              list(model.state_dict().keys())))
+        check(cfg, n_train)
+        members.append(Member(cfg, Augment(cfg.augment, cfg.aug), dgen,
+                              Plateau.of(cfg) if cfg.scheduler == "plateau" else None, list(model.state_dict().keys())))
         models.append(model)
     rates = [_dropout_rate(c) for c in cfgs]
-    if len(cfgs) > 1 and any(rates):  # a member at rate 0 still runs the (identity) mask so that others can drop
+    if any(rates):  # a member at rate 0 still runs the (identity) mask so that others can drop (alone: no change)
         for model, r in zip(models, rates):
             set_dropout_rate(model, r or 0.0, active=True)
     return members, models
@@ -220,13 +224,8 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Ho
     # of vmap's batch norm refuses bf16 activations with fp32 running statistics, and bf16 bought
     # a tiny net nothing there (reports/benchmarks.md).
     amp, cl = fast_formats(c0, cuda, n_params) if name == "plain" else (False, False)
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    plain = {}
-    if name == "plain":
-        models[0] = models[0].to(memory_format=fmt)
-        plain = dict(step_model=torch.compile(models[0]) if (c0.compile and cuda) else None, fmt=fmt,
-                     autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext)
-    strategy = strategies.make(name, models, **plain)
+    plain = dict(compiled=c0.compile and cuda, fmt=torch.channels_last if cl else torch.contiguous_format)
+    strategy = strategies.make(name, models, **(plain if name == "plain" else {}))
     if name == "blockdiag":
         strategies.check_same(strategy, strategies.make("loop", models), splits.normalize(splits.train_x[:8]))
     opt = _optimizer(c0.optimizer, strategy, members)
@@ -237,7 +236,8 @@ def setup(cfgs: list[TrainConfig], arrays: dict | None = None, hooks: Hooks = Ho
             "n_test": len(splits.test_y), **({"classes": splits.classes} if c0.dataset != "mnist" else {}),
             "steps_per_epoch": n_train // c0.batch_size + (n_train % c0.batch_size >= 2),
             "fuse_strategy": name, **({"fuse_timings_s": times} if times else {}), **versions()}
-    g = Group(cfgs, device, splits, members, strategy, opt, ema, meta, roster=list(members))
+    g = Group(cfgs, device, splits, members, strategy, opt, ema, meta, steps_per_epoch(n_train, c0.batch_size),
+              (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext, roster=list(members))
     g.trainer = Trainer(g, recorder)
     return g
 
@@ -252,7 +252,7 @@ def retire(g: Group, gone: list[int]) -> None:
 
 def _optimizer(kind: str, strategy, members: list) -> Optimizer:
     """One optimizer over the strategy's stacked leaves, each member's Nesterov flag its own."""
-    return Optimizer(kind, strategy.leaves, [m.shadow.param_groups[0].get("nesterov", False) for m in members])
+    return Optimizer(kind, strategy.leaves, [kind == "sgd" and m.cfg.nesterov for m in members])
 
 
 @torch.no_grad()
@@ -283,80 +283,3 @@ def member_state_dict(g: Group, k: int) -> dict:
     p, b = g.scored()
     src = {**p, **b}
     return {n: src[n][k].detach().clone() for n in g.members[k].keys}
-
-
-def state_dict(g: Group, epoch: int) -> dict:
-    """Everything the group needs to go on after `epoch`, as plain tensors and containers: every
-    member it started with, and which of them (`stacked`, in order) the tensors still hold."""
-    return {"epoch": epoch, "params": {n: t.detach() for n, t in g.params.items()}, "buffers": g.buffers,
-            "opt": g.opt.state_dict(list(g.params)), "ema": g.ema, "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(g.device) if g.device.type == "cuda" else None,
-            "stacked": [next(j for j, r in enumerate(g.roster) if r is m) for m in g.members],
-            "members": [{"config": m.cfg.to_dict(), "history": m.history, "status": m.status, "alive": m.alive,
-                         "dgen": m.dgen.get_state(), "shadow": m.shadow.state_dict(),
-                         "scheduler": m.sched.state_dict() if m.sched is not None else None} for m in g.roster]}
-
-
-def _computing(cfg: dict) -> dict:
-    """A config's computing fields as JSON values (a stored tuple and list are one value)."""
-    return json.loads(json.dumps({k: v for k, v in with_defaults(cfg).items() if k not in PLUMBING}, default=str))
-
-
-def _match(g: Group, path, saved: list) -> list:
-    """For each saved member, its position in `g` (None: not in g); every member of `g` must be one
-    of them, and a saved member `g` lacks must be retired (a relaunch leaves pruned and diverged
-    trials alone)."""
-    ours = [_computing(m.cfg.to_dict()) for m in g.members]
-    theirs = [_computing(s.get("config") or {}) if isinstance(s, dict) else {} for s in saved]
-    where, free = [], list(range(g.k))
-    for cfg in theirs:
-        k = next((k for k in free if ours[k] == cfg), None)
-        where.append(k)
-        if k is not None:
-            free.remove(k)
-    lost = [j for j, k in enumerate(where)
-            if k is None and (not isinstance(saved[j], dict) or saved[j].get("alive", True))]
-    if free or lost:
-        k = (free or [0])[0]
-        other = theirs[k] if k < len(theirs) else {}
-        changed = sorted(n for n in ours[k] if other.get(n) != ours[k][n])
-        raise StateError(f"resume state {path} belongs to another config ("
-                         + (f"differs in {', '.join(changed)})" if changed and len(saved) == g.k else
-                            f"a group of {len(saved)} trials, not of these {g.k})"))
-    return where
-
-
-@torch.no_grad()
-def load_state(g: Group, path) -> None:
-    """Continue `g` from a saved state: weights, optimizer, schedules, generators, histories; the
-    members the state had retired are retired here too."""
-    state = read_state(path, g.device)
-    saved = state.get("members") or []
-    where = _match(g, path, saved)
-    try:
-        stacked = [where[j] for j in state.get("stacked", range(len(saved)))]  # older states stacked every member
-        if None in stacked:
-            raise StateError(f"resume state {path} holds the weights of a trial that is not among these {g.k}")
-        for k, s in zip(where, saved):
-            if k is not None:
-                _load_member(g.members[k], s)
-        keep_members(g, stacked)
-        for mine, theirs in ((g.params, state["params"]), (g.buffers, state["buffers"]), (g.ema, state["ema"])):
-            for n, t in (mine or {}).items():
-                t.copy_(theirs[n])
-        g.opt.load_state_dict(state["opt"], list(g.params))
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if g.device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), g.device)
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise StateError(f"resume state {path} does not fit this model ({str(e).splitlines()[0][:120]})") from None
-    keep_members(g, [k for k, m in enumerate(g.members) if m.alive])
-    g.start_epoch = int(state["epoch"]) + 1
-
-
-def _load_member(m: Member, s: dict) -> None:
-    m.history, m.status, m.alive = list(s["history"]), s["status"], bool(s["alive"])
-    m.dgen.set_state(s["dgen"].cpu())
-    m.shadow.load_state_dict(s["shadow"])
-    if m.sched is not None:
-        m.sched.load_state_dict(s["scheduler"])

@@ -3,12 +3,11 @@
 
 The hyperparameters of a step live in one small tensor (a row per hyperparameter, a column per
 member) that the host refills before each step: a recorded CUDA graph reads its address, so a
-replay applies the values a scheduler set this step (one-cycle moves lr and momentum). Each
-member's schedule is a torch scheduler on a *shadow* torch optimizer that holds no parameters:
-the scheduler sets the shadow's lr/momentum/betas, this module reads them. The update follows
-torch.optim's single-tensor formulas (equal to them up to float rounding: test_engine states
-the tolerance), with the state made before the first step (zeros give exactly SGD's first
-step, buf = grad), so the very first step can be recorded too.
+replay applies the values the schedules give this step (one-cycle moves lr and momentum;
+schedule.py gives them per member). The update follows torch.optim's single-tensor formulas
+(equal to them up to float rounding: test_engine states the tolerance), with the state made
+before the first step (zeros give exactly SGD's first step, buf = grad), so the very first step
+can be recorded too.
 """
 from __future__ import annotations
 
@@ -16,62 +15,15 @@ import math
 
 import torch
 
-from ..errors import GridrunError
-from ..config import TrainConfig
-
 EPS = 1e-8  # Adam's default
 ROWS = {"sgd": ("lr", "wd", "mom"), "adam": ("wd", "b1", "one_b1", "b2", "one_b2", "step_size", "bc2_sqrt"),
         "adamw": ("decay", "b1", "one_b1", "b2", "one_b2", "step_size", "bc2_sqrt")}
 
 
-def make_shadow(cfg: TrainConfig, steps_per_epoch: int):
-    """(shadow optimizer, scheduler or None, steps per batch?) of one member."""
-    dummy = [torch.zeros(1, requires_grad=True)]
-    if cfg.optimizer == "sgd":
-        shadow = torch.optim.SGD(dummy, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                 weight_decay=cfg.weight_decay)
-    else:
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        shadow = kind(dummy, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched, per_batch = make_scheduler(cfg, shadow, steps_per_epoch)
-    shadow.step()  # no gradients: changes nothing, tells the scheduler that steps happen
-    return shadow, sched, per_batch
-
-
-def make_scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
-    """(scheduler or None, steps per batch?)."""
-    s, lrs = cfg.scheduler, torch.optim.lr_scheduler
-    if s == "step":
-        return lrs.StepLR(opt, cfg.step_size, cfg.gamma), False
-    if s == "plateau":
-        mode = "max" if cfg.plateau_metric == "val_acc" else "min"
-        return lrs.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience), False
-    if s == "onecycle":
-        total = cfg.epochs * steps_per_epoch
-        if float(cfg.pct_start * total) - 1 == 0:  # torch's OneCycleLR divides by its warm-up steps - 1
-            raise GridrunError(f"scheduler onecycle: {cfg.epochs} epoch(s) of {steps_per_epoch} step(s) leave "
-                               f"exactly one warm-up step at pct_start {cfg.pct_start:g}, which torch's OneCycleLR "
-                               f"cannot schedule: change epochs, the data, batch_size or pct_start, or use scheduler cosine")
-        return lrs.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                              pct_start=cfg.pct_start), True
-    if s == "cosine":
-        return lrs.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch), True
-    return None, False
-
-
-def step_epoch_scheduler(cfg: TrainConfig, sched, per_batch: bool, val_loss: float, val_acc: float) -> None:
-    """The end-of-epoch step of a per-epoch scheduler (plateau watches validation)."""
-    if sched is None or per_batch:
-        return
-    if cfg.scheduler == "plateau":
-        sched.step(val_acc if cfg.plateau_metric == "val_acc" else val_loss)
-    else:
-        sched.step()
-
-
 def host_values(kind: str, groups: list[dict], alive: list[bool], t: int) -> list[list[float]]:
-    """This step's rows (ROWS[kind]) from the members' shadow param groups; t is the 1-based
-    step (Adam's bias corrections). A retired member gets zeros: its slices stay as they are."""
+    """This step's rows (ROWS[kind]) from the members' hyperparameters (schedule.hyperparameters:
+    a torch param group's keys); t is the 1-based step (Adam's bias corrections). A retired
+    member gets zeros: its slices stay as they are."""
     cols = []
     for g, ok in zip(groups, alive):
         lr, wd = (g["lr"], g["weight_decay"]) if ok else (0.0, 0.0)
@@ -85,8 +37,7 @@ def host_values(kind: str, groups: list[dict], alive: list[bool], t: int) -> lis
 
 
 class Optimizer:
-    """The update of K members' stacked parameters (a list of (K, ...) tensors; for K = 1 also a
-    plain model's own parameters, which the (1, 1, ...) hyperparameter views broadcast over)."""
+    """The update of K members' stacked parameters (a list of (K, ...) tensors, K = 1 included)."""
 
     def __init__(self, kind: str, params: list[torch.Tensor], nesterov: list[bool]):
         self.kind, self.params, self.t = kind, params, 0
@@ -152,4 +103,6 @@ class Optimizer:
         self.t = int(sd["t"])
         for mine, saved in zip(self.state, sd["state"], strict=True):
             for n, t in zip(names, mine):
+                if saved[n].shape != t.shape:  # copy_ would broadcast a tensor that lacks the member dimension
+                    raise ValueError(f"optimizer state {n} is {tuple(saved[n].shape)}, not {tuple(t.shape)}")
                 t.copy_(saved[n])

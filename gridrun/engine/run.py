@@ -1,25 +1,24 @@
-"""run(configs) -> results: a group of K >= 1 trials from start to finish. Knows nothing of Ray.
+"""train(configs, sink) -> results: a group of K >= 1 trials from start to finish. Knows nothing of Ray.
 
 One epoch loop for every trial: train an epoch (step.Trainer), retire a member whose loss went
 non-finite (the others go on as a smaller group), after a rung epoch (`rungs`) retire the members
 below successive halving's cut as pruned, after the last epoch recompute the scored model's BatchNorm
-statistics (precise BN), score every member, step the per-epoch schedules, write each member's
-row, its final files after the last epoch (files.py) and the group's resumable state.
+statistics (precise BN), score every member, step plateau's schedule, give the sink each member's
+row, its final files after the last epoch (files.py) and the group's resumable state (state.py).
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..hooks import Hooks, from_env
-from .files import Writer, save_state, write_final
-from .group import Group, check_group, load_state, member_state_dict, retire, setup, state_dict
-from .optim import step_epoch_scheduler
+from .files import Folders, Writer, save_state, write_final
+from .group import Group, check_group, member_state_dict, retire, setup
+from .loss import cross_entropy
+from .state import load_state, state_dict
 
 PRECISE_BN_BATCH = 1024  # images per forward pass of precise BN (a constant: results must not
                          # depend on plumbing such as eval_batch_size)
@@ -31,7 +30,7 @@ def evaluate(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     report's recheck from the files is exact."""
     if len(y) == 0:
         return torch.full((2,), float("nan"), device=logits.device)
-    return torch.stack([F.cross_entropy(logits, y), (logits.half().argmax(1) == y).float().mean()])
+    return torch.stack([cross_entropy(logits[None], y[None])[0], (logits.half().argmax(1) == y).float().mean()])
 
 
 @torch.no_grad()
@@ -39,7 +38,8 @@ def infer(g: Group, x: torch.Tensor) -> torch.Tensor:
     """(K, N, classes) float32 logits of every member's scored model on the images x (shared)."""
     g.strategy.module.eval()
     chunk = max(256, g.cfgs[0].eval_batch_size // g.k)
-    out = [g.strategy.forward(g.splits.normalize(xb), g.scored(), shared=True) for xb in x.split(chunk)]
+    with g.autocast():
+        out = [g.strategy.forward(g.splits.normalize(xb), g.scored(), shared=True) for xb in x.split(chunk)]
     return torch.cat(out, 1) if out else torch.empty(g.k, 0, g.splits.classes, device=x.device)
 
 
@@ -83,7 +83,8 @@ def precise_bn(g: Group, batch: int = PRECISE_BN_BATCH) -> None:
     for i, xb in enumerate(chunks, 1):
         for m in bns:
             m.momentum = 1.0 / i
-        g.strategy.forward(g.splits.normalize(xb), weights, shared=True)
+        with g.autocast():
+            g.strategy.forward(g.splits.normalize(xb), weights, shared=True)
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     g.strategy.module.train()
@@ -114,38 +115,36 @@ def threads_restored():
         torch.set_num_threads(before)
 
 
-def run(configs: list, on_epoch=None, resume_from: str | None = None, state_dir: str | None = None,
-        arrays: dict | None = None, group_dir: str | None = None, single: bool = False,
-        hooks: Hooks | None = None) -> list[dict]:
-    """Train K configs of one architecture as one group; returns their results in order.
-    `on_epoch(metrics, state_path)` gets, with `single` (K = 1, gridrun train), the trial's
-    epoch row, else the group's epoch with its members' mean and best validation accuracy.
-    `hooks` (tests): see gridrun/hooks.py; default, $GRIDRUN_HOOKS's when set, else none."""
+def train(configs: list, sink: Folders | None = None, resume_from: str | None = None, arrays: dict | None = None,
+          hooks: Hooks | None = None) -> list[dict]:
+    """Train K >= 1 configs of one architecture as one group; returns their results in order.
+    `sink` says where records and arrays go (files.Folders; default: each member's out_dir, no
+    state unless a lone trial's); `resume_from` names a state.pt to continue from; `arrays` are
+    the dataset's arrays already in memory; `hooks` (tests): see gridrun/hooks.py (default:
+    $GRIDRUN_HOOKS's when set, else none)."""
     cfgs = [TrainConfig.from_dict(c) for c in configs]
     check_group(cfgs)
-    hooks = hooks or from_env()
+    sink, hooks = sink or Folders(), hooks or from_env()
     with threads_restored():
         g = setup(cfgs, arrays, hooks)
         if resume_from:
             load_state(g, resume_from)
-        group_meta = {} if single else {"fused": g.k, "fused_group": group_dir and Path(group_dir).name}
         for m in g.roster:
             if not m.alive:  # retired before the state it resumed from: its folder is complete
                 m.writer = Writer(None, m.history)
                 m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, None, {}, None)
                 continue
             m.writer = Writer(m.cfg.out_dir, m.history)
-            m.writer.config(m.cfg.to_dict(), {**g.meta, **group_meta})
-        if single:
-            state_dir = state_dir or cfgs[0].out_dir
-        _epochs(g, on_epoch, Path(state_dir) if state_dir else None, single, hooks.after_epoch)
+            m.writer.config(m.cfg.to_dict(), {**g.meta, **sink.group_meta(len(g.roster))})
+        _epochs(g, sink, hooks.after_epoch)
         return [m.result for m in g.roster]
 
 
-def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoch) -> None:
-    epochs = g.cfgs[0].epochs
+def _epochs(g: Group, sink: Folders, after_epoch) -> None:
+    epochs, lone = g.cfgs[0].epochs, sink.lone(len(g.roster))
+    state_dir = sink.state_folder(len(g.roster), g.roster[0].cfg.out_dir)
     for epoch in range(g.start_epoch, epochs + 1):
-        losses, accs, seconds = g.trainer.epoch(tuple(is_clean_epoch(m.cfg, epoch) for m in g.members))
+        losses, accs, seconds = g.trainer.epoch(epoch, tuple(is_clean_epoch(m.cfg, epoch) for m in g.members))
         diverged = [k for k, m in enumerate(g.members) if not math.isfinite(float(losses[k]))]
         for k in diverged:
             g.members[k].status = f"diverged at epoch {epoch}"
@@ -158,10 +157,10 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoc
         if epoch == epochs and g.cfgs[0].precise_bn:  # a shared key (identity.FUSE_SHARED)
             precise_bn(g)
         scores = score(g)  # the last epoch's logits are the ones saved: scored exactly once
-        alive = sum(m.alive for m in g.members)
-        for k, m in enumerate(g.members):
-            lr = m.shadow.param_groups[0]["lr"]
-            step_epoch_scheduler(m.cfg, m.sched, m.per_batch, scores[k]["val_loss"], scores[k]["val_acc"])
+        alive, lrs = sum(m.alive for m in g.members), [h["lr"] for h in g.hyperparameters(epoch - 1)]
+        for k, (m, lr) in enumerate(zip(g.members, lrs)):
+            if m.plateau is not None:
+                m.plateau.step(m.cfg, scores[k]["val_loss"], scores[k]["val_acc"])
             row = epoch_metrics(epoch, float(losses[k]), float(accs[k]), seconds, scores[k], lr, g.meta["n_train"],
                                 alive)
             m.history.append(row)
@@ -174,8 +173,8 @@ def _epochs(g: Group, on_epoch, state_dir: Path | None, single: bool, after_epoc
         if epoch in g.cfgs[0].rungs:  # a shared key: every member has the same rungs
             _rung(g, epoch, scores)
         state_path = save_state(state_dir, state_dict(g, epoch))
-        if on_epoch is not None:
-            on_epoch(g.members[0].history[-1] if single else row, state_path)
+        if sink.on_epoch is not None:
+            sink.on_epoch(g.members[0].history[-1] if lone else row, state_path)
         if after_epoch is not None:
             after_epoch(epoch, g.cfgs[0].out_dir)
     if any(m.result is None for m in g.members):  # resumed from a state saved after the last epoch

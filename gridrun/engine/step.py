@@ -11,18 +11,21 @@ step (the members' batch indices, the optimizer's hyperparameter rows, alive fla
 call it as it is; `cuda_graph: true` on CUDA records it once per variant (which members train
 on clean images) and replays it; the epoch's last, shorter batch always runs eagerly. A
 recording reads tensors by address and bakes every Python value the step read: tests check the
-step against a CPU stand-in that records the same way (tests/standin.py, make_fx).
+step against a CPU stand-in that records the same way (tests/standin.py, make_fx). The step
+itself reads top to bottom: batch, forward under autocast, the loss (loss.py), the gradient,
+each member's own clip (grad_clip), the update, the weight average.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..augment import Augment, Draws
 from ..models._layers import cached_indices
+from .loss import cross_entropy
 
 
 class StepGraphs:
@@ -96,12 +99,14 @@ class CudaGraphs:
         return graph.replay
 
 
-def smoothed_ce(out: torch.Tensor, y: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
-    """(K,) mean cross-entropy of (K, B, C) logits with each member's label smoothing, as
-    F.cross_entropy(label_smoothing=...) computes it."""
-    logp = F.log_softmax(out, -1)
-    nll = -logp.gather(-1, y[..., None]).squeeze(-1)
-    return ((1 - ls[:, None]) * nll + ls[:, None] * -logp.mean(-1)).mean(1)
+@torch.no_grad()
+def clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> list[torch.Tensor]:
+    """Each member's gradient scaled to a norm of at most its max_norm ((K,); inf: no clip), as
+    torch.nn.utils.clip_grad_norm_ would scale it alone: one member's norm never scales another's
+    (clip_grad_norm_ over the stacked tensors would take one norm across the members)."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)       # (K,)
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
 
 
 def augmented(g, idx: torch.Tensor, clean: tuple) -> torch.Tensor:
@@ -142,6 +147,8 @@ class Trainer:
         self.idx = torch.zeros(k, g.cfgs[0].batch_size, dtype=torch.long, device=dev)
         self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # a retired member leaves the group (keep_members)
         self.ls = torch.tensor([m.cfg.label_smoothing for m in g.members], device=dev)
+        clips = [m.cfg.grad_clip for m in g.members]
+        self.clip = torch.tensor([c or math.inf for c in clips], device=dev) if any(clips) else None
         self.loss_sum = torch.zeros(k, device=dev)
         self.correct = torch.zeros(k, device=dev, dtype=torch.long)
         self.graphs = StepGraphs(dev, recorder)
@@ -151,14 +158,17 @@ class Trainer:
         self.ema_others = [(e, live[n]) for n, e in ema if not e.dtype.is_floating_point]
 
     def step(self, idx: torch.Tensor, clean: tuple) -> None:
-        """Every member's step: forward, backward, update, weight average, running metrics. A
-        member whose loss is not finite (or that was retired) gets no gradient."""
+        """Every member's step: its batch, forward, loss, gradient (none for a member whose loss is
+        not finite), its own gradient clip, the update, the weight average, the running metrics."""
         g = self.g
         x, y = augmented(g, idx, clean), g.splits.train_y[idx]          # (K, B, ...), (K, B)
-        out = g.strategy.forward(x)                                      # (K, B, 10)
-        loss = smoothed_ce(out, y, self.ls)
+        with g.autocast():
+            out = g.strategy.forward(x)                                  # (K, B, classes), float32
+        loss = cross_entropy(out, y, self.ls)                            # (K,)
         live = torch.where(self.alive & torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
         grads = torch.autograd.grad(live, g.strategy.leaves, materialize_grads=True)
+        if self.clip is not None:
+            grads = clip_per_member(grads, self.clip)
         g.opt.step(grads)
         if self.ema_floats:
             self._update_ema()
@@ -172,25 +182,22 @@ class Trainer:
         for e, t in self.ema_others:
             e.copy_(t)
 
-    def epoch(self, clean: tuple) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """One pass over the training split for every member ((K,) losses, (K,) accuracies,
-        seconds); `clean` says which members skip augmentation this epoch."""
+    def epoch(self, epoch: int, clean: tuple) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Epoch `epoch` (1-based): one pass over the training split for every member ((K,) losses,
+        (K,) accuracies, seconds); `clean` says which members skip augmentation this epoch."""
         g = self.g
         g.strategy.module.train()
         t0 = time.perf_counter()
         self.loss_sum.zero_(), self.correct.zero_()
         per = [g.splits.index_batches(m.cfg.batch_size, m.dgen) for m in g.members]
         for idx in zip(*per):
-            g.opt.refresh([m.shadow.param_groups[0] for m in g.members], [m.alive for m in g.members])
+            g.opt.refresh(g.hyperparameters(epoch - 1), [m.alive for m in g.members])
             idx = torch.stack(idx)
             if idx.shape == self.idx.shape:
                 self.idx.copy_(idx)
                 self.graphs(clean, lambda: self.step(self.idx, clean))
             else:
                 self.step(idx, clean)
-            for m in g.members:
-                if m.per_batch:
-                    m.sched.step()
         n = len(g.splits.train_y)
         losses, accs = (self.loss_sum / n).cpu(), (self.correct.double() / n).cpu()
         if self.graphs.error:  # the members' summary.json say what ran

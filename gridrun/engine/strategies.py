@@ -2,8 +2,8 @@
 ((K, ...) tensors, the one copy the optimizer, weight average and state file see) and returns
 (K, B, 10) logits, each member's from its own slice:
 
-  plain      K = 1: the model itself, whose parameters the stacked tensors alias (no vmap, no
-             functional_call on the training path: a single trial costs what a plain module does)
+  plain      K = 1: the member's own model over its (1, ...) slice, in channels_last and compiled
+             where that pays (a single trial costs what a plain module does, in the same layout)
   loop       the members one after another, functional_call on their own slices
   vmap       one vmap(functional_call): each conv becomes a grouped conv
   blockdiag  each conv of the K members as ONE dense conv over K*C channels whose weight is
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +27,14 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..config import ConfigError
 from ..models._layers import Dropout, keep_mask
+from .loss import cross_entropy
 
 STACKED = ("loop", "vmap", "blockdiag")
 
 
 class Strategy:
     """The forward of K members over stacked weights; `leaves` are what autograd differentiates
-    and the optimizer updates (the stacked parameters, or a plain model's own)."""
+    and the optimizer updates: the stacked (K, ...) parameters, K = 1 included."""
 
     name = "?"
 
@@ -61,28 +61,6 @@ class Strategy:
         return new
 
 
-class Plain(Strategy):
-    name = "plain"
-
-    def __init__(self, models: list[nn.Module], step_model=None, autocast=nullcontext, fmt=torch.contiguous_format):
-        (self.module,) = models
-        self.k, self.step_model, self.autocast, self.fmt = 1, step_model or self.module, autocast, fmt
-        self.params = {n: p.detach().unsqueeze(0) for n, p in self.module.named_parameters()}
-        self.buffers = {n: b.unsqueeze(0) for n, b in self.module.named_buffers()}
-        self.leaves = list(self.module.parameters())
-
-    def select(self, idx):
-        raise NotImplementedError("a plain trial is one member: it never continues as a smaller group")
-
-    def forward(self, x, weights=None, shared=False):
-        x = (x if shared else x[0]).contiguous(memory_format=self.fmt)
-        with self.autocast():
-            if weights is None:
-                return self.step_model(x).float().unsqueeze(0)
-            p, b = ({n: t[0] for n, t in w.items()} for w in weights)
-            return functional_call(self.module, (p, b), (x,)).float().unsqueeze(0)
-
-
 class Loop(Strategy):
     name = "loop"
 
@@ -91,6 +69,40 @@ class Loop(Strategy):
         return torch.stack([functional_call(self.module, ({n: t[k] for n, t in p.items()},
                                                           {n: t[k] for n, t in b.items()}), (x if shared else x[k],))
                             for k in range(self.k)]).float()
+
+
+class Plain(Loop):
+    """One member computed as its own model would be, over its (1, ...) slice of the stacked
+    weights: in `fmt` (channels_last on CUDA for a wide net), compiled when asked."""
+
+    name = "plain"
+
+    def __init__(self, models: list[nn.Module], compiled: bool = False, fmt=torch.contiguous_format):
+        super().__init__(models)
+        self.fmt, self.call = fmt, torch.compile(_call) if compiled else _call
+        if fmt is torch.channels_last:  # each (1, C, ...) conv weight stored so that its [0] is channels_last
+            self.params = {n: _in_format(t, fmt) for n, t in self.params.items()}
+            self.leaves = list(self.params.values())
+
+    def forward(self, x, weights=None, shared=False):
+        p, b = weights or (self.params, self.buffers)
+        x = (x if shared else x[0]).contiguous(memory_format=self.fmt)
+        return self.call(self.module, {n: t[0] for n, t in p.items()}, {n: t[0] for n, t in b.items()}, x
+                         ).float().unsqueeze(0)
+
+
+def _call(module: nn.Module, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(module, (params, buffers), (x,))
+
+
+@torch.no_grad()
+def _in_format(t: torch.Tensor, fmt) -> torch.Tensor:
+    """A (1, ...) leaf whose [0] has memory format fmt (a 4-d slice; others as they are)."""
+    if t.dim() != 5:
+        return t
+    inner = t[0].contiguous(memory_format=fmt)
+    out = torch.empty_strided(t.shape, (t.numel(), *inner.stride()), dtype=t.dtype, device=t.device)
+    return out.copy_(t).requires_grad_(t.requires_grad)
 
 
 class Vmap(Strategy):
@@ -252,7 +264,8 @@ def check_same(s: Strategy, ref: Strategy, x: torch.Tensor) -> None:
 
 
 def make(name: str, models: list[nn.Module], **plain) -> Strategy:
-    """The strategy `name` over these members (models built as each would be alone)."""
+    """The strategy `name` over these members (models built as each would be alone); `plain`:
+    Plain's compile flag and memory format."""
     if name == "plain":
         return Plain(models, **plain)
     return {"loop": Loop, "vmap": Vmap, "blockdiag": BlockDiag}[name](models)
@@ -271,8 +284,7 @@ def time_strategies(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, s
             if i == 1:
                 _sync(x.device)
                 t0 = time.perf_counter()
-            loss = F.cross_entropy(s.forward(x).flatten(0, 1), y.flatten())
-            torch.autograd.grad(loss, s.leaves)
+            torch.autograd.grad(cross_entropy(s.forward(x), y).sum(), s.leaves)
         _sync(x.device)
         out[name] = round((time.perf_counter() - t0) / steps, 6)
     return out

@@ -76,7 +76,6 @@ TRIAL_MARKS = (CONFIG, PARAMS, ERROR, METRICS)  # any of them makes a folder a t
 WHOLE_JSON = (SUMMARY, CONFIG, STOPPED, NODE, GROUP_FILE, STATE_INFO)  # JSON that is whole or useless
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr",
                 "seconds", "images_per_s"]
-STATE_VERSION = 3  # 3: one format for every group (K >= 1) of the engine
 N_CLASSES = 10  # MNIST's; another dataset's trials have `classes` columns (datasets.MAX_CLASSES at most)
 
 
@@ -122,8 +121,8 @@ def read_state(path: str | os.PathLike, device="cpu") -> dict:
     except Exception as e:  # a truncated zip, a planted pickle, a stranger's file: all unusable
         raise StateError(f"resume state {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
             from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise StateError(f"resume state {path} is not a gridrun state of version {STATE_VERSION}")
+    if not isinstance(state, dict) or "version" not in state:  # which versions it reads: engine/state.py
+        raise StateError(f"resume state {path} is not a gridrun state")
     return state
 
 
@@ -265,7 +264,7 @@ class TrialDir:
     def write_state(self, state: dict) -> Path:
         """The resumable state as plain tensors and containers (loadable with weights_only=True)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_save(self.path / STATE, {"version": STATE_VERSION, **state})
+        atomic_save(self.path / STATE, state)
         return self.path / STATE
 
     def read_state(self, device="cpu") -> dict:
