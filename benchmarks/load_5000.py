@@ -30,8 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gridrun.store import (CONFIG, LAUNCHES, MANIFEST, METRICS, MODEL, PARAMS, RESULT, SPEC_COPY, SPLITS,
-                           SUMMARY, labels_file, logits_file)
+from gridrun.storage.layout import (CONFIG, LAUNCHES, MANIFEST, METRICS, MODEL, PARAMS, RESULT, SPEC_COPY, SPLITS, SUMMARY, labels_file, logits_file)
 
 from . import child_env
 

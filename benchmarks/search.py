@@ -210,7 +210,7 @@ def gridrun_obs(exp: Path) -> list[tuple[float, float, str, int]]:
     """(wall time, val_acc, trial, epoch) of every scored epoch, from each trial folder's TensorBoard scalars."""
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-    from gridrun.store import EVENTS, ExperimentDir
+    from gridrun.storage.layout import EVENTS, ExperimentDir
 
     if not exp.is_dir():
         return []

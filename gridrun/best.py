@@ -10,7 +10,7 @@ from . import analysis, study
 from .errors import GridrunError
 from .report import _cons_words, _pm
 from .results import Experiment, find_experiments, load_experiment
-from .store import CONFIG
+from .storage.layout import CONFIG
 
 
 def best(target: str, storage: str = "runs", how: str = "text") -> str:

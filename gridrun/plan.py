@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import results
-from .store import SPEC_COPY, ExperimentDir
+from .storage.layout import ExperimentDir, SPEC_COPY
 from .record import Trial, read_manifest
 from .errors import GridrunError
 from .spec import Spec, SpecError, name_part

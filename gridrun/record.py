@@ -95,7 +95,7 @@ class Trial:
 
     @classmethod
     def read(cls, e: dict) -> "Trial":
-        """A manifest entry (store.read_manifest's, of any gridrun version) as a record: its id as this
+        """A manifest entry (storage.layout.ExperimentDir.read_manifest's, of any gridrun version) as a record: its id as this
         version resolves its config (a field added since it ran at the default that reproduces it)."""
         train = e.get("train") if isinstance(e.get("train"), dict) else {}
         axes = e.get("axes") if isinstance(e.get("axes"), dict) else None
@@ -111,5 +111,5 @@ def _plain(v):
 
 
 def read_manifest(entries: list[dict]) -> list[Trial]:
-    """A manifest's entries (store.ExperimentDir.read_manifest) as records."""
+    """A manifest's entries (storage.layout.ExperimentDir.read_manifest) as records."""
     return [Trial.read(e) for e in entries]

@@ -23,7 +23,7 @@ from .errors import GridrunError
 from .config import field_names
 from .identity import OFF
 from .results import AGREE_TOL, Experiment, TrialRecord, find_experiments, load_experiment
-from .store import REFERENCE, ExperimentDir
+from .storage.layout import ExperimentDir, REFERENCE
 
 STUDY_COLUMNS = [("model", "Model"), ("scheduler", "Scheduler"), ("augment", "Augmentation"),
                  ("batch_size", "Batch"), ("epochs", "Epochs")]
@@ -418,7 +418,7 @@ def report(targets: list[str], out: str | None = None, top_k: int | None = None,
 def _check_out(md: Path) -> None:
     """A report (and its .csv) goes to regular files outside every experiment folder, over nothing
     but an earlier report: never onto a device or FIFO, never over someone's file."""
-    from .store import experiment_above
+    from .storage.layout import experiment_above
 
     inside = experiment_above(md)
     if inside is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .config import TrainConfig
 from .engine import Folders, train as train_group
-from .store import StateError  # what a resume refused raises: public with train
+from .storage.layout import StateError
 from .engine.group import fast_formats, prepare_splits  # noqa: F401  (public helpers)
 
 __all__ = ["Folders", "StateError", "train", "fast_formats", "prepare_splits"]

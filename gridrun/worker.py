@@ -3,7 +3,7 @@
 Everything a trial needs from the launch that started it (where its folder is in storage, the
 launch's id, the HParams columns, the arrays of each dataset, whether it runs on
 CPUs for want of a GPU) comes as one `LaunchContext` through `tune.with_parameters`; the
-trial's config is only its unit. Imports ray (as launch.py and store.py's provenance do).
+trial's config is only its unit. Imports ray (as launch.py and storage/provenance.py do).
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from pathlib import Path
 
 from ray import tune
 
-from . import store
+from .storage import layout as store
+from .storage.safeio import Unreadable
 from .plan import Unit
 from .record import Trial
-from .store import TrialDir
+from .storage.layout import TrialDir
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _newest_checkpoint(where: str):
         try:
             with fs.open_input_stream(f"{info.path}/{store.STATE_INFO}") as f:
                 epoch = store.parse_state_info(f.read())["epoch"]
-        except (OSError, store.Unreadable):
+        except (OSError, Unreadable):
             continue
         if epoch > best_epoch:
             best, best_epoch = info.path, epoch

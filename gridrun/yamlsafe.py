@@ -1,5 +1,5 @@
 """YAML read safely: no anchors or aliases, no duplicate keys, YAML 1.2 floats. The one loader
-every spec, override and stored spec.yaml goes through (spec.py, and store.py's reader)."""
+every spec, override and stored spec.yaml goes through (spec/schema.py, and storage/layout.py's reader)."""
 from __future__ import annotations
 
 import re

@@ -19,7 +19,7 @@ LAYERS = [
     "models", "models.golden",
     "augment", "data", "datasets", "config", "identity", "record",
     "storage.locks", "storage.layout", "storage.provenance", "storage.events", "storage.sweep", "storage.s3",
-    "storage.backends", "store",
+    "storage.backends",
     "engine.files", "engine.optim", "engine.schedule", "engine.loss", "engine.strategies", "engine.step",
     "engine.group", "engine.state", "engine.run", "engine", "train",
     "spec.schema", "spec.sampling", "spec.preflight", "spec.expansion", "spec", "results", "analysis", "hparams", "export",

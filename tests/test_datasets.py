@@ -324,7 +324,7 @@ def test_user_net_and_two_datasets_through_ray_fused_reported_exported_restored(
     assert {t.name: t.test_acc_recomputed for t in again.trials} == {t.name: t.test_acc_recomputed
                                                                     for t in exp.trials}
     # a trial whose saved test labels are not the set's (all agree here, so no majority could tell)
-    from gridrun.store import TrialDir
+    from gridrun.storage.layout import TrialDir
 
     victim = next(t for t in again.trials if t.config["dataset"] == str(npz))
     forged = victim.test_labels.copy()

@@ -292,7 +292,7 @@ def test_atomic_write_leaves_the_old_file_or_nothing_never_half(tmp_path, monkey
     import errno
 
     from gridrun import diskio
-    from gridrun.store import atomic_save
+    from gridrun.storage.safeio import atomic_save
 
     old = tmp_path / "summary.json"
     old.write_text('{"status": "ok"}')
@@ -313,7 +313,7 @@ def test_atomic_write_leaves_the_old_file_or_nothing_never_half(tmp_path, monkey
 def test_atomic_write_on_a_really_full_disk(small_disk):
     import numpy as np
 
-    from gridrun.store import atomic_save
+    from gridrun.storage.safeio import atomic_save
 
     (small_disk / "filler").write_bytes(b"\1" * (600 * 1024 - 8192))
     with pytest.raises(OSError) as e:
@@ -350,7 +350,7 @@ def test_launch_on_a_disk_that_fills_up_is_one_line_and_a_recorded_launch(ray_lo
     from gridrun.errors import GridrunError
     from gridrun.launch import launch
     from gridrun.results import load_experiment
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     spec = write_spec(tmp_path / "full.yaml", tiny_data, grid={"model": ["tinynet_7k"]}, seeds=2, retries=0,
                       base={"epochs": 3, "batch_size": 20}, resources={"cpu": 1, "gpu": 0},

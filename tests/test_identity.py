@@ -94,7 +94,7 @@ def test_a_default_added_as_an_axis_reruns_nothing_and_counts_nothing_twice(ray_
     new names, ran them again and reported each config with n=2."""
     from gridrun.launch import launch
     from gridrun.results import load_experiment
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     spec = spec_without_weight_decay(tmp_path, synth_dir, seeds=1, grid={"model": ["tinynet_7k"], "lr": [0.1, 0.05]},
                                      base={"epochs": 1})

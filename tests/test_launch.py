@@ -20,7 +20,7 @@ TRIAL_FILES = ("config.json", "metrics.csv", "model.pt", "logits_val.npy", "logi
 
 
 def trial_dirs(exp: Path) -> dict[str, Path]:
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     return {n: d for n, (d, _) in ExperimentDir(exp).trial_dirs().items()} if exp.exists() else {}
 
@@ -225,7 +225,7 @@ def test_a_second_launch_of_a_running_experiment_is_refused(ray_local, synth_dir
         proc.wait()
         release.touch()
     # The killed launch's lock is stale now: a relaunch takes it over (checked above for resume).
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     assert ExperimentDir(exp).lock_holder() is None
 

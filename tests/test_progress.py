@@ -137,7 +137,7 @@ def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(
     from conftest import write_spec
     from gridrun.launch import launch
     from gridrun.results import load_experiment
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     spec = write_spec(tmp_path / "last.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, seeds=1,
                       base={"epochs": 1})
@@ -162,7 +162,7 @@ def test_relaunch_after_the_last_epoch_records_finished_trials_not_stopped_ones(
 
 def test_rays_own_trial_lines_go_to_the_experiment_log(tmp_path, capfd):
     from gridrun.launch import _RayLog
-    from gridrun.store import RAY_LOG
+    from gridrun.storage.layout import RAY_LOG
 
     class Trial:  # what Ray's callback reads of a trial that reported nothing
         last_result: dict = {}

@@ -14,7 +14,7 @@ from gridrun.cli import main
 from gridrun.analysis import majority_vote, rank_by_validation
 from gridrun.report import report
 from gridrun.results import load_experiment
-from gridrun.store import MAX_LARGE
+from gridrun.storage.safeio import MAX_LARGE
 
 N = 30
 LABELS = np.arange(N) % 10
@@ -619,7 +619,7 @@ def test_a_bare_name_is_looked_up_under_storage_before_the_working_folder(tmp_pa
     """`gridrun report ex2 --storage r3` read a folder ./ex2 in the working directory instead of
     r3/ex2 (found by the probe); a path (./ex2, a/b) is still a path first."""
     from gridrun.results import find_experiments, resolve_experiment
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     monkeypatch.chdir(tmp_path)
     for d in (tmp_path / "ex2", tmp_path / "r3" / "ex2"):

@@ -436,7 +436,7 @@ def test_a_random_search_launch_fuses_and_grows_like_a_grid(ray_local, synth_dir
 
     from conftest import write_spec
     from gridrun.launch import launch
-    from gridrun.store import ExperimentDir
+    from gridrun.storage.layout import ExperimentDir
 
     # 2 CPUs a trial: one slot on the test's 2-CPU Ray, so the planner keeps the two in one group
     # (with two slots it splits them so that no CPU idles, issue 38 item 7)

@@ -16,7 +16,7 @@ from gridrun import study
 from gridrun.plan import remaining
 from gridrun.record import read_manifest
 from gridrun.results import TrialRecord
-from gridrun.store import ExperimentDir
+from gridrun.storage.layout import ExperimentDir
 
 SPACE = {"lr": {"loguniform": [1e-4, 1]}, "weight_decay": {"loguniform": [1e-6, 1e-2]},
          "label_smoothing": {"uniform": [0, 0.3]}, "dropout": {"uniform": [0, 0.5]},

@@ -20,7 +20,7 @@ from gridrun.cli import main
 from gridrun.data import load_arrays, stratified_split, write_idx
 from gridrun.export import export, restore
 from gridrun.results import load_experiment
-from gridrun.store import EPOCH_FIELDS
+from gridrun.storage.layout import EPOCH_FIELDS
 from test_export import files, full_experiment
 from test_report import LABELS, fake_trial, logits_for
 

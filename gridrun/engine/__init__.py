@@ -1,6 +1,6 @@
 """The engine: every trial is a group of K >= 1 members trained as one, every member dimension stacked.
 
-  files.py       what training writes into a trial folder (through store.TrialDir); Folders, the sink
+  files.py       what training writes into a trial folder (through storage.layout.TrialDir); Folders, the sink
   optim.py       one optimizer (SGD/Adam/AdamW over stacked tensors)
   schedule.py    each member's hyperparameters at a step (functions of the step; plateau's state)
   loss.py        the loss, written once

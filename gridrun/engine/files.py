@@ -1,4 +1,4 @@
-"""What a trial's training writes, through store.TrialDir (which names every file and says what
+"""What a trial's training writes, through storage.layout.TrialDir (which names every file and says what
 each holds): its config, one metrics row and TensorBoard's scalars per epoch, then its final
 logits, labels, model and summary, and the group's resumable state after every epoch; `Folders`
 is the sink a caller of train passes to say where they go.
@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ..store import EPOCH_FIELDS, SPLITS, TrialDir
+from ..storage.layout import EPOCH_FIELDS, SPLITS, TrialDir
 
 
 class Writer:
@@ -80,7 +80,7 @@ def write_final(writer: Writer, device: torch.device, meta: dict, history: list,
 
 
 def save_state(state_dir: Path | None, state: dict) -> str | None:
-    """The resumable state in `state_dir` (store.TrialDir.write_state); None when there is none."""
+    """The resumable state in `state_dir` (storage.layout.TrialDir.write_state); None when there is none."""
     if state_dir is None:
         return None
     return str(TrialDir(state_dir).write_state(state))

@@ -24,7 +24,7 @@ from ..hooks import Hooks
 from ..models import create_model, model_defaults, model_kwargs, resolve_model_args
 from ..models._layers import seed_dropout, set_dropout_rate
 from . import strategies
-from ..store import versions
+from ..storage.provenance import versions
 from .files import Writer
 from .optim import Optimizer
 from .schedule import Plateau, check, hyperparameters, steps_per_epoch

@@ -14,7 +14,7 @@ import json
 import torch
 
 from ..config import PLUMBING, with_defaults
-from ..store import StateError, read_state
+from ..storage.layout import StateError, read_state
 from .group import Group, Member, keep_members
 from .schedule import Plateau
 

@@ -46,11 +46,13 @@ def held(lock: Lock, heartbeat_s: float = HEARTBEAT_S):
         while not stop.wait(heartbeat_s):
             lock.beat()
 
-    threading.Thread(target=beat, daemon=True).start()
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
     try:
         yield lock
     finally:
         stop.set()
+        beating.join(timeout=30)  # a beat in flight would replace the object the release deletes by its ETag
         lock.release()
 
 
