@@ -60,6 +60,9 @@ def launch(spec, **options) -> Experiment:
     dry_run) is a spec override. Returns the experiment's handle (exit_code: the launch's)."""
     from .launch import launch as run
 
+    from .experiment import PY_CALL
+
+    said = call_text(spec, options)
     kw = {k: options.pop(k) for k in LAUNCH_OPTIONS if k in options}
     kw.setdefault("storage", os.environ.get("GRIDRUN_STORAGE") or "runs")
     with tempfile.TemporaryDirectory(prefix="gridrun-spec-") as tmp:
@@ -67,8 +70,20 @@ def launch(spec, **options) -> Experiment:
         from .spec import load
 
         name = kw.get("name") or load(path, overrides_of(options)).name
-        code = run(path, overrides=overrides_of(options), **kw)
+        token = PY_CALL.set(said)
+        try:
+            code = run(path, overrides=overrides_of(options), **kw)
+        finally:
+            PY_CALL.reset(token)
     return Experiment(name, kw["storage"], code)
+
+
+def call_text(spec, options: dict) -> str:
+    """The call as the launch record says it: a spec dict by its name (the spec as run is the
+    experiment's spec.yaml), every keyword as given."""
+    what = repr(str(spec)) if isinstance(spec, (str, os.PathLike)) else \
+        f"<spec dict {spec.get('name', '?')!r}: as run in the experiment's spec.yaml>" if isinstance(spec, dict) else "?"
+    return f"gridrun.launch({', '.join([what, *(f'{k}={v!r}' for k, v in options.items())])})"
 
 
 def _spec_file(spec, tmp: Path) -> str:

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from pathlib import Path
 
 from .spec import NAME_RE, SpecError
@@ -55,6 +56,19 @@ def record_plan(view: Path, spec, plan, reference: Path | None) -> None:
     hparams.remove_experiment_summary(view)  # `gridrun tensorboard` writes it into its view
 
 
+def _cli_command() -> str | None:
+    """The gridrun command line this process runs, if it is gridrun's CLI (not `python -m pytest`)."""
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if first is None or not (first.name in ("gridrun", "cli.py") or first.parts[-2:] == ("gridrun", "__main__.py")):
+        return None
+    return shlex.join(["gridrun", *sys.argv[1:]])
+
+
+# How gridrun.launch() was called (set by api.launch): a launch from Python is recorded as that call,
+# not as the spec's temporary file (a spec dict is written to one that is gone after the launch).
+PY_CALL: ContextVar[str | None] = ContextVar("gridrun_py_call", default=None)
+
+
 def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, code: int) -> None:
     """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
     prov, exp = provenance(), ExperimentDir(exp_dir)
@@ -64,8 +78,7 @@ def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, cod
             prov["git"]["diff_file"] = exp.write_diff(len(exp.read_launches()) + 1, diff)
         except OSError as e:  # a full disk: the record itself matters more than the patch
             prov["git"]["diff_file"] = f"not saved ({e.strerror})"
-    argv = sys.argv[1:] if sys.argv and os.path.basename(sys.argv[0]) in ("gridrun", "cli.py", "__main__.py") else None
-    command = shlex.join(["gridrun", *argv]) if argv else f"launch({spec_path!r})"  # the report quotes it
+    command = PY_CALL.get() or _cli_command() or f"launch({spec_path!r})"  # the report quotes it
     exp.append_launch({"command": command, "cluster": cluster, "wall_s": round(wall_s, 1), "exit": code,
                        "finished_at": time.time(), "provenance": prov})
 

@@ -328,6 +328,11 @@ def test_gridrun_launch_runs_a_study_from_python(ray_local, synth_dir, tmp_path,
     assert len(exp.history()) == 2 * len(kept) + (len(df) - len(kept))
     again = gridrun.launch(spec, storage=str(tmp_path / "runs"), fuse=3)  # the budget is met: nothing new runs
     assert again.exit_code == 0 and list(again.load()["trial"]) == list(df["trial"])
+    from gridrun.storage.layout import ExperimentDir
+
+    said = [l["command"] for l in ExperimentDir(tmp_path / "runs" / "pystudy").read_launches()]
+    assert said[0] == (f"gridrun.launch(<spec dict 'pystudy': as run in the experiment's spec.yaml>, "
+                       f"storage={str(tmp_path / 'runs')!r}, max_concurrent=1)")  # was a deleted temp file's path
 
 
 # ---------------------------------------------------------------- plots of sampled values
