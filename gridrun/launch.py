@@ -42,7 +42,8 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
         with folder.mirror() as view:
             grid = study.next_grid(spec, None if fresh else view, study.slots(spec, max_concurrent), out)[0] \
                 if spec.search else grid  # a study's: what its next batch would ask and run
-            return _dry_run(spec, grid, None if fresh else view, folder, address or os.environ.get("RAY_ADDRESS"), out)
+            return _dry_run(spec, grid, None if fresh else view, folder, address or os.environ.get("RAY_ADDRESS"), out,
+                            max_concurrent)
     term = Terminated()
     try:
         with folder.claim(fresh, out), term:
@@ -60,10 +61,11 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
         raise GridrunError(diskio.disk_line(folder.shown, diskio.disk_error(e))) from None
 
 
-def _dry_run(spec, grid, view, folder: Storage, address, out) -> int:
+def _dry_run(spec, grid, view, folder: Storage, address, out, max_concurrent=None) -> int:
     """What a launch would run (the trials an existing experiment lacks) and how it packs."""
     nodes: list = []  # filled (and said) only when something is left to run
-    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: nodes.extend(_nodes(address, out)) or nodes)
+    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: nodes.extend(_nodes(address, out)) or nodes,
+                     max_concurrent=max_concurrent)
     if not plan.units:
         out(plan.nothing_left(folder.shown))
         return 0
@@ -89,7 +91,8 @@ def _nodes(address, out) -> list[tuple[float, float]]:
 def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_concurrent, out, term) -> int:
     """Under the lock: match, check and record the grid, run what is left, count and record it."""
     modules = user_modules(grid)  # whichever call starts Ray ships them
-    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address, modules)))
+    plan = remaining(spec, grid, view, out, folder.shown, nodes=lambda: ray_nodes(_connect(address, modules)),
+                     max_concurrent=max_concurrent)
     if plan.done:
         out(f"{folder.shown}: {plan.settled()} (kept untouched); {len(plan.todo)} to run")
     record_plan(view, spec, plan, reference)

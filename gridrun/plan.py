@@ -222,12 +222,14 @@ def label_digests(train: dict) -> dict:
     return {split: label_digest(labels[split]) for split in ("val", "test")}
 
 
-def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None = None, nodes=None) -> Remaining:
+def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None = None, nodes=None,
+              max_concurrent: int | None = None) -> Remaining:
     """What a launch of `grid` into the experiment folder `exp` (None: a fresh one) runs: names
     matched by value, the grid checked against what the folder holds, settled trials left out,
     interrupted groups kept. `shown` names the experiment in messages (its URI for a mirror).
     `nodes` (called only when something is left to run) gives each node's (CPUs, GPUs): a plan
-    no node fits is refused, and fused groups are split over the slots (`slots`)."""
+    no node fits is refused, and fused groups are split over the slots (`slots`), of which at most
+    `max_concurrent` are used at once (--max-concurrent: a group is not split for slots left idle)."""
     shown = shown or str(exp)
     held = read_manifest(ExperimentDir(exp).read_manifest()) if exp is not None else []
     grid = adopt_names(held, grid, out, shown)
@@ -238,6 +240,7 @@ def remaining(spec, grid: list[Trial], exp: Path | None, out, shown: str | None 
     todo = [t for t in grid if t.name not in done]
     check_sizes(todo)
     n_slots = slots(spec, nodes()) if todo and nodes is not None else 1
+    n_slots = min(n_slots, max_concurrent) if max_concurrent else n_slots
     units = regroup(spec, todo, held, exp, out, n_slots)
     return Remaining(tuple(grid), tuple(held), done, tuple(units), ended)
 

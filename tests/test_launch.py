@@ -427,3 +427,9 @@ def test_fused_groups_are_split_so_every_slot_has_work(synth_dir, tmp_path):
     assert [u.name for u in plan_units(spec8, trials, slots=2)] == [u.name for u in plan_units(spec8, trials)]
     gpu, _ = load(str(spec_path), ["resources={cpu: 1, gpu: 0.125}"])
     assert slots(gpu, [(16, 1)]) == 8 and slots(gpu, [(16, 0)]) == 16  # no GPU: the trials run on CPUs
+    from gridrun.plan import remaining
+
+    two = lambda: [(2, 0)]  # noqa: E731
+    assert [len(u.members) for u in remaining(spec, trials, None, print, nodes=two).units] == [6, 6]
+    # --max-concurrent 1 runs one at a time: split in two, the halves ran one after the other
+    assert [len(u.members) for u in remaining(spec, trials, None, print, nodes=two, max_concurrent=1).units] == [12]
