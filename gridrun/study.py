@@ -344,7 +344,8 @@ def shown(exp) -> tuple:
     which = CONFIRM if any(t.status == "finished" for t in confirm) else SEARCH
     trials = confirm if which == CONFIRM else [t for t in exp.trials if stage.get(t.name) != CONFIRM]
     # labelled by what the search varied: one confirmed config alone would be labelled by its model only
-    searched = varying_of([t.trial.canonical for t in exp.trials if t.status in ("finished", "pruned")])
+    searched = varying_of([t.trial.canonical for t in exp.trials  # the search's own: its rungs are not the confirmation's
+                           if stage.get(t.name) != CONFIRM and t.status in ("finished", "pruned")])
     return replace(exp, trials=trials, label_fields=searched), which
 
 

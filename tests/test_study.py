@@ -255,7 +255,8 @@ def test_one_confirmed_config_is_named_by_its_searched_values(tmp_path):
     from gridrun.best import best, chosen_config
     from gridrun.status import snapshot
 
-    exp, spec = tmp_path / "syn", small_spec(trials=4, confirm={"top": 1, "seeds": 2})
+    exp = tmp_path / "syn"
+    spec = small_spec(trials=4, prune={"rungs": [2], "keep": 0.5}, confirm={"top": 1, "seeds": 2})
     grid, _ = study.next_grid(spec, exp, 1, out=lambda _: None)
     record(exp, spec, grid, score=objective)
     full, _ = study.next_grid(spec, exp, 1, out=lambda _: None)
@@ -264,6 +265,7 @@ def test_one_confirmed_config_is_named_by_its_searched_values(tmp_path):
         write_trial(exp, t, 0.97)
     lr = f"lr={full[4].axes['lr']}"
     assert lr in chosen_config(str(exp))["label"] and lr in best(str(exp))
+    assert "rungs" not in chosen_config(str(exp))["label"]  # the search's rungs are not a searched value
     assert lr in snapshot(exp)["best"]["label"]
 
 
