@@ -25,7 +25,7 @@ from gridrun.config import TrainConfig, field_names
 from gridrun.engine.group import prepare_splits
 from gridrun.models import create_model, resolve_model_args
 from gridrun.results import load_experiment
-from gridrun.store import STATE, StateError, TrialDir
+from gridrun.storage.layout import STATE, StateError, TrialDir
 
 
 def accuracy(model, splits, x, y, batch=4096) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 def slim_members(exp: Path) -> tuple[set[Path], int]:
     """Files to leave out, and how many trials are finished."""
     from gridrun import results
-    from gridrun.store import MODEL
+    from gridrun.storage.layout import MODEL
 
     done_dirs = set(results.settled(exp).values())
     drop = {d / MODEL for d in done_dirs if (d / MODEL).is_file()}  # logits stay: a launch checks them
