@@ -271,6 +271,7 @@ def silent_endpoint():
         c.close()
 
 
+@pytest.mark.slow  # 25 s: a silent endpoint is waited out on purpose
 def test_an_unreachable_store_is_one_line_and_exit_2_within_30s(s3, silent_endpoint, tmp_path, synth_dir):
     """A refused connection or missing credentials were an internal error; an endpoint that accepts
     and never answers was refused only after 100-190 s."""
