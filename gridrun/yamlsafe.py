@@ -9,6 +9,7 @@ import yaml
 from .errors import GridrunError
 
 MAX_SPEC_BYTES = 1_000_000  # a spec is a small YAML file: more is refused before it is parsed
+MAX_SPEC_DEPTH = 32  # a spec nests 3 or 4 levels; PyYAML's scanner is quadratic in the depth
 
 
 class SpecError(GridrunError):
@@ -19,12 +20,22 @@ class _NoAliasLoader(yaml.SafeLoader):
     """safe_load without anchors and aliases: a few lines of aliases can stand for billions of
     values, and a small file must never cost minutes or gigabytes to validate."""
 
+    depth = 0
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise SpecError(f"YAML alias at line {mark.line + 1}: anchors and aliases (&, *) are not supported in "
                             f"specs: write the values out")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_SPEC_DEPTH:  # refused at once, not after seconds and a RecursionError
+            mark = self.peek_event().start_mark
+            raise SpecError(f"YAML nested more than {MAX_SPEC_DEPTH} levels deep at line {mark.line + 1}: "
+                            f"a spec nests a few levels; flatten it")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = {}

@@ -44,7 +44,8 @@ def make_data_dir(folder: Path, n_train=1200, n_test=400, gz=True) -> Path:
 # here, so no test file has to remember to.
 def pytest_configure(config):
     config.addinivalue_line("markers", "ray: starts or joins a Ray cluster (left out of make test-fast)")
-    config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU (left out of make test-fast)")
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU, or waits out a real "
+                            "timeout of 10 s or more (left out of make test-fast)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -122,7 +122,7 @@ def test_precise_bn_leaves_exactly_the_clean_training_statistics(synth_dir, tmp_
     the saved logits are that model's; without it they are not."""
     from gridrun.config import TrainConfig
     from gridrun.train import prepare_splits
-    base = dict(model="tinynet_7k", epochs=2, batch_size=64, val_size=200, subset=1000, data_dir=str(synth_dir),
+    base = dict(model="tinynet_7k", epochs=1, batch_size=64, val_size=200, subset=520, data_dir=str(synth_dir),
                 threads=2, augment="rotate+affine", ema=0.9, lr=0.05)
     cfgs = [dict(base, seed=s, precise_bn=p, out_dir=str(tmp_path / f"{p}{s}")) for p in (True, False) for s in (0, 1)]
     if fused:

@@ -18,7 +18,7 @@ from conftest import Stop, stop_after
 STRATEGIES = ["loop", "vmap", "blockdiag"]
 
 
-def _group(synth_dir, tmp_path, strategy, rungs=(1,), keep=0.5, k=4, epochs=3, tag="g"):
+def _group(synth_dir, tmp_path, strategy, rungs=(1,), keep=0.5, k=4, epochs=2, tag="g"):
     base = dict(model="tinynet_7k", epochs=epochs, batch_size=40, val_size=200, subset=240, data_dir=str(synth_dir),
                 threads=2, optimizer="sgd", scheduler="onecycle", fuse_strategy=strategy, augment="rotate",
                 rungs=list(rungs), rung_keep=keep)
@@ -259,5 +259,5 @@ def test_a_lone_survivor_resumed_alone_is_bit_identical_to_one_that_ran_through(
     with pytest.raises(Stop):
         train(cfgs, Folders(str(tmp_path / "state"), stop_after(1)))
     (again,) = train([cfgs[kept]], resume_from=str(tmp_path / "state" / "state.pt"))
-    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in again["history"]] == [1, 2]
     assert _same_run(again, straight[kept], tmp_path / "r" / f"m{kept}", tmp_path / "s" / f"m{kept}")

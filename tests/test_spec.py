@@ -255,6 +255,19 @@ def test_yaml_still_refuses_aliases_and_duplicate_keys():
         safe_yaml("lr: 1e-3\nlr: 2e-3\n", "g.yaml")
 
 
+def test_a_deeply_nested_spec_is_one_clear_error(tmp_path, capsys):
+    """It was `gridrun: internal error: RecursionError` (after 0.6 s of PyYAML's scanner, quadratic
+    in the depth): now refused at the 33rd level, naming the file and the line."""
+    from gridrun.yamlsafe import safe_yaml
+
+    (tmp_path / "deep.yaml").write_text("name: deep\ngrid:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["launch", str(tmp_path / "deep.yaml"), "--dry-run"]) != 0
+    err = capsys.readouterr().err
+    assert "deep.yaml: YAML nested more than 32 levels deep at line 3" in err and "internal error" not in err, err
+    assert err.count("\n") == 1
+    assert safe_yaml("a: " + "[" * 30 + "1" + "]" * 30, "x")["a"] == eval("[" * 30 + "1" + "]" * 30)
+
+
 def test_a_base_override_shadowed_by_a_grid_axis_is_refused(tmp_path):
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({**GOOD, "grid": {"lr": [0.1, 0.2], "run": [{"momentum": 0.8}]}}))
     with pytest.raises(SpecError) as e:

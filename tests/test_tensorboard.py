@@ -21,9 +21,9 @@ SLOW_S = 60  # what a loaded machine (load ~9 on 2 cores) may add to a process's
 
 
 def _as_from_a_terminal():
-    """The child's SIGINT as a terminal's Ctrl-C finds it: a child inherits an ignored SIGINT, and
-    in the whole suite something earlier in this process left it ignored (these tests passed alone
-    and timed out in the full run, the child never seeing the SIGINT they send)."""
+    """The child's SIGINT as a terminal's Ctrl-C finds it: a child inherits an ignored SIGINT, and a
+    non-interactive shell starts a background job (pytest run with `&`, as CI rehearsals are) with
+    SIGINT ignored: these tests then timed out, the child never seeing the SIGINT they send."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -234,6 +234,28 @@ def test_a_real_tensorboard_over_all_of_runs_serves_one_group_per_config(two_exp
     assert tb.proc.returncode == 0 and "6 trials of 2 experiment(s)" in out
 
 
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, monkeypatch):
+    """cli._stop_child on a real child that ignores SIGTERM, the grace cut to 0.5 s (the whole
+    command, with its real 10 s grace, is the slow test below)."""
+    from gridrun import cli
+
+    monkeypatch.setattr(cli, "STOP_GRACE_S", 0.5)
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time, pathlib\n"
+                              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                              f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(600)\n"])
+    try:
+        until("child started", ready.is_file, timeout=SLOW_S)
+        t0 = time.time()
+        cli._stop_child(child)
+        assert child.returncode == -signal.SIGKILL and 0.45 <= time.time() - t0 < SLOW_S  # waited, then killed
+        cli._stop_child(child)  # a child already gone: nothing to do
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.slow  # waits out the real 10 s grace by design
 def test_a_tensorboard_that_ignores_sigterm_is_killed_after_the_grace(two_experiments, tmp_path):
     """The stop used to wait for TensorBoard without a bound: a child that does not stop hung
     `gridrun tensorboard` (and the test) for ever."""
