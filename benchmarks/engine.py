@@ -26,14 +26,17 @@ from . import synchronizer
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched while it is on."""
+    """Counts the ATen operations dispatched while it is on, and apart those that are views (select,
+    unsqueeze, expand, detach, ...: they launch no kernel on a GPU)."""
 
     def __init__(self):
         super().__init__()
-        self.ops = Counter()
+        self.ops, self.views = Counter(), Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
+        if func.is_view:
+            self.views[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -64,10 +67,12 @@ def measure(step, steps: int, device, least_s: float, warmup: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def count_ops(step) -> int:
+def count_ops(step) -> tuple[int, int]:
+    """(ATen ops, of them not views) of one step."""
     with OpCounter() as c:
         step()
-    return sum(c.ops.values())
+    total = sum(c.ops.values())
+    return total, total - sum(c.views.values())
 
 
 def add_args(ap) -> None:
@@ -80,8 +85,8 @@ def add_args(ap) -> None:
     ap.add_argument("--least-s", type=float, default=1.0, help="time each cell for at least this long")
 
 
-def cell(model: str, k: int, strategy: str, graph: bool, a, arrays: dict) -> tuple[str, float, int | None]:
-    """One group's strategy name, images/s and (off CUDA) ATen ops per step."""
+def cell(model: str, k: int, strategy: str, graph: bool, a, arrays: dict) -> tuple[str, float, tuple[int, int] | None]:
+    """One group's strategy name, images/s and (off CUDA) (ATen ops, non-view ATen ops) per step."""
     cuda = a.device.startswith("cuda")
     g, step = group(model, k, strategy, a.device, a.batch, graph, arrays, a.threads)
     ops = count_ops(step) if not cuda else None  # on a CPU also the warm-up step
@@ -106,10 +111,10 @@ def one_model(model: str, a, arrays: dict, bench) -> None:
                 variant = f"{name} {'graph' if graph else 'eager'}"
                 bench.row("images/s", ips, "images/s", variant=variant, config=cfg, wall_s=time.perf_counter() - t,
                           baseline=None if first else "one eager plain trial", baseline_value=None if first else base)
-                if ops:
-                    bench.row("ATen ops per step", ops, "ops", variant=variant, config=cfg,
+                for i, what in enumerate(("ATen ops per step", "non-view ATen ops per step") if ops else ()):
+                    bench.row(what, ops[i], "ops", variant=variant, config=cfg,
                               baseline=None if first else f"{k} plain trials", baseline_value=None if first
-                              else k * base_ops)
+                              else k * base_ops[i])
 
 
 def run(a, bench) -> None:

@@ -106,11 +106,12 @@ def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_c
     from .hparams import hparam_fields
 
     context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.axes for t in grid]), out)
-    progress = _Progress(list(plan.units), out, folder.shown, live=live_stream(out), early_stop=bool(asha(spec)))
+    progress = _Progress(list(plan.units), out, folder.here, live=live_stream(out), early_stop=bool(asha(spec)))
     with quiet_tune():
         tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
         fitted, twice, full = _fit(tuner, progress, folder, out)
     folder.pull(view)  # an object store's: the trials' files, as the nodes wrote them there
+    folder.push(view, progress.mark_mirror(view))  # and its stopped or failed trials marked there too
     counted = summarize(fitted, plan.units, time.time() - t0, str(view), True, out, shown=folder.shown)
     code = exit_code(counted, term.received, twice, full, folder.shown, out)
     folder.make_room()  # for the record, should the disk be full
@@ -176,7 +177,7 @@ def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: S
         sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True), log_to_file=True,
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[progress, _RayLog(folder.shown), *_loggers()])
+        callbacks=[progress, _RayLog(folder.here), *_loggers()])
     scheduler, halving = None, asha(spec)
     if halving and not all(u.fused for u in units):  # a fused group cuts at its own rungs (engine/run.py)
         from ray.tune.schedulers import ASHAScheduler

@@ -24,8 +24,11 @@ class Progress:
     failed, elapsed, ETA). On a terminal (`live`, a stream) the line is redrawn in place; in a
     log it is printed when a count changes, or every `every_s`."""
 
-    def __init__(self, units: list[Unit], out, exp_dir: str, live=None, every_s: float = 30.0,
+    def __init__(self, units: list[Unit], out, exp_dir: str | None, live=None, every_s: float = 30.0,
                  early_stop: bool = False, clock=time.time):
+        """exp_dir: the experiment's folder here, where trials are marked as they end (stopped
+        early: stopped.json; failed: TensorBoard's session end), or None (an object store:
+        `mark_mirror` marks its local mirror once the fit is over)."""
         self.units = {u.name: u for u in units}
         self.n = sum(len(u.members) for u in units)
         self.out, self.exp_dir, self.live, self.every, self.early_stop, self.clock = \
@@ -41,6 +44,7 @@ class Progress:
         self.ended: set = set()                   # names of the units that completed or failed
         self.done = self.failed = self.slots = 0
         self.shown, self.shown_at, self.drawn = None, 0.0, False
+        self.marks: list[tuple[Unit, str, int | None]] = []  # (unit, status, stopped after epoch) for mark_mirror
 
     def unit(self, trial) -> Unit | None:
         """The unit a Tune trial runs (from its config: the one conversion back from Tune)."""
@@ -70,7 +74,7 @@ class Progress:
         if (self.early_stop and unit and status == "finished" and isinstance(r.get("epoch"), int)
                 and r["epoch"] < unit.epochs):
             status = "stopped early"  # ASHA ended it before its last epoch: mark its folders
-            self._mark_stopped(unit, r["epoch"])
+            self._mark(unit, status, r["epoch"])
         self.ended.add(_tname(trial))
         self.freed.append(self.clock())
         self.done += len(unit.members) if unit else 1
@@ -81,7 +85,7 @@ class Progress:
     def on_trial_error(self, iteration, trials, trial, **info):
         unit = self.unit(trial)
         if unit:  # its TensorBoard session ends as failed
-            self._end(self._unfinished(unit), "failed")
+            self._mark(unit, "failed")
         self.ended.add(_tname(trial))
         self.freed.append(self.clock())
         self.failed += len(unit.members) if unit else 1
@@ -100,24 +104,21 @@ class Progress:
     def on_experiment_end(self, trials, **info):
         self.close()
 
-    def _unfinished(self, unit: Unit) -> list[Path]:
-        """The unit's trial folders (a local experiment only) that hold no summary yet."""
-        if "://" in self.exp_dir:
+    def _mark(self, unit: Unit, status: str, epoch: int | None = None) -> None:
+        if self.exp_dir is None:
+            self.marks.append((unit, status, epoch))
+        else:
+            _mark_folders(Path(self.exp_dir), unit, status, epoch)
+
+    def mark_mirror(self, view: Path) -> list[str]:
+        """An object store's marks, in its local mirror (pulled after the fit): the files written,
+        relative to it, for the caller to push back to the store."""
+        if not self.marks:
             return []
-        return [d for d in unit.member_dirs(Path(self.exp_dir, unit.name))
-                if d.is_dir() and not TrialDir(d).finished()]
-
-    def _mark_stopped(self, unit: Unit, epoch: int) -> None:
-        stopped = self._unfinished(unit)
-        for d in stopped:
-            TrialDir(d).write_stopped(epoch, "ASHA")
-        self._end(stopped, "stopped early")
-
-    @staticmethod
-    def _end(dirs: list[Path], status: str) -> None:
-        from .worker import end_sessions
-
-        end_sessions(dirs, set(), status)
+        before = {p for p in view.rglob("*") if p.is_file()}
+        for unit, status, epoch in self.marks:
+            _mark_folders(view, unit, status, epoch)
+        return sorted(p.relative_to(view).as_posix() for p in view.rglob("*") if p.is_file() and p not in before)
 
     def say(self, text: str) -> None:
         """An event line, printed above the live line (which is redrawn after it)."""
@@ -235,8 +236,9 @@ class RayLog:
     not the terminal, where Progress speaks (launch.py makes it Tune's TrialProgressCallback:
     Ray adds its own, which prints, only when none is passed)."""
 
-    def __init__(self, exp_dir: str):
-        self.path = Path(exp_dir) / RAY_LOG if "://" not in exp_dir else None
+    def __init__(self, exp_dir: str | None):
+        """exp_dir: the experiment's folder here; None (an object store): no log is kept."""
+        self.path = Path(exp_dir) / RAY_LOG if exp_dir is not None else None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         pass
@@ -250,6 +252,18 @@ class RayLog:
     def write(self, line: str) -> None:
         if self.path is not None:
             append_line(self.path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
+
+
+def _mark_folders(root: Path, unit: Unit, status: str, epoch: int | None) -> None:
+    """The unit's trial folders under root that hold no summary yet: stopped.json when ASHA
+    stopped them after `epoch`, and their TensorBoard session's end as `status`."""
+    from .worker import end_sessions
+
+    dirs = [d for d in unit.member_dirs(root / unit.name) if d.is_dir() and not TrialDir(d).finished()]
+    if epoch is not None:
+        for d in dirs:
+            TrialDir(d).write_stopped(epoch, "ASHA")
+    end_sessions(dirs, set(), status)
 
 
 def _result_str(result: dict) -> str:

@@ -3,7 +3,7 @@
 Everything a trial needs from the launch that started it (where its folder is in storage, the
 launch's id, the HParams columns, the arrays of each dataset, whether it runs on
 CPUs for want of a GPU) comes as one `LaunchContext` through `tune.with_parameters`; the
-trial's config is only its unit. Imports ray (as launch.py and storage/provenance.py do).
+trial's config is only its unit. Imports ray (as launch.py does).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ray import tune
 
-from .storage import layout as store
+from .storage import layout
 from .storage.safeio import Unreadable
 from .plan import Unit
 from .record import Trial
@@ -112,7 +112,7 @@ def _train(unit: Unit, context: LaunchContext, trial_dir: str, report: _Reporter
     try:
         try:
             return _go(unit, context, trial_dir, report, _resume_state(context.storage_of(unit.name), work))
-        except store.StateError as e:
+        except layout.StateError as e:
             report.notice.append(f"{e}; the trial starts again from epoch 1")
             print(f"gridrun: notice: {report.notice[-1]}", file=sys.stderr)
             shutil.rmtree(report.state_dir, ignore_errors=True)
@@ -164,18 +164,18 @@ def _resume_state(where: str, work: str) -> str | None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            if os.path.exists(os.path.join(d, store.STATE)):
-                shutil.copy(os.path.join(d, store.STATE), os.path.join(work, store.RESUME))
-                return os.path.join(work, store.RESUME)
+            if os.path.exists(os.path.join(d, layout.STATE)):
+                shutil.copy(os.path.join(d, layout.STATE), os.path.join(work, layout.RESUME))
+                return os.path.join(work, layout.RESUME)
     best = _newest_checkpoint(where)
     if best is None:
         return None
     import pyarrow.fs as pafs
 
     fs, path = best
-    dst = os.path.join(work, store.RESUME)
+    dst = os.path.join(work, layout.RESUME)
     try:
-        pafs.copy_files(f"{path}/{store.STATE}", dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(f"{path}/{layout.STATE}", dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except OSError:
         return None
     return dst
@@ -191,8 +191,8 @@ def _newest_checkpoint(where: str):
         if info.type != pafs.FileType.Directory or not os.path.basename(info.path).startswith("checkpoint_"):
             continue
         try:
-            with fs.open_input_stream(f"{info.path}/{store.STATE_INFO}") as f:
-                epoch = store.parse_state_info(f.read())["epoch"]
+            with fs.open_input_stream(f"{info.path}/{layout.STATE_INFO}") as f:
+                epoch = layout.parse_state_info(f.read())["epoch"]
         except (OSError, Unreadable):
             continue
         if epoch > best_epoch:

@@ -108,11 +108,13 @@ def test_only_the_modules_that_say_so_import_ray():
 
 # Opening a file, as this test sees it: a call of the builtin open(); a call of a method or function
 # named in OPENERS (os.open, gzip.open, tarfile.open, Path.open, fdopen; Path's read_/write_text and
-# _bytes; pyarrow's stream openers; zipfile; matplotlib's savefig); numpy's or torch's load/save.
+# _bytes; pyarrow's stream openers; zipfile; matplotlib's savefig; TensorBoard's SummaryWriter);
+# numpy's or torch's load/save.
 # Moving, copying whole, listing, stat-ing or deleting files is not opening them; safeio.read_bytes(...) is
 # the safe way.
 OPENERS = {"open", "fdopen", "read_text", "write_text", "read_bytes", "write_bytes", "open_input_stream",
-           "open_input_file", "open_output_stream", "open_append_stream", "ZipFile", "is_zipfile", "savefig"}
+           "open_input_file", "open_output_stream", "open_append_stream", "ZipFile", "is_zipfile", "savefig",
+           "SummaryWriter"}
 ARRAY_IO = {"load", "save", "savez", "savez_compressed", "fromfile", "tofile", "loadtxt", "savetxt"}
 # The modules besides storage.safeio that open files, each for a reason that is not an experiment's
 # folder (or, for worker, not a local file):
@@ -128,6 +130,8 @@ OPEN_ELSEWHERE = {
     "export": "the export archive (tarfile): its members are read bounded on restore",
     "worker": "a checkpoint's state.json on whichever filesystem Ray wrote it (a pyarrow stream, local or s3)",
     "cli": "os.open(os.devnull): the null device a quiet child writes to, not a file of gridrun's",
+    "engine.files": "a trial's TensorBoard scalars, appended each epoch by TensorBoard's SummaryWriter (its "
+                    "own thread: a full disk prints there, and the epoch's metrics.csv, through safeio, raises)",
 }
 
 
@@ -138,7 +142,7 @@ def _opens(p: Path) -> list[str]:
         if not isinstance(n, ast.Call):
             continue
         f = n.func
-        hit = (isinstance(f, ast.Name) and f.id in ("open", "ZipFile")) or (isinstance(f, ast.Attribute) and (
+        hit = (isinstance(f, ast.Name) and f.id in ("open", "ZipFile", "SummaryWriter")) or (isinstance(f, ast.Attribute) and (
             (f.attr in OPENERS and not (isinstance(f.value, ast.Name) and f.value.id == "safeio"))
             or (f.attr in ARRAY_IO and isinstance(f.value, ast.Name) and f.value.id in ("np", "numpy", "torch"))))
         if hit:

@@ -156,6 +156,78 @@ def test_the_s3_lock_beats_with_the_folder_locks_heartbeat(s3):
     assert "runs/beats/gridrun.lock" not in keys(s3, "runs/beats/")
 
 
+def test_trials_that_end_early_or_fail_are_marked_in_an_object_store_too(s3, tmp_path):
+    """The driver marks a trial ASHA stopped (stopped.json, its TensorBoard session ended as
+    stopped early) and a failed one (session ended as failed) as they end. On S3 it marked
+    nothing (the folders are not here): an unfused study pruned by ASHA read its pruned trials as
+    unfinished, told its sampler they were running, and never settled. Now the marks wait for
+    the mirror the launch pulls after the fit, and go back to the store with it."""
+    from types import SimpleNamespace
+
+    from gridrun.experiment import open_experiment
+    from gridrun.hparams import has_session_end
+    from gridrun.plan import Trial, Unit
+    from gridrun.progress import Progress
+    from gridrun.results import load_experiment
+    from gridrun.storage.backends import local_view
+
+    folder = open_experiment("marks", s3["uri"])
+    assert folder.here is None
+    units = [Unit(n, False, (Trial(n, f"id{n}", {}, {"epochs": 4}),)) for n in ("cut", "crash", "done")]
+    src = tmp_path / "src"
+    for n in ("cut", "crash", "done"):  # what the trials wrote to the store while they ran
+        (src / n).mkdir(parents=True)
+        (src / n / "metrics.csv").write_text("epoch,val_acc\n1,0.5\n")
+    folder.remote.upload(src)
+    p = Progress(units, lambda _: None, folder.here, early_stop=True)
+    tune_trial = {n: SimpleNamespace(trial_id=n, status="RUNNING", config={"unit": u.to_tune()}, error_file=None)
+                  for n, u in zip(("cut", "crash", "done"), units)}
+    p.on_trial_result(0, [], tune_trial["cut"], {"epoch": 1, "status": "running"})
+    p.on_trial_complete(0, [], tune_trial["cut"])
+    p.on_trial_error(0, [], tune_trial["crash"])
+    assert not any(k.endswith("stopped.json") for k in keys(s3, "runs/marks/"))  # nothing here to mark yet
+    with folder.mirror() as view:  # what launch._run does once the fit is over
+        folder.pull(view)
+        folder.push(view, p.mark_mirror(view))
+    stored = keys(s3, "runs/marks/")
+    assert "runs/marks/cut/stopped.json" in stored and not any("done/" in k and "tfevents" in k for k in stored)
+    mirror = Path(local_view(s3["uri"], ["marks"])) / "marks"
+    assert json.loads((mirror / "cut" / "stopped.json").read_text()) == {"after_epoch": 1, "by": "ASHA"}
+    assert has_session_end(mirror / "cut") and has_session_end(mirror / "crash")
+    assert {t.name: t.status for t in load_experiment(mirror).trials}["cut"] == "stopped"
+
+
+def test_a_second_ctrl_c_while_the_heartbeat_stops_still_releases_the_lock(monkeypatch):
+    """held() waits for a beat in flight before it releases (an S3 beat can take ~26 s against a
+    stalled store): a KeyboardInterrupt in that wait skipped the release, and the lock stayed
+    until it went stale, refusing relaunches with "already being launched"."""
+    import threading
+
+    from gridrun.storage import locks
+
+    class Recorded:
+        acquired = released = 0
+
+        def acquire(self):
+            self.acquired += 1
+
+        def beat(self):
+            pass
+
+        def release(self):
+            self.released += 1
+
+    def interrupted_join(self, timeout=None):
+        raise KeyboardInterrupt
+
+    lock = Recorded()
+    monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+    with pytest.raises(KeyboardInterrupt):
+        with locks.held(lock, heartbeat_s=60):
+            pass
+    assert lock.acquired == lock.released == 1
+
+
 @pytest.mark.slow
 def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypatch):
     """The probe's item 1 on a real S3 server: a relaunch of a finished experiment runs nothing,

@@ -251,8 +251,8 @@ def retire(g: Group, gone: list[int]) -> None:
 
 
 def _optimizer(kind: str, strategy, members: list) -> Optimizer:
-    """One optimizer over the strategy's stacked leaves, each member's Nesterov flag its own."""
-    return Optimizer(kind, strategy.leaves, [kind == "sgd" and m.cfg.nesterov for m in members])
+    """One optimizer over the strategy's stacked parameters, each member's Nesterov flag its own."""
+    return Optimizer(kind, list(strategy.params.values()), [kind == "sgd" and m.cfg.nesterov for m in members])
 
 
 @torch.no_grad()

@@ -104,7 +104,7 @@ def clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> list[t
     """Each member's gradient scaled to a norm of at most its max_norm ((K,); inf: no clip), as
     torch.nn.utils.clip_grad_norm_ would scale it alone: one member's norm never scales another's
     (clip_grad_norm_ over the stacked tensors would take one norm across the members)."""
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)       # (K,)
+    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grads]).norm(dim=0)  # (K,); a scalar's is (K,)
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
 
@@ -166,7 +166,7 @@ class Trainer:
             out = g.strategy.forward(x)                                  # (K, B, classes), float32
         loss = cross_entropy(out, y, self.ls)                            # (K,)
         live = torch.where(self.alive & torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
-        grads = torch.autograd.grad(live, g.strategy.leaves, materialize_grads=True)
+        grads = g.strategy.stacked(torch.autograd.grad(live, g.strategy.leaves, materialize_grads=True))
         if self.clip is not None:
             grads = clip_per_member(grads, self.clip)
         g.opt.step(grads)

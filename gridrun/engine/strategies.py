@@ -2,8 +2,9 @@
 ((K, ...) tensors, the one copy the optimizer, weight average and state file see) and returns
 (K, B, 10) logits, each member's from its own slice:
 
-  plain      K = 1: the member's own model over its (1, ...) slice, in channels_last and compiled
-             where that pays (a single trial costs what a plain module does, in the same layout)
+  plain      K = 1: the member's own model over its own model-shaped tensors, of which the
+             stacked (1, ...) ones are views; in channels_last and compiled where that pays (a
+             single trial's forward and backward are its plain module's ops, in the same layout)
   loop       the members one after another, functional_call on their own slices
   vmap       one vmap(functional_call): each conv becomes a grouped conv
   blockdiag  each conv of the K members as ONE dense conv over K*C channels whose weight is
@@ -33,8 +34,9 @@ STACKED = ("loop", "vmap", "blockdiag")
 
 
 class Strategy:
-    """The forward of K members over stacked weights; `leaves` are what autograd differentiates
-    and the optimizer updates: the stacked (K, ...) parameters, K = 1 included."""
+    """The forward of K members over stacked weights; `leaves` are what autograd differentiates:
+    the stacked (K, ...) parameters, which the optimizer updates (plain: the model-shaped tensors
+    the stacked ones are views of; `stacked` gives their gradients the (K, ...) shape)."""
 
     name = "?"
 
@@ -48,6 +50,10 @@ class Strategy:
         """(K, B, 10) logits; x is (K, B, ...) (each member its own batch) or (B, ...) with
         `shared` (the same images); `weights` (params, buffers) default to the live ones."""
         raise NotImplementedError
+
+    def stacked(self, grads: tuple) -> list[torch.Tensor]:
+        """The leaves' gradients as (K, ...) tensors, in the order of `params`."""
+        return list(grads)
 
     @torch.no_grad()
     def select(self, idx: torch.Tensor) -> "Strategy":
@@ -72,37 +78,53 @@ class Loop(Strategy):
 
 
 class Plain(Loop):
-    """One member computed as its own model would be, over its (1, ...) slice of the stacked
-    weights: in `fmt` (channels_last on CUDA for a wide net), compiled when asked."""
+    """One member computed as its own model is: its model-shaped tensors are the leaves autograd
+    differentiates and the forward reads, and the stacked (1, ...) tensors that the optimizer,
+    weight average and state see are views of them, so a step slices nothing (indexing [0] added
+    a select per tensor to the forward and a select_backward per parameter to the backward: 213
+    ops a step of tinynet_7k against the module's 140). In `fmt` (channels_last on CUDA for a wide
+    net), compiled when asked."""
 
     name = "plain"
 
     def __init__(self, models: list[nn.Module], compiled: bool = False, fmt=torch.contiguous_format):
         super().__init__(models)
         self.fmt, self.call = fmt, torch.compile(_call) if compiled else _call
-        if fmt is torch.channels_last:  # each (1, C, ...) conv weight stored so that its [0] is channels_last
-            self.params = {n: _in_format(t, fmt) for n, t in self.params.items()}
-            self.leaves = list(self.params.values())
+        self._own()
+
+    def _own(self) -> None:
+        """Model-shaped copies of the (1, ...) tensors (4-d ones in `fmt`), and the stacked names as
+        views of them (made with grad mode on: BN updates its buffers in place during the forward,
+        and a view made under no_grad may not see its base changed with grad mode on)."""
+        def own(t):
+            with torch.no_grad():
+                return t[0].clone(memory_format=self.fmt if t.dim() == 5 else torch.contiguous_format)
+        self.own = {n: own(t).requires_grad_(t.requires_grad) for n, t in self.params.items()}
+        self.own_buffers = {n: own(t) for n, t in self.buffers.items()}
+        self.params = {n: t.unsqueeze(0) for n, t in self.own.items()}
+        self.buffers = {n: t.unsqueeze(0) for n, t in self.own_buffers.items()}
+        self.leaves = list(self.own.values())
+
+    def stacked(self, grads):
+        return [g.unsqueeze(0) for g in grads]
+
+    def select(self, idx):
+        new = copy.copy(self)
+        new.params, new.buffers = self.params, self.buffers  # K = 1: only [0] can be kept
+        new._own()
+        return new
 
     def forward(self, x, weights=None, shared=False):
-        p, b = weights or (self.params, self.buffers)
         x = (x if shared else x[0]).contiguous(memory_format=self.fmt)
-        return self.call(self.module, {n: t[0] for n, t in p.items()}, {n: t[0] for n, t in b.items()}, x
-                         ).float().unsqueeze(0)
+        if weights is None:
+            p, b = self.own, self.own_buffers
+        else:  # another set of stacked weights (the weight average's)
+            p, b = ({n: t[0] for n, t in w.items()} for w in weights)
+        return self.call(self.module, p, b, x).float().unsqueeze(0)
 
 
 def _call(module: nn.Module, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
     return functional_call(module, (params, buffers), (x,))
-
-
-@torch.no_grad()
-def _in_format(t: torch.Tensor, fmt) -> torch.Tensor:
-    """A (1, ...) leaf whose [0] has memory format fmt (a 4-d slice; others as they are)."""
-    if t.dim() != 5:
-        return t
-    inner = t[0].contiguous(memory_format=fmt)
-    out = torch.empty_strided(t.shape, (t.numel(), *inner.stride()), dtype=t.dtype, device=t.device)
-    return out.copy_(t).requires_grad_(t.requires_grad)
 
 
 class Vmap(Strategy):
@@ -274,7 +296,7 @@ def make(name: str, models: list[nn.Module], **plain) -> Strategy:
 def time_strategies(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> dict:
     """Seconds per forward+backward of each stacked strategy on copies of the members' weights
     (the group's own are untouched); one untimed pass first."""
-    out = {}
+    out, smoothing = {}, torch.zeros(len(models), device=x.device)  # the training step's loss
     for name in STACKED:
         try:
             s = make(name, [copy.deepcopy(m) for m in models])
@@ -284,7 +306,7 @@ def time_strategies(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, s
             if i == 1:
                 _sync(x.device)
                 t0 = time.perf_counter()
-            torch.autograd.grad(cross_entropy(s.forward(x), y).sum(), s.leaves)
+            torch.autograd.grad(cross_entropy(s.forward(x), y, smoothing).sum(), s.leaves)
         _sync(x.device)
         out[name] = round((time.perf_counter() - t0) / steps, 6)
     return out

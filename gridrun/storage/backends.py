@@ -2,7 +2,8 @@
 path or file://, shared by NFS or not) and S3Storage (s3://, any S3-compatible server). Each
 gives a launch its lock (with --fresh's set-aside), the disk reserve, a folder view of the
 experiment, where Ray writes, and the clean-up after Tune's fit. `open_storage` is the one
-place that tells the two apart."""
+place in the launch driver that tells the two apart (outside it: export.restore and the CLI's
+`--storage` checks, and the trial worker, which writes through Ray's filesystem either way)."""
 from __future__ import annotations
 
 import errno
@@ -43,12 +44,15 @@ def local_path(storage: str) -> str | None:
 
 class Storage(Protocol):
     """What the launch driver asks of an experiment's storage (LocalStorage, S3Storage).
-    shown: its name in messages; uri, query: where trials write and the store's options."""
+    shown: its name in messages; uri, query: where trials write and the store's options; here:
+    the experiment's folder on this machine, where the driver marks trials as they end (stopped
+    early, failed), or None (an object store: the driver marks its mirror after the fit)."""
 
     name: str
     shown: str
     uri: str
     query: str
+    here: str | None
 
     def claim(self, fresh: bool, out):
         """A context: the launch's lock (with --fresh's set-aside and any disk reserve)."""
@@ -92,7 +96,7 @@ class LocalStorage:
 
     def __init__(self, root: str, name: str):
         self.name, self.shown = name, os.path.join(root, name)
-        self.uri = self.shown
+        self.uri = self.here = self.shown
 
     @contextmanager
     def claim(self, fresh: bool, out):
@@ -162,6 +166,7 @@ class S3Storage:
     def __init__(self, remote: Remote):
         self.remote, self.name = remote, remote.name
         self.shown, self.uri, self.query = remote.uri, remote.uri, remote.query
+        self.here = None
 
     @contextmanager
     def claim(self, fresh: bool, out):

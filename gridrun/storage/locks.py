@@ -52,8 +52,10 @@ def held(lock: Lock, heartbeat_s: float = HEARTBEAT_S):
         yield lock
     finally:
         stop.set()
-        beating.join(timeout=30)  # a beat in flight would replace the object the release deletes by its ETag
-        lock.release()
+        try:
+            beating.join(timeout=30)  # a beat in flight would replace the object the release deletes by its ETag
+        finally:
+            lock.release()  # even when a second Ctrl-C interrupts the wait
 
 
 def holder_line(exp: str, holder: dict) -> str:

@@ -118,10 +118,6 @@ class Remote:
         except OSError as e:
             raise unreachable(storage, e) from None
 
-    def child(self, *parts: str) -> str:
-        """The URI of a path inside the experiment, with the store's options (for Ray workers)."""
-        return "/".join([self.uri, *parts]) + (f"?{self.query}" if self.query else "")
-
     def exists(self, path: str | None = None) -> bool:
         import pyarrow.fs as pafs
 

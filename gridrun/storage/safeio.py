@@ -1,4 +1,5 @@
-"""The only code in gridrun that opens an experiment's files (tests/test_architecture.py checks it):
+"""The only code in gridrun that opens an experiment's files (tests/test_architecture.py checks it;
+the one exception is a trial's TensorBoard scalars, which TensorBoard's SummaryWriter appends):
 writes are atomic, reads are bounded.
 
 A file is written to a temp name beside it, flushed and fsynced, then renamed over the target, so
