@@ -133,6 +133,35 @@ def test_a_group_resumed_after_a_rung_is_bit_identical_to_one_that_ran_through(s
                 assert _numbers(r) == _numbers(straight[i])
 
 
+def test_a_pruned_members_files_lost_with_a_killed_launch_are_written_again_on_resume(synth_dir, tmp_path):
+    """A trial's folder reaches storage when Ray syncs it after a checkpoint: a launch killed in
+    between (the probe: SIGSTOP, then kill -9 of the driver) kept the state that pruned two members
+    and none of their files. The resume wrote nothing for them (its folder is complete, it
+    assumed), the relaunch counted them interrupted and then trained them again from epoch 1,
+    alone and unpruned, to 'finished' (one won a study). Now the state carries what a retired
+    member's files hold, and the resume writes them again as they were."""
+    import shutil
+
+    from gridrun.results import read_trial
+
+    straight = train(_group(synth_dir, tmp_path, "loop", tag="s"))
+    pruned = [i for i, r in enumerate(straight) if r["status"].startswith("pruned")]
+    cfgs = _group(synth_dir, tmp_path, "loop", tag="r")
+    with pytest.raises(Stop):
+        train(cfgs, Folders(str(tmp_path / "state"), stop_after(1)))
+    for i in pruned:  # lost with the killed launch: the resumed trial writes into a fresh folder
+        shutil.rmtree(tmp_path / "r" / f"m{i}")
+    again = train(cfgs, resume_from=str(tmp_path / "state" / "state.pt"))
+    for i in pruned:
+        d, ref = tmp_path / "r" / f"m{i}", tmp_path / "s" / f"m{i}"
+        assert again[i]["status"] == straight[i]["status"] == "pruned at epoch 1"
+        assert _same_run(again[i], straight[i], d, ref)
+        for f in ("logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy"):
+            assert (d / f).read_bytes() == (ref / f).read_bytes(), f
+        t = read_trial(d, f"m{i}")
+        assert t.status == "pruned" and t.reason == "pruned at epoch 1" and len(t.history) == 1
+
+
 def _readme_spec() -> str:
     """The first YAML block of README.md's section "A grid spec", as written."""
     text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")

@@ -55,10 +55,10 @@ class Writer:
 
 
 def write_final(writer: Writer, device: torch.device, meta: dict, history: list, status: str,
-                scores: dict | None, labels: dict, weights) -> dict:
+                scores: dict | None, labels: dict, weights, finished_at: float | None = None) -> dict:
     """What every finished trial folder holds (logits, labels, model.pt when it has `scores`: it
     ended ok, or was pruned; always summary.json); `labels` maps split -> labels, `weights()` gives
-    the state dict to save.
+    the state dict to save; `finished_at`: when it ended, if not now (files written again).
     Returns the result dict."""
     meta = dict(meta)
     if device.type == "cuda":
@@ -75,7 +75,7 @@ def write_final(writer: Writer, device: torch.device, meta: dict, history: list,
             trial.write_labels(split, labels[split].to(torch.uint8).cpu().numpy())
         trial.write_model(weights())
     trial.write_summary({**{k: v for k, v in result.items() if k != "history"},
-                         "finished_at": time.time(), "pid": os.getpid()})
+                         "finished_at": finished_at or time.time(), "pid": os.getpid()})
     return result
 
 

@@ -45,6 +45,7 @@ class Member:
     alive: bool = True
     result: dict | None = None
     writer: Writer | None = None
+    final: dict | None = None          # retired mid-run: what its files hold, kept in the group's state
 
 
 @dataclass

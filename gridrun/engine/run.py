@@ -9,6 +9,7 @@ row, its final files after the last epoch (files.py) and the group's resumable s
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -130,12 +131,10 @@ def train(configs: list, sink: Folders | None = None, resume_from: str | None = 
         if resume_from:
             load_state(g, resume_from)
         for m in g.roster:
-            if not m.alive:  # retired before the state it resumed from: its folder is complete
-                m.writer = Writer(None, m.history)
-                m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, None, {}, None)
-                continue
-            m.writer = Writer(m.cfg.out_dir, m.history)
+            m.writer = Writer(m.cfg.out_dir if m.alive or m.final is not None else None, m.history)
             m.writer.config(m.cfg.to_dict(), {**g.meta, **sink.group_meta(len(g.roster))})
+            if not m.alive:  # retired before the state it resumed from: its files again, from the state
+                m.result = _written_again(g, m)
         _epochs(g, sink, hooks.after_epoch)
         return [m.result for m in g.roster]
 
@@ -217,7 +216,25 @@ def _group_row(g: Group, epoch: int, seconds: float) -> dict:
 
 
 def _final(g: Group, k: int, scores: dict | None) -> None:
+    """Member k's final files. One retired mid-run (pruned, diverged) also keeps what they hold
+    in `final`, which the group's state carries: its trial folder reaches storage only when Ray
+    syncs it after a checkpoint, and a launch killed in between left a state that retired the
+    member and no folder; the relaunch then ran it again from epoch 1, unpruned."""
     m = g.members[k]
-    labels = {"val": g.splits.val_y, "test": g.splits.test_y}
-    m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, scores, labels,
-                           lambda: member_state_dict(g, k))
+    weights = member_state_dict(g, k) if scores is not None else None
+    m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, scores, _labels(g), lambda: weights)
+    if m.status != "ok":
+        m.final = {"scores": scores and {f"{s}_logits": scores[f"{s}_logits"].half().cpu() for s in ("val", "test")},
+                   "weights": weights and {n: t.cpu() for n, t in weights.items()}, "finished_at": time.time()}
+
+
+def _written_again(g: Group, m) -> dict:
+    """A member retired before the resumed state: its files as they were (nothing, from a state
+    written before gridrun kept `final`)."""
+    f = m.final or {}
+    return write_final(m.writer, g.device, g.meta, m.history, m.status, f.get("scores"), _labels(g),
+                       lambda: f.get("weights"), f.get("finished_at"))
+
+
+def _labels(g: Group) -> dict:
+    return {"val": g.splits.val_y, "test": g.splits.test_y}

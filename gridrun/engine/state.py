@@ -3,7 +3,9 @@
 Version 4 (this one): every member dimension stacked, K = 1 included: params, buffers, the
 optimizer's state and the weight average are (K, ...) tensors of the members `stacked` names;
 each member of the roster carries its config, history, status, generator and plateau state (the
-other schedules are functions of the optimizer's step count and the epoch). Version 3 differed
+other schedules are functions of the optimizer's step count and the epoch), and a member retired
+mid-run (pruned, diverged) what its files hold (`final`: its scores and weights, when it ended),
+so that a resume writes them again where a killed launch lost them before they were stored. Version 3 differed
 in two places, both converted on load: a single trial's optimizer state was unstacked (its
 model's own shapes), and each member carried a torch optimizer's and scheduler's state dicts.
 """
@@ -31,7 +33,8 @@ def state_dict(g: Group, epoch: int) -> dict:
             "rng_cuda": torch.cuda.get_rng_state(g.device) if g.device.type == "cuda" else None,
             "stacked": [next(j for j, r in enumerate(g.roster) if r is m) for m in g.members],
             "members": [{"config": m.cfg.to_dict(), "history": m.history, "status": m.status, "alive": m.alive,
-                         "dgen": m.dgen.get_state(), "plateau": m.plateau and vars(m.plateau)} for m in g.roster]}
+                         "dgen": m.dgen.get_state(), "plateau": m.plateau and vars(m.plateau),
+                         "final": None if m.alive else m.final} for m in g.roster]}
 
 
 def _computing(cfg: dict) -> dict:
@@ -93,6 +96,7 @@ def load_state(g: Group, path) -> None:
 
 def _load_member(m: Member, s: dict) -> None:
     m.history, m.status, m.alive = list(s["history"]), s["status"], bool(s["alive"])
+    m.final = s.get("final")  # absent from states written before gridrun kept it
     m.dgen.set_state(s["dgen"].cpu())
     if m.plateau is not None:
         m.plateau = Plateau(**s["plateau"])
