@@ -71,6 +71,7 @@ def _dry_run(spec, grid, view, folder: Storage, address, out, max_concurrent=Non
         return 0
     if plan.done:
         out(f"{folder.shown}: {plan.settled()}; the launch would run the other {len(plan.todo)}:")
+    _check_cuda(plan.units, spec.resources.gpu if sum(g for _, g in nodes) else 0)
     plan_table(spec, list(plan.todo), list(plan.units), sum(c for c, _ in nodes), sum(g for _, g in nodes), out)
     return 0
 
@@ -158,6 +159,7 @@ def _context(ray, spec, units, folder: Storage, hparams: list[str], out) -> tupl
     if resources["gpu"] and not ray.cluster_resources().get("GPU"):
         out(f"notice: the spec asks {resources['gpu']:g} GPU per trial but this Ray has none: running on CPUs")
         resources["gpu"] = 0
+    _check_cuda(units, resources["gpu"])
     n = sum(len(u.members) for u in units)
     out(f"{_cluster_line(ray)}; {n} trials" + (f" in {len(units)} Tune trials" if n != len(units) else "")
         + f" -> {folder.shown}")
@@ -165,6 +167,17 @@ def _context(ray, spec, units, folder: Storage, hparams: list[str], out) -> tupl
     # store, so a trial finds its data whatever that node's disk holds (about 55 MB per folder).
     return LaunchContext(folder.uri, f"{time.time():.0f}-{os.getpid()}", tuple(hparams), cpu_only=resources["gpu"] == 0
                          and spec.resources.gpu > 0, query=folder.query, arrays=arrays(units)), resources
+
+
+def _check_cuda(units, gpu_per_trial: float) -> None:
+    """A trial whose config asks for CUDA but that gets no GPU (none in the cluster, or
+    resources.gpu 0) fails in its worker, after a retry: one line before anything runs."""
+    asked = sorted({str(m.train.get("device")) for u in units for m in u.members
+                    if str(m.train.get("device", "auto")).startswith("cuda")})
+    if asked and not gpu_per_trial:
+        raise GridrunError(f"device={asked[0]}, but the trials get no GPU (this Ray has none, or resources.gpu is 0): "
+                           f"leave device at auto (a GPU when a trial has one, else its CPUs), or launch on a "
+                           f"cluster with GPUs (--address) and resources.gpu > 0")
 
 
 def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: Storage, max_concurrent, progress):

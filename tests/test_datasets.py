@@ -199,6 +199,8 @@ BAD = {
     "negative": (lambda f: (str(_bad_npz(f, "negative")), "tinynet_7k"), "labels out of range"),
     "no_module": (lambda f: ("mnist", "nosuchnets:net"), "module 'nosuchnets' cannot be imported"),
     "bad_module": (lambda f: ("mnist", "badnets:net"), "module 'badnets' cannot be imported (SyntaxError"),
+    # it exited the launch with its code (3) and no word (the probe)
+    "exiting_module": (lambda f: ("mnist", "exitnets:net"), "module 'exitnets' cannot be imported (SystemExit: 3)"),
     "no_build": (lambda f: ("mnist", "mynets:broken"), "(module 'mynets') does not build: RuntimeError: this net"),
     "zoo_no_channels": (lambda f: (str(f / "ok.npz"), "vanilla"), "model 'vanilla' takes no in_channels"),
 }
@@ -210,6 +212,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, capsys
 
     (tmp_path / "mynets.py").write_text(NET)
     (tmp_path / "badnets.py").write_text("def net(:\n")
+    (tmp_path / "exitnets.py").write_text("import sys\nsys.exit(3)\n")
     np.savez(tmp_path / "ok.npz", x_train=colour_set(60, 0)[0], y_train=colour_set(60, 0)[1],
              x_test=colour_set(20, 1)[0], y_test=colour_set(20, 1)[1])
     make, said = BAD[case]
@@ -220,6 +223,23 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and said in err and err.count("fix or replace it") <= 1, err
     assert not storage.exists()
+
+
+def test_train_on_images_a_net_cannot_take_is_one_line(tmp_path, capsys):
+    """`gridrun train` has no spec preflight: 16x16 images through tinynet_7k ended in 'internal
+    error: RuntimeError: Calculated padded input size ...' (the probe); now the engine checks the
+    net against the data's images before it builds any member, as the preflight does."""
+    from gridrun.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "g16.npz", x_train=rng.integers(0, 255, (60, 16, 16), dtype=np.uint8),
+             y_train=np.arange(60) % 10, x_test=rng.integers(0, 255, (20, 16, 16), dtype=np.uint8),
+             y_test=np.arange(20) % 10)
+    code = main(["train", "--dataset", str(tmp_path / "g16.npz"), "--model", "tinynet_7k", "--epochs", "1",
+                 "--val-size", "10", "--augment", "none", "--batch-size", "16", "--scheduler", "none"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "model 'tinynet_7k' cannot take a batch of 1x16x16 images" in err and "internal error" not in err, err
 
 
 def test_two_datasets_in_one_grid_are_two_configs(sets, tmp_path):

@@ -255,6 +255,41 @@ def test_a_corrupt_checkpoint_restarts_the_trial_with_a_notice(ray_local, synth_
     assert len(metrics) == 3
 
 
+def test_a_trial_that_asks_for_cuda_but_gets_no_gpu_is_one_line_before_anything_runs(synth_dir, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """base.device=cuda on a Ray without GPUs: the dry run printed its plan, and the launch ran
+    every trial into 'config device=cuda: torch sees no GPU here', retried it, then failed it (the
+    probe). Now the dry run and the launch both refuse in one line, nothing started."""
+    import torch
+
+    from gridrun.cli import main
+    from gridrun.errors import GridrunError
+    from gridrun.experiment import open_experiment
+    from gridrun.launch import _context
+    from gridrun.plan import load, plan_units
+
+    class NoGPU:
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+        def nodes(self):
+            return [{"Alive": True}]
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    spec_path = write_spec(tmp_path / "cuda.yaml", synth_dir, base={"device": "cuda"}, grid={"model": ["tinynet_7k"]})
+    assert main(["launch", str(spec_path), "--storage", str(tmp_path / "runs"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gridrun: error: device=cuda, but the trials get no GPU") and len(err.splitlines()) == 1, err
+    spec, trials = load(str(spec_path), [])
+    with pytest.raises(GridrunError, match="device=cuda, but the trials get no GPU"):
+        _context(NoGPU(), spec, plan_units(spec, trials), open_experiment("cuda", str(tmp_path / "runs")), [],
+                 lambda _: None)
+    spec, trials = load(str(spec_path), ["base.device=auto"])  # auto: the notice, and CPUs
+    lines = []
+    _context(NoGPU(), spec, plan_units(spec, trials), open_experiment("cuda", str(tmp_path / "runs")), [], lines.append)
+    assert lines[0].startswith("notice: the spec asks 0.5 GPU per trial but this Ray has none")
+
+
 def test_no_gpu_in_ray_runs_on_cpus_with_a_notice(synth_dir, tmp_path):
     from gridrun.experiment import open_experiment
     from gridrun.launch import _context

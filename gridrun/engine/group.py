@@ -21,7 +21,7 @@ from ..augment import Augment, deskew
 from ..config import ConfigError, TrainConfig
 from ..data import Splits, load_splits
 from ..hooks import Hooks
-from ..models import create_model, model_defaults, model_kwargs, resolve_model_args
+from ..models import create_model, model_defaults, model_kwargs, profile, resolve_model_args
 from ..models._layers import seed_dropout, set_dropout_rate
 from . import strategies
 from ..storage.provenance import versions
@@ -174,7 +174,11 @@ def _dropout_rate(cfg: TrainConfig) -> float | None:
 
 def build_members(cfgs: list[TrainConfig], device: torch.device, n_train: int,
                   data: tuple = (1, 28, 28, 10)) -> tuple[list, list]:
-    """(members, models): each member's model, generator and schedule exactly as it would be alone."""
+    """(members, models): each member's model, generator and schedule exactly as it would be alone.
+    A net that cannot take the data's images is one line first (the spec's preflight says the
+    same; `gridrun train` and a notebook's train have none: 'internal error: RuntimeError ...')."""
+    c0 = cfgs[0]
+    profile(c0.model, data, **resolve_model_args(c0.model, c0.dropout, c0.model_args))
     members, models = [], []
     for cfg in cfgs:
         seed_all(cfg.seed)

@@ -48,7 +48,7 @@ def _import(mod: str, what: str):
         sys.path.append(os.getcwd())
     try:
         return importlib.import_module(mod)
-    except Exception as e:  # its own error, whatever it is: the user's code, named in one line
+    except (Exception, SystemExit) as e:  # its own error, whatever it is (an exit too): the user's code, named in one line
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise GridrunError(f"{what}: module {mod!r} cannot be imported ({type(e).__name__}"
                            f"{': ' + first if first else ''}): fix it, or put it on the Python path") from None
