@@ -65,14 +65,21 @@ def launch(spec, **options) -> Experiment:
     said = call_text(spec, options)
     kw = {k: options.pop(k) for k in LAUNCH_OPTIONS if k in options}
     kw.setdefault("storage", os.environ.get("GRIDRUN_STORAGE") or "runs")
+    for k in ("name", "storage", "address"):  # a number here was a raw TypeError from deep inside
+        if kw.get(k) is not None and not isinstance(kw[k], (str, os.PathLike)):
+            raise GridrunError(f"gridrun.launch: {k}={kw[k]!r} must be a string (a {'name' if k == 'name' else 'path or URI'})")
     with tempfile.TemporaryDirectory(prefix="gridrun-spec-") as tmp:
         path = _spec_file(spec, Path(tmp))
         from .spec import load
 
-        name = kw.get("name") or load(path, overrides_of(options)).name
         token = PY_CALL.set(said)
         try:
+            name = kw.get("name") or load(path, overrides_of(options)).name
             code = run(path, overrides=overrides_of(options), **kw)
+        except GridrunError as e:  # a spec dict's errors named the temporary file it was written to
+            if path == str(spec) or path not in str(e):
+                raise
+            raise type(e)(str(e).replace(path, f"spec dict {spec.get('name', '?')!r}")) from None
         finally:
             PY_CALL.reset(token)
     return Experiment(name, kw["storage"], code)

@@ -13,8 +13,10 @@ import time
 from contextvars import ContextVar
 from pathlib import Path
 
+from .errors import GridrunError
 from .spec import NAME_RE, SpecError
 from .storage.backends import Storage, open_storage
+from .storage import locks
 from .storage.layout import ExperimentDir
 from .storage.provenance import provenance
 
@@ -115,3 +117,13 @@ class Terminated:
         if self.sigint is not None:  # Tune's fit leaves its SIGINT handler behind: Ctrl-C would do nothing
             signal.signal(signal.SIGINT, self.sigint)
         return False
+
+
+def said_holder(view: Path, fresh: bool, shown: str, out) -> None:
+    """A dry run over an experiment another launch holds says so as the launch would: --fresh
+    refuses (the dry run printed a plan, rc 0), a plain launch would wait its turn (a notice)."""
+    holder = ExperimentDir(view).lock_holder()
+    if holder and fresh:
+        raise GridrunError(locks.fresh_refused(shown, holder))
+    if holder:
+        out(f"notice: {locks.holder_line(shown, holder)}")

@@ -18,8 +18,8 @@ from ray.tune.progress_reporter import TrialProgressCallback
 
 from . import diskio, hooks, study
 from .errors import GridrunError
-from .experiment import Terminated, open_experiment, record_launch, record_plan, reference_file
-from .plan import arrays, check_data, load, plan_table, ray_nodes, remaining, user_modules
+from .experiment import Terminated, open_experiment, record_launch, record_plan, reference_file, said_holder
+from .plan import arrays, check_cuda, check_data, load, plan_table, ray_nodes, remaining, user_modules
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
 from .spec import asha
 from .storage.backends import Storage
@@ -40,6 +40,7 @@ def launch(spec_path: str, *, overrides: list[str] | None = None, dry_run: bool 
     check_data(grid, dry_run, out)  # before any folder is touched or Ray started
     if dry_run:
         with folder.mirror() as view:
+            said_holder(view, fresh, folder.shown, out)
             grid = study.next_grid(spec, None if fresh else view, study.slots(spec, max_concurrent), out)[0] \
                 if spec.search else grid  # a study's: what its next batch would ask and run
             return _dry_run(spec, grid, None if fresh else view, folder, address or os.environ.get("RAY_ADDRESS"), out,
@@ -71,9 +72,11 @@ def _dry_run(spec, grid, view, folder: Storage, address, out, max_concurrent=Non
         return 0
     if plan.done:
         out(f"{folder.shown}: {plan.settled()}; the launch would run the other {len(plan.todo)}:")
-    _check_cuda(plan.units, spec.resources.gpu if sum(g for _, g in nodes) else 0)
-    plan_table(spec, list(plan.todo), list(plan.units), sum(c for c, _ in nodes), sum(g for _, g in nodes), out)
+    check_cuda(plan.units, spec.resources.gpu if sum(g for _, g in nodes) else 0)
+    plan_table(spec, list(plan.todo), list(plan.units), sum(c for c, _ in nodes), sum(g for _, g in nodes), out,
+               max_concurrent)
     return 0
+
 
 
 def _nodes(address, out) -> list[tuple[float, float]]:
@@ -159,7 +162,7 @@ def _context(ray, spec, units, folder: Storage, hparams: list[str], out) -> tupl
     if resources["gpu"] and not ray.cluster_resources().get("GPU"):
         out(f"notice: the spec asks {resources['gpu']:g} GPU per trial but this Ray has none: running on CPUs")
         resources["gpu"] = 0
-    _check_cuda(units, resources["gpu"])
+    check_cuda(units, resources["gpu"])
     n = sum(len(u.members) for u in units)
     out(f"{_cluster_line(ray)}; {n} trials" + (f" in {len(units)} Tune trials" if n != len(units) else "")
         + f" -> {folder.shown}")
@@ -168,16 +171,6 @@ def _context(ray, spec, units, folder: Storage, hparams: list[str], out) -> tupl
     return LaunchContext(folder.uri, f"{time.time():.0f}-{os.getpid()}", tuple(hparams), cpu_only=resources["gpu"] == 0
                          and spec.resources.gpu > 0, query=folder.query, arrays=arrays(units)), resources
 
-
-def _check_cuda(units, gpu_per_trial: float) -> None:
-    """A trial whose config asks for CUDA but that gets no GPU (none in the cluster, or
-    resources.gpu 0) fails in its worker, after a retry: one line before anything runs."""
-    asked = sorted({str(m.train.get("device")) for u in units for m in u.members
-                    if str(m.train.get("device", "auto")).startswith("cuda")})
-    if asked and not gpu_per_trial:
-        raise GridrunError(f"device={asked[0]}, but the trials get no GPU (this Ray has none, or resources.gpu is 0): "
-                           f"leave device at auto (a GPU when a trial has one, else its CPUs), or launch on a "
-                           f"cluster with GPUs (--address) and resources.gpu > 0")
 
 
 def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: Storage, max_concurrent, progress):

@@ -391,8 +391,10 @@ def user_modules(grid: list[Trial]) -> list[str]:
     return sorted({f for f in (module_file(t.train["model"]) for t in grid) if f})
 
 
-def plan_table(spec, grid: list[Trial], units: list[Unit], cpus: float, gpus: float, out=print) -> None:
-    """The trial table, the fused groups and how the grid packs onto `cpus`/`gpus`."""
+def plan_table(spec, grid: list[Trial], units: list[Unit], cpus: float, gpus: float, out=print,
+               max_concurrent: int | None = None) -> None:
+    """The trial table, the fused groups and how the grid packs onto `cpus`/`gpus` (at most
+    `max_concurrent` Tune trials at once, as --max-concurrent caps them)."""
     import json
 
     import pandas as pd
@@ -406,6 +408,7 @@ def plan_table(spec, grid: list[Trial], units: list[Unit], cpus: float, gpus: fl
     what = f"{len(grid)} trials" + (f" in {n_units} Tune trials ({sum(u.fused for u in units)} fused groups "
                                     f"of up to {spec.fuse})" if group_of else "")
     by_cpu = int(cpus // r.cpu) if r.cpu else n_units
+    n_units = min(n_units, max_concurrent or n_units)  # the dry run said 2 at once under --max-concurrent 1
     if r.gpu and gpus:
         per_gpu = int(1 // r.gpu) if r.gpu <= 1 else 0
         by_gpu = int(gpus * per_gpu) if r.gpu <= 1 else int(gpus // r.gpu)
@@ -415,3 +418,14 @@ def plan_table(spec, grid: list[Trial], units: list[Unit], cpus: float, gpus: fl
     else:
         note = " (GPU spec: no GPU here, trials run on CPUs)" if r.gpu else ""
         out(f"plan: {what}; {r.cpu:g} CPU each; {cpus:g} CPU(s) -> {min(by_cpu, n_units)} trial(s) at once{note}")
+
+
+def check_cuda(units, gpu_per_trial: float) -> None:
+    """A trial whose config asks for CUDA but that gets no GPU (none in the cluster, or
+    resources.gpu 0) fails in its worker, after a retry: one line before anything runs."""
+    asked = sorted({str(m.train.get("device")) for u in units for m in u.members
+                    if str(m.train.get("device", "auto")).startswith("cuda")})
+    if asked and not gpu_per_trial:
+        raise GridrunError(f"device={asked[0]}, but the trials get no GPU (this Ray has none, or resources.gpu is 0): "
+                           f"leave device at auto (a GPU when a trial has one, else its CPUs), or launch on a "
+                           f"cluster with GPUs (--address) and resources.gpu > 0")

@@ -468,3 +468,23 @@ def test_fused_groups_are_split_so_every_slot_has_work(synth_dir, tmp_path):
     assert [len(u.members) for u in remaining(spec, trials, None, print, nodes=two).units] == [6, 6]
     # --max-concurrent 1 runs one at a time: split in two, the halves ran one after the other
     assert [len(u.members) for u in remaining(spec, trials, None, print, nodes=two, max_concurrent=1).units] == [12]
+
+
+def test_a_dry_run_says_what_the_launch_would_of_a_held_experiment_and_of_max_concurrent(synth_dir, tmp_path, capsys):
+    """The probe: `--fresh --dry-run` on a running experiment printed a plan and exit 0 (the launch
+    refuses); `--dry-run --max-concurrent 1` said "2 trial(s) at once"."""
+    from gridrun.cli import main
+    from gridrun.storage.layout import ExperimentDir
+
+    spec = write_spec(tmp_path / "held.yaml", synth_dir, grid={"model": ["tinynet_7k"]}, resources={"cpu": 1, "gpu": 0})
+    runs = tmp_path / "runs"
+    assert main(["launch", str(spec), "--storage", str(runs), "--dry-run", "--max-concurrent", "1"]) == 0
+    assert capsys.readouterr().out.strip().endswith("-> 1 trial(s) at once")
+    (runs / "held").mkdir(parents=True)
+    with ExperimentDir(runs / "held").lock():  # another launch holds it
+        assert main(["launch", str(spec), "--storage", str(runs), "--dry-run", "--fresh"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--fresh cannot move it away while it runs" in err and len(err.splitlines()) == 1, err
+        assert main(["launch", str(spec), "--storage", str(runs), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "notice: " in out and "is already being launched" in out and "trial(s) at once" in out, out

@@ -255,6 +255,19 @@ def test_yaml_still_refuses_aliases_and_duplicate_keys():
         safe_yaml("lr: 1e-3\nlr: 2e-3\n", "g.yaml")
 
 
+def test_the_notebook_launch_checks_its_arguments_and_names_a_spec_dict_in_errors(tmp_path):
+    """gridrun.launch(spec, storage=5) was a raw TypeError; a spec dict's errors named the
+    temporary file it was written to, gone after the call (the probe)."""
+    import gridrun
+    from gridrun.errors import GridrunError
+
+    with pytest.raises(GridrunError, match=r"^gridrun.launch: storage=5 must be a string \(a path or URI\)$"):
+        gridrun.launch({"name": "nb"}, storage=5)
+    with pytest.raises(SpecError) as e:
+        gridrun.launch({**GOOD, "name": "nb1", "seeds": -1}, storage=str(tmp_path / "runs"), dry_run=True)
+    assert str(e.value).startswith("spec dict 'nb1': ") and "gridrun-spec-" not in str(e.value), e.value
+
+
 def test_a_deeply_nested_spec_is_one_clear_error(tmp_path, capsys):
     """It was `gridrun: internal error: RecursionError` (after 0.6 s of PyYAML's scanner, quadratic
     in the depth): now refused at the 33rd level, naming the file and the line."""

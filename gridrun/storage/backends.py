@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .. import diskio
 from ..errors import GridrunError
+from . import locks
 from .layout import LOCK, ExperimentDir
 from .s3 import Remote, split_uri
 from .sweep import sweep_half_files, sweep_temp_files
@@ -118,8 +119,7 @@ class LocalStorage:
             return
         holder = ExperimentDir(self.shown).lock_holder()
         if holder:
-            raise GridrunError(f"{self.shown} is being launched by pid {holder.get('pid')} on {holder.get('host')}: "
-                               f"--fresh cannot move it away while it runs")
+            raise GridrunError(locks.fresh_refused(self.shown, holder))
         k = 1
         while os.path.exists(f"{self.shown}.prev-{k}"):
             k += 1

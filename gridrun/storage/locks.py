@@ -58,6 +58,11 @@ def held(lock: Lock, heartbeat_s: float = HEARTBEAT_S):
             lock.release()  # even when a second Ctrl-C interrupts the wait
 
 
+def fresh_refused(exp: str, holder: dict) -> str:
+    return (f"{exp} is being launched by pid {holder.get('pid')} on {holder.get('host')}: --fresh cannot move it "
+            f"away while it runs")
+
+
 def holder_line(exp: str, holder: dict) -> str:
     return (f"{exp} is already being launched (pid {holder.get('pid')} on {holder.get('host')}): wait for it "
             f"(`gridrun status` shows it), or launch with --name NEW")
