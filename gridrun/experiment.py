@@ -17,7 +17,7 @@ from .errors import GridrunError
 from .spec import NAME_RE, SpecError
 from .storage.backends import Storage, open_storage
 from .storage import locks
-from .storage.layout import ExperimentDir
+from .storage.layout import REFERENCE, ExperimentDir
 from .storage.provenance import provenance
 
 
@@ -50,9 +50,11 @@ def record_plan(view: Path, spec, plan, reference: Path | None) -> None:
     view.mkdir(parents=True, exist_ok=True)
     exp = ExperimentDir(view)
     exp.write_manifest(plan.manifest())
-    exp.write_spec(spec.raw)
-    if reference is not None:
+    raw = spec.raw
+    if reference is not None:  # the recorded spec names the copy beside it: relaunched as it is, it finds it
         exp.write_reference(reference)
+        raw = {**raw, "report": {**raw["report"], "reference": REFERENCE}}
+    exp.write_spec(raw)
     from . import hparams
 
     hparams.remove_experiment_summary(view)  # `gridrun tensorboard` writes it into its view

@@ -306,7 +306,7 @@ def check_growth(shown: str, held: list[Trial], grid: list[Trial]) -> None:
         lacks = f" and {len(more)} more ({', '.join(more[:3])}{', ...' if len(more) > 3 else ''})" if more else ""
         what = f"trial {e.name} of a different grid{diff or f': this spec lacks it{lacks}'}"
         raise SpecError(f"{shown} holds {what}: a relaunch may only add trials; to go on with the experiment as it "
-                        f"was launched, {_relaunch(shown)} (overrides added to it grow it), or launch with --name NEW, "
+                        f"was launched, {_relaunch(shown, grid)} (overrides added to it grow it), or launch with --name NEW, "
                         f"or --fresh to start over")
 
 
@@ -322,15 +322,19 @@ def _changed(old: dict, new: dict) -> str:
     return f": {k} was {a.get(k)!r}, now {new.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
 
 
-def _relaunch(shown: str) -> str:
-    """The command that goes on with the experiment as it was launched (its recorded spec)."""
+def _relaunch(shown: str, grid: list[Trial]) -> str:
+    """The command that goes on with the experiment as it was launched (its recorded spec), with
+    the folders of the grid's own modules on PYTHONPATH: they sat beside the spec it was launched
+    from, not beside the recorded copy, which could not import them."""
+    dirs = sorted({str(Path(f).parent) for f in user_modules(grid)})
+    env = f"PYTHONPATH={shlex.quote(os.pathsep.join(dirs))} " if dirs else ""
     if "://" in shown:  # the spec as launched is in the object store: it must be copied here first
         again = shlex.join(["gridrun", "launch", SPEC_COPY, "--name", os.path.basename(shown),
                             "--storage", os.path.dirname(shown)])
-        return f"`{again}` with {SPEC_COPY} copied from {shown}/{SPEC_COPY}"
+        return f"`{env}{again}` with {SPEC_COPY} copied from {shown}/{SPEC_COPY}"
     rel = os.path.relpath(shown) if not os.path.relpath(shown).startswith("..") else shown
-    return "`" + shlex.join(["gridrun", "launch", f"{rel}/{SPEC_COPY}", "--name", os.path.basename(rel),
-                             "--storage", os.path.dirname(rel) or "."]) + "`"
+    return "`" + env + shlex.join(["gridrun", "launch", f"{rel}/{SPEC_COPY}", "--name", os.path.basename(rel),
+                                   "--storage", os.path.dirname(rel) or "."]) + "`"
 
 
 # ---------------------------------------------------------------- data and the plan table

@@ -488,3 +488,37 @@ def test_a_dry_run_says_what_the_launch_would_of_a_held_experiment_and_of_max_co
         assert main(["launch", str(spec), "--storage", str(runs), "--dry-run"]) == 0
         out = capsys.readouterr().out
         assert "notice: " in out and "is already being launched" in out and "trial(s) at once" in out, out
+
+
+def test_the_recorded_spec_relaunches_with_its_reference_and_says_where_its_modules_import(synth_dir, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """The refusal of a changed grid says to relaunch the experiment's recorded spec.yaml. The
+    probe: with report.reference that spec still named ref.csv, which is not beside the copy (the
+    copy is reference.csv): 'not a CSV file beside the spec'; with the spec's own modules it could
+    not import them from the copy's folder. The recorded spec now names reference.csv, and the
+    command the refusal gives puts the modules' folder on PYTHONPATH."""
+    from gridrun.cli import main
+    from gridrun.experiment import record_plan, reference_file
+    from gridrun.plan import load, remaining
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "relaunchnets.py").write_text(
+        "from torch import nn\n\n\ndef flat(num_classes=10, image_size=(28, 28), in_channels=1):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))\n")
+    (src / "ref.csv").write_text("label,model,test_acc\nNet A,m,99.0\n")
+    spec_path = write_spec(src / "rel.yaml", synth_dir, grid={"model": ["relaunchnets:flat"]}, seeds=1,
+                           report={"reference": "ref.csv"}, resources={"cpu": 1, "gpu": 0})
+    spec, trials = load(str(spec_path), [])
+    view = tmp_path / "runs" / "rel"
+    record_plan(view, spec, remaining(spec, trials, None, print, nodes=lambda: [(2, 0)]),
+                reference_file(spec, str(spec_path)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["launch", str(spec_path), "--storage", "runs", "base.lr=0.5", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"`PYTHONPATH={src} gridrun launch runs/rel/spec.yaml --name rel --storage runs`" in err, err
+    assert main(["launch", "runs/rel/spec.yaml", "--name", "rel", "--storage", "runs", "seeds=2", "--dry-run"]) == 0, \
+        capsys.readouterr().err
+    import yaml
+
+    assert yaml.safe_load((view / "spec.yaml").read_text())["report"]["reference"] == "reference.csv"
