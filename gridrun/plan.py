@@ -322,7 +322,7 @@ def _changed(old: dict, new: dict) -> str:
     return f": {k} was {a.get(k)!r}, now {new.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
 
 
-def _relaunch(shown: str, grid: list[Trial]) -> str:
+def _relaunch(shown: str, grid: list[Trial] = ()) -> str:
     """The command that goes on with the experiment as it was launched (its recorded spec), with
     the folders of the grid's own modules on PYTHONPATH: they sat beside the spec it was launched
     from, not beside the recorded copy, which could not import them."""

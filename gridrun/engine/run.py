@@ -220,12 +220,12 @@ def _final(g: Group, k: int, scores: dict | None) -> None:
     in `final`, which the group's state carries: its trial folder reaches storage only when Ray
     syncs it after a checkpoint, and a launch killed in between left a state that retired the
     member and no folder; the relaunch then ran it again from epoch 1, unpruned."""
-    m = g.members[k]
+    m, now = g.members[k], time.time()
     weights = member_state_dict(g, k) if scores is not None else None
-    m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, scores, _labels(g), lambda: weights)
+    m.result = write_final(m.writer, g.device, g.meta, m.history, m.status, scores, _labels(g), lambda: weights, now)
     if m.status != "ok":
         m.final = {"scores": scores and {f"{s}_logits": scores[f"{s}_logits"].half().cpu() for s in ("val", "test")},
-                   "weights": weights and {n: t.cpu() for n, t in weights.items()}, "finished_at": time.time()}
+                   "weights": weights and {n: t.cpu() for n, t in weights.items()}, "finished_at": now}
 
 
 def _written_again(g: Group, m) -> dict:
