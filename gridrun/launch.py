@@ -172,7 +172,6 @@ def _context(ray, spec, units, folder: Storage, hparams: list[str], out) -> tupl
                          and spec.resources.gpu > 0, query=folder.query, arrays=arrays(units)), resources
 
 
-
 def _build_tuner(spec, units, context: LaunchContext, resources: dict, folder: Storage, max_concurrent, progress):
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
     run_config = tune.RunConfig(
