@@ -106,8 +106,9 @@ def export(name_or_path: str, out: str | None = None, storage: str = "runs", ech
         echo(f"notice: a launch of {exp.name} is running (pid {holder.get('pid')} on {holder.get('host')}): "
              f"its unfinished trials are left out; export again when it ends")
     trials = f"{kept_trials} trial{'s' if kept_trials != 1 else ''}"
-    echo(f"exported {exp.name}: {trials} to {out_path} ({size / 1024:,.0f} KB, "
-         f"{size / 1024 / max(1, kept_trials):,.1f} KB per trial); no weights, checkpoints, logits or Ray state"
+    per = f", {size / 1024 / kept_trials:,.1f} KB per trial" if kept_trials else ""  # 0 trials had 1.1 KB each
+    echo(f"exported {exp.name}: {trials} to {out_path} ({size / 1024:,.0f} KB{per}); no weights, checkpoints, "
+         f"logits or Ray state"
          + (f"; {len(left_out)} unsettled trials left out (a launch over the export reruns them)" if left_out else ""))
     return out_path
 

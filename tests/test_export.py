@@ -207,3 +207,15 @@ def test_an_unchanged_reexport_is_the_same_bytes(tmp_path):
     first = {f: (out / f).read_bytes() for f in files(out)}
     export(str(exp), out=str(out), echo=lambda _: None)
     assert {f: (out / f).read_bytes() for f in files(out)} == first
+
+
+def test_an_export_with_no_settled_trial_says_no_size_per_trial(tmp_path, capsys):
+    """The probe: an export of a launch whose trials had not finished said "0 trials ... (1 KB,
+    1.1 KB per trial)"."""
+    exp = tmp_path / "runs" / "early"
+    (exp / "t0").mkdir(parents=True)
+    (exp / "t0" / "config.json").write_text(json.dumps({"model": "m0", "seed": 0, "epochs": 5}))
+    (exp / "t0" / "metrics.csv").write_text("epoch,val_acc\n1,0.5\n")
+    assert main(["export", "early", "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "ex")]) == 0
+    out = capsys.readouterr().out
+    assert "exported early: 0 trials to" in out and "per trial" not in out, out
