@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from .errors import GridrunError
 from .spec import NAME_RE, SpecError
 from .storage.backends import Storage, open_storage
 from .storage import locks
-from .storage.layout import REFERENCE, ExperimentDir
+from .storage.layout import LAUNCHES, OPEN_LAUNCH, REFERENCE, ExperimentDir
 from .storage.provenance import provenance
 
 
@@ -73,8 +74,40 @@ def _cli_command() -> str | None:
 PY_CALL: ContextVar[str | None] = ContextVar("gridrun_py_call", default=None)
 
 
+def open_launch(exp_dir: str, spec_path: str) -> None:
+    """Under the lock, before any trial runs: a launch killed before it recorded itself (kill -9,
+    a lost node) left its open record; it is recorded now, its wall time unknown. Then this
+    launch's own open record (its command, start and code)."""
+    exp = ExperimentDir(exp_dir)
+    killed = exp.close_launch()
+    if killed is not None:
+        exp.append_launch({**killed, "outcome": "killed: it ended without recording itself (kill -9, a lost "
+                                                "node); its wall time is unknown"})
+    prov = provenance()
+    prov.get("git", {}).pop("diff", None)  # the diff is saved with the record that closes it
+    exp.open_launch({"command": _command(spec_path), "started_at": time.time(), "provenance": prov})
+
+
+@contextmanager
+def launch_opened(view: Path, spec_path: str, folder: Storage):
+    """The launch's open record (open_launch) while the block runs, closed however it ends but a
+    kill: recorded (record_launch closes it), or stopped by an error or an interrupt."""
+    open_launch(str(view), spec_path)
+    folder.push(view, [LAUNCHES, OPEN_LAUNCH])
+    try:
+        yield
+    finally:
+        ExperimentDir(view).close_launch()
+        folder.discard([OPEN_LAUNCH])
+
+
+def _command(spec_path: str) -> str:
+    return PY_CALL.get() or _cli_command() or f"launch({spec_path!r})"  # the report quotes it
+
+
 def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, code: int) -> None:
-    """Append how and where this launch ran, and the code that ran it (the report quotes it)."""
+    """Append how and where this launch ran, and the code that ran it (the report quotes it), in
+    place of its open record."""
     prov, exp = provenance(), ExperimentDir(exp_dir)
     diff = prov.get("git", {}).pop("diff", None)
     if diff:
@@ -82,9 +115,9 @@ def record_launch(exp_dir: str, cluster: str, spec_path: str, wall_s: float, cod
             prov["git"]["diff_file"] = exp.write_diff(len(exp.read_launches()) + 1, diff)
         except OSError as e:  # a full disk: the record itself matters more than the patch
             prov["git"]["diff_file"] = f"not saved ({e.strerror})"
-    command = PY_CALL.get() or _cli_command() or f"launch({spec_path!r})"  # the report quotes it
-    exp.append_launch({"command": command, "cluster": cluster, "wall_s": round(wall_s, 1), "exit": code,
+    exp.append_launch({"command": _command(spec_path), "cluster": cluster, "wall_s": round(wall_s, 1), "exit": code,
                        "finished_at": time.time(), "provenance": prov})
+    exp.close_launch()
 
 
 class Terminated:

@@ -18,7 +18,8 @@ from ray.tune.progress_reporter import TrialProgressCallback
 
 from . import diskio, hooks, study
 from .errors import GridrunError
-from .experiment import Terminated, open_experiment, record_launch, record_plan, reference_file, said_holder
+from .experiment import (Terminated, launch_opened, open_experiment, record_launch, record_plan, reference_file,
+                         said_holder)
 from .plan import arrays, check_cuda, check_data, load, plan_table, ray_nodes, remaining, user_modules
 from .progress import Progress, RayLog, exit_code, live_stream, quiet_tune, summarize
 from .spec import asha
@@ -104,23 +105,24 @@ def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_c
     if not plan.units:
         out(plan.nothing_left(folder.shown))
         return 0
-    ray = _connect(address, modules)
-    term.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit
-    t0 = time.time()
-    from .hparams import hparam_fields
+    with launch_opened(view, spec_path, folder):  # a launch killed from here on is recorded by the next
+        ray = _connect(address, modules)
+        term.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit
+        t0 = time.time()
+        from .hparams import hparam_fields
 
-    context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.axes for t in grid]), out)
-    progress = _Progress(list(plan.units), out, folder.here, live=live_stream(out), early_stop=bool(asha(spec)))
-    with quiet_tune():
-        tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
-        fitted, twice, full = _fit(tuner, progress, folder, out)
-    folder.pull(view)  # an object store's: the trials' files, as the nodes wrote them there
-    folder.push(view, progress.mark_mirror(view))  # and its stopped or failed trials marked there too
-    counted = summarize(fitted, plan.units, time.time() - t0, str(view), True, out, shown=folder.shown)
-    code = exit_code(counted, term.received, twice, full, folder.shown, out)
-    folder.make_room()  # for the record, should the disk be full
-    record_launch(str(view), _cluster_line(ray), spec_path, time.time() - t0, code)
-    folder.push(view, [LAUNCHES, *(p.name for p in ExperimentDir(view).diffs())])
+        context, resources = _context(ray, spec, plan.units, folder, hparam_fields([t.axes for t in grid]), out)
+        progress = _Progress(list(plan.units), out, folder.here, live=live_stream(out), early_stop=bool(asha(spec)))
+        with quiet_tune():
+            tuner = _build_tuner(spec, plan.units, context, resources, folder, max_concurrent, progress)
+            fitted, twice, full = _fit(tuner, progress, folder, out)
+        folder.pull(view)  # an object store's: the trials' files, as the nodes wrote them there
+        folder.push(view, progress.mark_mirror(view))  # and its stopped or failed trials marked there too
+        counted = summarize(fitted, plan.units, time.time() - t0, str(view), True, out, shown=folder.shown)
+        code = exit_code(counted, term.received, twice, full, folder.shown, out)
+        folder.make_room()  # for the record, should the disk be full
+        record_launch(str(view), _cluster_line(ray), spec_path, time.time() - t0, code)
+        folder.push(view, [LAUNCHES, *(p.name for p in ExperimentDir(view).diffs())])
     if full is not None:
         raise GridrunError(diskio.disk_line(folder.shown, full))
     return code

@@ -360,8 +360,10 @@ def _conditions(exp: Experiment) -> list[str]:
     if exp.launches:
         last = exp.launches[-1]
         total = sum(r.get("wall_s", 0) for r in exp.launches if isinstance(r.get("wall_s", 0), (int, float)))
+        killed = sum(r.get("outcome", "").startswith("killed") for r in exp.launches)
         out.append(f"Launched with `{last.get('command')}` on {last.get('cluster')}; wall time "
-                   f"{total:.0f} s over {len(exp.launches)} launch(es).")
+                   f"{total:.0f} s over {len(exp.launches)} launch(es)"
+                   + (f" ({killed} killed without a record of its end: its time is not counted)." if killed else "."))
         prov = last.get("provenance") or {}
         if prov:
             git = prov.get("git") or {}

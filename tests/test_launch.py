@@ -140,6 +140,13 @@ def test_killed_driver_resumes_only_unfinished_and_status_sees_it(ray_local, syn
         assert (after[name] / "summary.json").read_text() == summary
     for d in after.values():
         assert len((d / "metrics.csv").read_text().strip().splitlines()) == 5
+    # the killed launch left no record of its own (the probe): the relaunch records it from its open one
+    from gridrun.storage.layout import ExperimentDir
+
+    killed, done = ExperimentDir(exp).read_launches()
+    assert killed["outcome"].startswith("killed") and "wall_s" not in killed and "started_at" in killed
+    assert killed["command"].startswith("gridrun launch") and killed["provenance"]
+    assert done["exit"] == 0 and "outcome" not in done and not (exp / "gridrun_launch_open.json").exists()
 
 
 def test_a_grid_grows_without_touching_finished_trials(ray_local, synth_dir, tmp_path):
@@ -522,3 +529,32 @@ def test_the_recorded_spec_relaunches_with_its_reference_and_says_where_its_modu
     import yaml
 
     assert yaml.safe_load((view / "spec.yaml").read_text())["report"]["reference"] == "reference.csv"
+
+
+def test_a_launch_that_ends_without_its_record_is_recorded_by_the_next_one(tmp_path, monkeypatch):
+    """A launch's record was written at its end only: a driver killed with kill -9 left none (its
+    command, code and start lost; the report counted one launch fewer). Its open record, written
+    before any trial runs, is closed by its own record or by any error or interrupt; only a kill
+    leaves it, and the next launch records it as killed, its wall time unknown."""
+    from gridrun.experiment import launch_opened, open_experiment, record_launch
+    from gridrun.results import load_experiment
+    from gridrun.storage.layout import ExperimentDir
+
+    folder = open_experiment("opened", str(tmp_path / "runs"))
+    view = tmp_path / "runs" / "opened"
+    view.mkdir(parents=True)
+    with launch_opened(view, "g.yaml", folder):  # a launch that records itself
+        record_launch(str(view), "cluster: 1 node(s)", "g.yaml", 3.0, 0)
+    with pytest.raises(KeyboardInterrupt):  # one stopped before its record: not a kill
+        with launch_opened(view, "g.yaml", folder):
+            raise KeyboardInterrupt
+    assert len(ExperimentDir(view).read_launches()) == 1 and not (view / "gridrun_launch_open.json").exists()
+    cm = launch_opened(view, "g.yaml", folder)
+    cm.__enter__()  # and one killed: its `finally` never runs
+    assert (view / "gridrun_launch_open.json").exists()
+    with launch_opened(view, "g.yaml", folder):  # the next launch
+        record_launch(str(view), "cluster: 1 node(s)", "g.yaml", 5.0, 0)
+    records = ExperimentDir(view).read_launches()
+    assert [r.get("outcome", "").split(":")[0] for r in records] == ["", "killed", ""]
+    assert "wall_s" not in records[1] and records[1]["started_at"] <= records[2]["finished_at"]
+    assert sum(r.get("wall_s", 0) for r in load_experiment(view).launches) == 8.0

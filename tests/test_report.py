@@ -629,3 +629,17 @@ def test_a_bare_name_is_looked_up_under_storage_before_the_working_folder(tmp_pa
     assert resolve_experiment("ex2", "r3") == Path("r3") / "ex2"
     assert find_experiments(["./ex2"], "r3") == [Path("./ex2")]
     assert find_experiments(["ex2"], "nowhere") == [Path("ex2")]  # no such name there: the folder here
+
+
+def test_a_killed_launch_is_counted_and_its_unknown_time_said(tmp_path):
+    """A launch recorded by the next one as killed (no wall time): the report counts it and says
+    its time is missing from the total, instead of a total that silently leaves it out."""
+    exp = tmp_path / "runs" / "k"
+    fake_trial(exp, "t0", LABELS, val_acc=0.9)
+    (exp / "gridrun_launches.jsonl").write_text(
+        json.dumps({"command": "gridrun launch k.yaml", "started_at": 1.0, "outcome": "killed: it ended without "
+                    "recording itself"}) + "\n"
+        + json.dumps({"command": "gridrun launch k.yaml", "cluster": "c", "wall_s": 12.0, "exit": 0,
+                      "finished_at": 99.0}) + "\n")
+    text = report([str(exp)], reports_dir=str(tmp_path / "r"), echo=lambda _: None)[0].read_text()
+    assert "wall time 12 s over 2 launch(es) (1 killed without a record of its end: its time is not counted)." in text

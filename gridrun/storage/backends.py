@@ -63,6 +63,9 @@ class Storage(Protocol):
 
     def push(self, view: Path, names: list[str] | None = None) -> None: ...
 
+    def discard(self, names: list[str]) -> None:
+        """Top-level files the view no longer holds, gone from the storage too."""
+
     def pull(self, view: Path) -> None: ...
 
     def make_room(self) -> None: ...
@@ -134,6 +137,9 @@ class LocalStorage:
     def push(self, view: Path, names: list[str] | None = None) -> None:
         """Nothing to write back: the view is the folder."""
 
+    def discard(self, names: list[str]) -> None:
+        """Nothing to do: removed from the view, they are gone from the folder."""
+
     def pull(self, view: Path) -> None:
         """Nothing to fetch: the trials wrote into the view."""
 
@@ -193,6 +199,14 @@ class S3Storage:
     def pull(self, view: Path) -> None:
         """The trials' files, as the nodes wrote them to the store."""
         self.remote.pull(view)
+
+    def discard(self, names: list[str]) -> None:
+        """Best effort (an unreachable store must not hide what ended the launch)."""
+        for n in names:
+            try:
+                self.remote.fs.delete_file(f"{self.remote.path}/{n}")
+            except OSError:  # FileNotFoundError included: nothing to delete
+                pass
 
     def make_room(self) -> None:
         """No reserve is held on a store."""

@@ -5,6 +5,8 @@ An experiment folder (ExperimentDir):
   gridrun_trials.json      the manifest: every planned trial (name, id, axes, params, train, group, and the
                            checksums of the validation and test labels it is scored against, from the data)
   gridrun_launches.jsonl   one record per launch (command, cluster, wall time, exit, provenance)
+  gridrun_launch_open.json the running launch's record from its start (command, start, provenance): a launch
+                           killed with no record of its own is recorded from it by the next one
   gridrun_diff-N.patch     the uncommitted diff the N-th launch ran with
   spec.yaml                the effective spec as launched (overrides applied)
   reference.csv            the study's own table (the spec's report.reference), copied at launch
@@ -52,6 +54,7 @@ EVENTS = "events.out.tfevents.*"  # named by TensorBoard's SummaryWriter
 SPLITS = ("val", "test")
 MANIFEST, LAUNCHES, SPEC_COPY, LOCK = "gridrun_trials.json", "gridrun_launches.jsonl", "spec.yaml", "gridrun.lock"
 REFERENCE, EXPORT_MARK, RAY_LOG, DIFFS = "reference.csv", "gridrun_export.json", "gridrun_ray.log", "gridrun_diff-*.patch"
+OPEN_LAUNCH = "gridrun_launch_open.json"
 
 
 def logits_file(split: str) -> str:
@@ -359,7 +362,7 @@ def _digests(labels) -> dict:
 
 def _clean_launch(rec: dict) -> dict:
     kinds = {"command": str, "cluster": str, "wall_s": (int, float), "exit": int, "finished_at": (int, float),
-             "provenance": dict}
+             "started_at": (int, float), "outcome": str, "provenance": dict}
     out = {k: v for k, v in rec.items() if k in kinds and isinstance(v, kinds[k]) and not isinstance(v, bool)}
     prov = out.get("provenance")
     if prov is not None:
@@ -474,6 +477,22 @@ class ExperimentDir:
         if bad:
             _note(problems, f"{LAUNCHES}: {bad} unreadable lines skipped")
         return [_clean_launch(r) for r in records]
+
+    def open_launch(self, record: dict) -> None:
+        """The running launch's record from its start (closed by `close_launch` when it records itself)."""
+        atomic_save(self.path / OPEN_LAUNCH, json.dumps(record))
+
+    def close_launch(self) -> dict | None:
+        """The open launch record, removed; None when there is none (or it cannot be read)."""
+        path = self.path / OPEN_LAUNCH
+        if not present(path):
+            return None
+        try:
+            record = read_json(path)
+        except (Unreadable, OSError, ValueError):
+            record = None
+        path.unlink(missing_ok=True)
+        return _clean_launch(record) if isinstance(record, dict) else None
 
     def write_diff(self, n: int, diff: str) -> str:
         """The n-th launch's uncommitted diff; returns its file name (the launch record names it)."""
