@@ -242,6 +242,7 @@ def test_s3_is_a_first_class_store(ray_local, synth_dir, tmp_path, s3, monkeypat
     assert launch(str(spec), storage=s3["uri"], out=lines.append) == 0, lines
     assert "2 finished, 0 diverged, 0 failed" in lines[-1]
     files = keys(s3, "runs/objs/")
+    assert "runs/objs/gridrun_launch_open.json" not in files  # closed in the store too (Storage.discard)
     for t in ("0.01_tinynet_7k_s0", "0.02_tinynet_7k_s0"):
         for f in ("summary.json", "metrics.csv", "logits_test.npy", "config.json"):
             assert f"runs/objs/{t}/{f}" in files
