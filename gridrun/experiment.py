@@ -83,9 +83,8 @@ def open_launch(exp_dir: str, spec_path: str) -> None:
     if killed is not None:
         exp.append_launch({**killed, "outcome": "killed: it ended without recording itself (kill -9, a lost "
                                                 "node); its wall time is unknown"})
-    prov = provenance()
-    prov.get("git", {}).pop("diff", None)  # the diff is saved with the record that closes it
-    exp.open_launch({"command": _command(spec_path), "started_at": time.time(), "provenance": prov})
+    exp.open_launch({"command": _command(spec_path), "started_at": time.time(),
+                     "provenance": provenance(diff=False)})  # the diff is saved with the record that closes it
 
 
 @contextmanager

@@ -118,7 +118,7 @@ def _run(spec, spec_path, grid, view, folder: Storage, reference, address, max_c
             fitted, twice, full = _fit(tuner, progress, folder, out)
         folder.pull(view)  # an object store's: the trials' files, as the nodes wrote them there
         folder.push(view, progress.mark_mirror(view))  # and its stopped or failed trials marked there too
-        counted = summarize(fitted, plan.units, time.time() - t0, str(view), True, out, shown=folder.shown)
+        counted = summarize(fitted, plan.units, time.time() - t0, str(view), out, shown=folder.shown)
         code = exit_code(counted, term.received, twice, full, folder.shown, out)
         folder.make_room()  # for the record, should the disk be full
         record_launch(str(view), _cluster_line(ray), spec_path, time.time() - t0, code)

@@ -113,12 +113,14 @@ class Progress:
     def mark_mirror(self, view: Path) -> list[str]:
         """An object store's marks, in its local mirror (pulled after the fit): the files written,
         relative to it, for the caller to push back to the store."""
-        if not self.marks:
-            return []
-        before = {p for p in view.rglob("*") if p.is_file()}
+        folders = {view / unit.name for unit, _, _ in self.marks}  # the marked units' folders, not the whole mirror
+
+        def files() -> set:
+            return {p for f in folders for p in f.rglob("*") if p.is_file()}
+        before = files()
         for unit, status, epoch in self.marks:
             _mark_folders(view, unit, status, epoch)
-        return sorted(p.relative_to(view).as_posix() for p in view.rglob("*") if p.is_file() and p not in before)
+        return sorted(p.relative_to(view).as_posix() for p in files() - before)
 
     def say(self, text: str) -> None:
         """An event line, printed above the live line (which is redrawn after it)."""
@@ -293,26 +295,19 @@ _KEYS = {"finished": "finished", "diverged": "diverged", "pruned": "pruned", "fa
          "broken": "failed"}
 
 
-def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, local: bool, out, shown: str | None = None) -> int:
-    """Count this launch's trials by what their folders say (Ray's ResultGrid for errors, and
-    for everything when storage is not a local path); the launch's exit code before signals."""
+def summarize(grid, units: list[Unit], seconds: float, exp_dir: str, out, shown: str | None = None) -> int:
+    """Count this launch's trials by what their folders say (an object store's as pulled into its
+    mirror), and Ray's ResultGrid for errors; the launch's exit code before signals."""
     counts = {"finished": 0, "diverged": 0, "pruned": 0, "failed": 0, "stopped": 0, "interrupted": 0}
     by_name = {((r.config or {}).get("unit") or {}).get("name"): r for r in _readable_results(grid)}
-    states = _states(exp_dir) if local else {}
+    states = _states(exp_dir)
     for u in units:
         result = by_name.get(u.name)
         if result is not None and _result_error(result) is not None:
             counts["failed"] += len(u.members)
             continue
-        m = (result.metrics or {}) if result is not None else {}
         for t in u.members:
-            if local:
-                key = _KEYS.get(states.get(t.name), "interrupted")
-            elif str(m.get("status", "")).startswith("diverged"):
-                key = "diverged"
-            else:
-                key = "finished" if m.get("epoch", 0) >= t.train["epochs"] else "interrupted"
-            counts[key] += 1
+            counts[_KEYS.get(states.get(t.name), "interrupted")] += 1
     words = f"{counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} failed"
     if counts["pruned"]:
         words += f", {counts['pruned']} pruned at a rung"

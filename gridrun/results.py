@@ -78,6 +78,7 @@ class TrialRecord:
     meta: dict = field(default_factory=dict)    # config.json's _meta: params, device, versions, ...
     summary: dict = field(default_factory=dict)
     group: str | None = None                    # the fused group it trained in, if any
+    data_moved: bool = False                    # broken only because the data found here is not what it ran on
 
     @property
     def final(self) -> dict:
@@ -311,8 +312,9 @@ def true_test_labels(exp: Experiment, planned: dict[str, Trial], dataset: str = 
         recorded = getattr(planned.get(t.name), "labels", None) or {}
         if expected is None and not recorded:
             legacy.append(t)
-        elif why := _labels_differ(t, expected, recorded):
-            t.spoil(why)
+        elif (differ := _labels_differ(t, expected, recorded))[0]:
+            t.spoil(differ[0])
+            t.data_moved = differ[1]
         else:
             sources[t.name] = ("recorded" if expected is None else "dataset" if dataset != "mnist" else
                                "mnist" if len(expected["test"]) == 10000 else "data")
@@ -343,9 +345,10 @@ def _data_labels(t: TrialRecord, cache: dict) -> dict | None:
     return cache[key]
 
 
-def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> str:
-    """'' when the trial's saved labels are the data's (`expected`), or, without the data, match
-    the checksums the launch recorded; else why not."""
+def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> tuple[str, bool]:
+    """('', False) when the trial's saved labels are the data's (`expected`), or, without the data,
+    match the checksums the launch recorded; else (why not, whether its labels are the ones the
+    launch recorded: the data found here moved, not the trial)."""
     from .data import label_digest
 
     for split in SPLITS:
@@ -355,10 +358,10 @@ def _labels_differ(t: TrialRecord, expected: dict | None, recorded: dict) -> str
             hint = (f"; it matches the checksum recorded at launch: {NOT_THE_DATA} ({put_back(t.config)})"
                     if recorded.get(split) == digest else "")
             return (f"its {labels_file(split)} ({len(saved):,} labels) differs from the {split} labels of the data "
-                    f"files found here{hint}")
+                    f"files found here{hint}"), bool(hint)
         if expected is None and recorded.get(split) not in (None, digest):
-            return f"its {labels_file(split)} differs from the {split}-label checksum recorded at launch"
-    return ""
+            return f"its {labels_file(split)} differs from the {split}-label checksum recorded at launch", False
+    return "", False
 
 
 NOT_THE_DATA = "the data files found here are not the ones the experiment ran on"  # plan refuses to rerun on them

@@ -265,7 +265,7 @@ def test_data_found_here_but_not_the_one_run_on_says_how_to_put_it_back(dataset,
     ran = {"val": np.array([1, 2, 3], np.uint8), "test": np.array([0, 1], np.uint8)}
     t = TrialRecord(name="t", dir=None, config={"dataset": dataset}, val_labels=ran["val"], test_labels=ran["test"])
     found = {"val": np.array([3, 2, 1], np.uint8), "test": ran["test"]}
-    why = _labels_differ(t, found, {k: label_digest(v) for k, v in ran.items()})
+    why, _moved = _labels_differ(t, found, {k: label_digest(v) for k, v in ran.items()})
     assert "not the ones the experiment ran on" in why and says in why
     assert ("GRIDRUN_DATA" in why) == (dataset == "mnist")
 

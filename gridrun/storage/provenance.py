@@ -25,9 +25,10 @@ def versions(with_ray: bool = False) -> dict:
     return out
 
 
-def provenance() -> dict:
+def provenance(diff: bool = True) -> dict:
     """Which code and which software produced a launch's results: versions (Ray's too), the GPU
-    and driver nvidia-smi names, the git commit and dirty tree (with the diff of tracked files)."""
+    and driver nvidia-smi names, the git commit and dirty tree (with the diff of tracked files,
+    unless `diff` is False)."""
     import subprocess
 
     out = versions(with_ray=True)
@@ -49,7 +50,7 @@ def provenance() -> dict:
             status = git("status", "--porcelain", "--untracked-files=no")
             dirty = bool(status.stdout.strip())
             out["git"] = {"commit": head.stdout.strip(), "dirty": dirty}
-            if dirty:
+            if dirty and diff:
                 out["git"]["diff"] = git("diff", "HEAD").stdout
     except (OSError, subprocess.SubprocessError):
         pass
